@@ -1,0 +1,49 @@
+"""The ``scaling-assets`` command. Each area registers its own sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scaling_assets.errors import InputError
+
+# (module, function) pairs; each function takes the sub-parsers object and adds its commands.
+_COMMAND_MODULES = [
+    "scaling_assets.data.commands",
+    "scaling_assets.models.commands",
+    "scaling_assets.compute.commands",
+    "scaling_assets.study_commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="scaling-assets",
+        description="Scaling studies of single-cell representation models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # area not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

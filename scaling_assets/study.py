@@ -1,0 +1,351 @@
+"""Study configuration: a YAML file -> datasets x sizes x qualities x algorithms x seeds -> partition keys.
+
+A study names its datasets (simulated tasks or real sources), the grid, the training budget and the
+storage root. Everything here is plain Python (no Dagster) so it can be loaded cheaply and tested.
+
+Partition keys are readable strings:
+  seed key          ``s=42``
+  quality-seed key  ``q=0.1_s=42``
+  setting key       ``n=300_q=0.1_s=42``   (cells, quality, seed)
+Each Dagster asset is partitioned only by what it depends on (see ``scaling_assets.assets``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling_assets.errors import StudyConfigError
+
+ALGORITHMS = ("pca", "random_projection", "scvi", "geneformer")
+TASKS = ("cite", "lineage", "spatial", "development")
+SOURCES = ("simulated", "h5ad", "larry", "cite", "merfish", "atlas")
+BUDGETS = ("paper", "default", "test")
+STUDY_ENV = "SCALING_ASSETS_STUDY"
+HOME_ENV = "SCALING_ASSETS_HOME"
+
+# Which path options each real source needs (the loaders' keyword arguments).
+SOURCE_PATHS = {
+    "h5ad": ("path",),
+    "cite": ("path",),
+    "atlas": ("path",),
+    "merfish": ("cell_by_gene", "cell_metadata"),
+    "larry": ("counts", "gene_names", "metadata", "clone_matrix"),
+}
+
+
+def format_quality(q: float) -> str:
+    """Quality as it appears in keys and tables: 3 significant digits, no trailing zeros."""
+    return f"{q:.3g}"
+
+
+@dataclass(frozen=True, order=True)
+class Setting:
+    """One training configuration of a dataset: N cells at quality q with a seed."""
+
+    cells: int
+    quality: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"n={self.cells}_q={format_quality(self.quality)}_s={self.seed}"
+
+    @property
+    def quality_seed_key(self) -> str:
+        return quality_seed_key(self.quality, self.seed)
+
+    @property
+    def seed_key(self) -> str:
+        return seed_key(self.seed)
+
+
+def seed_key(seed: int) -> str:
+    return f"s={seed}"
+
+
+def quality_seed_key(quality: float, seed: int) -> str:
+    return f"q={format_quality(quality)}_s={seed}"
+
+
+_SETTING_RE = re.compile(r"^n=(\d+)_q=([0-9.eE+-]+)_s=(\d+)$")
+_QS_RE = re.compile(r"^q=([0-9.eE+-]+)_s=(\d+)$")
+_SEED_RE = re.compile(r"^s=(\d+)$")
+
+
+def parse_setting_key(key: str) -> Setting:
+    m = _SETTING_RE.match(key)
+    if not m:
+        raise StudyConfigError(f"partition key {key!r} is not a setting key like 'n=300_q=0.1_s=42'")
+    return Setting(int(m.group(1)), float(m.group(2)), int(m.group(3)))
+
+
+def parse_quality_seed_key(key: str) -> tuple[float, int]:
+    m = _QS_RE.match(key)
+    if not m:
+        raise StudyConfigError(f"partition key {key!r} is not a quality-seed key like 'q=0.1_s=42'")
+    return float(m.group(1)), int(m.group(2))
+
+
+def parse_seed_key(key: str) -> int:
+    m = _SEED_RE.match(key)
+    if not m:
+        raise StudyConfigError(f"partition key {key!r} is not a seed key like 's=42'")
+    return int(m.group(1))
+
+
+def default_test_size(n_cells: int) -> int:
+    """DESIGN §3: 30,000 test cells, or 20% of a dataset too small for that to stay under 20%."""
+    return min(30_000, int(0.2 * n_cells))
+
+
+def log_size_grid(pool_size: int, count: int, smallest: int) -> list[int]:
+    """``count`` sizes log-spaced from ``smallest`` to ``pool_size`` (inclusive), unique, rounded."""
+    if pool_size < smallest:
+        return [pool_size]
+    raw = [smallest * (pool_size / smallest) ** (i / max(count - 1, 1)) for i in range(count)]
+    sizes = sorted({int(round(v)) for v in raw} | {pool_size})
+    return sizes
+
+
+def log_quality_grid(umis_per_cell: float, count: int, min_umis: float) -> list[float]:
+    """``count`` qualities log-spaced from 1.0 down to the q leaving ~``min_umis`` UMIs per cell."""
+    q_min = min(1.0, min_umis / umis_per_cell)
+    raw = [q_min ** (i / max(count - 1, 1)) for i in range(count)]
+    return sorted({float(format_quality(q)) for q in raw}, reverse=True)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    task: str
+    source: str
+    sizes: tuple[int, ...]
+    qualities: tuple[float, ...]
+    cells: int | None = None  # known or simulated cell count (validates sizes)
+    genes: int | None = None  # simulated gene count
+    seed: int = 0  # simulator seed
+    paths: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    umis_per_cell: float | None = None
+    test_cells: int | None = None  # overrides the study's split.test_cells for this dataset
+    validation_cells: int | None = None  # overrides the study's split.validation_cells
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    root: Path
+    budget: str
+    seeds: tuple[int, ...]
+    algorithms: tuple[str, ...]
+    datasets: dict[str, DatasetConfig]
+    n_test: int | None  # None: default_test_size(cells)
+    n_validation: int
+    chunk_size: int = 10_000
+    lmi: dict[str, Any] = field(default_factory=dict)
+    source_file: Path | None = None
+
+    # -- the grid -------------------------------------------------------------------------------
+    def settings(self, dataset: str) -> list[Setting]:
+        d = self.datasets[dataset]
+        return [Setting(n, q, s) for s in self.seeds for q in d.qualities for n in d.sizes]
+
+    def setting_keys(self, dataset: str) -> list[str]:
+        return [s.key for s in self.settings(dataset)]
+
+    def quality_seed_keys(self, dataset: str) -> list[str]:
+        d = self.datasets[dataset]
+        return [quality_seed_key(q, s) for s in self.seeds for q in d.qualities]
+
+    def seed_keys(self) -> list[str]:
+        return [seed_key(s) for s in self.seeds]
+
+    def n_training_runs(self) -> int:
+        return sum(len(self.settings(d)) for d in self.datasets) * len(self.algorithms)
+
+    def test_size(self, dataset: str) -> int | None:
+        """Test cells of a dataset: its own override, the study's, or the default rule."""
+        d = self.datasets[dataset]
+        if d.test_cells is not None:
+            return d.test_cells
+        if self.n_test is not None:
+            return self.n_test
+        return default_test_size(d.cells) if d.cells else None
+
+    def validation_size(self, dataset: str) -> int:
+        d = self.datasets[dataset]
+        return d.validation_cells if d.validation_cells is not None else self.n_validation
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def builtin_study_path(name: str) -> Path:
+    return Path(str(resources.files("scaling_assets").joinpath("studies", f"{name}.yaml")))
+
+
+def resolve_study_file(name_or_path: str | os.PathLike | None = None) -> Path:
+    """A study name (``default``, ``paper``) or a path to a YAML file; env var when not given."""
+    value = str(name_or_path or os.environ.get(STUDY_ENV) or "default")
+    if value.endswith((".yaml", ".yml")) or os.sep in value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise StudyConfigError(f"study file {path} does not exist")
+        return path
+    path = builtin_study_path(value)
+    if not path.is_file():
+        raise StudyConfigError(
+            f"no built-in study named {value!r} (built-in: default, paper); "
+            f"set {STUDY_ENV} to a study name or to the path of a study YAML file"
+        )
+    return path
+
+
+def load_study(name_or_path: str | os.PathLike | None = None, *, check_paths: bool = True) -> Study:
+    path = resolve_study_file(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"study file {path} is not valid YAML: {exc}") from exc
+    return parse_study(raw, path, check_paths=check_paths)
+
+
+def _err(path: Path | None, where: str, msg: str) -> StudyConfigError:
+    return StudyConfigError(f"study file {path}: {where}: {msg}")
+
+
+def _resolve_root(root: str, study_file: Path | None) -> Path:
+    p = Path(os.path.expandvars(str(root))).expanduser()
+    if p.is_absolute():
+        return p
+    base = Path(os.environ.get(HOME_ENV) or os.getcwd())
+    return (base / p).resolve()
+
+
+def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True) -> Study:
+    if not isinstance(raw, dict):
+        raise _err(path, "top level", "expected a mapping with 'name', 'datasets', ...")
+    unknown = set(raw) - {
+        "name", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "datasets",
+        "split", "chunk_size", "lmi", "description",
+    }
+    if unknown:
+        raise _err(path, "top level", f"unknown keys {sorted(unknown)}")
+    name = str(raw.get("name") or (path.stem if path else "study"))
+    budget = raw.get("budget", "default")
+    if budget not in BUDGETS:
+        raise _err(path, "budget", f"{budget!r} is not one of {list(BUDGETS)}")
+    algorithms = tuple(raw.get("algorithms", ALGORITHMS))
+    for a in algorithms:
+        if a not in ALGORITHMS:
+            raise _err(path, "algorithms", f"unknown algorithm {a!r}; known: {list(ALGORITHMS)}")
+    seeds = tuple(int(s) for s in raw.get("seeds", [42]))
+    if not seeds:
+        raise _err(path, "seeds", "at least one seed is needed")
+    split = raw.get("split") or {}
+    n_test = split.get("test_cells")
+    n_validation = int(split.get("validation_cells", 1000))
+    datasets_raw = raw.get("datasets")
+    if not isinstance(datasets_raw, dict) or not datasets_raw:
+        raise _err(path, "datasets", "expected a non-empty mapping of dataset name -> settings")
+    study_sizes = raw.get("sizes")
+    study_qualities = raw.get("qualities")
+    datasets = {}
+    for dname, draw in datasets_raw.items():
+        datasets[dname] = _parse_dataset(
+            str(dname), draw or {}, study_sizes, study_qualities, n_test, n_validation, path, check_paths
+        )
+    return Study(
+        name=name,
+        root=_resolve_root(raw.get("root", f"study_runs/{name}"), path),
+        budget=budget,
+        seeds=seeds,
+        algorithms=algorithms,
+        datasets=datasets,
+        n_test=None if n_test is None else int(n_test),
+        n_validation=n_validation,
+        chunk_size=int(raw.get("chunk_size", 10_000)),
+        lmi=dict(raw.get("lmi") or {}),
+        source_file=path,
+    )
+
+
+def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, check_paths) -> DatasetConfig:
+    where = f"datasets.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise _err(path, where, "dataset names may use letters, digits, '_' and '-' only")
+    task = d.get("task")
+    if task not in TASKS:
+        raise _err(path, f"{where}.task", f"{task!r} is not one of {list(TASKS)}")
+    source = d.get("source", "simulated")
+    if source not in SOURCES:
+        raise _err(path, f"{where}.source", f"{source!r} is not one of {list(SOURCES)}")
+    cells = d.get("cells")
+    cells = int(cells) if cells is not None else None
+    paths = {k: str(Path(os.path.expandvars(str(v))).expanduser()) for k, v in (d.get("paths") or {}).items()}
+    if source == "simulated":
+        if not cells or not d.get("genes"):
+            raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
+    else:
+        for key in SOURCE_PATHS[source]:
+            if key not in paths:
+                raise _err(path, f"{where}.paths", f"source {source!r} needs path '{key}'")
+            if check_paths and not Path(paths[key]).exists():
+                raise _err(path, f"{where}.paths.{key}", f"missing data path {paths[key]}")
+    umis = d.get("umis_per_cell")
+    umis = float(umis) if umis is not None else None
+    own_split = d.get("split") or {}
+    own_test = own_split.get("test_cells")
+    own_val = own_split.get("validation_cells")
+    n_test = int(own_test) if own_test is not None else n_test
+    n_val = int(own_val) if own_val is not None else n_val
+
+    test = n_test if n_test is not None else (default_test_size(cells) if cells else None)
+    pool = cells - test - n_val if cells is not None and test is not None else None
+    if pool is not None and pool <= 0:
+        raise _err(path, where, f"{cells} cells leave no training pool after {test} test and {n_val} validation cells")
+
+    sizes_spec = d.get("sizes", study_sizes)
+    if sizes_spec is None:
+        raise _err(path, f"{where}.sizes", "no sizes given (per dataset or at the top level)")
+    if isinstance(sizes_spec, dict):  # {grid: log, count: 10, smallest: 100}
+        if pool is None:
+            raise _err(path, f"{where}.sizes", "a size grid needs the dataset's 'cells' to know the pool size")
+        sizes = log_size_grid(pool, int(sizes_spec.get("count", 10)), int(sizes_spec.get("smallest", 100)))
+    else:
+        sizes = sorted({int(s) for s in sizes_spec})
+    if not sizes or sizes[0] < 1:
+        raise _err(path, f"{where}.sizes", f"sizes must be positive integers, got {sizes_spec}")
+    if pool is not None and sizes[-1] > pool:
+        raise _err(
+            path, f"{where}.sizes",
+            f"size {sizes[-1]} is larger than the training pool ({pool} = {cells} cells - {test} test - {n_val} validation)",
+        )
+
+    q_spec = d.get("qualities", study_qualities)
+    if q_spec is None:
+        raise _err(path, f"{where}.qualities", "no qualities given (per dataset or at the top level)")
+    if isinstance(q_spec, dict):  # {grid: log, count: 10, min_umis: 10}
+        if umis is None:
+            raise _err(path, f"{where}.qualities", "a quality grid needs the dataset's 'umis_per_cell'")
+        qualities = log_quality_grid(umis, int(q_spec.get("count", 10)), float(q_spec.get("min_umis", 10)))
+    else:
+        qualities = sorted({float(q) for q in q_spec}, reverse=True)
+    for q in qualities:
+        if not (0.0 < q <= 1.0) or math.isnan(q):
+            raise _err(path, f"{where}.qualities", f"quality {q} is outside (0, 1]")
+    return DatasetConfig(
+        name=name, task=task, source=source, sizes=tuple(sizes), qualities=tuple(qualities), cells=cells,
+        genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
+        options=dict(d.get("options") or {}), umis_per_cell=umis,
+        test_cells=None if own_test is None else int(own_test),
+        validation_cells=None if own_val is None else int(own_val),
+    )

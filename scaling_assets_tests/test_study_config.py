@@ -1,0 +1,118 @@
+"""Study files: the grid, readable partition keys, and clear errors for invalid studies."""
+
+import textwrap
+
+import pytest
+
+from scaling_assets.errors import StudyConfigError
+from scaling_assets.study import (
+    Setting,
+    default_test_size,
+    load_study,
+    log_quality_grid,
+    log_size_grid,
+    parse_quality_seed_key,
+    parse_setting_key,
+)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+MINIMAL = """
+name: tiny
+root: {root}
+seeds: [7]
+algorithms: [pca]
+sizes: [100, 400]
+qualities: [1.0, 0.25]
+split: {{validation_cells: 200}}
+datasets:
+  cite: {{task: cite, source: simulated, cells: 1000, genes: 50}}
+"""
+
+
+def test_default_study_has_all_tasks_and_algorithms_with_a_small_grid():
+    study = load_study("default")
+    assert set(study.datasets) == {"cite", "lineage", "spatial", "development"}
+    assert study.algorithms == ("pca", "random_projection", "scvi", "geneformer")
+    for d in study.datasets.values():
+        assert len(d.sizes) >= 2 and len(d.qualities) >= 3
+    assert study.budget == "default" and len(study.seeds) == 1
+
+
+def test_paper_study_is_the_reference_grid(monkeypatch):
+    monkeypatch.setenv("SCALING_ASSETS_DATA", "/data")
+    study = load_study("paper", check_paths=False)
+    assert study.seeds == (42, 1404, 2701) and study.budget == "paper"
+    assert len(study.datasets) == 4
+    for d in study.datasets.values():
+        assert len(d.sizes) == 10 and d.sizes[0] == 100
+        assert len(d.qualities) == 10 and d.qualities[0] == 1.0
+        # the smallest quality leaves ~10 UMIs per cell
+        assert d.qualities[-1] * d.umis_per_cell == pytest.approx(10, rel=0.01)
+    assert study.n_training_runs() == 4 * 10 * 10 * 3 * 4
+    # the largest size is the whole training pool: cells - 30,000 test - 1,000 validation
+    assert study.datasets["cite"].sizes[-1] == 161764 - 30000 - 1000
+
+
+def test_keys_are_readable_and_round_trip(tmp_path):
+    study = load_study(write(tmp_path, MINIMAL.format(root=tmp_path / "out")))
+    keys = study.setting_keys("cite")
+    assert keys == ["n=100_q=1_s=7", "n=400_q=1_s=7", "n=100_q=0.25_s=7", "n=400_q=0.25_s=7"]
+    assert parse_setting_key("n=400_q=0.25_s=7") == Setting(400, 0.25, 7)
+    assert parse_quality_seed_key("q=0.25_s=7") == (0.25, 7)
+    assert study.quality_seed_keys("cite") == ["q=1_s=7", "q=0.25_s=7"]
+    assert study.root == tmp_path / "out"
+
+
+def test_grids():
+    assert log_size_grid(10_000, 3, 100) == [100, 1000, 10_000]
+    q = log_quality_grid(1000.0, 3, 10)
+    assert q == [1.0, 0.1, 0.01]
+    assert default_test_size(1_000_000) == 30_000
+    assert default_test_size(5_000) == 1_000
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("algorithms: [pca, umap]", "unknown algorithm 'umap'"),
+        ("qualities: [1.0, 1.5]", "quality 1.5 is outside (0, 1]"),
+        ("qualities: [0.0]", "quality 0.0 is outside (0, 1]"),
+        ("sizes: [100, 5000]", "size 5000 is larger than the training pool (600 = 1000 cells - 200 test - 200 validation)"),
+        ("budget: huge", "'huge' is not one of"),
+    ],
+)
+def test_invalid_studies_name_the_problem(tmp_path, change, message):
+    text = MINIMAL.format(root=tmp_path)
+    key = change.split(":")[0]
+    lines = [line for line in text.splitlines() if not line.startswith(key + ":")]
+    path = write(tmp_path, "\n".join(lines) + "\n" + change + "\n")
+    with pytest.raises(StudyConfigError) as err:
+        load_study(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_data_path_is_named(tmp_path):
+    path = write(tmp_path, f"""
+        name: real
+        root: {tmp_path}
+        sizes: [100]
+        qualities: [1.0]
+        datasets:
+          pbmc: {{task: cite, source: cite, paths: {{path: {tmp_path}/nope.h5ad}}}}
+    """)
+    with pytest.raises(StudyConfigError, match=r"datasets.pbmc.paths.path: missing data path .*nope.h5ad"):
+        load_study(path)
+
+
+def test_unknown_study_name_and_missing_file():
+    with pytest.raises(StudyConfigError, match="no built-in study named 'nosuch'"):
+        load_study("nosuch")
+    with pytest.raises(StudyConfigError, match="does not exist"):
+        load_study("/tmp/definitely/not/here.yaml")
