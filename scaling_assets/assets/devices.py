@@ -1,0 +1,34 @@
+"""Where a step runs: a device lease for GPU steps (CPU when there is no GPU), logged in the step."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+@contextmanager
+def step_device(context, asset_name: str, n_genes: int):
+    """Yield the torch device for this step ("cuda:N" or "cpu"), holding a lease on it meanwhile.
+
+    Runs launched by the GPU-aware coordinator carry their device as a run tag; runs started with
+    ``dagster asset materialize`` (no coordinator) pick a device with room through the same lease
+    ledger, so concurrent runs cannot oversubscribe a GPU.
+    """
+    from scaling_assets.compute.leases import gpu_step
+    from scaling_assets.compute.needs import asset_need_mib
+
+    need = asset_need_mib(asset_name, n_genes)
+    if need <= 0:
+        yield "cpu"
+        return
+    # run_id lets a retried step avoid the GPU it ran out of memory on
+    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run_id) as placement:
+        context.log.info(f"{asset_name}: running on {placement.device} ({placement.reason})")
+        yield placement.device
+
+
+def retry_policy_for(asset_name: str):
+    """Bounded retries for out-of-memory failures of GPU steps; None for CPU-only steps."""
+    from scaling_assets.compute.needs import GPU_ASSETS
+    from scaling_assets.compute.leases import oom_retry_policy
+
+    return oom_retry_policy() if asset_name in GPU_ASSETS else None

@@ -1,0 +1,66 @@
+"""Stage 6: each model embeds the held-out test cells of its quality (arrays with their cell ids)."""
+
+
+from pathlib import Path
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Output, asset
+
+from scaling_assets.assets.common import new_stage, read_summary
+from scaling_assets.assets.devices import step_device
+from scaling_assets.assets.eval_sets import TEST_FILE
+from scaling_assets.assets.models import MODEL_DIR
+from scaling_assets.assets.partitions import DatasetAssets
+
+EMBEDDINGS_FILE = "embeddings.npz"
+
+
+def load_embeddings(folder: Path):
+    import numpy as np
+
+    with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as f:
+        return f["embeddings"], f["cell_ids"].astype(str)
+
+
+def embeddings_asset(ds: DatasetAssets, algorithm: str):
+    name = f"embeddings_{algorithm}"
+    key = ds.key(name)
+    eval_asset = "eval_corpus" if algorithm == "geneformer" else "eval_counts"
+
+    @asset(
+        key=key,
+        group_name=ds.name,
+        partitions_def=ds.settings,
+        ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": ds.quality_seed_in(eval_asset)},
+        kinds={"numpy"},
+        check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True,
+                                    description="Every embedding value is finite (no NaN or inf).")],
+        description=f"{algorithm} embeddings of the test cells (thinned at the setting's quality).",
+    )
+    def embeddings(context: AssetExecutionContext, model: Path, eval_data: Path):
+        import numpy as np
+
+        from scaling_assets.models import load_model
+
+        n_genes = read_summary(model)["genes"]
+        with step_device(context, name, n_genes) as device:
+            fitted = load_model(model / MODEL_DIR, algorithm=algorithm)
+            fitted.device = device  # embed on the leased device, whatever the model trained on
+            if algorithm == "geneformer":
+                from scaling_assets.tokenize import Corpus
+
+                test = Corpus(eval_data / "test")
+                values, cell_ids = fitted.embed(test), np.asarray(test.cell_ids, dtype=str)
+            else:
+                from scaling_assets.data.h5ad_io import CsrReader
+
+                with CsrReader(eval_data / TEST_FILE) as test:
+                    values, cell_ids = fitted.embed(test), np.asarray(test.obs_names, dtype=str)
+        values = np.asarray(values, dtype=np.float32)
+        stage = new_stage(ds.study, name)
+        np.savez(stage / EMBEDDINGS_FILE, embeddings=values, cell_ids=cell_ids)
+        bad = int((~np.isfinite(values)).sum())
+        yield Output(stage, metadata={"cells": values.shape[0], "dimensions": values.shape[1], "device": device})
+        yield AssetCheckResult(passed=bad == 0, severity=AssetCheckSeverity.ERROR,
+                               metadata={"non_finite_values": bad})
+
+    return embeddings

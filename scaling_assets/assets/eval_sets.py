@@ -1,0 +1,137 @@
+"""Stage 3: what every model of a (quality, seed) is evaluated on.
+
+- ``eval_counts``: the test and validation cells thinned to quality q (DESIGN §3: evaluation data is
+  thinned at the same q as the training data of the model it evaluates).
+- ``gene_medians``: Geneformer's per-gene nonzero medians over the training pool at quality q
+  (never test cells), streamed chunk by chunk with thinning applied on the fly.
+- ``eval_corpus``: the test and validation sets as rank-value token corpora.
+"""
+
+
+from functools import partial
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Output, asset
+
+from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
+from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.assets.splits import load_split
+from scaling_assets.study import parse_quality_seed_key
+
+TEST_FILE = "test.h5ad"
+VALIDATION_FILE = "validation.h5ad"
+MEDIANS_FILE = "medians.npy"
+DICTIONARY_FILE = "dictionary.json"
+
+
+def thinning(quality: float, seed: int):
+    from scaling_assets.data.thinning import thin_counts
+
+    return None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
+
+
+def thinned_view(reader, quality: float, seed: int):
+    from scaling_assets.data.counts import TransformedCounts
+
+    transform = thinning(quality, seed)
+    return reader if transform is None else TransformedCounts(reader, transform)
+
+
+def eval_counts_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("eval_counts"),
+        group_name=ds.name,
+        partitions_def=ds.quality_seeds,
+        ins={"raw": ds.raw_in(), "split": ds.split_in("quality_seed")},
+        kinds={"h5ad"},
+        description="Test and validation cells thinned to the partition's quality.",
+    )
+    def eval_counts(context: AssetExecutionContext, raw: Path, split: Path):
+        from scaling_assets.data.h5ad_io import CsrReader, write_rows
+
+        quality, seed = parse_quality_seed_key(context.partition_key)
+        sets = load_split(split)
+        stage = new_stage(ds.study, "eval")
+        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
+            test = write_rows(reader, sets.test, stage / TEST_FILE, transform=thinning(quality, seed),
+                              chunk_size=ds.study.chunk_size, progress=show_progress())
+            val = write_rows(reader, sets.validation, stage / VALIDATION_FILE, transform=thinning(quality, seed),
+                             chunk_size=ds.study.chunk_size, progress=show_progress())
+        summary = {"test": test, "validation": val, "quality": quality, "seed": seed}
+        write_summary(stage, summary)
+        return Output(stage, metadata={
+            **count_metadata(test), "validation_cells": val["cells"], "quality": quality,
+            "wall_time_s": round(elapsed(), 2),
+        })
+
+    return eval_counts
+
+
+def gene_medians_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("gene_medians"),
+        group_name=ds.name,
+        partitions_def=ds.quality_seeds,
+        ins={"raw": ds.raw_in(), "split": ds.split_in("quality_seed")},
+        kinds={"numpy"},
+        description="Per-gene nonzero medians of normalised counts over the training pool at this quality "
+        "(Geneformer normalisation; test cells excluded), and the token dictionary.",
+    )
+    def gene_medians(context: AssetExecutionContext, raw: Path, split: Path):
+        import numpy as np
+
+        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.tokenize import TokenDictionary, gene_nonzero_medians
+
+        quality, seed = parse_quality_seed_key(context.partition_key)
+        pool = np.sort(load_split(split).pool_order)
+        stage = new_stage(ds.study, "medians")
+        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
+            medians = gene_nonzero_medians(thinned_view(reader, quality, seed), rows=pool, chunk_size=ds.study.chunk_size)
+            dictionary = TokenDictionary(reader.var_names)
+        np.save(stage / MEDIANS_FILE, medians)
+        dictionary.save(stage / DICTIONARY_FILE)
+        expressed = int(np.isfinite(medians).sum())
+        return Output(stage, metadata={
+            "pool_cells": len(pool), "genes": len(medians), "genes_expressed": expressed,
+            "wall_time_s": round(elapsed(), 2),
+        })
+
+    return gene_medians
+
+
+def load_medians(folder: Path):
+    import numpy as np
+
+    from scaling_assets.tokenize import TokenDictionary
+
+    return np.load(folder / MEDIANS_FILE), TokenDictionary.load(folder / DICTIONARY_FILE)
+
+
+def eval_corpus_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("eval_corpus"),
+        group_name=ds.name,
+        partitions_def=ds.quality_seeds,
+        ins={"eval_counts": ds.same_in("eval_counts"), "gene_medians": ds.same_in("gene_medians")},
+        kinds={"numpy"},
+        description="Test and validation cells as Geneformer rank-value token corpora.",
+    )
+    def eval_corpus(context: AssetExecutionContext, eval_counts: Path, gene_medians: Path):
+        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.tokenize import build_corpus
+
+        medians, dictionary = load_medians(gene_medians)
+        stage = new_stage(ds.study, "eval-corpus")
+        summaries = {}
+        for name, file in (("test", TEST_FILE), ("validation", VALIDATION_FILE)):
+            with CsrReader(eval_counts / file) as reader:
+                summaries[name] = build_corpus(reader, stage / name, medians, dictionary,
+                                               chunk_size=ds.study.chunk_size, progress=show_progress())
+        write_summary(stage, summaries)
+        return Output(stage, metadata={
+            "test_cells": summaries["test"].get("cells"), "validation_cells": summaries["validation"].get("cells"),
+            "test_cells_dropped": summaries["test"].get("dropped", 0),
+        })
+
+    return eval_corpus

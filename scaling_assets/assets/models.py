@@ -1,0 +1,96 @@
+"""Stage 5: one trained model per algorithm and setting (PCA, random projection, SCVI, Geneformer)."""
+
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from scaling_assets.assets.common import COUNTS_FILE, image_metadata, new_stage, plain, show_progress, write_summary
+from scaling_assets.assets.devices import retry_policy_for, step_device
+from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.assets.training_sets import CORPUS_DIR
+from scaling_assets.study import parse_setting_key
+
+MODEL_DIR = "model"
+HISTORY_FILE = "history.csv"
+LOSS_PLOT = "loss.png"
+KINDS = {"pca": "scikitlearn", "random_projection": "scikitlearn", "scvi": "pytorch", "geneformer": "pytorch"}
+
+
+def fit_report_record(report, model, algorithm: str, setting, budget: str) -> dict:
+    record = {
+        "algorithm": algorithm, "cells": setting.cells, "quality": setting.quality, "seed": setting.seed,
+        "budget": budget, "parameters": int(model.n_parameters()), "genes": len(model.gene_ids),
+        "embedding_dim": int(model.embedding_dim), "hyperparameters": model.hyperparameters(),
+    }
+    for field in ("epochs", "steps", "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device"):
+        record[field] = plain(getattr(report, field, None))
+    return record
+
+
+def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path):
+    from scaling_assets.metrics.plots import plot_loss_curves
+    from scaling_assets.models import get_model_class
+
+    setting = parse_setting_key(context.partition_key)
+    gene_ids = train.token_dictionary.gene_ids if algorithm == "geneformer" else train.var_names
+    with step_device(context, f"model_{algorithm}", len(gene_ids)) as device:
+        model = get_model_class(algorithm)(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
+        report = model.fit(train, validation=validation, progress=show_progress())
+    model.save(stage / MODEL_DIR)
+    record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
+    write_summary(stage, record)
+    metadata = {
+        k: record[k] for k in ("parameters", "genes", "epochs", "steps", "stop_reason", "train_loss",
+                               "validation_loss", "wall_time_s", "device", "budget")
+        if record.get(k) is not None
+    }
+    history = getattr(report, "history", None)
+    if history is not None and len(history):
+        history.to_csv(stage / HISTORY_FILE, index=False)
+        plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}")
+        metadata["loss_curve"] = image_metadata(stage / LOSS_PLOT, "loss")
+    metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
+    context.log.info(
+        f"{algorithm}: {record['parameters']:,} parameters, stop={record.get('stop_reason')} "
+        f"after {record.get('epochs')} epochs / {record.get('steps')} steps on {record.get('device')}"
+    )
+    return Output(stage, metadata=metadata)
+
+
+def model_asset(ds: DatasetAssets, algorithm: str):
+    name = f"model_{algorithm}"
+    common = dict(
+        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings, kinds={KINDS[algorithm]},
+        retry_policy=retry_policy_for(name),
+    )
+
+    if algorithm == "geneformer":
+        @asset(
+            **common,
+            ins={"train_corpus": ds.same_in("train_corpus"), "eval_corpus": ds.quality_seed_in("eval_corpus")},
+            description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
+            "stopping on the validation corpus.",
+        )
+        def model(context: AssetExecutionContext, train_corpus: Path, eval_corpus: Path):
+            from scaling_assets.tokenize import Corpus
+
+            stage = new_stage(ds.study, name)
+            return _train(ds, context, algorithm, Corpus(train_corpus / CORPUS_DIR),
+                          Corpus(eval_corpus / "validation"), stage)
+
+        return model
+
+    @asset(
+        **common,
+        ins={"train_counts": ds.same_in("train_counts")},
+        description=f"{algorithm} model fitted on the setting's training counts (DESIGN §5 settings).",
+    )
+    def model(context: AssetExecutionContext, train_counts: Path):
+        from scaling_assets.data.h5ad_io import CsrReader
+
+        stage = new_stage(ds.study, name)
+        with CsrReader(train_counts / COUNTS_FILE) as reader:
+            return _train(ds, context, algorithm, reader, None, stage)
+
+    return model

@@ -1,0 +1,77 @@
+"""Partitions of one dataset's assets, and the built-in mappings between them.
+
+Each dataset has its own asset group, so each can have its own size and quality grid. Inside a group:
+
+    raw_counts                       unpartitioned
+    split                            seed             s=42
+    eval_counts, gene_medians, ...   quality x seed   q=0.1_s=42
+    train_counts, model_*, mi_* ...  setting          n=300_q=0.1_s=42
+
+Upstream partitions map to downstream ones with ``StaticPartitionMapping`` only (DESIGN §8: custom
+mapping classes are dropped from the snapshot the webserver and daemon use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from dagster import AssetIn, AssetKey, StaticPartitionMapping, StaticPartitionsDefinition
+
+from scaling_assets.study import DatasetConfig, Study, parse_quality_seed_key, parse_setting_key, parse_seed_key
+
+
+@dataclass(frozen=True)
+class DatasetAssets:
+    """What the asset factories of one dataset need: its config, its partitions, its asset keys."""
+
+    study: Study
+    config: DatasetConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def key(self, asset: str) -> AssetKey:
+        return AssetKey([self.name, asset])
+
+    @cached_property
+    def seeds(self) -> StaticPartitionsDefinition:
+        return StaticPartitionsDefinition(self.study.seed_keys())
+
+    @cached_property
+    def quality_seeds(self) -> StaticPartitionsDefinition:
+        return StaticPartitionsDefinition(self.study.quality_seed_keys(self.name))
+
+    @cached_property
+    def settings(self) -> StaticPartitionsDefinition:
+        return StaticPartitionsDefinition(self.study.setting_keys(self.name))
+
+    # -- inputs with their partition mappings -----------------------------------------------
+    def raw_in(self) -> AssetIn:
+        return AssetIn(key=self.key("raw_counts"))
+
+    def split_in(self, downstream: str) -> AssetIn:
+        """The split of the downstream partition's seed (downstream: 'quality_seed' or 'setting')."""
+        mapping: dict[str, list[str]] = {}
+        if downstream == "quality_seed":
+            for k in self.study.quality_seed_keys(self.name):
+                mapping.setdefault(f"s={parse_quality_seed_key(k)[1]}", []).append(k)
+        else:
+            for k in self.study.setting_keys(self.name):
+                mapping.setdefault(f"s={parse_setting_key(k).seed}", []).append(k)
+        return AssetIn(key=self.key("split"), partition_mapping=StaticPartitionMapping(mapping))
+
+    def quality_seed_in(self, asset: str) -> AssetIn:
+        """A quality x seed asset seen from a setting partition (same quality and seed)."""
+        mapping: dict[str, list[str]] = {}
+        for k in self.study.setting_keys(self.name):
+            mapping.setdefault(parse_setting_key(k).quality_seed_key, []).append(k)
+        return AssetIn(key=self.key(asset), partition_mapping=StaticPartitionMapping(mapping))
+
+    def same_in(self, asset: str) -> AssetIn:
+        """An asset with the same partitions as the downstream one (identity mapping)."""
+        return AssetIn(key=self.key(asset))
+
+
+__all__ = ["DatasetAssets", "parse_seed_key", "parse_quality_seed_key", "parse_setting_key"]

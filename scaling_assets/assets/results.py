@@ -1,0 +1,151 @@
+"""Stage 8: study-wide tables (MI, parameters, hyperparameters, scaling-law fits) and plots.
+
+The tables read every MI / model partition of the study grid that has been materialised (they
+depend on the partitioned assets without loading them through Dagster, so a partial study still
+gives a table; missing partitions are listed in the metadata).
+"""
+
+
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetDep, AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, asset
+
+from scaling_assets.assets.common import image_metadata, new_stage, read_summary
+from scaling_assets.assets.storage import partition_dir, read_record
+from scaling_assets.study import Study
+
+GROUP = "results"
+NOISE_PLOT = "mi_vs_umis.png"
+SIZE_PLOT = "mi_vs_cells.png"
+
+
+def _partition_folders(study: Study, asset_prefix: str):
+    """(dataset, algorithm, setting key, folder or None) for every partition of the study grid."""
+    for dataset in study.datasets:
+        for algorithm in study.algorithms:
+            for key in study.setting_keys(dataset):
+                folder = partition_dir(study.root, [dataset, f"{asset_prefix}_{algorithm}"], key)
+                yield dataset, algorithm, key, (folder if folder.exists() else None)
+
+
+def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
+    rows, missing = [], []
+    for dataset, algorithm, key, folder in _partition_folders(study, "mi"):
+        if folder is None:
+            missing.append(f"{dataset}/mi_{algorithm}/{key}")
+            continue
+        record = read_record(folder)
+        for sig in record["signals"]:
+            rows.append({
+                "dataset": dataset, "task": record["task"], "signal": sig["signal"], "algorithm": algorithm,
+                "cells": record["cells"], "quality": record["quality"], "umis_per_cell": record["umis_per_cell"],
+                "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
+                "mi_bits_raw": sig.get("mi_bits_raw", sig["mi_bits"]),
+            })
+    from scaling_assets.metrics.tables import MI_COLUMNS
+
+    df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw"])
+    return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
+
+
+def model_records(study: Study) -> list[dict]:
+    return [
+        dict(read_summary(folder), dataset=dataset)
+        for dataset, _, _, folder in _partition_folders(study, "model")
+        if folder is not None
+    ]
+
+
+def _table_metadata(df: pd.DataFrame, missing: list[str] | None = None) -> dict:
+    meta = {"rows": len(df), "preview": MetadataValue.md(df.head(40).to_markdown(index=False) if len(df) else "(empty)")}
+    if missing is not None:
+        meta["missing_partitions"] = len(missing)
+        if missing:
+            meta["first_missing"] = MetadataValue.text("\n".join(missing[:20]))
+    return meta
+
+
+def results_assets(study: Study) -> list:
+    mi_keys = [AssetKey([d, f"mi_{a}"]) for d in study.datasets for a in study.algorithms]
+    model_keys = [AssetKey([d, f"model_{a}"]) for d in study.datasets for a in study.algorithms]
+
+    @asset(key=[GROUP, "mi_table"], group_name=GROUP, deps=[AssetDep(k) for k in mi_keys], kinds={"parquet"},
+           description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed).")
+    def mi_table(context: AssetExecutionContext):
+        df, missing = mi_rows(study)
+        return Output(df, metadata=_table_metadata(df, missing))
+
+    @asset(key=[GROUP, "parameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
+           kinds={"parquet"}, description="Parameter count of every algorithm per dataset (from the built models).")
+    def parameter_table(context: AssetExecutionContext):
+        records = model_records(study)
+        df = pd.DataFrame(
+            [{"dataset": r["dataset"], "genes": r["genes"], "algorithm": r["algorithm"], "parameters": r["parameters"]}
+             for r in records],
+            columns=["dataset", "genes", "algorithm", "parameters"],
+        ).drop_duplicates().sort_values(["dataset", "algorithm"]).reset_index(drop=True)
+        return Output(df, metadata=_table_metadata(df))
+
+    @asset(key=[GROUP, "hyperparameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
+           kinds={"parquet"}, description="Hyperparameters each algorithm was trained with (and the budget).")
+    def hyperparameter_table(context: AssetExecutionContext):
+        rows = []
+        for r in model_records(study):
+            for name, value in sorted(r["hyperparameters"].items()):
+                rows.append({"algorithm": r["algorithm"], "budget": r["budget"], "hyperparameter": name,
+                             "value": str(value)})
+        df = pd.DataFrame(rows, columns=["algorithm", "budget", "hyperparameter", "value"])
+        df = df.drop_duplicates().sort_values(["algorithm", "hyperparameter", "value"]).reset_index(drop=True)
+        return Output(df, metadata=_table_metadata(df))
+
+    mi_in = {"mi_table": AssetIn(key=[GROUP, "mi_table"])}
+
+    @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
+           description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
+           "(dataset, signal, algorithm, cells), with standard errors and R^2.")
+    def noise_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
+        from scaling_assets.metrics.laws import fit_noise_laws
+
+        df = fit_noise_laws(mi_table)
+        return Output(df, metadata=_table_metadata(df))
+
+    @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
+           description="Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality), "
+           "with standard errors and R^2.")
+    def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
+        from scaling_assets.metrics.laws import fit_size_laws
+
+        df = fit_size_laws(mi_table)
+        return Output(df, metadata=_table_metadata(df))
+
+    @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
+           ins={**mi_in, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
+                "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
+           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves.")
+    def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
+                      size_law_fits: pd.DataFrame):
+        from scaling_assets.metrics.plots import plot_noise_laws, plot_size_laws
+
+        stage = new_stage(study, "plots")
+        plot_noise_laws(mi_table, noise_law_fits, stage / NOISE_PLOT)
+        plot_size_laws(mi_table, size_law_fits, stage / SIZE_PLOT)
+        return Output(stage, metadata={
+            "mi_vs_umis": image_metadata(stage / NOISE_PLOT, "MI vs UMIs per cell"),
+            "mi_vs_cells": image_metadata(stage / SIZE_PLOT, "MI vs cells"),
+        })
+
+    return [mi_table, parameter_table, hyperparameter_table, noise_law_fits, size_law_fits, scaling_plots]
+
+
+def result_paths(study: Study) -> dict[str, Path]:
+    base = Path(study.root) / GROUP
+    return {
+        "mi_table": base / "mi_table" / "all" / "table.parquet",
+        "parameter_table": base / "parameter_table" / "all" / "table.parquet",
+        "hyperparameter_table": base / "hyperparameter_table" / "all" / "table.parquet",
+        "noise_law_fits": base / "noise_law_fits" / "all" / "table.parquet",
+        "size_law_fits": base / "size_law_fits" / "all" / "table.parquet",
+        "mi_vs_umis_plot": base / "scaling_plots" / "all" / NOISE_PLOT,
+        "mi_vs_cells_plot": base / "scaling_plots" / "all" / SIZE_PLOT,
+    }

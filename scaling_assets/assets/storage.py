@@ -1,0 +1,129 @@
+"""Storage layout of a study and the IO manager that owns it.
+
+Layout under the study root (one folder per asset partition; the folder is the unit of replacement):
+
+    <root>/<dataset>/<asset>/<partition key>/      e.g. cite/model_scvi/n=300_q=0.1_s=42/model/
+    <root>/tables/<table>/                          mi.parquet, mi.csv, ... (unpartitioned tables)
+    <root>/.staging/                                work in progress, renamed into place when done
+
+Assets write their files into a fresh staging folder (``stage_dir``) and return it as a ``Path``;
+the IO manager renames it to the partition folder, so a failed or interrupted step never leaves a
+half-written partition, and re-materialising replaces the old folder whole. Downstream assets get
+the partition folder back and read what they need with the core readers (row-range CSR reads for
+counts, memmapped corpora, ``.npz`` embeddings), never a whole dataset in memory. Small records
+(dicts) are stored as JSON and DataFrames as Parquet + CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+
+RECORD_FILE = "record.json"
+TABLE_FILE = "table"
+
+
+def stage_dir(root: Path | str, label: str = "stage") -> Path:
+    """A fresh folder on the same file system as the study root (so the final rename is atomic)."""
+    staging = Path(root) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=staging))
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing any previous ``dst`` folder (old one removed after the swap)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dst, trash)
+    os.replace(src, dst)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
+    """``<root>/<dataset>/<asset>/<partition>``; unpartitioned assets use the folder ``all``."""
+    return Path(root).joinpath(*asset_key_path, partition_key or "all")
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / RECORD_FILE).read_text())
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+class StudyIOManager(ConfigurableIOManager):
+    """Persists every asset partition under the study root (see the module docstring)."""
+
+    root: str
+
+    def _folder(self, context: InputContext | OutputContext) -> Path:
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        return partition_dir(self.root, list(context.asset_key.path), partition)
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        folder = self._folder(context)
+        if isinstance(obj, Path):  # a staged folder written by the asset
+            replace_dir(obj, folder)
+        elif isinstance(obj, pd.DataFrame):
+            stage = stage_dir(self.root, "table")
+            obj.to_parquet(stage / f"{TABLE_FILE}.parquet", index=False)
+            obj.to_csv(stage / f"{TABLE_FILE}.csv", index=False)
+            replace_dir(stage, folder)
+        elif isinstance(obj, dict):
+            stage = stage_dir(self.root, "record")
+            write_json_atomic(stage / RECORD_FILE, obj)
+            replace_dir(stage, folder)
+        else:
+            raise TypeError(
+                f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; the study IO "
+                "manager stores staged folders (Path), DataFrames and dicts"
+            )
+        context.add_output_metadata({"path": str(folder)})
+
+    def load_input(self, context: InputContext) -> Any:
+        if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: expected one upstream partition, got "
+                f"{len(context.asset_partition_keys)}; this input should map one partition to one"
+            )
+        folder = self._folder(context)
+        if not folder.exists():
+            raise FileNotFoundError(
+                f"upstream asset {context.asset_key.to_user_string()} partition "
+                f"{context.asset_partition_key if context.has_asset_partitions else '(all)'} has not been "
+                f"materialised yet (no folder {folder}); materialise it first"
+            )
+        if (folder / RECORD_FILE).exists():
+            return read_record(folder)
+        if (folder / f"{TABLE_FILE}.parquet").exists():
+            return pd.read_parquet(folder / f"{TABLE_FILE}.parquet")
+        return folder

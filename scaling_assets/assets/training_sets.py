@@ -1,0 +1,71 @@
+"""Stage 4: the training data of one setting: the first N cells of the seeded pool order, thinned to q.
+
+Sizes are nested (the N-cell sample is a prefix of the same permutation) and thinning depends only
+on the raw cell index, so a cell looks the same in every sample that contains it (DESIGN §3).
+"""
+
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Output, asset
+
+from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
+from scaling_assets.assets.eval_sets import load_medians, thinning
+from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.study import parse_setting_key
+
+CORPUS_DIR = "corpus"
+
+
+def train_counts_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("train_counts"),
+        group_name=ds.name,
+        partitions_def=ds.settings,
+        ins={"raw": ds.raw_in(), "split": ds.split_in("setting")},
+        kinds={"h5ad"},
+        description="Training cells of the setting: first N of the seeded pool order, thinned to quality q.",
+    )
+    def train_counts(context: AssetExecutionContext, raw: Path, split: Path):
+        from scaling_assets.assets.splits import load_split
+        from scaling_assets.data.h5ad_io import CsrReader, write_rows
+
+        setting = parse_setting_key(context.partition_key)
+        rows = load_split(split).train_rows(setting.cells)
+        stage = new_stage(ds.study, "train")
+        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
+            summary = write_rows(reader, rows, stage / COUNTS_FILE, transform=thinning(setting.quality, setting.seed),
+                                 chunk_size=ds.study.chunk_size, progress=show_progress())
+        summary = dict(summary, quality=setting.quality, seed=setting.seed)
+        write_summary(stage, summary)
+        return Output(stage, metadata={**count_metadata(summary), "quality": setting.quality,
+                                       "wall_time_s": round(elapsed(), 2)})
+
+    return train_counts
+
+
+def train_corpus_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("train_corpus"),
+        group_name=ds.name,
+        partitions_def=ds.settings,
+        ins={"train_counts": ds.same_in("train_counts"), "gene_medians": ds.quality_seed_in("gene_medians")},
+        kinds={"numpy"},
+        description="Training cells as a Geneformer rank-value token corpus (ragged token arrays + lengths).",
+    )
+    def train_corpus(context: AssetExecutionContext, train_counts: Path, gene_medians: Path):
+        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.tokenize import build_corpus
+
+        medians, dictionary = load_medians(gene_medians)
+        stage = new_stage(ds.study, "train-corpus")
+        with CsrReader(train_counts / COUNTS_FILE) as reader, timed() as elapsed:
+            summary = build_corpus(reader, stage / CORPUS_DIR, medians, dictionary,
+                                   chunk_size=ds.study.chunk_size, progress=show_progress())
+        write_summary(stage, summary)
+        return Output(stage, metadata={
+            "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),
+            "tokens": summary.get("tokens"), "wall_time_s": round(elapsed(), 2),
+        })
+
+    return train_corpus

@@ -1,0 +1,298 @@
+"""GPU-aware run queue for Dagster 1.13: hold GPU runs until a GPU has room, pin them at launch.
+
+How the gate works (Dagster 1.13 has no dequeue hook on the coordinator):
+the ``QueuedRunCoordinatorDaemon`` re-reads ``run_coordinator.get_run_queue_config()`` every tick
+and drops every queued run that its ``tag_concurrency_limits`` block, *before* it cuts the batch to
+``max_concurrent_runs``. So:
+
+1. ``submit_run`` tags each GPU run with ``TAG_GPU_NEED`` (if not already tagged) and a unique gate
+   tag ``scaling_assets/gpu_gate=<run_id>``.
+2. ``get_run_queue_config`` plans the queue against live NVML free memory minus the promise ledger
+   (``leases.py``) and returns, besides the configured limits, ``{key: gate, value: <run_id>,
+   limit: 0}`` for every GPU run that does not fit now. Those runs stay QUEUED; CPU runs and fitting
+   GPU runs go through the daemon's normal priority order and ``max_concurrent_runs``.
+3. ``GpuAwareRunLauncher.launch_run`` (called by the daemon for each dequeued run) picks the GPU
+   under the ledger lock, writes a promise for it, tags the run ``TAG_DEVICE=cuda:N`` and launches
+   it as its own subprocess (``DefaultRunLauncher``). The run's ``gpu_step`` turns the promise into
+   a lease.
+
+Queue order and starvation: the plan walks queued GPU runs in the daemon's order (``dagster/priority``
+descending, then oldest first). A run that does not fit is skipped, so smaller runs behind it may use
+the room (backfill). Once a skipped run has waited ``reserve_after_seconds``, the GPU closest to
+fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
+fits. Runs larger than every GPU are held with a reason and reserve nothing.
+
+Failure modes: an error while planning holds all GPU runs this tick (fail closed) and is logged; with
+no usable GPU at all, GPU runs are not held (``cpu_fallback: true``) and their steps run on CPU.
+Don't set ``concurrency.runs.tag_concurrency_limits`` in dagster.yaml: Dagster lets it replace the
+coordinator's limits, gate included; put tag limits in this coordinator's config instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import Bool, Field, IntSource
+from dagster._core.launcher import LaunchRunContext
+from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
+from dagster._core.run_coordinator import SubmitRunContext
+from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
+from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
+
+from scaling_assets.compute import nvml
+from scaling_assets.compute.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
+from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_N_GENES, TAG_PRIORITY, gpu_need_mib
+from scaling_assets.compute.nvml import GpuInfo
+
+log = logging.getLogger(__name__)
+
+TAG_GATE = "scaling_assets/gpu_gate"
+TAG_GPU_UUID = "scaling_assets/gpu_uuid"
+DEVICE_PENDING = "pending"  # TAG_DEVICE of a queued GPU run not placed yet
+
+
+def run_need_mib(tags: Mapping[str, str]) -> int:
+    try:
+        return max(0, int(tags.get(TAG_GPU_NEED, "0")))
+    except ValueError:
+        log.warning("ignoring unreadable %s=%r", TAG_GPU_NEED, tags.get(TAG_GPU_NEED))
+        return 0
+
+
+def _priority(tags: Mapping[str, str]) -> int:
+    try:
+        return int(tags.get(TAG_PRIORITY, "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class QueuedGpuRun:
+    run_id: str
+    need_mib: int
+    priority: int = 0
+    queued_at: float = 0.0
+
+
+def plan_queue(
+    queued: Sequence[QueuedGpuRun],
+    gpus: Sequence[GpuInfo],
+    available: Mapping[str, int],
+    *,
+    now: float,
+    reserve_after_s: float,
+    headroom_mib: int = HEADROOM_MIB,
+) -> dict[str, str]:
+    """Which queued GPU runs must wait now: ``{run_id: reason}``; the others fit and may launch.
+    Pure function of the queue, the inventory and the per-GPU available MiB (see module doc)."""
+    avail = dict(available)
+    reserved: set[str] = set()
+    held: dict[str, str] = {}
+    healthy = [g for g in gpus if g.healthy]
+    # stable sort: same order as the daemon (priority desc, then FIFO)
+    for run in sorted(sorted(queued, key=lambda r: r.queued_at), key=lambda r: -r.priority):
+        gpu = choose_gpu(healthy, avail, run.need_mib, exclude=reserved)
+        if gpu is not None:
+            avail[gpu.uuid] -= run.need_mib
+            continue
+        could_fit = [
+            g for g in healthy if g.uuid not in reserved and g.total_mib - headroom_mib >= run.need_mib
+        ]
+        if not could_fit:
+            biggest = max((g.total_mib - headroom_mib for g in healthy), default=0)
+            held[run.run_id] = f"needs {run.need_mib} MiB, more than any usable GPU ({biggest} MiB)"
+            continue
+        waited = now - run.queued_at
+        if waited >= reserve_after_s:
+            target = max(could_fit, key=lambda g: avail.get(g.uuid, 0))
+            reserved.add(target.uuid)
+            held[run.run_id] = (
+                f"waiting for {run.need_mib} MiB; {target.device} reserved for it "
+                f"(queued {waited:.0f} s)"
+            )
+        else:
+            held[run.run_id] = f"waiting for a GPU with {run.need_mib} MiB free"
+    return held
+
+
+class GpuAwareRunCoordinator(QueuedRunCoordinator):
+    """``QueuedRunCoordinator`` that keeps GPU runs queued until a GPU has room for them now."""
+
+    def __init__(
+        self,
+        gpu_headroom_mib: int | None = None,
+        reserve_after_seconds: int | None = None,
+        default_n_genes: int | None = None,
+        cpu_fallback: bool | None = None,
+        plan_cache_seconds: float = 1.0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.gpu_headroom_mib = HEADROOM_MIB if gpu_headroom_mib is None else gpu_headroom_mib
+        self.reserve_after_seconds = 600 if reserve_after_seconds is None else reserve_after_seconds
+        self.default_n_genes = default_n_genes
+        self.cpu_fallback = True if cpu_fallback is None else cpu_fallback
+        self._plan_cache_seconds = plan_cache_seconds
+        self._cached: tuple[float, list[dict]] | None = None
+        self.last_held: dict[str, str] = {}  # run_id -> why it waits (for logs / the operator)
+
+    @classmethod
+    def config_type(cls):
+        return {
+            **QueuedRunCoordinator.config_type(),
+            "gpu_headroom_mib": Field(IntSource, is_required=False, description="MiB kept free per GPU."),
+            "reserve_after_seconds": Field(
+                IntSource, is_required=False,
+                description="After a GPU run waited this long, stop letting later runs take its GPU.",
+            ),
+            "default_n_genes": Field(
+                IntSource, is_required=False,
+                description=f"Genes assumed when sizing a run that has no {TAG_GPU_NEED} tag.",
+            ),
+            "cpu_fallback": Field(
+                Bool, is_required=False,
+                description="With no usable GPU, let GPU runs launch (their steps run on CPU).",
+            ),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, **config_value)
+
+    # -- submit: make GPU runs gateable ---------------------------------------------------------
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        run = context.dagster_run
+        tags: dict[str, str] = {}
+        need = run_need_mib(run.tags)
+        if TAG_GPU_NEED not in run.tags and run.asset_selection:
+            n_genes = run.tags.get(TAG_N_GENES) or self.default_n_genes
+            if n_genes:
+                names = [key.to_user_string() for key in run.asset_selection]
+                need = gpu_need_mib(names, int(n_genes))
+                if need:
+                    tags[TAG_GPU_NEED] = str(need)
+        if need > 0:
+            # overwrite what a retried/re-executed run inherits from its parent: a gate with the
+            # parent's id would not match, a device pin would skip placement
+            tags[TAG_GATE] = run.run_id
+            tags[TAG_DEVICE] = DEVICE_PENDING
+        if tags:
+            self._instance.add_run_tags(run.run_id, tags)
+        return super().submit_run(context)
+
+    # -- the gate, re-read by the daemon every tick ---------------------------------------------
+    def get_run_queue_config(self) -> RunQueueConfig:
+        base = super().get_run_queue_config()
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._plan_cache_seconds:
+            try:
+                gate = self._gate_limits()
+            except Exception:
+                log.exception("GPU queue planning failed: holding all GPU runs this tick")
+                gate = [{"key": TAG_GATE, "limit": 0}]
+            self._cached = (now, gate)
+        return base._replace(tag_concurrency_limits=[*base.tag_concurrency_limits, *self._cached[1]])
+
+    def _gate_limits(self) -> list[dict]:
+        records = self._instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
+        queued = [
+            QueuedGpuRun(
+                r.dagster_run.run_id,
+                run_need_mib(r.dagster_run.tags),
+                _priority(r.dagster_run.tags),
+                r.create_timestamp.timestamp(),
+            )
+            for r in records
+            if TAG_GATE in r.dagster_run.tags and run_need_mib(r.dagster_run.tags) > 0
+        ]
+        ledger = Ledger()
+        if any(ledger.dir.glob("promise-*.json")):  # forget promises of runs that died/finished
+            with ledger.locked():
+                self._drop_finished_promises(ledger, ledger.records())
+        if not queued:  # cheap path: run workers, CLI processes, idle queues never touch NVML
+            self.last_held = {}
+            return []
+        gpus = nvml.list_gpus()
+        if not any(g.healthy for g in gpus):
+            if self.cpu_fallback:
+                log.info("no usable GPU: %d GPU run(s) will run on CPU", len(queued))
+                self.last_held = {}
+                return []
+            self.last_held = {r.run_id: "no usable GPU" for r in queued}
+        else:
+            with ledger.locked():
+                ledger_records = self._drop_finished_promises(ledger, ledger.records())
+            available = available_mib(gpus, ledger.promised_by_gpu(ledger_records), self.gpu_headroom_mib)
+            self.last_held = plan_queue(
+                queued, gpus, available, now=time.time(),
+                reserve_after_s=self.reserve_after_seconds, headroom_mib=self.gpu_headroom_mib,
+            )
+        if self.last_held:
+            log.info("holding %d GPU run(s): %s", len(self.last_held), self.last_held)
+        return [{"key": TAG_GATE, "value": run_id, "limit": 0} for run_id in self.last_held]
+
+    def _drop_finished_promises(self, ledger: Ledger, records):
+        """A promise whose run is no longer active will never become a lease: forget it."""
+        promised_runs = [r.run_id for r in records if r.kind == "promise" and r.run_id]
+        if not promised_runs:
+            return records
+        active = {
+            run.run_id
+            for run in self._instance.get_runs(
+                RunsFilter(run_ids=promised_runs, statuses=list(ACTIVE_RUN_STATUSES))
+            )
+        }
+        keep = []
+        for r in records:
+            if r.kind == "promise" and r.run_id not in active:
+                ledger.drop_promise(r.run_id)
+            else:
+                keep.append(r)
+        return keep
+
+
+def place_run(run_id: str, need_mib: int, headroom_mib: int = HEADROOM_MIB, ledger: Ledger | None = None):
+    """Pick the GPU for a run about to launch and write its promise. Returns (GpuInfo|None, reason)."""
+    gpus = [g for g in nvml.list_gpus() if g.healthy]
+    if not gpus:
+        return None, "no usable GPU: the run's GPU steps will run on CPU"
+    ledger = ledger or Ledger()
+    with ledger.locked():
+        records = [r for r in ledger.records() if r.run_id != run_id]
+        available = available_mib(gpus, ledger.promised_by_gpu(records), headroom_mib)
+        gpu = choose_gpu(gpus, available, need_mib)
+        if gpu is not None:
+            reason = f"{available[gpu.uuid]} MiB available, need {need_mib}"
+        else:  # admitted by the queue but overtaken by a CLI run: take the roomiest, its lease waits
+            gpu = max(gpus, key=lambda g: available[g.uuid])
+            reason = f"no GPU fits {need_mib} MiB right now; best is {available[gpu.uuid]} MiB"
+        ledger.promise(gpu, need_mib, run_id)
+    return gpu, reason
+
+
+class GpuAwareRunLauncher(DefaultRunLauncher):
+    """``DefaultRunLauncher`` (one subprocess per run) that pins GPU runs to a device at launch."""
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        need = run_need_mib(run.tags)
+        if need > 0 and run.tags.get(TAG_DEVICE, DEVICE_PENDING) == DEVICE_PENDING:
+            gpu, reason = place_run(run.run_id, need)
+            tags = {TAG_DEVICE: gpu.device if gpu else "cpu"}
+            if gpu is not None:
+                tags[TAG_GPU_UUID] = gpu.uuid
+            self._instance.add_run_tags(run.run_id, tags)
+            self._instance.report_engine_event(
+                f"Placed on {tags[TAG_DEVICE]} ({need} MiB): {reason}", run, cls=self.__class__
+            )
+            run = self._instance.get_run_by_id(run.run_id) or run
+            context = LaunchRunContext(dagster_run=run, workspace=context.workspace)
+        try:
+            super().launch_run(context)
+        except Exception:
+            Ledger().drop_promise(run.run_id)  # never launched: its memory is free again
+            raise

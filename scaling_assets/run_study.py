@@ -1,0 +1,168 @@
+"""Run a whole study through Dagster, partition by partition, recording every materialisation.
+
+This is orchestration (it drives Dagster), not science: it plans the study's partitions in
+dependency order, groups the assets that share a partition into one run, skips what the instance
+has already materialised (unless ``refresh``), keeps going past a failed partition (skipping only
+what depends on it), and ends with the MI summary and the paths of the tables and plots.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance, materialize
+
+from scaling_assets.assets.results import GROUP, result_paths
+from scaling_assets.assets.storage import partition_dir
+from scaling_assets.definitions import build_definitions
+from scaling_assets.study import Study, parse_quality_seed_key, parse_setting_key
+
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class Batch:
+    """Assets of one dataset that share a partition key: materialised together in one Dagster run."""
+
+    label: str
+    keys: list[AssetKey]
+    partition: str | None
+    blocks: str  # what a failure blocks downstream (a dataset, a seed, a quality-seed)
+    blocked_by: list[str] = field(default_factory=list)
+
+
+def plan(study: Study) -> list[Batch]:
+    batches: list[Batch] = []
+    geneformer = "geneformer" in study.algorithms
+    for ds in study.datasets:
+        k = lambda name: AssetKey([ds, name])  # noqa: E731
+        batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
+        for s in study.seeds:
+            batches.append(Batch(f"{ds} split s={s}", [k("split")], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
+        for qs in study.quality_seed_keys(ds):
+            _, seed = parse_quality_seed_key(qs)
+            names = ["eval_counts"] + (["gene_medians", "eval_corpus"] if geneformer else [])
+            batches.append(Batch(f"{ds} {qs}", [k(n) for n in names], qs, blocks=f"{ds}|{qs}",
+                                 blocked_by=[ds, f"{ds}|s={seed}"]))
+        for setting in study.settings(ds):
+            names = ["train_counts"] + (["train_corpus"] if geneformer else [])
+            for a in study.algorithms:
+                names += [f"model_{a}", f"embeddings_{a}", f"mi_{a}"]
+            batches.append(Batch(f"{ds} {setting.key}", [k(n) for n in names], setting.key, blocks=f"{ds}|{setting.key}",
+                                 blocked_by=[ds, f"{ds}|{setting.seed_key}", f"{ds}|{setting.quality_seed_key}"]))
+    results = ["mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"]
+    batches.append(Batch("results", [AssetKey([GROUP, n]) for n in results], None, blocks="results"))
+    return batches
+
+
+def _is_done(instance: DagsterInstance, study: Study, batch: Batch, cache: dict) -> bool:
+    for key in batch.keys:
+        if batch.partition is None:
+            if instance.get_latest_materialization_event(key) is None:
+                return False
+        else:
+            if key not in cache:
+                cache[key] = instance.get_materialized_partitions(key)
+            if batch.partition not in cache[key]:
+                return False
+        if not partition_dir(study.root, list(key.path), batch.partition).exists():
+            return False  # recorded, but its files were deleted: make it again
+    return True
+
+
+def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout) -> dict:
+    """Materialise every partition of the study; returns counts and the failures."""
+    defs = build_definitions(study)
+    assets = list(defs.assets)
+    resources = dict(defs.resources)
+    batches = plan(study)
+    cache: dict = {}
+    failed: dict[str, str] = {}
+    blocked: set[str] = set()
+    done = skipped = 0
+    start = time.perf_counter()
+    print(f"study {study.name!r}: {len(study.datasets)} datasets, {study.n_training_runs()} training runs "
+          f"in {len(batches)} Dagster runs; storage {study.root}; Dagster home {os.environ.get('DAGSTER_HOME')}",
+          file=out, flush=True)
+    for i, batch in enumerate(batches, 1):
+        prefix = f"[{i:>3}/{len(batches)}] {batch.label:<40}"
+        is_results = batch.blocks == "results"
+        if any(b in blocked for b in batch.blocked_by):
+            blocked.add(batch.blocks)
+            print(f"{prefix} skipped: an upstream partition failed", file=out, flush=True)
+            continue
+        if not refresh and not (is_results and done) and _is_done(instance, study, batch, cache):
+            skipped += 1
+            print(f"{prefix} already materialised", file=out, flush=True)
+            continue
+        t0 = time.perf_counter()
+        result = materialize(
+            assets, selection=batch.keys, partition_key=batch.partition, instance=instance, resources=resources,
+            run_config=QUIET_LOGGERS, raise_on_error=False, tags={"scaling_assets/study": study.name},
+        )
+        elapsed = time.perf_counter() - t0
+        total = time.perf_counter() - start
+        if result.success:
+            done += 1
+            print(f"{prefix} done in {elapsed:6.1f} s  (total {total / 60:5.1f} min)", file=out, flush=True)
+        else:
+            blocked.add(batch.blocks)
+            failed[batch.label] = _failure_message(result)
+            print(f"{prefix} FAILED after {elapsed:.1f} s: {failed[batch.label]}", file=out, flush=True)
+    wall = time.perf_counter() - start
+    print_summary(study, out, wall, done, skipped, failed)
+    return {"materialised": done, "skipped": skipped, "failed": failed, "wall_time_s": wall}
+
+
+def _failure_message(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            err = event.step_failure_data.error
+            while err.cause is not None and "DagsterExecutionStepExecutionError" in err.cls_name:
+                err = err.cause
+            message = err.message.strip().splitlines()[-1] if err.message else ""
+            return f"{event.step_key}: {message}"
+    return "run failed (see the Dagster UI for the run's logs)"
+
+
+def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict) -> None:
+    import pandas as pd
+
+    paths = result_paths(study)
+    print("", file=out)
+    print(f"=== study {study.name!r}: {done} runs materialised, {skipped} already done, {len(failed)} failed; "
+          f"{wall / 60:.1f} min ===", file=out)
+    if paths["mi_table"].exists():
+        mi = pd.read_parquet(paths["mi_table"])
+        if len(mi):
+            largest = mi.groupby("dataset")["cells"].transform("max")
+            view = mi[mi["cells"] == largest]
+            table = view.pivot_table(index=["dataset", "signal", "algorithm"], columns="quality", values="mi_bits",
+                                     aggfunc="mean").sort_index(axis=1, ascending=False)
+            table.columns = [f"q={c:g}" for c in table.columns]
+            print("MI (bits) at the largest training size, by quality:", file=out)
+            print(table.round(3).to_string(), file=out)
+    for name, path in paths.items():
+        print(f"{name:>22}: {path}{'' if path.exists() else '  (not written)'}", file=out)
+    for label, message in failed.items():
+        print(f"FAILED {label}: {message}", file=out)
+    print("Browse the assets, lineage and metadata: dagster dev -w workspace.yaml", file=out, flush=True)
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to the current directory when it holds the repo's dagster.yaml."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        if not Path("dagster.yaml").is_file():
+            from scaling_assets.errors import InputError
+
+            raise InputError("DAGSTER_HOME is not set and the current directory has no dagster.yaml; "
+                             "run from the repository root or export DAGSTER_HOME")
+        home = os.getcwd()
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return Path(home)

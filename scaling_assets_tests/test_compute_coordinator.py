@@ -1,0 +1,323 @@
+"""The GPU-aware run queue: the pure queue plan, and the coordinator + launcher inside a real Dagster
+instance whose QueuedRunCoordinatorDaemon dequeues real runs (each its own subprocess) against a
+file-backed fake NVML shared with those subprocesses."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import Definitions, job, op
+
+from scaling_assets.compute import nvml
+from scaling_assets.compute.coordinator import (
+    TAG_GATE,
+    GpuAwareRunCoordinator,
+    GpuAwareRunLauncher,
+    QueuedGpuRun,
+    plan_queue,
+)
+from scaling_assets.compute.leases import Ledger, gpu_step
+from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY
+from scaling_assets.compute.nvml import FakeNvml, GpuInfo
+
+EXAMPLE_YAML = Path(__file__).parents[1] / "scaling_assets" / "compute" / "dagster.example.yaml"
+
+
+# -- a tiny job whose step takes a device lease, as the lead's GPU assets will -------------------
+@op
+def gpu_op(context):
+    need = int(context.run.tags.get(TAG_GPU_NEED, "0"))
+    out = Path(os.environ["COMPUTE_TEST_OUT"])
+    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run_id, timeout_s=60) as p:
+        (out / f"{context.run_id}.placed").write_text(p.device)
+        deadline = time.time() + 60  # hold the lease until the test says go
+        while not (out / "go").exists() and time.time() < deadline:
+            time.sleep(0.1)
+
+
+@job
+def gpu_job():
+    gpu_op()
+
+
+defs = Definitions(jobs=[gpu_job])
+
+
+# -- the plan ----------------------------------------------------------------------------------
+def _gpu(i, total, free=None, healthy=True):
+    free = total if free is None else free
+    return GpuInfo(i, f"G{i}", "fake", total, free, total - free, healthy, None if healthy else "lost")
+
+
+def test_plan_places_in_priority_order_and_backfills():
+    gpus = [_gpu(0, 16000), _gpu(1, 8000), _gpu(2, 80000, healthy=False)]
+    available = {"G0": 10000, "G1": 6000}
+    queued = [
+        QueuedGpuRun("big", 12000, 0, queued_at=100),
+        QueuedGpuRun("a", 5000, 0, queued_at=101),
+        QueuedGpuRun("b", 5000, 0, queued_at=102),
+        QueuedGpuRun("c", 3000, 0, queued_at=103),
+        QueuedGpuRun("urgent", 4000, 5, queued_at=104),
+    ]
+    held = plan_queue(queued, gpus, available, now=110, reserve_after_s=600, headroom_mib=0)
+    # urgent first -> G0 (6000 left); big does not fit (young: no reservation); a -> G0; b -> G1;
+    # c fits nowhere (G0 1000, G1 1000)
+    assert set(held) == {"big", "c"}
+    assert "waiting for a GPU with 12000 MiB" in held["big"]
+
+
+def test_plan_reserves_a_gpu_for_a_long_waiting_large_run():
+    gpus = [_gpu(0, 16000), _gpu(1, 16000)]
+    available = {"G0": 9000, "G1": 4000}
+    queued = [QueuedGpuRun("big", 12000, 0, queued_at=0)] + [
+        QueuedGpuRun(f"small{i}", 3000, 0, queued_at=1 + i) for i in range(5)
+    ]
+    young = plan_queue(queued, gpus, available, now=10, reserve_after_s=600, headroom_mib=0)
+    assert set(young) == {"big", "small4"}  # small runs backfill what big cannot use yet
+    old = plan_queue(queued, gpus, available, now=1000, reserve_after_s=600, headroom_mib=0)
+    # G0 (closest to fitting) is reserved for "big": small runs may only use G1
+    assert "G0" not in str(old) and "cuda:0 reserved" in old["big"]
+    assert set(old) == {"big", "small1", "small2", "small3", "small4"}
+
+
+def test_plan_holds_runs_larger_than_any_gpu_without_blocking_others():
+    gpus = [_gpu(0, 8000)]
+    held = plan_queue(
+        [QueuedGpuRun("huge", 40000, 9, 0), QueuedGpuRun("ok", 1000, 0, 1)],
+        gpus, {"G0": 7000}, now=10_000, reserve_after_s=1, headroom_mib=512,
+    )
+    assert list(held) == ["huge"] and "more than any usable GPU" in held["huge"]
+
+
+def test_coordinator_config_round_trip():
+    config = yaml.safe_load(EXAMPLE_YAML.read_text())["run_coordinator"]["config"]
+    coordinator = GpuAwareRunCoordinator.from_config_value(None, config)
+    assert coordinator.gpu_headroom_mib == 512 and coordinator.reserve_after_seconds == 600
+    assert coordinator.get_run_queue_config().max_concurrent_runs == 16
+    assert set(config) <= set(GpuAwareRunCoordinator.config_type())
+
+
+# -- the real instance -------------------------------------------------------------------------
+@pytest.fixture
+def dagster_env(tmp_path, monkeypatch):
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir(), out.mkdir()
+    config = yaml.safe_load(EXAMPLE_YAML.read_text())
+    config["telemetry"] = {"enabled": False}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    fake = FakeNvml(
+        [
+            {"uuid": "GPU-a", "total_mib": 16000, "free_mib": 10000},
+            {"uuid": "GPU-b", "total_mib": 16000, "free_mib": 6000},
+            {"uuid": "GPU-c", "total_mib": 16000, "free_mib": 16000, "error": "NVMLError_GpuIsLost"},
+        ],
+        path=tmp_path / "fake_nvml.json",
+    )
+    # inherited by the code server and by every run subprocess it starts
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv(nvml.FAKE_NVML_ENV, str(fake.path))
+    monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases"))
+    monkeypatch.setenv("COMPUTE_TEST_OUT", str(out))
+    nvml.set_backend(None)
+    yield home, out, fake
+    nvml.set_backend(None)
+
+
+def test_daemon_holds_gpu_runs_until_a_gpu_has_room_and_pins_the_rest(dagster_env):
+    from dagster import DagsterInstance
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import create_test_daemon_workspace_context, poll_for_finished_run
+    from dagster._core.workspace.load_target import PythonFileTarget
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    home, out, fake = dagster_env
+    target = PythonFileTarget(
+        python_file=__file__, attribute="defs", working_directory=str(Path(__file__).parents[1]),
+        location_name="compute_test",
+    )
+    with DagsterInstance.from_config(str(home)) as instance, create_test_daemon_workspace_context(
+        target, instance
+    ) as context:
+        assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
+        assert isinstance(instance.run_launcher, GpuAwareRunLauncher)
+        instance.run_coordinator._plan_cache_seconds = 0  # every tick re-plans (the test ticks fast)
+        workspace = context.create_request_context()
+        remote_job = (
+            workspace.get_code_location("compute_test").get_repository("__repository__").get_full_job("gpu_job")
+        )
+
+        def submit(name, need=None, priority=0):
+            tags = {"name": name, TAG_PRIORITY: str(priority)}
+            if need:
+                tags[TAG_GPU_NEED] = str(need)
+            run = instance.create_run_for_job(
+                gpu_job, tags=tags, remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+            )
+            instance.submit_run(run.run_id, workspace)
+            return run.run_id
+
+        # GPU-a offers 10000-512 = 9488 MiB, GPU-b 5488, GPU-c errors
+        ids = {
+            "r1": submit("r1", 5000),
+            "r2": submit("r2", 5000),
+            "r3": submit("r3", 4000),
+            "r4": submit("r4", 4000),
+            "cpu": submit("cpu"),
+            "urgent": submit("urgent", 2000, priority=10),
+        }
+        assert instance.get_run_by_id(ids["r1"]).tags[TAG_GATE] == ids["r1"]
+        assert TAG_GATE not in instance.get_run_by_id(ids["cpu"]).tags
+
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+
+        def tick():
+            list(daemon.run_iteration(context))
+            runs = {name: instance.get_run_by_id(rid) for name, rid in ids.items()}
+            return {n: r.status for n, r in runs.items()}, {n: r.tags.get(TAG_DEVICE) for n, r in runs.items()}
+
+        status, device = tick()
+        # plan: urgent -> a (7488 left), r1 -> a (2488), r2 -> b (488), r3 and r4 fit nowhere
+        launched = {n for n, s in status.items() if s != DagsterRunStatus.QUEUED}
+        assert launched == {"urgent", "r1", "r2", "cpu"}
+        assert device == {
+            "urgent": "cuda:0", "r1": "cuda:0", "r2": "cuda:1", "r3": "pending", "r4": "pending", "cpu": None
+        }
+        assert set(instance.run_coordinator.last_held) == {ids["r3"], ids["r4"]}
+
+        # promised memory counts even though NVML free has not dropped: a second tick still holds
+        status, _ = tick()
+        assert status["r3"] == status["r4"] == DagsterRunStatus.QUEUED
+
+        # memory frees up on GPU-b (another user exits): 16000-512-5000 = 10488 -> r3 and r4 fit
+        fake.update(1, free_mib=16000)
+        status, device = tick()
+        assert status["r3"] != DagsterRunStatus.QUEUED and status["r4"] != DagsterRunStatus.QUEUED
+        assert device["r3"] == device["r4"] == "cuda:1"
+
+        (out / "go").write_text("")
+        for name, rid in ids.items():
+            run = poll_for_finished_run(instance, rid, timeout=90)
+            assert run.status == DagsterRunStatus.SUCCESS, name
+            placed = (out / f"{rid}.placed").read_text()
+            assert placed == (run.tags.get(TAG_DEVICE) or "cpu"), name
+            messages = [e.message or "" for e in instance.all_logs(rid)]
+            if name == "cpu":
+                assert TAG_DEVICE not in run.tags
+            else:  # the device is in the run's event log (UI) and in the step's own log
+                assert any(f"Placed on {placed}" in m for m in messages), name
+                assert any(f"GPU step on {placed}: pinned" in m for m in messages), name
+
+        # every lease and promise is gone once the runs are done
+        ledger = Ledger()
+        with ledger.locked():
+            assert ledger.records() == []
+
+
+# -- the gate as the daemon reads it (no runs launched) --------------------------------------------
+@pytest.fixture
+def gate_instance(tmp_path, monkeypatch):
+    from dagster._core.test_utils import instance_for_test
+
+    monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases"))
+    nvml.set_backend(FakeNvml([{"uuid": "GPU-a", "total_mib": 16000, "free_mib": 8000}]))
+    overrides = {
+        "run_coordinator": {
+            "module": "scaling_assets.compute.coordinator",
+            "class": "GpuAwareRunCoordinator",
+            "config": {
+                "max_concurrent_runs": 3,
+                "tag_concurrency_limits": [{"key": "dataset", "limit": 2}],
+                "default_n_genes": 2000,
+            },
+        },
+        "telemetry": {"enabled": False},
+    }
+    (tmp_path / "home").mkdir()
+    with instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as instance:
+        instance.run_coordinator._plan_cache_seconds = 0
+        yield instance
+    nvml.set_backend(None)
+
+
+def _submit(instance, tags=None, asset_selection=None):
+    from dagster._core.run_coordinator import SubmitRunContext
+    from dagster._core.test_utils import create_run_for_test
+
+    from dagster._core.remote_origin import (
+        RegisteredCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("loc"), "__repository__"), "gpu_job"
+    )
+    run = create_run_for_test(
+        instance, tags=tags or {}, asset_selection=asset_selection, remote_job_origin=origin
+    )
+    return instance.run_coordinator.submit_run(SubmitRunContext(run, None))
+
+
+def _gated(instance):
+    config = instance.get_concurrency_config().run_queue_config
+    assert config.max_concurrent_runs == 3
+    assert {"key": "dataset", "limit": 2} in config.tag_concurrency_limits  # configured limits kept
+    return {limit.get("value") for limit in config.tag_concurrency_limits if limit["key"] == TAG_GATE}
+
+
+def test_gate_sizes_runs_from_their_assets_and_holds_what_does_not_fit(gate_instance):
+    from dagster import AssetKey
+
+    from scaling_assets.compute.needs import geneformer_train_mib, scvi_train_mib
+
+    scvi = _submit(gate_instance, asset_selection={AssetKey("model_scvi")})
+    gf = _submit(gate_instance, asset_selection={AssetKey("model_geneformer"), AssetKey("splits")})
+    gf2 = _submit(gate_instance, tags={TAG_GPU_NEED: str(geneformer_train_mib(2000))})
+    cpu = _submit(gate_instance, asset_selection={AssetKey("splits")})
+    assert scvi.tags[TAG_GPU_NEED] == str(scvi_train_mib(2000))
+    assert gf.tags[TAG_GPU_NEED] == str(geneformer_train_mib(2000))
+    assert TAG_GPU_NEED not in cpu.tags and TAG_GATE not in cpu.tags
+    # 8000 - 512 headroom = 7488 MiB: one Geneformer (~5.8 GiB) + SCVI fit, the second Geneformer waits
+    assert _gated(gate_instance) == {gf2.run_id}
+
+
+def test_gate_without_gpus_lets_gpu_runs_fall_back_to_cpu(gate_instance):
+    _submit(gate_instance, tags={TAG_GPU_NEED: "4000"})
+    nvml.set_backend(FakeNvml([]))
+    assert _gated(gate_instance) == set()
+    gate_instance.run_coordinator.cpu_fallback = False
+    assert len(_gated(gate_instance)) == 1
+
+
+def test_gate_fails_closed_when_planning_breaks(gate_instance, monkeypatch):
+    run = _submit(gate_instance, tags={TAG_GPU_NEED: "1000"})
+    assert _gated(gate_instance) == set()
+
+    def broken(*args, **kwargs):
+        raise OSError("lease dir not writable")
+
+    monkeypatch.setattr("scaling_assets.compute.coordinator.Ledger", broken)
+    config = gate_instance.get_concurrency_config().run_queue_config
+    assert {"key": TAG_GATE, "limit": 0} in config.tag_concurrency_limits
+    assert run.tags[TAG_GATE] == run.run_id  # the key-only limit blocks every gated run
+
+
+def test_retried_run_is_regated_and_replaced(gate_instance):
+    from scaling_assets.compute.coordinator import DEVICE_PENDING
+
+    # a re-executed run inherits its parent's tags, gate and device pin included
+    run = _submit(gate_instance, tags={TAG_GPU_NEED: "1000", TAG_GATE: "parent-id", TAG_DEVICE: "cuda:3"})
+    assert run.tags[TAG_GATE] == run.run_id and run.tags[TAG_DEVICE] == DEVICE_PENDING
+
+
+def test_promise_of_a_run_that_is_no_longer_active_is_dropped(gate_instance):
+    ledger = Ledger()
+    ledger.promise(nvml.list_gpus()[0], 6000, "gone-run")  # no such active run
+    assert [r.run_id for r in ledger.records()] == ["gone-run"]
+    _gated(gate_instance)  # any daemon tick cleans up, even with no GPU run queued
+    assert ledger.records() == []

@@ -1,0 +1,73 @@
+"""The code location: asset graph, partitions and the partition mappings between stages."""
+
+import time
+
+import pytest
+from dagster import AssetKey
+
+from scaling_assets.definitions import build_definitions
+from scaling_assets.study import load_study
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_definitions(load_study("default")).resolve_asset_graph()
+
+
+def parents(graph, child, partition, parent):
+    result = graph.get_parent_partition_keys_for_child(partition, AssetKey(parent), AssetKey(child))
+    return sorted(result.partitions_subset.get_partition_keys())
+
+
+def test_every_stage_exists_for_every_dataset(graph):
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    for ds in ("cite", "lineage", "spatial", "development"):
+        for stage in ("raw_counts", "split", "eval_counts", "gene_medians", "eval_corpus", "train_counts", "train_corpus"):
+            assert f"{ds}/{stage}" in keys
+        for algo in ("pca", "random_projection", "scvi", "geneformer"):
+            for stage in ("model", "embeddings", "mi"):
+                assert f"{ds}/{stage}_{algo}" in keys
+    for table in ("mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"):
+        assert f"results/{table}" in keys
+
+
+def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
+    def partition_keys(key):
+        pd = graph.get(AssetKey(key)).partitions_def
+        return None if pd is None else pd.get_partition_keys()
+
+    assert partition_keys(["cite", "raw_counts"]) is None
+    assert partition_keys(["cite", "split"]) == ["s=42"]
+    assert partition_keys(["cite", "eval_counts"]) == ["q=1_s=42", "q=0.1_s=42", "q=0.01_s=42"]
+    assert "n=300_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
+    assert len(partition_keys(["cite", "model_scvi"])) == 6
+    assert partition_keys(["results", "mi_table"]) is None
+
+
+def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
+    setting = "n=3000_q=0.1_s=42"
+    assert parents(graph, ["cite", "train_counts"], setting, ["cite", "split"]) == ["s=42"]
+    assert parents(graph, ["cite", "train_corpus"], setting, ["cite", "gene_medians"]) == ["q=0.1_s=42"]
+    assert parents(graph, ["cite", "model_geneformer"], setting, ["cite", "eval_corpus"]) == ["q=0.1_s=42"]
+    assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "model_pca"]) == [setting]
+    assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["q=0.1_s=42"]
+    assert parents(graph, ["cite", "eval_counts"], "q=0.01_s=42", ["cite", "split"]) == ["s=42"]
+    children = graph.get_child_partition_keys_of_parent("q=0.1_s=42", AssetKey(["cite", "eval_counts"]),
+                                                        AssetKey(["cite", "mi_scvi"]))
+    assert sorted(children) == ["n=3000_q=0.1_s=42", "n=300_q=0.1_s=42"]
+
+
+def test_paper_grid_loads_in_seconds(monkeypatch):
+    monkeypatch.setenv("SCALING_ASSETS_DATA", "/data")
+    start = time.perf_counter()
+    graph = build_definitions(load_study("paper", check_paths=False)).resolve_asset_graph()
+    elapsed = time.perf_counter() - start
+    assert len(graph.get(AssetKey(["development", "model_geneformer"])).partitions_def.get_partition_keys()) == 300
+    assert elapsed < 30  # a generous bound for a loaded CI machine; measured ~1.5 s here
+
+
+def test_module_exposes_defs_lazily():
+    import scaling_assets
+
+    assert "defs" in dir(scaling_assets)
+    assert scaling_assets.defs.resolve_asset_graph() is not None

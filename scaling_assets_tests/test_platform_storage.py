@@ -1,0 +1,54 @@
+"""The study IO manager's storage layout: staged folders renamed into place, replaced whole."""
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, build_input_context, build_output_context
+
+from scaling_assets.assets.storage import StudyIOManager, partition_dir, replace_dir, stage_dir
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path):
+    dst = tmp_path / "cite" / "model_pca" / "n=1_q=1_s=1"
+    first = stage_dir(tmp_path)
+    (first / "a.txt").write_text("old")
+    replace_dir(first, dst)
+    second = stage_dir(tmp_path)
+    (second / "b.txt").write_text("new")
+    replace_dir(second, dst)
+    assert sorted(p.name for p in dst.iterdir()) == ["b.txt"]  # nothing of the old partition is left
+    assert not first.exists() and not second.exists()
+    assert [p.name for p in dst.parent.iterdir()] == ["n=1_q=1_s=1"]  # no trash left behind
+
+
+def test_io_manager_round_trips_each_kind(tmp_path):
+    io = StudyIOManager(root=str(tmp_path))
+    key = AssetKey(["cite", "mi_pca"])
+    record = {"signals": [{"signal": "cell_type", "mi_bits": 1.5}]}
+    io.handle_output(build_output_context(asset_key=key, partition_key="n=1_q=1_s=1"), record)
+    assert io.load_input(build_input_context(asset_key=key, partition_key="n=1_q=1_s=1")) == record
+
+    table = pd.DataFrame({"a": [1, 2]})
+    tkey = AssetKey(["results", "mi_table"])
+    io.handle_output(build_output_context(asset_key=tkey), table)
+    pd.testing.assert_frame_equal(io.load_input(build_input_context(asset_key=tkey)), table)
+    assert (tmp_path / "results" / "mi_table" / "all" / "table.csv").exists()
+
+    staged = stage_dir(tmp_path)
+    (staged / "counts.h5ad").write_bytes(b"x")
+    mkey = AssetKey(["cite", "train_counts"])
+    io.handle_output(build_output_context(asset_key=mkey, partition_key="n=2_q=1_s=1"), staged)
+    folder = io.load_input(build_input_context(asset_key=mkey, partition_key="n=2_q=1_s=1"))
+    assert folder == partition_dir(tmp_path, ["cite", "train_counts"], "n=2_q=1_s=1")
+    assert (folder / "counts.h5ad").read_bytes() == b"x"
+
+
+def test_missing_upstream_partition_is_named(tmp_path):
+    io = StudyIOManager(root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"cite/split partition s=42 has not been materialised"):
+        io.load_input(build_input_context(asset_key=AssetKey(["cite", "split"]), partition_key="s=42"))
+
+
+def test_unsupported_output_type_is_refused(tmp_path):
+    io = StudyIOManager(root=str(tmp_path))
+    with pytest.raises(TypeError, match="stores staged folders"):
+        io.handle_output(build_output_context(asset_key=AssetKey(["x"])), 42)
