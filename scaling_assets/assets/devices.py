@@ -21,8 +21,13 @@ def step_device(context, asset_name: str, n_genes: int):
         yield "cpu"
         return
     # run_id lets a retried step avoid the GPU it ran out of memory on
-    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run_id) as placement:
+    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run.run_id) as placement:
         context.log.info(f"{asset_name}: running on {placement.device} ({placement.reason})")
+        if placement.device.startswith("cuda:"):
+            import torch
+
+            # Libraries that say plain "cuda" (HF Trainer, Lightning) then use the leased GPU.
+            torch.cuda.set_device(int(placement.device.split(":")[1]))
         yield placement.device
 
 

@@ -1,0 +1,148 @@
+"""Plots of the study (PNG, matplotlib Agg): scaling-law fits and model loss curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from scaling_assets.errors import InputError  # noqa: E402
+from scaling_assets.metrics.laws import noise_law, size_law  # noqa: E402
+from scaling_assets.metrics.tables import require_columns  # noqa: E402
+
+PANEL = ["dataset", "signal"]
+
+
+def _save(fig, path) -> Path:
+    """Save as PNG through a temporary file, then rename (no half-written images)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _panels(n: int, title: str):
+    cols = min(n, 3)
+    rows = max(1, int(np.ceil(n / cols))) if n else 1
+    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(4.5 * max(cols, 1), 3.6 * rows), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes.ravel()
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _fit_lookup(fits: pd.DataFrame, keys: dict) -> pd.Series | None:
+    if fits is None or fits.empty:
+        return None
+    mask = np.ones(len(fits), dtype=bool)
+    for k, v in keys.items():
+        if k in fits.columns:
+            mask &= (fits[k] == v).to_numpy()
+    hit = fits[mask]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xlabel, title):
+    require_columns(mi_df, PANEL + [x_col, series_col, "mi_bits"], "MI table")
+    panels = list(mi_df.groupby(PANEL, sort=True)) if len(mi_df) else []
+    fig, axes = _panels(len(panels), title)
+    if not panels:
+        _empty(axes[0], "no MI results")
+    for ax, ((dataset, signal), panel) in zip(axes, panels):
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (series, pts) in enumerate(panel.groupby(series_col, sort=True)):
+            colour = colours[i % len(colours)]
+            means = pts.groupby(x_col)["mi_bits"].agg(["mean", "std"]).reset_index()
+            keys = {"dataset": dataset, "signal": signal, series_col: series, **fit_keys(pts)}
+            fit = _fit_lookup(fits_df, keys)
+            fitted = fit is not None and bool(fit.get("fitted", False))
+            ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
+                        color=colour, capsize=2, label=f"{series}" + ("" if fitted else " (not fitted)"))
+            if fitted:
+                x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
+                ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("MI (bits)")
+        ax.set_title(f"{dataset} / {signal}", fontsize=10)
+        ax.legend(fontsize=7, title=series_col, title_fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
+def _single(pts: pd.DataFrame, col: str) -> dict:
+    """The panel's value of `col` when it is unique (fits are per cells / per quality)."""
+    vals = pts[col].unique() if col in pts.columns else []
+    return {col: vals[0]} if len(vals) == 1 else {}
+
+
+def plot_noise_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, path) -> Path:
+    """MI vs UMIs per cell (log x), one series per algorithm, panel per dataset/signal.
+
+    With several cell counts in the table, the largest is plotted (the noise law is per N).
+    Unfitted groups show their points without a curve.
+    """
+    require_columns(mi_df, ["cells"], "MI table")
+    if len(mi_df):
+        mi_df = mi_df[mi_df["cells"] == mi_df.groupby(PANEL)["cells"].transform("max")]
+    return _plot_law(mi_df, noise_fits_df, path, "umis_per_cell", "algorithm", noise_law,
+                     ["i_max", "u_bar"], lambda pts: _single(pts, "cells"), "UMIs per cell",
+                     "Information vs sequencing depth (noise law)")
+
+
+def plot_size_laws(mi_df: pd.DataFrame, size_fits_df: pd.DataFrame, path, algorithm: str | None = None) -> Path:
+    """MI vs training cells (log x), one series per quality, panel per dataset/signal.
+
+    One algorithm per figure (the first in sorted order unless `algorithm` is given).
+    """
+    require_columns(mi_df, ["algorithm"], "MI table")
+    if len(mi_df):
+        algorithm = algorithm or sorted(mi_df["algorithm"].unique())[0]
+        mi_df = mi_df[mi_df["algorithm"] == algorithm]
+        if mi_df.empty:
+            raise InputError(f"no MI rows for algorithm {algorithm!r}")
+    return _plot_law(mi_df, size_fits_df, path, "cells", "quality", size_law, ["i_inf", "n0", "s"],
+                     lambda pts: {"algorithm": algorithm}, "training cells",
+                     f"Information vs number of cells (size law){f', {algorithm}' if algorithm else ''}")
+
+
+def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None) -> Path:
+    """Train and validation loss against step (or epoch); NaNs (no evaluation that step) skipped."""
+    x_col = "step" if "step" in history.columns else "epoch" if "epoch" in history.columns else None
+    if x_col is None:
+        raise InputError(f"loss history needs a 'step' or 'epoch' column, got {list(history.columns)}")
+    losses = [c for c in ("train_loss", "validation_loss") if c in history.columns]
+    if not losses:
+        raise InputError(f"loss history needs 'train_loss' and/or 'validation_loss', got {list(history.columns)}")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    drew = False
+    for col, style in zip(losses, ("-", "o-")):
+        pts = history[[x_col, col]].dropna()
+        if len(pts):
+            ax.plot(pts[x_col], pts[col], style, ms=3, label=col.replace("_", " "))
+            drew = True
+    if drew:
+        ax.set_xlabel(x_col)
+        ax.set_ylabel("loss")
+        ax.legend()
+    else:
+        _empty(ax, "no loss values recorded")
+    ax.set_title(title or "loss curves")
+    return _save(fig, path)

@@ -1,0 +1,40 @@
+"""Representation models behind one interface (see base.RepresentationModel).
+
+Algorithm modules import their heavy libraries (scvi-tools, transformers) only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from scaling_assets.errors import InputError
+from scaling_assets.models.base import FitReport, RepresentationModel, read_model_json
+from scaling_assets.models.budget import BUDGETS, geneformer_max_epochs, get_budget, scvi_max_epochs
+
+ALGORITHMS = ("pca", "random_projection", "scvi", "geneformer")
+_CLASSES = {
+    "pca": ("scaling_assets.models.pca", "PCAModel"),
+    "random_projection": ("scaling_assets.models.random_projection", "RandomProjectionModel"),
+    "scvi": ("scaling_assets.models.scvi", "SCVIModel"),
+    "geneformer": ("scaling_assets.models.geneformer", "GeneformerModel"),
+}
+
+
+def get_model_class(name: str) -> type[RepresentationModel]:
+    if name not in _CLASSES:
+        raise InputError(f"unknown algorithm {name!r}; expected one of {list(ALGORITHMS)}")
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_model(directory: str | os.PathLike, algorithm: str | None = None) -> RepresentationModel:
+    """Load a saved model; with ``algorithm``, refuse a directory holding another algorithm."""
+    found = read_model_json(directory).get("algorithm")
+    if algorithm is not None and found != algorithm:
+        raise InputError(f"{directory} holds a {found!r} model, not {algorithm!r}")
+    return get_model_class(found).load(directory)
+
+
+__all__ = ["ALGORITHMS", "BUDGETS", "FitReport", "RepresentationModel", "geneformer_max_epochs",
+           "get_budget", "get_model_class", "load_model", "scvi_max_epochs"]

@@ -1,0 +1,265 @@
+"""The one small interface every algorithm implements, and what they share.
+
+A model is built for a fixed list of genes, fitted once, then embeds any count set (or, for
+Geneformer, any corpus) with the same genes. ``save`` writes a directory atomically: the
+library's native files plus ``model.json`` (algorithm, genes, budget, hyperparameters, fit
+report) and ``history.csv`` (loss per epoch / evaluation).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scaling_assets.errors import InputError
+from scaling_assets.models.budget import BUDGETS
+
+MODEL_JSON = "model.json"
+HISTORY_CSV = "history.csv"
+FORMAT_VERSION = 1
+STOP_REASONS = ("early_stopping", "max_epochs", "max_steps", "closed_form")
+
+
+@dataclass
+class FitReport:
+    """What one training run did. ``history`` has one row per epoch (SCVI) or evaluation
+    (Geneformer): columns ``epoch``, ``step``, ``train_loss``, ``validation_loss``."""
+
+    epochs: float
+    steps: int
+    stop_reason: str
+    train_loss: float | None
+    validation_loss: float | None
+    wall_time_s: float
+    device: str
+    budget: str
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["epoch", "step", "train_loss", "validation_loss"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (history excluded: it is saved as its own CSV)."""
+        out = asdict(self)
+        out.pop("history")
+        return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], history: pd.DataFrame | None = None) -> FitReport:
+        return cls(**d, history=history if history is not None else pd.DataFrame())
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` means the best available: the first CUDA device when present, else CPU."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; on success it replaces ``path``.
+
+    A crash leaves only a hidden ``.tmp-*`` sibling, never a half-written ``path``. An existing
+    ``path`` is moved aside first and deleted only after the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        raise InputError(f"{directory} is not a saved model directory (no {MODEL_JSON})")
+    return json.loads(path.read_text())
+
+
+class RepresentationModel(abc.ABC):
+    """Fit on training cells, embed cells, save/load, count parameters."""
+
+    algorithm: ClassVar[str]
+    embedding_dim: ClassVar[int]
+
+    def __init__(
+        self,
+        gene_ids: list[str] | np.ndarray,
+        budget: str = "default",
+        seed: int = 0,
+        device: str | None = None,
+    ):
+        gene_ids = [str(g) for g in gene_ids]
+        if not gene_ids:
+            raise InputError(f"{self.algorithm}: a model needs at least one gene")
+        if len(set(gene_ids)) != len(gene_ids):
+            raise InputError(f"{self.algorithm}: gene ids must be unique")
+        if budget not in BUDGETS:
+            raise InputError(f"unknown budget {budget!r}; expected one of {sorted(BUDGETS)}")
+        self.gene_ids = gene_ids
+        self.budget = budget
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.fit_report: FitReport | None = None
+
+    # --- the interface -------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, train, validation=None, progress: bool = False) -> FitReport: ...
+
+    @abc.abstractmethod
+    def embed(self, data, batch_size: int | None = None) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def n_parameters(self) -> int: ...
+
+    @abc.abstractmethod
+    def hyperparameters(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _save_native(self, directory: Path) -> None:
+        """Write the library's own files into ``directory`` (which exists and is empty)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _load_native(cls, directory: Path, meta: dict[str, Any]) -> RepresentationModel: ...
+
+    # --- shared --------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.fit_report is not None
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise InputError(f"{self.algorithm}: the model is not fitted yet (call fit first)")
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        self._require_fitted()
+        with atomic_directory(directory) as tmp:
+            self._save_native(tmp)
+            meta = {
+                "algorithm": self.algorithm,
+                "format_version": FORMAT_VERSION,
+                "gene_ids": self.gene_ids,
+                "budget": self.budget,
+                "seed": self.seed,
+                "embedding_dim": self.embedding_dim,
+                "n_parameters": self.n_parameters(),
+                "hyperparameters": self.hyperparameters(),
+                "fit_report": self.fit_report.to_dict(),
+            }
+            (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, default=_json_default))
+            self.fit_report.history.to_csv(tmp / HISTORY_CSV, index=False)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> RepresentationModel:
+        directory = Path(directory)
+        meta = read_model_json(directory)
+        if meta.get("algorithm") != cls.algorithm:
+            raise InputError(
+                f"{directory} holds a {meta.get('algorithm')!r} model, not {cls.algorithm!r}; "
+                f"load it with load_model() or the {meta.get('algorithm')!r} class"
+            )
+        model = cls._load_native(directory, meta)
+        history = pd.read_csv(directory / HISTORY_CSV) if (directory / HISTORY_CSV).exists() else None
+        model.fit_report = FitReport.from_dict(meta["fit_report"], history)
+        return model
+
+    def _gene_columns(self, var_names) -> np.ndarray | None:
+        """Columns of a count set that give this model's genes in training order.
+
+        Returns None when the count set already has exactly these genes in this order. Extra
+        genes are ignored and order may differ; missing genes are an error naming them.
+        """
+        var_names = [str(g) for g in var_names]
+        if var_names == self.gene_ids:
+            return None
+        position = {g: i for i, g in enumerate(var_names)}
+        missing = [g for g in self.gene_ids if g not in position]
+        if missing:
+            raise InputError(
+                f"{self.algorithm}: the count set lacks {len(missing)} of the model's "
+                f"{len(self.gene_ids)} training genes; first missing: {missing[:5]}"
+            )
+        return np.array([position[g] for g in self.gene_ids], dtype=np.int64)
+
+    def _check_training_source(self, source, what: str = "training set") -> None:
+        if source.n_obs == 0:
+            raise InputError(f"{self.algorithm}: the {what} is empty (0 cells)")
+        if self._gene_columns(source.var_names) is not None:
+            raise InputError(
+                f"{self.algorithm}: the {what}'s genes are not the model's gene_ids "
+                "(same genes in the same order required for training)"
+            )
+
+
+def save_embedding(path: str | os.PathLike, embedding: np.ndarray, cell_ids) -> Path:
+    """Write an embedding with the cell ids of its rows: ``embedding.npy`` + ``cell_ids.txt``
+    in a directory written atomically."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    cell_ids = [str(c) for c in cell_ids]
+    if embedding.ndim != 2 or embedding.shape[0] != len(cell_ids):
+        raise InputError(f"embedding of shape {embedding.shape} does not match {len(cell_ids)} cell ids")
+    with atomic_directory(path) as tmp:
+        np.save(tmp / "embedding.npy", embedding)
+        (tmp / "cell_ids.txt").write_text("".join(f"{c}\n" for c in cell_ids))
+    return Path(path)
+
+
+def load_embedding(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    if not (path / "embedding.npy").is_file():
+        raise InputError(f"{path} is not an embedding directory (no embedding.npy)")
+    cell_ids = np.array((path / "cell_ids.txt").read_text().splitlines(), dtype=object)
+    return np.load(path / "embedding.npy"), cell_ids
+
+
+def iter_csr(source, chunk_size: int, columns: np.ndarray | None = None):
+    """Stream a CountSource in row chunks, optionally selecting/reordering gene columns."""
+    for rows, X in source.iter_chunks(chunk_size):
+        X = sp.csr_matrix(X)
+        yield rows, (X if columns is None else X[:, columns])
+
+
+def normalise_log1p(X: sp.csr_matrix, totals: np.ndarray | None = None) -> sp.csr_matrix:
+    """Scale each cell to 10,000 counts (by its total over all genes), then log(x+1)."""
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    totals = np.asarray(X.sum(axis=1)).ravel() if totals is None else totals
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+    X.data *= np.repeat(scale, np.diff(X.indptr))
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,92 @@
+"""Training budgets: how long SCVI and Geneformer train. Architecture never changes with budget.
+
+``paper``   the study's exact settings (DESIGN §5).
+``default`` the embedded default study on 2 CPU cores: the same code path with capped epochs /
+            steps; Geneformer warm-up and evaluation interval keep the paper's 5:1 ratio.
+``test``    tiny, for unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+CELLS_PER_EPOCH_BUDGET = 10_000_000  # DESIGN §5: max epochs = max(1, ⌊k × 1e7 / N⌋)
+
+
+def scvi_max_epochs(n_cells: int) -> int:
+    """SCVI epoch rule: max(1, ⌊1 × 10,000,000 / N⌋)."""
+    if n_cells <= 0:
+        raise ValueError("n_cells must be positive")
+    return max(1, CELLS_PER_EPOCH_BUDGET // int(n_cells))
+
+
+def geneformer_max_epochs(n_cells: int) -> int:
+    """Geneformer epoch rule: max(1, ⌊10 × 10,000,000 / N⌋)."""
+    if n_cells <= 0:
+        raise ValueError("n_cells must be positive")
+    return max(1, 10 * CELLS_PER_EPOCH_BUDGET // int(n_cells))
+
+
+@dataclass(frozen=True)
+class ScviBudget:
+    max_epochs_cap: int | None  # None: the epoch rule alone
+    early_stopping_patience: int = 5
+    early_stopping_min_delta: float = 0.01
+
+    def max_epochs(self, n_cells: int) -> int:
+        rule = scvi_max_epochs(n_cells)
+        return rule if self.max_epochs_cap is None else min(rule, self.max_epochs_cap)
+
+
+@dataclass(frozen=True)
+class GeneformerBudget:
+    max_steps: int | None  # None: the epoch rule alone
+    warmup_steps: int
+    eval_steps: int
+    early_stopping_patience: int = 5
+    eval_max_cells: int | None = None  # None: the whole validation corpus
+
+    def max_epochs(self, n_cells: int) -> int:
+        return geneformer_max_epochs(n_cells)
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    scvi: ScviBudget
+    geneformer: GeneformerBudget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BUDGETS: dict[str, Budget] = {
+    "paper": Budget(
+        "paper",
+        ScviBudget(max_epochs_cap=None),
+        GeneformerBudget(max_steps=None, warmup_steps=5_000, eval_steps=1_000),
+    ),
+    "default": Budget(
+        "default",
+        # ~0.4-0.8 s per 512-cell step on the shared 2-core CPU: 5 epochs keep a 3,000-cell fit
+        # near 10 s (early stopping, patience 5, cannot fire within 5 epochs).
+        ScviBudget(max_epochs_cap=5),
+        # 2 shared CPU cores train ~1-3k tokens/s (a 64-cell batch of ~400 tokens: 10-25 s), so
+        # the default affords one update (warm-up 5,000 of ~1e6 paper steps scales to 0) and one
+        # small evaluation: a smoke-level model, not a study.
+        GeneformerBudget(max_steps=1, warmup_steps=0, eval_steps=1, eval_max_cells=16),
+    ),
+    "test": Budget(
+        "test",
+        ScviBudget(max_epochs_cap=4),
+        GeneformerBudget(max_steps=4, warmup_steps=2, eval_steps=2, eval_max_cells=16),
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    from scaling_assets.errors import InputError
+
+    if name not in BUDGETS:
+        raise InputError(f"unknown budget {name!r}; expected one of {sorted(BUDGETS)}")
+    return BUDGETS[name]

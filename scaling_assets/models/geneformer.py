@@ -1,0 +1,299 @@
+"""Geneformer (DESIGN §5): ``transformers.BertForMaskedLM`` pre-trained with the HF ``Trainer`` on
+a rank-value corpus (scaling_assets.tokenize), then cells embedded as the mean of the last hidden
+layer over non-padding tokens (256-d).
+
+Data: training and validation are ``Corpus`` directories; cells are read from the memory-mapped
+token file one at a time by the DataLoader, so corpus size is bounded by disk, not memory (the
+per-cell lengths, 4 bytes a cell, are in memory for the length-grouped sampler).
+Masking: BERT 15% with 80% <mask> / 10% random gene / 10% unchanged over the (never padded)
+tokens, at least one position per cell. Training masks come from a generator seeded with the run
+seed; validation masks are fixed per cell (seeded by cell index) so eval losses are comparable.
+Checkpoints go to a checkpoint directory (a temp dir unless given); each complete one gets a
+``COMPLETE`` marker, so an interrupted run leaves its last complete checkpoint identifiable, and
+the final model path is only written by ``save`` (atomic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scaling_assets.errors import InputError
+from scaling_assets.models.base import FitReport, RepresentationModel
+from scaling_assets.models.budget import get_budget
+from scaling_assets.tokenize import MASK_ID, MAX_LEN, PAD_ID, Corpus, TokenDictionary
+
+BERT_CONFIG = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads=4, intermediate_size=512,
+                   max_position_embeddings=MAX_LEN, hidden_act="relu", attention_probs_dropout_prob=0.02,
+                   hidden_dropout_prob=0.02, initializer_range=0.02, layer_norm_eps=1e-12,
+                   pad_token_id=PAD_ID)
+TRAINING = dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
+                per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
+MLM_PROBABILITY = 0.15
+COMPLETE_MARKER = "COMPLETE"
+
+
+def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int):
+    """BERT masking of one cell: returns (input_ids, labels) with labels -100 where unmasked."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    selected = rng.random(len(tokens)) < MLM_PROBABILITY
+    if not selected.any():  # every cell contributes at least one prediction
+        selected[rng.integers(len(tokens))] = True
+    labels = np.where(selected, tokens, -100)
+    inputs = tokens.copy()
+    r = rng.random(len(tokens))
+    inputs[selected & (r < 0.8)] = MASK_ID
+    swap = selected & (r >= 0.8) & (r < 0.9)
+    inputs[swap] = rng.integers(2, vocab_size, size=int(swap.sum()))
+    return inputs, labels
+
+
+class MaskingCollator:
+    """Pads a batch (pad id 0, labels -100) and masks cells that are not pre-masked."""
+
+    def __init__(self, vocab_size: int, seed: int):
+        self.vocab_size = vocab_size
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pairs = [(f["input_ids"], f["labels"]) if "labels" in f
+                 else mask_tokens(f["input_ids"], self.rng, self.vocab_size) for f in features]
+        width = max(len(x) for x, _ in pairs)
+        input_ids = np.full((len(pairs), width), PAD_ID, dtype=np.int64)
+        labels = np.full((len(pairs), width), -100, dtype=np.int64)
+        for i, (x, y) in enumerate(pairs):
+            input_ids[i, : len(x)] = x
+            labels[i, : len(y)] = y
+        input_ids = torch.from_numpy(input_ids)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != PAD_ID).long(),
+                "labels": torch.from_numpy(labels)}
+
+
+class _CorpusDataset(torch.utils.data.Dataset):
+    def __init__(self, corpus: Corpus, limit: int | None = None, fixed_mask_seed: int | None = None):
+        self.corpus = corpus
+        self.n = len(corpus) if limit is None else min(limit, len(corpus))
+        self.fixed_mask_seed = fixed_mask_seed
+        self.vocab_size = len(corpus.token_dictionary)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        tokens = self.corpus[i]
+        if self.fixed_mask_seed is None:
+            return {"input_ids": tokens}
+        x, y = mask_tokens(tokens, np.random.default_rng([self.fixed_mask_seed, i]), self.vocab_size)
+        return {"input_ids": x, "labels": y}
+
+
+class GeneformerModel(RepresentationModel):
+    algorithm = "geneformer"
+    embedding_dim = 256
+
+    def __init__(self, gene_ids, budget="default", seed=0, device=None):
+        super().__init__(gene_ids, budget, seed, device)
+        self.token_dictionary = TokenDictionary(self.gene_ids)
+        self.model = None  # BertForMaskedLM once built
+        self._num_train_epochs: int | None = None
+
+    def config(self):
+        from transformers import BertConfig
+
+        return BertConfig(vocab_size=len(self.token_dictionary), **BERT_CONFIG)
+
+    def _build(self):
+        from transformers import BertForMaskedLM
+
+        torch.manual_seed(self.seed)
+        return BertForMaskedLM(self.config())
+
+    def n_parameters(self) -> int:
+        model = self.model if self.model is not None else self._build()
+        # parameters() yields the tied word-embedding / LM-decoder matrix once
+        return int(sum(p.numel() for p in model.parameters()))
+
+    def hyperparameters(self) -> dict:
+        b = get_budget(self.budget).geneformer
+        return {"algorithm": self.algorithm, "bert": {**BERT_CONFIG, "vocab_size": len(self.token_dictionary)},
+                "training": TRAINING, "mlm_probability": MLM_PROBABILITY, "mask_token_id": MASK_ID,
+                "group_by_length": True, "warmup_steps": b.warmup_steps, "eval_steps": b.eval_steps,
+                "early_stopping_patience": b.early_stopping_patience, "metric": "eval_loss",
+                "load_best_model_at_end": True, "max_epochs_rule": "max(1, floor(10 * 1e7 / N))",
+                "num_train_epochs": self._num_train_epochs, "max_steps": b.max_steps,
+                "eval_max_cells": b.eval_max_cells, "budget": self.budget, "seed": self.seed,
+                "embedding": "mean of last hidden layer over non-padding tokens"}
+
+    def _check_corpus(self, corpus, what: str) -> Corpus:
+        if not isinstance(corpus, Corpus):
+            raise InputError(f"geneformer: the {what} must be a tokenized Corpus (see "
+                             f"scaling_assets.tokenize.build_corpus), got {type(corpus).__name__}")
+        if corpus.token_dictionary != self.token_dictionary:
+            raise InputError(
+                f"geneformer: the {what} at {corpus.directory} was built with a different token "
+                f"dictionary than the model ({corpus.token_dictionary.difference(self.token_dictionary)})")
+        return corpus
+
+    def fit(self, train, validation=None, progress=False, checkpoint_dir=None) -> FitReport:
+        from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        start = time.perf_counter()
+        self._check_corpus(train, "training corpus")
+        if len(train) == 0:
+            raise InputError("geneformer: the training corpus is empty (0 cells)")
+        if validation is None:
+            raise InputError("geneformer: a validation corpus is required (its loss drives early stopping)")
+        self._check_corpus(validation, "validation corpus")
+        if len(validation) < 1:
+            raise InputError("geneformer: the validation corpus has no cells with tokens; "
+                             "at least 1 is needed to evaluate the masked-LM loss")
+        b = get_budget(self.budget).geneformer
+        self._num_train_epochs = b.max_epochs(len(train))
+        cuda = self.device.startswith("cuda")
+        own_ckpt = checkpoint_dir is None
+        ckpt = Path(tempfile.mkdtemp(prefix="geneformer-ckpt-") if own_ckpt else checkpoint_dir)
+        args = dict(
+            output_dir=str(ckpt), **TRAINING, warmup_steps=b.warmup_steps,
+            num_train_epochs=self._num_train_epochs, max_steps=b.max_steps or -1,
+            eval_strategy="steps", eval_steps=b.eval_steps, save_strategy="steps", save_steps=b.eval_steps,
+            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+            greater_is_better=False, logging_strategy="steps", logging_steps=b.eval_steps,
+            report_to="none", seed=self.seed, data_seed=self.seed, use_cpu=not cuda,
+            bf16=cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0,
+            remove_unused_columns=False, disable_tqdm=not progress, save_only_model=False,
+            prediction_loss_only=True)  # never gather (cells × 512 × vocab) logits during eval
+        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        # transformers 5 names the length-grouped sampler a strategy; 4.x has a boolean flag
+        args["train_sampling_strategy" if "train_sampling_strategy" in fields else "group_by_length"] = (
+            "group_by_length" if "train_sampling_strategy" in fields else True)
+        training_args = TrainingArguments(**args)
+        lengths = np.asarray(train.lengths).tolist()
+
+        class _Trainer(Trainer):
+            def _get_train_sampler(self, train_dataset=None):
+                # lengths come from the corpus index: no pass over the tokens to infer them
+                g = torch.Generator().manual_seed(self.args.data_seed)
+                return LengthGroupedSampler(self.args.train_batch_size, lengths=lengths, generator=g)
+
+        class _MarkComplete(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if path.is_dir():
+                    (path / COMPLETE_MARKER).touch()
+
+        self.model = self._build()
+        with _quiet_transformers():
+            trainer = _Trainer(
+                model=self.model, args=training_args,
+                train_dataset=_CorpusDataset(train),
+                eval_dataset=_CorpusDataset(validation, b.eval_max_cells, fixed_mask_seed=self.seed),
+                data_collator=MaskingCollator(len(self.token_dictionary), self.seed),
+                callbacks=[EarlyStoppingCallback(early_stopping_patience=b.early_stopping_patience),
+                           _MarkComplete()])
+            if not progress:  # without tqdm the Trainer prints every log dict to stdout
+                trainer.remove_callback(PrinterCallback)
+            trainer.train()
+            state = trainer.state
+            history = _history(state.log_history)
+            if history["validation_loss"].notna().sum() == 0:  # ran fewer steps than eval_steps
+                final = trainer.evaluate()["eval_loss"]
+                history = pd.concat([history, pd.DataFrame(
+                    {"epoch": [state.epoch], "step": [state.global_step],
+                     "train_loss": [np.nan], "validation_loss": [final]})], ignore_index=True)
+        self.model = trainer.model.to("cpu" if not cuda else self.device).eval()
+        if own_ckpt:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        steps = int(state.global_step)
+        if steps < state.max_steps:
+            stop = "early_stopping"
+        elif b.max_steps is not None and steps == b.max_steps:
+            stop = "max_steps"
+        else:
+            stop = "max_epochs"
+        best = state.best_metric if state.best_metric is not None else history["validation_loss"].dropna().iloc[-1]
+        train_losses = history["train_loss"].dropna()
+        self.fit_report = FitReport(
+            float(state.epoch or 0), steps, stop,
+            float(train_losses.iloc[-1]) if len(train_losses) else None, float(best),
+            time.perf_counter() - start, self.device, self.budget, history)
+        return self.fit_report
+
+    @torch.no_grad()
+    def embed(self, data, batch_size: int | None = None) -> np.ndarray:
+        self._require_fitted()
+        corpus = self._check_corpus(data, "corpus to embed")
+        bs = batch_size or 100
+        model = self.model.to(self.device).eval()
+        out = np.zeros((len(corpus), self.embedding_dim), dtype=np.float32)
+        order = np.argsort(corpus.lengths, kind="stable")  # similar lengths per batch: less padding
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            cells = [corpus[i] for i in idx]
+            width = max(len(c) for c in cells)
+            ids = np.full((len(cells), width), PAD_ID, dtype=np.int64)
+            for j, c in enumerate(cells):
+                ids[j, : len(c)] = c
+            ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+            mask = (ids != PAD_ID)
+            hidden = model.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            out[idx] = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
+        return out
+
+    def _save_native(self, directory: Path) -> None:
+        self.model.save_pretrained(directory / "hf")
+        self.token_dictionary.save(directory / "dictionary.json")
+
+    @classmethod
+    def _load_native(cls, directory: Path, meta: dict) -> GeneformerModel:
+        from transformers import BertForMaskedLM
+
+        model = cls(meta["gene_ids"], meta["budget"], meta["seed"])
+        saved = TokenDictionary.load(directory / "dictionary.json")
+        if saved != model.token_dictionary:
+            raise InputError(f"{directory}: dictionary.json does not match the model's genes")
+        model.model = BertForMaskedLM.from_pretrained(directory / "hf").eval()
+        model._num_train_epochs = meta["hyperparameters"].get("num_train_epochs")
+        return model
+
+
+def _history(log_history: list[dict]) -> pd.DataFrame:
+    """One row per evaluation: the step, epoch, last logged train loss and the eval loss."""
+    rows, last_train = [], np.nan
+    for entry in log_history:
+        if "loss" in entry:
+            last_train = entry["loss"]
+        if "eval_loss" in entry:
+            rows.append({"epoch": entry.get("epoch"), "step": entry.get("step"),
+                         "train_loss": last_train, "validation_loss": entry["eval_loss"]})
+    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "validation_loss"])
+
+
+def latest_complete_checkpoint(checkpoint_dir) -> Path | None:
+    """The newest ``checkpoint-N`` that was fully written (has the COMPLETE marker)."""
+    done = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

@@ -1,0 +1,120 @@
+"""PCA (DESIGN §5): normalise to 10,000 per cell, log(x+1), top 750 highly variable genes chosen
+on the training cells, TruncatedSVD(n_components=16).
+
+HVG criterion: the 750 genes with the highest variance of log-normalised values over the training
+cells (ties: lower gene index), computed streaming (per-gene sum and sum of squares). With fewer
+than 750 genes all genes are used.
+
+In memory during fit: the training cells restricted to the HVGs as a sparse float64 matrix
+(N × 750, nnz × 12 bytes), which TruncatedSVD needs whole. Everything else streams in chunks.
+Stored: the 750×16 components (the parameters), the HVG indices and explained variance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+
+from scaling_assets.errors import InputError
+from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr, normalise_log1p
+
+N_COMPONENTS = 16
+N_HVG = 750
+CHUNK = 10_000
+
+
+class PCAModel(RepresentationModel):
+    algorithm = "pca"
+    embedding_dim = N_COMPONENTS
+
+    def __init__(self, gene_ids, budget="default", seed=0, device=None):
+        super().__init__(gene_ids, budget, seed, "cpu")
+        self.n_hvg = min(N_HVG, len(self.gene_ids))
+        if self.n_hvg <= N_COMPONENTS:
+            raise InputError(f"pca: needs more than {N_COMPONENTS} genes, got {len(self.gene_ids)}")
+        self.hvg_idx: np.ndarray | None = None
+        self.components: np.ndarray | None = None  # (16, n_hvg)
+        self.explained_variance_ratio: np.ndarray | None = None
+
+    def hyperparameters(self) -> dict:
+        return {"algorithm": self.algorithm, "target_sum": 1e4, "log1p": True, "n_hvg": self.n_hvg,
+                "hvg_criterion": "variance of log-normalised values on training cells",
+                "n_components": N_COMPONENTS, "svd": "sklearn TruncatedSVD (randomized, n_iter=5)",
+                "random_state": self.seed, "budget": self.budget}
+
+    def n_parameters(self) -> int:
+        # The fitted transform is the n_hvg × 16 component matrix (TruncatedSVD stores no mean).
+        if self.components is None:  # unfitted: build one on a small random matrix of that width
+            rng = np.random.default_rng(0)
+            svd = TruncatedSVD(N_COMPONENTS, random_state=0).fit(rng.random((N_COMPONENTS + 1, self.n_hvg)))
+            return int(svd.components_.size)
+        return int(self.components.size)
+
+    def _hvg_matrix(self, source, columns=None) -> sp.csr_matrix:
+        parts = [normalise_log1p(X)[:, self.hvg_idx] for _, X in iter_csr(source, CHUNK, columns)]
+        return sp.vstack(parts, format="csr")
+
+    def fit(self, train, validation=None, progress=False) -> FitReport:
+        start = time.perf_counter()
+        self._check_training_source(train)
+        if train.n_obs < 2:
+            raise InputError("pca: needs at least 2 training cells")
+        # Pass 1: per-gene mean and variance of log-normalised values, streamed.
+        s1 = np.zeros(len(self.gene_ids))
+        s2 = np.zeros(len(self.gene_ids))
+        for _, X in iter_csr(train, CHUNK):
+            L = normalise_log1p(X)
+            s1 += np.asarray(L.sum(axis=0)).ravel()
+            s2 += np.asarray(L.multiply(L).sum(axis=0)).ravel()
+        n = train.n_obs
+        variance = s2 / n - (s1 / n) ** 2
+        self.hvg_idx = np.sort(np.argsort(-variance, kind="stable")[: self.n_hvg])
+        # Pass 2: the HVG matrix in memory, then the SVD.
+        X = self._hvg_matrix(train)
+        svd = TruncatedSVD(n_components=N_COMPONENTS, random_state=self.seed).fit(X)
+        self.components = svd.components_.astype(np.float64)
+        self.explained_variance_ratio = svd.explained_variance_ratio_
+        train_loss = self._unexplained(X)
+        val_loss = None
+        if validation is not None:
+            if validation.n_obs == 0:
+                raise InputError("pca: the validation set is empty")
+            val_loss = self._unexplained(self._hvg_matrix(validation, self._gene_columns(validation.var_names)))
+        history = pd.DataFrame({"epoch": [1], "step": [1], "train_loss": [train_loss],
+                                "validation_loss": [val_loss]})
+        self.fit_report = FitReport(1, 1, "closed_form", train_loss, val_loss,
+                                    time.perf_counter() - start, "cpu", self.budget, history)
+        return self.fit_report
+
+    def _unexplained(self, X: sp.csr_matrix) -> float:
+        """Fraction of the (uncentred) sum of squares not captured by the 16 components."""
+        Z = X @ self.components.T
+        total = float(X.multiply(X).sum())
+        return float(1 - (Z**2).sum() / total) if total > 0 else 0.0
+
+    def embed(self, data, batch_size: int | None = None) -> np.ndarray:
+        self._require_fitted()
+        # Cell totals are taken over the model's genes, so extra genes never change the embedding.
+        columns = self._gene_columns(data.var_names)
+        out = [np.asarray(normalise_log1p(X)[:, self.hvg_idx] @ self.components.T)
+               for _, X in iter_csr(data, batch_size or CHUNK, columns)]
+        return np.vstack(out).astype(np.float32) if out else np.zeros((0, N_COMPONENTS), np.float32)
+
+    def _save_native(self, directory: Path) -> None:
+        np.savez(directory / "pca.npz", components=self.components, hvg_idx=self.hvg_idx,
+                 explained_variance_ratio=self.explained_variance_ratio)
+
+    @classmethod
+    def _load_native(cls, directory: Path, meta: dict) -> PCAModel:
+        model = cls(meta["gene_ids"], meta["budget"], meta["seed"])
+        with np.load(directory / "pca.npz") as f:
+            model.components = f["components"]
+            model.hvg_idx = f["hvg_idx"]
+            model.explained_variance_ratio = f["explained_variance_ratio"]
+        return model
+

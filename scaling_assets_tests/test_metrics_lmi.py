@@ -1,0 +1,189 @@
+"""Latent MI: KSG against analytic Gaussian MI, LMI accuracy on latent-Gaussian pairs, bad input.
+
+Accuracy cases use the data the reference (`latentmi` 0.1.3 at its defaults) was run on
+(`latent_gaussian_pairs(4000, mi, seed=1)`), so the thresholds compare like with like.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from scaling_assets.errors import InputError
+from scaling_assets.metrics import lmi
+from scaling_assets.metrics.synthetic import gaussian_mi_bits, latent_gaussian_pairs, spread_gaussian_pairs
+
+
+def correlated_gaussian(n, rho, dims, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dims))
+    y = rho * x + np.sqrt(1 - rho**2) * rng.standard_normal((n, dims))
+    return x, y, -0.5 * dims * np.log2(1 - rho**2)
+
+
+# ----------------------------------------------------------------------------- KSG
+
+
+@pytest.mark.parametrize("rho,dims", [(0.0, 1), (0.6, 1), (0.9, 1), (0.8, 2)])
+def test_ksg_matches_analytic_gaussian_mi(rho, dims):
+    x, y, truth = correlated_gaussian(4000, rho, dims, seed=3)
+    est = lmi.ksg_mi(x, y)
+    assert abs(est - truth) < 0.05 + 0.05 * truth, (est, truth)
+
+
+def test_ksg_pointwise_matches_hand_computed_kraskov_1():
+    # 4 points, k=1, max-norm; n_x / n_y count points strictly inside the joint radius.
+    # Worked by hand: radii 2.5, 2, 2, 4; (n_x, n_y) = (1, 1), (1, 1), (0, 2), (0, 2).
+    from scipy.special import digamma as psi
+
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    y = np.array([[0.0], [2.5], [1.2], [5.0]])
+    pmi = lmi.ksg_pointwise(x, y, k=1)
+    a = psi(1) + psi(4) - psi(2) - psi(2)
+    b = psi(1) + psi(4) - psi(1) - psi(3)
+    np.testing.assert_allclose(pmi, np.array([a, a, b, b]) / np.log(2), rtol=1e-9)
+    assert lmi.ksg_mi(x, y, k=1) == pytest.approx(pmi.mean())
+
+
+def test_ksg_memory_is_not_quadratic():
+    n = 20_000  # a dense n x n float64 distance matrix would need 3.2 GB
+    x, y, _ = correlated_gaussian(n, 0.5, 2, seed=0)
+    tracemalloc.start()
+    lmi.ksg_mi(x, y)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50e6, f"peak {peak / 1e6:.0f} MB"
+
+
+# ----------------------------------------------------------------------------- LMI accuracy
+
+
+@pytest.mark.parametrize("mi,tolerance", [(0.5, 0.25), (1.0, 0.25), (2.0, 0.35)])
+def test_lmi_recovers_low_dimensional_gaussian_mi_16d(mi, tolerance):
+    x, y, truth = latent_gaussian_pairs(4000, mi, dx=16, dy=16, seed=1)
+    assert truth == pytest.approx(mi)
+    est = lmi.estimate(x, y, seed=0)
+    assert abs(est - truth) <= tolerance, (est, truth)
+
+
+def test_lmi_256d_at_least_as_close_as_reference():
+    # The issue's reference run gave 1.26 bits for a true 2.0 with 256-d X (1.20 bits on this
+    # exact data, seed 0): require an error no larger than 0.74 bits. We measure ~1.47.
+    x, y, truth = latent_gaussian_pairs(4000, 2.0, dx=256, dy=16, seed=1)
+    est = lmi.estimate(x, y, seed=0)
+    assert abs(est - truth) <= 0.74, (est, truth)
+
+
+def test_lmi_independent_variables_near_zero():
+    x, y, _ = latent_gaussian_pairs(4000, 0.0, seed=1)
+    assert abs(lmi.estimate(x, y, seed=0)) < 0.1
+
+
+def test_lmi_underestimates_dependence_spread_over_many_dimensions():
+    # Known limit of LMI (and of the reference: 0.19 bits in the issue, 0.10 on this data): 1 bit spread
+    # evenly over 16 independent coordinate pairs is mostly lost in the 8-d latents, because
+    # each pair carries only 1/16 bit. We assert the documented behaviour, not a pass at truth.
+    x, y, truth = spread_gaussian_pairs(4000, 1.0, dims=16, seed=1)
+    est = lmi.estimate(x, y, seed=0)
+    assert 0.0 < est < truth - 0.5, est
+
+
+# ----------------------------------------------------------------------------- API behaviour
+
+
+def small_pairs(n=400, mi=1.0):
+    return latent_gaussian_pairs(n, mi, dx=6, dy=4, seed=5)[:2]
+
+
+def test_pointwise_result_is_consistent_and_seeded():
+    x, y = small_pairs()
+    a = lmi.estimate_pointwise(x, y, seed=7, epochs=20)
+    b = lmi.estimate_pointwise(x, y, seed=7, epochs=20)
+    c = lmi.estimate_pointwise(x, y, seed=8, epochs=20)
+    assert a.mi_bits == b.mi_bits and np.array_equal(a.pmi, b.pmi)  # deterministic on CPU
+    assert a.mi_bits != c.mi_bits
+    assert a.n_pairs == 400 and a.n_eval == 200 == len(a.pmi) == len(a.eval_index)
+    assert a.mi_bits == pytest.approx(a.pmi.mean())
+    assert len(np.unique(a.eval_index)) == 200 and a.eval_index.max() < 400
+    assert 1 <= a.epochs <= 20 and len(a.history) == a.epochs
+    assert a.latent_dim == 8 and a.device == "cpu" and a.note == "" and not a.constant
+    assert lmi.estimate(x, y, seed=7, epochs=20) == a.mi_bits
+
+
+def test_estimate_leaves_global_torch_state_alone():
+    x, y = small_pairs()
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    lmi.estimate(x, y, seed=0, epochs=3)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+
+
+def test_options_are_used():
+    x, y = small_pairs()
+    r = lmi.estimate_pointwise(x, y, latent_dim=3, epochs=2, patience=1, validation_fraction=0.25, device="cpu")
+    assert r.latent_dim == 3 and r.epochs <= 2 and r.n_eval == 100
+    with pytest.raises(InputError, match="unknown LMI option"):
+        lmi.estimate(x, y, learning_rate=0.1)
+    with pytest.raises(InputError, match="validation_fraction"):
+        lmi.estimate(x, y, validation_fraction=1.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            lmi.estimate(x, y, device="cuda")
+
+
+def test_one_dimensional_inputs_are_one_feature():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(300)
+    r = lmi.estimate_pointwise(a, a + 0.3 * rng.standard_normal(300), epochs=30)
+    assert r.mi_bits > 0.8  # true value 1.86 bits; 150 held-back pairs
+
+
+def test_different_row_counts_rejected():
+    x, y = small_pairs()
+    with pytest.raises(InputError, match="same number of rows.*400.*399"):
+        lmi.estimate(x, y[:-1])
+
+
+def test_too_few_pairs_says_how_many_are_needed():
+    x, y = small_pairs()
+    need = lmi.min_pairs()
+    assert need == 64
+    with pytest.raises(InputError, match=f"at least {need} pairs.*got {need - 1}"):
+        lmi.estimate(x[: need - 1], y[: need - 1])
+    lmi.estimate(x[:need], y[:need], epochs=2)  # exactly enough is fine
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_rejected(bad):
+    x, y = small_pairs()
+    y = y.copy()
+    y[5, 1] = bad
+    with pytest.raises(InputError, match="y has NaN or infinite values in 1 of 400 rows"):
+        lmi.estimate(x, y)
+
+
+def test_constant_variable_is_zero_information_not_a_crash():
+    x, _ = small_pairs()
+    r = lmi.estimate_pointwise(x, np.full((400, 3), 2.5))
+    assert r.mi_bits == 0.0 and r.constant and r.epochs == 0
+    assert r.note.startswith("constant: y")
+    assert np.all(r.pmi == 0) and r.n_eval == 200
+    assert lmi.estimate(np.ones(400), x) == 0.0
+
+
+def test_constant_column_next_to_informative_ones_is_fine():
+    x, y = small_pairs()
+    y = np.column_stack([y, np.zeros(400)])
+    r = lmi.estimate_pointwise(x, y, epochs=30)
+    assert not r.constant and r.mi_bits > 0.3
+
+
+def test_gaussian_mi_formula():
+    # 1-d correlated pair: I = -1/2 log2(1 - rho^2)
+    rho = 0.8
+    cov = np.array([[1, rho], [rho, 1]])
+    assert gaussian_mi_bits(cov, 1) == pytest.approx(-0.5 * np.log2(1 - rho**2))

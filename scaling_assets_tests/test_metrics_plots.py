@@ -1,0 +1,49 @@
+"""Plots are written as valid PNGs, including groups without a fit."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling_assets.errors import InputError
+from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
+from scaling_assets.metrics.plots import plot_loss_curves, plot_noise_laws, plot_size_laws
+from scaling_assets_tests.test_metrics_laws import grid
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 2000
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_noise_and_size_plots_with_fitted_and_unfitted_groups(tmp_path):
+    df = grid()
+    noise, size = fit_noise_laws(df), fit_size_laws(df)
+    assert not noise.fitted.all() and not size.fitted.all()
+    out = plot_noise_laws(df, noise, tmp_path / "plots" / "noise.png")
+    assert_png(out)
+    assert_png(plot_size_laws(df, size, tmp_path / "size.png"))
+    assert_png(plot_size_laws(df, size, tmp_path / "size_scvi.png", algorithm="scvi"))
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left
+    # no fits at all (e.g. before the fit asset ran) still plots the points
+    assert_png(plot_noise_laws(df, noise.iloc[0:0], tmp_path / "bare.png"))
+    with pytest.raises(InputError, match="no MI rows for algorithm 'geneformer'"):
+        plot_size_laws(df, size, tmp_path / "x.png", algorithm="geneformer")
+
+
+def test_loss_curves_with_missing_values(tmp_path):
+    history = pd.DataFrame({
+        "step": np.arange(0, 5000, 100),
+        "train_loss": np.linspace(5, 2, 50),
+        "validation_loss": [np.nan if i % 10 else 5 - i / 20 for i in range(50)],
+    })
+    assert_png(plot_loss_curves(history, tmp_path / "loss.png", title="geneformer n=1000"))
+    epochs = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5], "validation_loss": [np.nan] * 3})
+    assert_png(plot_loss_curves(epochs, tmp_path / "loss_epochs.png"))
+    with pytest.raises(InputError, match="'step' or 'epoch'"):
+        plot_loss_curves(pd.DataFrame({"train_loss": [1.0]}), tmp_path / "bad.png")

@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scaling_assets.errors import InputError
+from scaling_assets.models import geneformer as gf
+from scaling_assets.models import load_model
+from scaling_assets.models.budget import BUDGETS, Budget, GeneformerBudget
+from scaling_assets.models.geneformer import GeneformerModel, MaskingCollator, mask_tokens
+from scaling_assets.models.pca import PCAModel
+from scaling_assets.models.synthetic import simulate_counts
+from scaling_assets.tokenize import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians
+
+N_GENES = 40
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gf")
+    src = simulate_counts(140, N_GENES, seed=21)
+    train_rows, val_rows = np.arange(100), np.arange(100, 140)
+    med = gene_nonzero_medians(src, rows=train_rows)
+    td = TokenDictionary(src.var_names)
+    build_corpus(src, tmp / "train", med, td, rows=train_rows)
+    build_corpus(src, tmp / "val", med, td, rows=val_rows)
+    return src, Corpus(tmp / "train"), Corpus(tmp / "val"), tmp
+
+
+@pytest.fixture(scope="module")
+def fitted(corpora):
+    src, train, val, _ = corpora
+    m = GeneformerModel(src.var_names, budget="test", seed=0, device="cpu")
+    m.fit(train, val)
+    return m
+
+
+def test_fit_embed_save_reload_identical(corpora, fitted, tmp_path):
+    src, train, val, _ = corpora
+    r = fitted.fit_report
+    assert r.steps == 4 and r.stop_reason == "max_steps" and r.budget == "test" and r.device == "cpu"
+    assert list(r.history["step"]) == [2, 4] and r.history["validation_loss"].notna().all()
+    assert r.validation_loss == r.history["validation_loss"].min()  # best model kept
+    z = fitted.embed(val)
+    assert z.shape == (len(val), 256) and z.dtype == np.float32 and np.isfinite(z).all()
+    fitted.save(tmp_path / "gf")
+    assert (tmp_path / "gf" / "hf" / "config.json").exists()
+    again = load_model(tmp_path / "gf", algorithm="geneformer")
+    np.testing.assert_array_equal(again.embed(val), z)
+    assert again.fit_report.steps == 4 and len(again.fit_report.history) == 2
+
+
+def test_embedding_is_the_masked_mean_of_the_last_hidden_layer(corpora, fitted):
+    _, _, val, _ = corpora
+    model = fitted.model.eval()
+    z = fitted.embed(val, batch_size=7)
+    for i in (0, 5):
+        ids = torch.from_numpy(val[i].astype(np.int64))[None]
+        with torch.no_grad():
+            hidden = model.bert(input_ids=ids).last_hidden_state[0]
+        np.testing.assert_allclose(z[i], hidden.mean(0).numpy(), atol=1e-5)
+
+
+def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):
+    cfg = fitted.model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (3, 256, 4, 512)
+    assert (cfg.max_position_embeddings, cfg.hidden_act, cfg.pad_token_id) == (512, "relu", 0)
+    assert (cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob) == (0.02, 0.02)
+    assert (cfg.initializer_range, cfg.layer_norm_eps, cfg.vocab_size) == (0.02, 1e-12, N_GENES + 2)
+    hp = fitted.hyperparameters()
+    assert hp["training"] == dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
+                                  per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
+    assert hp["num_train_epochs"] == 10 * 10_000_000 // 100 and hp["budget"] == "test"
+    paper = GeneformerModel([f"g{j}" for j in range(5)], budget="paper").hyperparameters()
+    assert (paper["warmup_steps"], paper["eval_steps"], paper["early_stopping_patience"]) == (5000, 1000, 5)
+
+
+def test_bert_masking_rates_and_collator_padding():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, 1002, size=200_000)
+    x, y = mask_tokens(tokens, rng, 1002)
+    selected = y != -100
+    assert abs(selected.mean() - 0.15) < 0.005
+    np.testing.assert_array_equal(y[selected], tokens[selected])
+    assert abs((x[selected] == 1).mean() - 0.8) < 0.01
+    unchanged = (x[selected] == tokens[selected]).mean()
+    assert abs(unchanged - 0.1) < 0.01  # (a random swap can also hit the same token: 1/1000)
+    np.testing.assert_array_equal(x[~selected], tokens[~selected])
+    assert (x >= 1).all()  # never the pad id
+    batch = MaskingCollator(10, seed=0)([{"input_ids": np.array([5, 6, 7])}, {"input_ids": np.array([8])}])
+    assert batch["input_ids"].shape == (2, 3)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"][1, 1:].tolist() == [-100, -100] and (batch["labels"][1, 0] == 8)  # one forced
+
+
+def test_parameter_count_grows_by_257_per_gene():
+    # Per extra gene: a 256-d word embedding and one LM-head bias; the decoder weight is tied to the
+    # word embedding (counted once).
+    m = GeneformerModel([f"g{j}" for j in range(100)])
+    bert = m._build()
+    assert bert.cls.predictions.decoder.weight is bert.bert.embeddings.word_embeddings.weight
+    counts = [GeneformerModel([f"g{j}" for j in range(g)]).n_parameters() for g in (100, 101, 1100)]
+    assert counts[1] - counts[0] == 257 and counts[2] - counts[0] == 1000 * 257
+
+
+def test_early_stopping_stops(corpora, monkeypatch):
+    # With a zero learning rate and fixed validation masks every evaluation gives the same loss,
+    # so with patience 1 the second evaluation ends training long before the step cap.
+    src, train, val, _ = corpora
+    monkeypatch.setitem(BUDGETS, "es", Budget("es", BUDGETS["test"].scvi,
+                        GeneformerBudget(max_steps=50, warmup_steps=0, eval_steps=1,
+                                         early_stopping_patience=1, eval_max_cells=8)))
+    monkeypatch.setitem(gf.TRAINING, "learning_rate", 0.0)
+    r = GeneformerModel(src.var_names, budget="es").fit(train, val)
+    assert r.stop_reason == "early_stopping" and r.steps == 2
+    assert r.history["validation_loss"].nunique() == 1
+
+
+def test_checkpoints_are_marked_complete(corpora, tmp_path):
+    src, train, val, _ = corpora
+    m = GeneformerModel(src.var_names, budget="test")
+    m.fit(train, val, checkpoint_dir=tmp_path / "ckpt")
+    done = sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*"))
+    assert done == ["checkpoint-2", "checkpoint-4"]
+    assert gf.latest_complete_checkpoint(tmp_path / "ckpt").name == "checkpoint-4"
+    (tmp_path / "ckpt" / "checkpoint-4" / gf.COMPLETE_MARKER).unlink()  # as if killed mid-write
+    assert gf.latest_complete_checkpoint(tmp_path / "ckpt").name == "checkpoint-2"
+
+
+def test_bad_inputs(corpora, fitted, tmp_path):
+    src, train, val, tmp = corpora
+    # a corpus built with another dictionary
+    other = simulate_counts(30, N_GENES, seed=3, gene_prefix="x")
+    build_corpus(other, tmp_path / "other", gene_nonzero_medians(other), TokenDictionary(other.var_names))
+    with pytest.raises(InputError, match="different token dictionary"):
+        fitted.embed(Corpus(tmp_path / "other"))
+    with pytest.raises(InputError, match="different token dictionary"):
+        GeneformerModel(src.var_names, budget="test").fit(Corpus(tmp_path / "other"), val)
+    with pytest.raises(InputError, match="must be a tokenized Corpus"):
+        fitted.embed(src)
+    # empty training corpus, missing / empty validation corpus
+    med = gene_nonzero_medians(src)
+    td = TokenDictionary(src.var_names)
+    build_corpus(src, tmp_path / "empty", med, td, rows=np.array([], dtype=int))
+    empty = Corpus(tmp_path / "empty")
+    m = GeneformerModel(src.var_names, budget="test")
+    with pytest.raises(InputError, match="training corpus is empty"):
+        m.fit(empty, val)
+    with pytest.raises(InputError, match="validation corpus is required"):
+        m.fit(train)
+    with pytest.raises(InputError, match="validation corpus has no cells"):
+        m.fit(train, empty)
+    # Geneformer embeddings asked of a directory holding another algorithm
+    pca = PCAModel(src.var_names)
+    pca.fit(src)
+    pca.save(tmp_path / "pca")
+    with pytest.raises(InputError, match="holds a 'pca' model, not 'geneformer'"):
+        GeneformerModel.load(tmp_path / "pca")
+    meta = json.loads((tmp_path / "pca" / "model.json").read_text())
+    assert meta["algorithm"] == "pca"

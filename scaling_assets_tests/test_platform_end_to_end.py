@@ -1,0 +1,97 @@
+"""A small study materialised end to end through Dagster: all four tasks, all four algorithms, 2 sizes x
+2 qualities. Checks the tables, re-runs (skips), and a failed partition that is retried alone."""
+
+import io
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from scaling_assets.assets.results import result_paths
+from scaling_assets.metrics.signals import SIGNALS
+from scaling_assets.run_study import run_study
+from scaling_assets.study import load_study
+
+STUDY = """
+name: e2e
+root: {root}
+budget: test
+seeds: [42]
+algorithms: [pca, random_projection, scvi, geneformer]
+split: {{validation_cells: 100}}
+sizes: [100, 400]
+qualities: [1.0, 0.05]
+lmi: {{epochs: 30}}
+datasets:
+  cite:        {{task: cite,        source: simulated, cells: 800, genes: 60, seed: 1}}
+  lineage:     {{task: lineage,     source: simulated, cells: 1800, genes: 60, seed: 2, split: {{test_cells: 800}}}}
+  spatial:     {{task: spatial,     source: simulated, cells: 800, genes: 60, seed: 3}}
+  development: {{task: development, source: simulated, cells: 800, genes: 60, seed: 4}}
+"""
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    path = tmp / "study.yaml"
+    path.write_text(textwrap.dedent(STUDY.format(root=tmp / "root")))
+    study = load_study(path)
+    instance = DagsterInstance.ephemeral()
+    out = io.StringIO()
+    result = run_study(study, instance, out=out)
+    return study, instance, result, out.getvalue()
+
+
+def test_whole_study_materialises(study_run):
+    study, instance, result, log = study_run
+    assert result["failed"] == {}, log
+    for ds in study.datasets:
+        key = AssetKey([ds, "mi_geneformer"])
+        assert set(instance.get_materialized_partitions(key)) == set(study.setting_keys(ds))
+    assert "MI (bits) at the largest training size" in log
+
+
+def test_mi_table_has_one_row_per_partition_and_signal(study_run):
+    study, _, _, _ = study_run
+    mi = pd.read_parquet(result_paths(study)["mi_table"])
+    expected = sum(len(SIGNALS[d.task]) * len(study.settings(name)) * len(study.algorithms)
+                   for name, d in study.datasets.items())
+    assert len(mi) == expected
+    assert not mi.duplicated(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).any()
+    assert mi["mi_bits"].between(0, np.log2(mi["pairs"])).all()
+    assert (mi["pairs"] > 0).all()
+    csv = pd.read_csv(result_paths(study)["mi_table"].with_suffix(".csv"))
+    assert len(csv) == len(mi)
+
+
+def test_mi_falls_with_quality_on_average(study_run):
+    study, _, _, _ = study_run
+    mi = pd.read_parquet(result_paths(study)["mi_table"])
+    by_quality = mi.groupby("quality")["mi_bits"].mean()
+    assert by_quality[1.0] > by_quality[0.05]
+
+
+def test_parameter_and_fit_tables(study_run):
+    study, _, _, _ = study_run
+    paths = result_paths(study)
+    params = pd.read_parquet(paths["parameter_table"])
+    assert set(params["algorithm"]) == set(study.algorithms)
+    assert set(params["dataset"]) == set(study.datasets)
+    assert (params[params.algorithm == "random_projection"]["parameters"] == 60 * 16).all()
+    hyper = pd.read_parquet(paths["hyperparameter_table"])
+    assert set(hyper["algorithm"]) == set(study.algorithms)
+    noise = pd.read_parquet(paths["noise_law_fits"])
+    # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
+    assert len(noise) > 0 and not noise["fitted"].any()
+    assert paths["mi_vs_umis_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_skips_everything_but_the_tables(study_run):
+    study, instance, _, _ = study_run
+    out = io.StringIO()
+    again = run_study(study, instance, out=out)
+    assert again["failed"] == {}
+    assert again["materialised"] == 0
+    assert "already materialised" in out.getvalue()
