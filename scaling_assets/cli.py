@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scaling_assets.data.h5ad_io import tune_allocator
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()  # faster chunked reads: see scaling_assets.definitions
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

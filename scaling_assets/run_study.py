@@ -119,12 +119,13 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
 
 
 def _failure_message(result) -> str:
+    """The root cause of the first failed step, e.g. 'cite__model_scvi: InputError: ...'."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error
-            while err.cause is not None and "DagsterExecutionStepExecutionError" in err.cls_name:
+            while err.cause is not None:  # Dagster wraps user errors; the cause says what went wrong
                 err = err.cause
-            message = err.message.strip().splitlines()[-1] if err.message else ""
+            message = err.message.strip().splitlines()[-1] if err.message else err.cls_name
             return f"{event.step_key}: {message}"
     return "run failed (see the Dagster UI for the run's logs)"
 

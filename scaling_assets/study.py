@@ -37,7 +37,7 @@ SOURCE_PATHS = {
     "cite": ("path",),
     "atlas": ("path",),
     "merfish": ("cell_by_gene", "cell_metadata"),
-    "larry": ("counts", "gene_names", "metadata", "clone_matrix"),
+    "larry": ("counts", "genes", "metadata", "clones"),
 }
 
 

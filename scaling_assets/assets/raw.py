@@ -31,7 +31,10 @@ def raw_counts_asset(ds: DatasetAssets):
             else:
                 from scaling_assets.data.loaders import ingest
 
-                summary = ingest(cfg.source, out, progress=show_progress(), task=cfg.task, **cfg.paths, **cfg.options)
+                options = dict(cfg.paths, **cfg.options, chunk_size=ds.study.chunk_size)
+                if cfg.source == "h5ad":
+                    options["task"] = cfg.task  # the canonical file must carry this task's signals
+                summary = ingest(cfg.source, out, progress=show_progress(), **options)
         summary = dict(summary, source=cfg.source, task=cfg.task)
         write_summary(stage, summary)
         context.log.info(f"{ds.name}: {summary.get('cells')} cells x {summary.get('genes')} genes in {elapsed():.1f} s")

@@ -37,7 +37,8 @@ def _save(fig, path) -> Path:
 def _panels(n: int, title: str):
     cols = min(n, 3)
     rows = max(1, int(np.ceil(n / cols))) if n else 1
-    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(4.5 * max(cols, 1), 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(4.5 * max(cols, 1), 3.6 * rows), squeeze=False,
+                             layout="constrained")  # keeps panel titles clear of x labels
     fig.suptitle(title)
     return fig, axes.ravel()
 
