@@ -5,9 +5,12 @@ HVG criterion: the 750 genes with the highest variance of log-normalised values 
 cells (ties: lower gene index), computed streaming (per-gene sum and sum of squares). With fewer
 than 750 genes all genes are used.
 
-In memory during fit: the training cells restricted to the HVGs as a sparse float64 matrix
-(N × 750, nnz × 12 bytes), which TruncatedSVD needs whole. Everything else streams in chunks.
-Stored: the 750×16 components (the parameters), the HVG indices and explained variance.
+Up to ``IN_MEMORY_MAX_CELLS`` training cells, the cells restricted to the HVGs are held as a sparse
+float64 matrix (N × 750, nnz × 12 bytes) and given to ``TruncatedSVD`` as DESIGN §5 says. Above it
+(a 10M-cell pool would need tens of GB), the same decomposition is computed exactly from the
+750 × 750 Gram matrix XᵀX accumulated chunk by chunk: TruncatedSVD does not centre, so its components
+are the top eigenvectors of XᵀX (signs fixed as sklearn's ``svd_flip`` does). Memory is then bounded by
+the chunk size. Stored: the 750×16 components (the parameters), the HVG indices and explained variance.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr,
 N_COMPONENTS = 16
 N_HVG = 750
 CHUNK = 10_000
+IN_MEMORY_MAX_CELLS = 200_000  # above this, the exact streaming Gram route (module docstring)
 
 
 class PCAModel(RepresentationModel):
@@ -40,11 +44,14 @@ class PCAModel(RepresentationModel):
         self.hvg_idx: np.ndarray | None = None
         self.components: np.ndarray | None = None  # (16, n_hvg)
         self.explained_variance_ratio: np.ndarray | None = None
+        self.svd_route = "truncated_svd"
 
     def hyperparameters(self) -> dict:
         return {"algorithm": self.algorithm, "target_sum": 1e4, "log1p": True, "n_hvg": self.n_hvg,
                 "hvg_criterion": "variance of log-normalised values on training cells",
-                "n_components": N_COMPONENTS, "svd": "sklearn TruncatedSVD (randomized, n_iter=5)",
+                "n_components": N_COMPONENTS,
+                "svd": "sklearn TruncatedSVD (randomized, n_iter=5)" if self.svd_route == "truncated_svd"
+                else "exact eigendecomposition of the streamed Gram matrix (TruncatedSVD's components)",
                 "random_state": self.seed, "budget": self.budget}
 
     def n_parameters(self) -> int:
@@ -74,12 +81,15 @@ class PCAModel(RepresentationModel):
         n = train.n_obs
         variance = s2 / n - (s1 / n) ** 2
         self.hvg_idx = np.sort(np.argsort(-variance, kind="stable")[: self.n_hvg])
-        # Pass 2: the HVG matrix in memory, then the SVD.
-        X = self._hvg_matrix(train)
-        svd = TruncatedSVD(n_components=N_COMPONENTS, random_state=self.seed).fit(X)
-        self.components = svd.components_.astype(np.float64)
-        self.explained_variance_ratio = svd.explained_variance_ratio_
-        train_loss = self._unexplained(X)
+        if n > IN_MEMORY_MAX_CELLS:
+            train_loss = self._fit_streaming(train)
+        else:  # Pass 2: the HVG matrix in memory, then the SVD.
+            self.svd_route = "truncated_svd"
+            X = self._hvg_matrix(train)
+            svd = TruncatedSVD(n_components=N_COMPONENTS, random_state=self.seed).fit(X)
+            self.components = svd.components_.astype(np.float64)
+            self.explained_variance_ratio = svd.explained_variance_ratio_
+            train_loss = self._unexplained(X)
         val_loss = None
         if validation is not None:
             if validation.n_obs == 0:
@@ -90,6 +100,32 @@ class PCAModel(RepresentationModel):
         self.fit_report = FitReport(1, 1, "closed_form", train_loss, val_loss,
                                     time.perf_counter() - start, "cpu", self.budget, history)
         return self.fit_report
+
+    def _fit_streaming(self, train) -> float:
+        """TruncatedSVD's components from XᵀX summed over chunks; returns the unexplained fraction."""
+        self.svd_route = "streaming_gram"
+        h = len(self.hvg_idx)
+        gram = np.zeros((h, h))
+        col_sum = np.zeros(h)
+        col_sq = np.zeros(h)
+        for _, X in iter_csr(train, CHUNK):
+            L = normalise_log1p(X)[:, self.hvg_idx]
+            gram += (L.T @ L).toarray()
+            col_sum += np.asarray(L.sum(axis=0)).ravel()
+            col_sq += np.asarray(L.multiply(L).sum(axis=0)).ravel()
+        evals, evecs = np.linalg.eigh(gram)
+        top = np.argsort(evals)[::-1][:N_COMPONENTS]
+        vt = evecs[:, top].T
+        # svd_flip(u_based_decision=False): the largest-magnitude entry of each component is positive
+        vt *= np.sign(vt[np.arange(N_COMPONENTS), np.argmax(np.abs(vt), axis=1)])[:, None]
+        self.components = vt
+        n = train.n_obs
+        z_mean = (col_sum @ vt.T) / n
+        z_var = np.einsum("ij,jk,ik->i", vt, gram, vt) / n - z_mean**2
+        full_var = float((col_sq / n - (col_sum / n) ** 2).sum())
+        self.explained_variance_ratio = z_var / full_var if full_var > 0 else np.zeros(N_COMPONENTS)
+        total = float(np.trace(gram))
+        return float(1 - evals[top].sum() / total) if total > 0 else 0.0
 
     def _unexplained(self, X: sp.csr_matrix) -> float:
         """Fraction of the (uncentred) sum of squares not captured by the 16 components."""
