@@ -147,8 +147,9 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
             table.columns = [f"q={c:g}" for c in table.columns]
             print("MI (bits) at the largest training size, by quality:", file=out)
             print(table.round(3).to_string(), file=out)
+    width = max(len(name) for name in paths)
     for name, path in paths.items():
-        print(f"{name:>22}: {path}{'' if path.exists() else '  (not written)'}", file=out)
+        print(f"{name:>{width}}: {path}{'' if path.exists() else '  (not written)'}", file=out)
     for label, message in failed.items():
         print(f"FAILED {label}: {message}", file=out)
     print("Browse the assets, lineage and metadata: dagster dev -w workspace.yaml", file=out, flush=True)

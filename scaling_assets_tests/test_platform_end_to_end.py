@@ -85,6 +85,8 @@ def test_parameter_and_fit_tables(study_run):
     noise = pd.read_parquet(paths["noise_law_fits"])
     # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
     assert len(noise) > 0 and not noise["fitted"].any()
+    for algorithm in study.algorithms:  # a size-law figure per algorithm, and the noise-law figure
+        assert paths[f"mi_vs_cells_plot_{algorithm}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["mi_vs_umis_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

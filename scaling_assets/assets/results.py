@@ -17,7 +17,10 @@ from scaling_assets.study import Study
 
 GROUP = "results"
 NOISE_PLOT = "mi_vs_umis.png"
-SIZE_PLOT = "mi_vs_cells.png"
+
+
+def size_plot_name(algorithm: str) -> str:
+    return f"mi_vs_cells_{algorithm}.png"
 
 
 def _partition_folders(study: Study, asset_prefix: str):
@@ -130,11 +133,12 @@ def results_assets(study: Study) -> list:
 
         stage = new_stage(study, "plots")
         plot_noise_laws(mi_table, noise_law_fits, stage / NOISE_PLOT)
-        plot_size_laws(mi_table, size_law_fits, stage / SIZE_PLOT)
-        return Output(stage, metadata={
-            "mi_vs_umis": image_metadata(stage / NOISE_PLOT, "MI vs UMIs per cell"),
-            "mi_vs_cells": image_metadata(stage / SIZE_PLOT, "MI vs cells"),
-        })
+        metadata = {"mi_vs_umis": image_metadata(stage / NOISE_PLOT, "MI vs UMIs per cell")}
+        for algorithm in sorted(mi_table["algorithm"].unique()):  # one size-law figure per algorithm
+            path = stage / size_plot_name(algorithm)
+            plot_size_laws(mi_table, size_law_fits, path, algorithm=algorithm)
+            metadata[f"mi_vs_cells_{algorithm}"] = image_metadata(path, f"MI vs cells, {algorithm}")
+        return Output(stage, metadata=metadata)
 
     return [mi_table, parameter_table, hyperparameter_table, noise_law_fits, size_law_fits, scaling_plots]
 
@@ -148,5 +152,5 @@ def result_paths(study: Study) -> dict[str, Path]:
         "noise_law_fits": base / "noise_law_fits" / "all" / "table.parquet",
         "size_law_fits": base / "size_law_fits" / "all" / "table.parquet",
         "mi_vs_umis_plot": base / "scaling_plots" / "all" / NOISE_PLOT,
-        "mi_vs_cells_plot": base / "scaling_plots" / "all" / SIZE_PLOT,
+        **{f"mi_vs_cells_plot_{a}": base / "scaling_plots" / "all" / size_plot_name(a) for a in study.algorithms},
     }

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -79,6 +80,7 @@ def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xl
                 x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
                 ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # only decade labels: minor ones overlap
         ax.set_xlabel(xlabel)
         ax.set_ylabel("MI (bits)")
         ax.set_title(f"{dataset} / {signal}", fontsize=10)
