@@ -44,7 +44,8 @@ def materialize(env, select, partition=None):
 
 def test_materialize_a_partition_chain_from_the_cli(env, tmp_path):
     for select, partition in [("cite/raw_counts", None), ("cite/split", "s=42"),
-                              ("cite/eval_counts", "q=0.5_s=42"), ("cite/train_counts", "n=100_q=0.5_s=42")]:
+                              ("cite/eval_counts", "q=0.5_s=42"),
+                              ("cite/train_counts,cite/model_pca,cite/embeddings_pca,cite/mi_pca", "n=100_q=0.5_s=42")]:
         proc = materialize(env, select, partition)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     train = tmp_path / "root" / "cite" / "train_counts" / "n=100_q=0.5_s=42"
@@ -53,6 +54,11 @@ def test_materialize_a_partition_chain_from_the_cli(env, tmp_path):
     raw = json.loads((tmp_path / "root" / "cite" / "raw_counts" / "all" / "summary.json").read_text())
     # thinning at q=0.5 keeps about half of the molecules
     assert 0.4 < summary["umis_per_cell"] / raw["umis_per_cell"] < 0.6
+    # the MI step took a device lease (CPU here: no NVML) and recorded an estimate per cite signal
+    record = json.loads((tmp_path / "root" / "cite" / "mi_pca" / "n=100_q=0.5_s=42" / "record.json").read_text())
+    assert [s["signal"] for s in record["signals"]] == ["cell_type", "protein"]
+    assert all(s["mi_bits"] > 0 for s in record["signals"])
+    assert "running on CPU" in proc.stdout + proc.stderr
 
 
 def test_partition_not_in_the_grid_is_refused(env):
