@@ -19,7 +19,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from scaling_assets.assets.results import GROUP, result_paths
 from scaling_assets.assets.storage import partition_dir
 from scaling_assets.definitions import build_definitions
-from scaling_assets.study import Study, parse_quality_seed_key, parse_setting_key
+from scaling_assets.study import Study, parse_quality_seed_key
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.errors import StudyConfigError
 
 ALGORITHMS = ("pca", "random_projection", "scvi", "geneformer")
@@ -99,27 +100,6 @@ def parse_seed_key(key: str) -> int:
     if not m:
         raise StudyConfigError(f"partition key {key!r} is not a seed key like 's=42'")
     return int(m.group(1))
-
-
-def default_test_size(n_cells: int) -> int:
-    """DESIGN §3: 30,000 test cells, or 20% of a dataset too small for that to stay under 20%."""
-    return min(30_000, int(0.2 * n_cells))
-
-
-def log_size_grid(pool_size: int, count: int, smallest: int) -> list[int]:
-    """``count`` sizes log-spaced from ``smallest`` to ``pool_size`` (inclusive), unique, rounded."""
-    if pool_size < smallest:
-        return [pool_size]
-    raw = [smallest * (pool_size / smallest) ** (i / max(count - 1, 1)) for i in range(count)]
-    sizes = sorted({int(round(v)) for v in raw} | {pool_size})
-    return sizes
-
-
-def log_quality_grid(umis_per_cell: float, count: int, min_umis: float) -> list[float]:
-    """``count`` qualities log-spaced from 1.0 down to the q leaving ~``min_umis`` UMIs per cell."""
-    q_min = min(1.0, min_umis / umis_per_cell)
-    raw = [q_min ** (i / max(count - 1, 1)) for i in range(count)]
-    return sorted({float(format_quality(q)) for q in raw}, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -319,7 +299,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     if isinstance(sizes_spec, dict):  # {grid: log, count: 10, smallest: 100}
         if pool is None:
             raise _err(path, f"{where}.sizes", "a size grid needs the dataset's 'cells' to know the pool size")
-        sizes = log_size_grid(pool, int(sizes_spec.get("count", 10)), int(sizes_spec.get("smallest", 100)))
+        sizes = size_grid(pool, int(sizes_spec.get("count", 10)), int(sizes_spec.get("smallest", 100)))
     else:
         sizes = sorted({int(s) for s in sizes_spec})
     if not sizes or sizes[0] < 1:
@@ -336,7 +316,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     if isinstance(q_spec, dict):  # {grid: log, count: 10, min_umis: 10}
         if umis is None:
             raise _err(path, f"{where}.qualities", "a quality grid needs the dataset's 'umis_per_cell'")
-        qualities = log_quality_grid(umis, int(q_spec.get("count", 10)), float(q_spec.get("min_umis", 10)))
+        qualities = quality_grid(umis, int(q_spec.get("count", 10)), float(q_spec.get("min_umis", 10)))
     else:
         qualities = sorted({float(q) for q in q_spec}, reverse=True)
     for q in qualities:

@@ -4,13 +4,11 @@ import textwrap
 
 import pytest
 
+from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.study import (
     Setting,
-    default_test_size,
     load_study,
-    log_quality_grid,
-    log_size_grid,
     parse_quality_seed_key,
     parse_setting_key,
 )
@@ -70,8 +68,8 @@ def test_keys_are_readable_and_round_trip(tmp_path):
 
 
 def test_grids():
-    assert log_size_grid(10_000, 3, 100) == [100, 1000, 10_000]
-    q = log_quality_grid(1000.0, 3, 10)
+    assert size_grid(10_000, 3, 100) == [100, 1000, 10_000]
+    q = quality_grid(1000.0, 3, 10)
     assert q == [1.0, 0.1, 0.01]
     assert default_test_size(1_000_000) == 30_000
     assert default_test_size(5_000) == 1_000

@@ -100,12 +100,18 @@ def gene_medians_asset(ds: DatasetAssets):
     return gene_medians
 
 
-def load_medians(folder: Path):
+def tokenize_counts(ds: DatasetAssets, counts_file: Path, out_dir: Path, gene_medians: Path) -> dict:
+    """Rank-value corpus of one count file, with the medians and dictionary of a gene_medians partition."""
     import numpy as np
 
-    from scaling_assets.tokenize import TokenDictionary
+    from scaling_assets.data.h5ad_io import CsrReader
+    from scaling_assets.tokenize import TokenDictionary, build_corpus
 
-    return np.load(folder / MEDIANS_FILE), TokenDictionary.load(folder / DICTIONARY_FILE)
+    medians = np.load(gene_medians / MEDIANS_FILE)
+    dictionary = TokenDictionary.load(gene_medians / DICTIONARY_FILE)
+    with CsrReader(counts_file) as reader:
+        return build_corpus(reader, out_dir, medians, dictionary, chunk_size=ds.study.chunk_size,
+                            progress=show_progress())
 
 
 def eval_corpus_asset(ds: DatasetAssets):
@@ -118,16 +124,11 @@ def eval_corpus_asset(ds: DatasetAssets):
         description="Test and validation cells as Geneformer rank-value token corpora.",
     )
     def eval_corpus(context: AssetExecutionContext, eval_counts: Path, gene_medians: Path):
-        from scaling_assets.data.h5ad_io import CsrReader
-        from scaling_assets.tokenize import build_corpus
-
-        medians, dictionary = load_medians(gene_medians)
         stage = new_stage(ds.study, "eval-corpus")
-        summaries = {}
-        for name, file in (("test", TEST_FILE), ("validation", VALIDATION_FILE)):
-            with CsrReader(eval_counts / file) as reader:
-                summaries[name] = build_corpus(reader, stage / name, medians, dictionary,
-                                               chunk_size=ds.study.chunk_size, progress=show_progress())
+        summaries = {
+            name: tokenize_counts(ds, eval_counts / file, stage / name, gene_medians)
+            for name, file in (("test", TEST_FILE), ("validation", VALIDATION_FILE))
+        }
         write_summary(stage, summaries)
         return Output(stage, metadata={
             "test_cells": summaries["test"].get("cells"), "validation_cells": summaries["validation"].get("cells"),

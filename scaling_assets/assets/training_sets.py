@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Output, asset
 
 from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
-from scaling_assets.assets.eval_sets import load_medians, thinning
+from scaling_assets.assets.eval_sets import thinning, tokenize_counts
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.study import parse_setting_key
 
@@ -54,14 +54,9 @@ def train_corpus_asset(ds: DatasetAssets):
         description="Training cells as a Geneformer rank-value token corpus (ragged token arrays + lengths).",
     )
     def train_corpus(context: AssetExecutionContext, train_counts: Path, gene_medians: Path):
-        from scaling_assets.data.h5ad_io import CsrReader
-        from scaling_assets.tokenize import build_corpus
-
-        medians, dictionary = load_medians(gene_medians)
         stage = new_stage(ds.study, "train-corpus")
-        with CsrReader(train_counts / COUNTS_FILE) as reader, timed() as elapsed:
-            summary = build_corpus(reader, stage / CORPUS_DIR, medians, dictionary,
-                                   chunk_size=ds.study.chunk_size, progress=show_progress())
+        with timed() as elapsed:
+            summary = tokenize_counts(ds, train_counts / COUNTS_FILE, stage / CORPUS_DIR, gene_medians)
         write_summary(stage, summary)
         return Output(stage, metadata={
             "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),

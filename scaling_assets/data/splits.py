@@ -69,8 +69,13 @@ class Split:
             raise InputError(f"{path}: not a split file (.npz with test, validation, pool_order): {exc}") from exc
 
 
+def default_test_size(n_obs: int) -> int:
+    """DESIGN §3: 30,000 test cells, or 20% of a dataset too small for that."""
+    return min(DEFAULT_TEST, n_obs // 5)
+
+
 def default_sizes(n_obs: int, n_test: int | None, n_val: int | None) -> tuple[int, int]:
-    n_test = min(DEFAULT_TEST, n_obs // 5) if n_test is None else int(n_test)
+    n_test = default_test_size(n_obs) if n_test is None else int(n_test)
     n_val = min(DEFAULT_VAL, n_obs // 10) if n_val is None else int(n_val)
     return n_test, n_val
 
