@@ -9,11 +9,12 @@ Definitions load in seconds even for the `paper` grid: asset bodies import the h
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from scaling_assets.assets.embeddings import embeddings_asset
 from scaling_assets.assets.eval_sets import eval_corpus_asset, eval_counts_asset, gene_medians_asset
 from scaling_assets.assets.information import mi_asset
+from scaling_assets.assets.jobs import study_jobs
 from scaling_assets.assets.models import model_asset
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.raw import raw_counts_asset
@@ -44,7 +45,10 @@ def build_definitions(study: Study) -> Definitions:
     for config in study.datasets.values():
         assets += dataset_assets(DatasetAssets(study, config))
     assets += results_assets(study)
-    return Definitions(assets=assets, resources={"io_manager": StudyIOManager(root=str(study.root))})
+    # One process per run, its steps one after another: concurrency comes from the run queue running
+    # several runs at once (each step in its own process would pay torch's import per step).
+    return Definitions(assets=assets, jobs=study_jobs(study, assets), executor=in_process_executor,
+                       resources={"io_manager": StudyIOManager(root=str(study.root))})
 
 
 def load_definitions(study: str | None = None) -> Definitions:

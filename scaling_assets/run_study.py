@@ -1,9 +1,10 @@
-"""Run a whole study through Dagster, partition by partition, recording every materialisation.
+"""``scaling-assets study run --serial``: the whole study in this one process, for debugging.
 
-This is orchestration (it drives Dagster), not science: it plans the study's partitions in
-dependency order, groups the assets that share a partition into one run, skips what the instance
-has already materialised (unless ``refresh``), keeps going past a failed partition (skipping only
-what depends on it), and ends with the MI summary and the paths of the tables and plots.
+The main job submits the study to the Dagster instance instead (``scaling_assets.study_queue``),
+where the daemon, the run queue and the launcher execute it as separate processes. This in-process
+path plans the partitions in dependency order itself, groups the assets that share a partition into
+one ``dagster.materialize`` call, skips what is materialised (unless ``refresh``), skips the
+dependants of a failed partition, and ends with the same summary (shared with the main job).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from scaling_assets.assets.results import GROUP, result_paths
 from scaling_assets.assets.storage import partition_dir
 from scaling_assets.definitions import build_definitions
+from scaling_assets.compute.needs import TAG_STUDY
 from scaling_assets.study import Study, parse_quality_seed_key
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -102,7 +104,7 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
         t0 = time.perf_counter()
         result = materialize(
             assets, selection=batch.keys, partition_key=batch.partition, instance=instance, resources=resources,
-            run_config=QUIET_LOGGERS, raise_on_error=False, tags={"scaling_assets/study": study.name},
+            run_config=QUIET_LOGGERS, raise_on_error=False, tags={TAG_STUDY: study.name},
         )
         elapsed = time.perf_counter() - t0
         total = time.perf_counter() - start
@@ -111,32 +113,36 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
             print(f"{prefix} done in {elapsed:6.1f} s  (total {total / 60:5.1f} min)", file=out, flush=True)
         else:
             blocked.add(batch.blocks)
-            failed[batch.label] = _failure_message(result)
+            failed[batch.label] = root_cause(result.all_events)
             print(f"{prefix} FAILED after {elapsed:.1f} s: {failed[batch.label]}", file=out, flush=True)
     wall = time.perf_counter() - start
     print_summary(study, out, wall, done, skipped, failed)
     return {"materialised": done, "skipped": skipped, "failed": failed, "wall_time_s": wall}
 
 
-def _failure_message(result) -> str:
-    """The root cause of the first failed step, e.g. 'cite__model_scvi: InputError: ...'."""
-    for event in result.all_events:
+def root_cause(events) -> str:
+    """The root cause of the first failed step among Dagster events, e.g. 'cite__model_scvi: InputError: ...'."""
+    for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error
             while err.cause is not None:  # Dagster wraps user errors; the cause says what went wrong
                 err = err.cause
             message = err.message.strip().splitlines()[-1] if err.message else err.cls_name
             return f"{event.step_key}: {message}"
+    for event in events:  # no step failed: the run itself did (launch, worker crash, termination)
+        if event.event_type_value == "PIPELINE_FAILURE" and event.message:
+            return event.message.strip().splitlines()[0]
     return "run failed (see the Dagster UI for the run's logs)"
 
 
-def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict) -> None:
+def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict,
+                  unit: str = "runs materialised", extra: str = "") -> None:
     import pandas as pd
 
     paths = result_paths(study)
     print("", file=out)
-    print(f"=== study {study.name!r}: {done} runs materialised, {skipped} already done, {len(failed)} failed; "
-          f"{wall / 60:.1f} min ===", file=out)
+    print(f"=== study {study.name!r}: {done} {unit}, {skipped} already done, {len(failed)} failed; "
+          f"{wall / 60:.1f} min{'; ' + extra if extra else ''} ===", file=out)
     if paths["mi_table"].exists():
         mi = pd.read_parquet(paths["mi_table"])
         if len(mi):

@@ -13,10 +13,13 @@ def register(subparsers) -> None:
     show.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
     show.set_defaults(func=_show)
 
-    run = sub.add_parser("run", help="materialise every partition of the study through Dagster")
+    run = sub.add_parser("run", help="submit the study to the Dagster instance (an asset backfill run by the "
+                         "daemon, the run queue and the launcher) and watch it to the end")
     run.add_argument("--study", default=None, help="study name (default, paper) or YAML path; "
                      "default: $SCALING_ASSETS_STUDY, else 'default'")
     run.add_argument("--refresh", action="store_true", help="re-materialise partitions that already exist")
+    run.add_argument("--serial", action="store_true", help="debugging: materialise in this one process, "
+                     "one partition group after another, bypassing the run queue")
     run.set_defaults(func=_run)
 
 
@@ -41,11 +44,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from scaling_assets.run_study import ensure_dagster_home, run_study
     from scaling_assets.study import STUDY_ENV, load_study
+    from scaling_assets.study_queue import run_study_queued
 
     study = load_study(args.study)
     if args.study:
-        os.environ[STUDY_ENV] = args.study  # so the UI later shows the same study
+        os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
     ensure_dagster_home()
     with DagsterInstance.get() as instance:
-        result = run_study(study, instance, refresh=args.refresh)
+        if args.serial:
+            result = run_study(study, instance, refresh=args.refresh)
+        else:
+            result = run_study_queued(study, instance, refresh=args.refresh)
     return 1 if result["failed"] else 0

@@ -24,7 +24,7 @@ from scaling_assets.compute.leases import Ledger, gpu_step
 from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY
 from scaling_assets.compute.nvml import FakeNvml, GpuInfo
 
-EXAMPLE_YAML = Path(__file__).parents[1] / "scaling_assets" / "compute" / "dagster.example.yaml"
+INSTANCE_YAML = Path(__file__).parents[1] / "dagster.yaml"  # the instance the README uses
 
 
 # -- a tiny job whose step takes a device lease, as the lead's GPU assets will -------------------
@@ -94,7 +94,7 @@ def test_plan_holds_runs_larger_than_any_gpu_without_blocking_others():
 
 
 def test_coordinator_config_round_trip():
-    config = yaml.safe_load(EXAMPLE_YAML.read_text())["run_coordinator"]["config"]
+    config = yaml.safe_load(INSTANCE_YAML.read_text())["run_coordinator"]["config"]
     coordinator = GpuAwareRunCoordinator.from_config_value(None, config)
     assert coordinator.gpu_headroom_mib == 512 and coordinator.reserve_after_seconds == 600
     assert coordinator.get_run_queue_config().max_concurrent_runs == 16
@@ -106,7 +106,7 @@ def test_coordinator_config_round_trip():
 def dagster_env(tmp_path, monkeypatch):
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir(), out.mkdir()
-    config = yaml.safe_load(EXAMPLE_YAML.read_text())
+    config = yaml.safe_load(INSTANCE_YAML.read_text())
     config["telemetry"] = {"enabled": False}
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     fake = FakeNvml(
@@ -321,3 +321,39 @@ def test_promise_of_a_run_that_is_no_longer_active_is_dropped(gate_instance):
     assert [r.run_id for r in ledger.records()] == ["gone-run"]
     _gated(gate_instance)  # any daemon tick cleans up, even with no GPU run queued
     assert ledger.records() == []
+
+
+def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_path, monkeypatch):
+    from dagster import AssetKey
+
+    from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS, scvi_train_mib
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: tagged\nroot: " + str(tmp_path / "root") + "\nsizes: [10]\nqualities: [1.0]\n"
+        "split: {validation_cells: 50}\ndatasets:\n  cite: {task: cite, source: simulated, cells: 500, genes: 123}\n"
+    )
+    monkeypatch.setenv("SCALING_ASSETS_STUDY", str(study))
+    coordinator = gate_instance.run_coordinator
+    coordinator.max_cpu_runs, coordinator.threads_per_run = 3, 2
+    gpu = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_scvi"])})
+    cpu = _submit(gate_instance, asset_selection={AssetKey(["cite", "split"])})
+    # the UI's asset job carries no study tags: the coordinator adds them from the code location's study
+    assert gpu.tags[TAG_STUDY] == "tagged" and gpu.tags[TAG_N_GENES] == "123"
+    assert gpu.tags[TAG_GPU_NEED] == str(scvi_train_mib(123))  # sized from 123 genes, not default_n_genes
+    assert gpu.tags[TAG_CPU_SLOT] == "gpu" and cpu.tags[TAG_CPU_SLOT] == "cpu"  # the fake NVML has a GPU
+    assert gpu.tags[TAG_THREADS] == cpu.tags[TAG_THREADS] == "2"
+    limits = gate_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert {"key": TAG_CPU_SLOT, "value": "cpu", "limit": 3} in limits
+    nvml.set_backend(FakeNvml([]))  # no GPU: GPU runs compute on CPU and take CPU slots
+    assert _submit(gate_instance, asset_selection={AssetKey(["cite", "model_scvi"])}).tags[TAG_CPU_SLOT] == "cpu"
+
+
+def test_cpu_slot_defaults_follow_the_cores(monkeypatch):
+    from scaling_assets.compute import coordinator as module
+
+    monkeypatch.setattr(module, "cpu_cores", lambda: 8)
+    c = GpuAwareRunCoordinator.from_config_value(None, {})
+    assert (c.max_cpu_runs, c.threads_per_run) == (8, 1)
+    c = GpuAwareRunCoordinator.from_config_value(None, {"max_cpu_runs": 2})
+    assert (c.max_cpu_runs, c.threads_per_run) == (2, 4)

@@ -120,9 +120,9 @@ def test_failed_partition_leaves_others_intact_and_is_retried_alone(study_run):
     failed = materialize(list(defs.assets), selection=keys, partition_key=setting, instance=instance,
                          resources=dict(defs.resources), raise_on_error=False)
     assert not failed.success
-    from scaling_assets.run_study import _failure_message
+    from scaling_assets.run_study import root_cause
 
-    message = _failure_message(failed)
+    message = root_cause(failed.all_events)
     assert message.startswith("cite__embeddings_pca: FileNotFoundError: upstream asset cite/eval_counts "
                               "partition q=0.05_s=42 has not been materialised"), message
     # the model re-trained in that run replaced its own partition, and nothing else changed

@@ -52,3 +52,21 @@ def test_unsupported_output_type_is_refused(tmp_path):
     io = StudyIOManager(root=str(tmp_path))
     with pytest.raises(TypeError, match="stores staged folders"):
         io.handle_output(build_output_context(asset_key=AssetKey(["x"])), 42)
+
+
+def test_sweep_removes_staging_of_dead_writers_only(tmp_path):
+    import subprocess
+    import sys
+
+    from scaling_assets.assets.storage import sweep_staging
+
+    live = stage_dir(tmp_path, "live")  # this process: still writing
+    code = "import sys; from scaling_assets.assets.storage import stage_dir; print(stage_dir(sys.argv[1], 'dead'))"
+    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    dead = type(live)(dead.stdout.strip())  # its writer has exited, as a killed run's would have
+    (dead / "half-written.h5ad").write_bytes(b"x")
+    assert dead.exists()
+    assert sweep_staging(tmp_path) == [dead]
+    assert not dead.exists() and live.exists()
+    replace_dir(live, tmp_path / "cite" / "split" / "s=1")  # a finished folder leaves no owner record
+    assert list((tmp_path / ".staging").iterdir()) == []

@@ -12,10 +12,9 @@ from typing import Any
 
 from dagster import MetadataValue
 
-from scaling_assets.assets.storage import stage_dir, write_json_atomic
+from scaling_assets.assets.storage import SUMMARY_FILE, stage_dir, write_json_atomic
 
 COUNTS_FILE = "counts.h5ad"
-SUMMARY_FILE = "summary.json"
 
 
 def new_stage(study, label: str) -> Path:

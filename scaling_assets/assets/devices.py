@@ -16,6 +16,7 @@ def step_device(context, asset_name: str, n_genes: int):
     from scaling_assets.compute.leases import gpu_step
     from scaling_assets.compute.needs import asset_need_mib
 
+    limit_threads(context)
     need = asset_need_mib(asset_name, n_genes)
     if need <= 0:
         yield "cpu"
@@ -29,6 +30,21 @@ def step_device(context, asset_name: str, n_genes: int):
             # Libraries that say plain "cuda" (HF Trainer, Lightning) then use the leased GPU.
             torch.cuda.set_device(int(placement.device.split(":")[1]))
         yield placement.device
+
+
+def limit_threads(context) -> None:
+    """Use the run's share of the cores (tag set by the run coordinator), so concurrent runs do not
+    oversubscribe them. Runs without the tag (in-process debugging) keep the libraries' defaults."""
+    from scaling_assets.compute.needs import TAG_THREADS
+
+    threads = context.run.tags.get(TAG_THREADS)
+    if not threads:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(int(threads))
+    threadpool_limits(int(threads))  # numpy/scipy/sklearn BLAS and OpenMP pools
 
 
 def retry_policy_for(asset_name: str):

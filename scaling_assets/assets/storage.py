@@ -29,18 +29,59 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 RECORD_FILE = "record.json"
 TABLE_FILE = "table"
+SUMMARY_FILE = "summary.json"
+
+
+OWNER_SUFFIX = ".owner"  # beside each staging folder: "<pid> <process start time>" of its writer
 
 
 def stage_dir(root: Path | str, label: str = "stage") -> Path:
-    """A fresh folder on the same file system as the study root (so the final rename is atomic)."""
+    """A fresh folder on the same file system as the study root (so the final rename is atomic).
+
+    The writing process is recorded beside it, so a folder left by a killed writer can be told apart
+    from one a live run is still writing (``sweep_staging``)."""
     staging = Path(root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=staging))
+    folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=staging))
+    folder.with_name(folder.name + OWNER_SUFFIX).write_text(_process_identity(os.getpid()) or "")
+    return folder
+
+
+def _process_identity(pid: int) -> str | None:
+    """"<pid> <start time>" of a live process (pids are reused; the start time is not), else None."""
+    import psutil
+
+    try:
+        return f"{pid} {psutil.Process(pid).create_time():.3f}"
+    except psutil.Error:
+        return None
+
+
+def sweep_staging(root: Path | str) -> list[Path]:
+    """Remove staging folders whose writer process is gone (killed or crashed); keep live ones.
+
+    Returns the folders removed. Safe to call from any run at any time: a folder is removed only when
+    the process recorded for it no longer exists (same pid and start time)."""
+    staging = Path(root) / ".staging"
+    if not staging.is_dir():
+        return []
+    removed = []
+    for owner in staging.glob("*" + OWNER_SUFFIX):
+        recorded = owner.read_text().strip()
+        pid = int(recorded.split()[0]) if recorded else -1
+        if recorded and _process_identity(pid) == recorded:
+            continue  # its writer is still running
+        folder = owner.with_name(owner.name[: -len(OWNER_SUFFIX)])
+        shutil.rmtree(folder, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+        removed.append(folder)
+    return removed
 
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``, replacing any previous ``dst`` folder (old one removed after the swap)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(src) + OWNER_SUFFIX).unlink(missing_ok=True)  # the folder is no longer in progress
     trash = None
     if dst.exists():
         trash = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
@@ -53,6 +94,18 @@ def replace_dir(src: Path, dst: Path) -> None:
 def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
     """``<root>/<dataset>/<asset>/<partition>``; unpartitioned assets use the folder ``all``."""
     return Path(root).joinpath(*asset_key_path, partition_key or "all")
+
+
+def dataset_gene_count(study, dataset: str) -> int | None:
+    """Genes of a dataset: the simulated count, else what its materialised raw_counts recorded."""
+    config = study.datasets[dataset]
+    if config.genes:
+        return config.genes
+    summary = partition_dir(study.root, [dataset, "raw_counts"], None) / SUMMARY_FILE
+    try:
+        return int(json.loads(summary.read_text())["genes"])
+    except (OSError, KeyError, ValueError):
+        return None  # not ingested yet
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -82,6 +135,10 @@ class StudyIOManager(ConfigurableIOManager):
     """Persists every asset partition under the study root (see the module docstring)."""
 
     root: str
+
+    def setup_for_execution(self, context) -> None:
+        # Each run worker clears what killed runs left in staging (never a live run's folder).
+        sweep_staging(self.root)
 
     def _folder(self, context: InputContext | OutputContext) -> Path:
         partition = context.asset_partition_key if context.has_asset_partitions else None

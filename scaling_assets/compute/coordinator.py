@@ -22,6 +22,15 @@ the room (backfill). Once a skipped run has waited ``reserve_after_seconds``, th
 fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
 fits. Runs larger than every GPU are held with a reason and reserve nothing.
 
+CPU runs: every run is tagged ``TAG_CPU_SLOT`` at submit: ``cpu`` unless it needs a GPU and this
+machine has one. ``max_cpu_runs`` (default: the number of cores) limits how many ``cpu`` runs execute
+at once, and each run's steps use ``threads_per_run`` torch/BLAS threads (tag ``TAG_THREADS``), so
+concurrent runs do not oversubscribe the cores.
+
+Study and genes: a run that lacks them (a UI launch of Dagster's asset job, a re-execution) is tagged
+with the study (``$SCALING_ASSETS_STUDY``, else ``default``) and the gene count of its dataset, so its
+GPU need is sized from the real number of genes, not ``default_n_genes``.
+
 Failure modes: an error while planning holds all GPU runs this tick (fail closed) and is logged; with
 no usable GPU at all, GPU runs are not held (``cpu_fallback: true``) and their steps run on CPU.
 Don't set ``concurrency.runs.tag_concurrency_limits`` in dagster.yaml: Dagster lets it replace the
@@ -45,7 +54,16 @@ from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, D
 
 from scaling_assets.compute import nvml
 from scaling_assets.compute.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
-from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_N_GENES, TAG_PRIORITY, gpu_need_mib
+from scaling_assets.compute.needs import (
+    TAG_CPU_SLOT,
+    TAG_DEVICE,
+    TAG_GPU_NEED,
+    TAG_N_GENES,
+    TAG_PRIORITY,
+    TAG_STUDY,
+    TAG_THREADS,
+    gpu_need_mib,
+)
 from scaling_assets.compute.nvml import GpuInfo
 
 log = logging.getLogger(__name__)
@@ -128,10 +146,15 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         reserve_after_seconds: int | None = None,
         default_n_genes: int | None = None,
         cpu_fallback: bool | None = None,
+        max_cpu_runs: int | None = None,
+        threads_per_run: int | None = None,
         plan_cache_seconds: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        cores = cpu_cores()
+        self.max_cpu_runs = max_cpu_runs or cores
+        self.threads_per_run = threads_per_run or max(1, cores // self.max_cpu_runs)
         self.gpu_headroom_mib = HEADROOM_MIB if gpu_headroom_mib is None else gpu_headroom_mib
         self.reserve_after_seconds = 600 if reserve_after_seconds is None else reserve_after_seconds
         self.default_n_genes = default_n_genes
@@ -157,6 +180,14 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
                 Bool, is_required=False,
                 description="With no usable GPU, let GPU runs launch (their steps run on CPU).",
             ),
+            "max_cpu_runs": Field(
+                IntSource, is_required=False,
+                description="Runs that compute on CPU at once (default: the number of cores).",
+            ),
+            "threads_per_run": Field(
+                IntSource, is_required=False,
+                description="torch/BLAS threads of each run (default: cores // max_cpu_runs, at least 1).",
+            ),
         }
 
     @classmethod
@@ -166,10 +197,10 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
     # -- submit: make GPU runs gateable ---------------------------------------------------------
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
-        tags: dict[str, str] = {}
+        tags: dict[str, str] = self._study_tags(run)
         need = run_need_mib(run.tags)
         if TAG_GPU_NEED not in run.tags and run.asset_selection:
-            n_genes = run.tags.get(TAG_N_GENES) or self.default_n_genes
+            n_genes = run.tags.get(TAG_N_GENES) or tags.get(TAG_N_GENES) or self.default_n_genes
             if n_genes:
                 names = [key.to_user_string() for key in run.asset_selection]
                 need = gpu_need_mib(names, int(n_genes))
@@ -180,13 +211,42 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             # parent's id would not match, a device pin would skip placement
             tags[TAG_GATE] = run.run_id
             tags[TAG_DEVICE] = DEVICE_PENDING
-        if tags:
-            self._instance.add_run_tags(run.run_id, tags)
+        tags[TAG_CPU_SLOT] = "gpu" if need > 0 and self._has_gpu() else "cpu"
+        tags.setdefault(TAG_THREADS, run.tags.get(TAG_THREADS) or str(self.threads_per_run))
+        self._instance.add_run_tags(run.run_id, tags)
         return super().submit_run(context)
+
+    def _study_tags(self, run: DagsterRun) -> dict[str, str]:
+        """The study tag and the gene count of the run's dataset(s), where the run lacks them."""
+        tags: dict[str, str] = {}
+        if TAG_STUDY in run.tags and TAG_N_GENES in run.tags:
+            return tags
+        try:
+            from scaling_assets.assets.storage import dataset_gene_count
+            from scaling_assets.study import load_study
+
+            study = load_study(None, check_paths=False)  # the code location's study ($SCALING_ASSETS_STUDY)
+            if TAG_STUDY not in run.tags:
+                tags[TAG_STUDY] = study.name
+            datasets = {key.path[0] for key in run.asset_selection or ()} & set(study.datasets)
+            genes = [g for g in (dataset_gene_count(study, d) for d in datasets) if g]
+            if genes and TAG_N_GENES not in run.tags:
+                tags[TAG_N_GENES] = str(max(genes))
+        except Exception:  # a run of some other code location: leave it as it is
+            log.warning("could not tag run %s with its study", run.run_id, exc_info=True)
+        return tags
+
+    def _has_gpu(self) -> bool:
+        try:
+            return any(g.healthy for g in nvml.list_gpus())
+        except Exception:
+            return False
 
     # -- the gate, re-read by the daemon every tick ---------------------------------------------
     def get_run_queue_config(self) -> RunQueueConfig:
         base = super().get_run_queue_config()
+        cpu_limit = {"key": TAG_CPU_SLOT, "value": "cpu", "limit": self.max_cpu_runs}
+        base = base._replace(tag_concurrency_limits=[*base.tag_concurrency_limits, cpu_limit])
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > self._plan_cache_seconds:
             try:
@@ -253,6 +313,16 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             else:
                 keep.append(r)
         return keep
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def place_run(run_id: str, need_mib: int, headroom_mib: int = HEADROOM_MIB, ledger: Ledger | None = None):

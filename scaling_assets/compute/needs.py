@@ -20,6 +20,9 @@ TAG_GPU_NEED = "scaling_assets/gpu_need_mib"
 TAG_DEVICE = "scaling_assets/device"
 TAG_PRIORITY = "dagster/priority"  # Dagster's own priority tag (higher dequeues first)
 TAG_N_GENES = "scaling_assets/n_genes"  # optional: lets the coordinator size a run it must tag
+TAG_STUDY = "scaling_assets/study"
+TAG_CPU_SLOT = "scaling_assets/cpu_slot"  # "cpu": counts against the coordinator's max_cpu_runs
+TAG_THREADS = "scaling_assets/threads"  # torch/BLAS threads of the run's steps
 
 CUDA_CONTEXT_MIB = 500
 SAFETY = 1.25

@@ -1,0 +1,132 @@
+"""The Dagster daemon that executes a study: reuse a live one, else run one for the study's duration.
+
+``scaling-assets study run`` submits an asset backfill; Dagster's daemon (backfill, run queue and run
+monitoring loops) turns it into queued runs, and the run coordinator/launcher in ``dagster.yaml``
+launch them. If no daemon is heart-beating for this ``DAGSTER_HOME``, one is started here and stopped
+again at the end (never one that was already running).
+
+Started daemons run ``python -m scaling_assets.daemon``: Dagster's own ``dagster-daemon run`` with one
+change, the backfill loop's pause between evaluations. Dagster fixes it at 30 s
+(``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS``, read on every loop), and a study's
+stages (raw -> split -> quality-seed -> settings -> tables) each wait one evaluation, so a study would
+idle ~2.5 min; ``SCALING_ASSETS_BACKFILL_INTERVAL`` (default 5 s) sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BACKFILL_INTERVAL_ENV = "SCALING_ASSETS_BACKFILL_INTERVAL"
+DEFAULT_BACKFILL_INTERVAL_S = 5
+# Dagster daemons heartbeat every 30 s; older than this and the daemon is taken to be dead.
+HEARTBEAT_STALE_S = 75
+REQUIRED = ("BACKFILL", "QUEUED_RUN_COORDINATOR")
+
+
+def pid_file(instance) -> Path:
+    """Where a daemon started by ``study run`` records its pid, while it runs."""
+    return Path(instance.root_directory) / ".scaling_assets" / "daemon.pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def daemon_alive(instance, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
+    """True when a daemon running the backfill and run-queue loops heart-beat recently.
+
+    A daemon that a ``study run`` started and that was since killed leaves fresh-looking heartbeats
+    for up to a minute; its pid file tells that it is gone."""
+    recorded = pid_file(instance)
+    if recorded.exists():
+        try:
+            pid = int(recorded.read_text().strip())
+        except ValueError:
+            pid = -1
+        if not _pid_alive(pid):
+            recorded.unlink(missing_ok=True)
+            return False
+    heartbeats = instance.get_daemon_heartbeats()
+    now = time.time()
+    return all(
+        kind in heartbeats and now - heartbeats[kind].timestamp < stale_after_s
+        for kind in REQUIRED
+        if kind in instance.get_required_daemon_types()
+    )
+
+
+class DaemonProcess:
+    """A ``dagster-daemon run`` for this DAGSTER_HOME, in its own process group."""
+
+    @classmethod
+    def for_instance(cls, instance, env: dict[str, str]) -> "DaemonProcess":
+        home = Path(instance.root_directory)
+        return cls(env, home / "logs" / "daemon.log", pid_file(instance))
+
+    def __init__(self, env: dict[str, str], log_path: Path, pid_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.pid_path = pid_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scaling_assets.daemon", "run", "-m", "scaling_assets.definitions",
+             "--log-level", "warning"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the CLI only; it stops us in order
+        )
+        log.close()
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.write_text(str(self.process.pid))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM the daemon's process group (daemon, its code server); SIGKILL what outlives it."""
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            return  # it died on its own: the pid file stays, telling the next command it is gone
+        self.pid_path.unlink(missing_ok=True)
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def main() -> None:
+    """``python -m scaling_assets.daemon run ...``: dagster-daemon with the backfill interval set."""
+    from dagster._daemon import controller
+    from dagster._daemon.cli import main as dagster_daemon_main
+
+    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = float(
+        os.environ.get(BACKFILL_INTERVAL_ENV, DEFAULT_BACKFILL_INTERVAL_S)
+    )
+    sys.argv[0] = "dagster-daemon"
+    dagster_daemon_main()
+
+
+if __name__ == "__main__":
+    main()

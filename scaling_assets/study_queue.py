@@ -1,0 +1,292 @@
+"""The main job: submit a study to the Dagster instance as one asset backfill and watch it finish.
+
+Dagster does the work: the backfill daemon requests each asset partition once its parents are
+materialised (and never the dependants of a failed one), the run coordinator in ``dagster.yaml``
+queues the runs and packs them onto GPUs and CPU slots, the launcher starts each run as its own
+process. This module only chooses what to submit (every partition of the study that is not yet
+materialised, or all of them with ``refresh``), keeps a daemon running meanwhile
+(``scaling_assets.daemon``), shows progress, cancels on Ctrl-C, and reports the outcome.
+
+One ``study run`` per study at a time: a lock beside the study root refuses a second one; an
+unfinished backfill of the study (its ``study run`` was killed) is joined instead of duplicated.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
+from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+from scaling_assets.assets.results import GROUP
+from scaling_assets.assets.storage import partition_dir, sweep_staging
+from scaling_assets.compute.needs import TAG_STUDY
+from scaling_assets.daemon import BACKFILL_INTERVAL_ENV, DaemonProcess, daemon_alive
+from scaling_assets.definitions import build_definitions
+from scaling_assets.errors import InputError
+from scaling_assets.run_study import print_summary, root_cause
+from scaling_assets.study import STUDY_ENV, Study
+
+ACTIVE_BACKFILL = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
+QUEUED = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING}
+RUNNING = {DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING}
+PROGRESS_EVERY_S = 30.0
+
+
+@dataclass
+class Progress:
+    """Where a backfill stands, in asset partitions and in runs."""
+
+    target: int
+    done: int
+    failed: int  # failed, or not run because something upstream failed
+    runs: Counter = field(default_factory=Counter)
+
+    @property
+    def remaining(self) -> int:
+        return max(self.target - self.done - self.failed, 0)
+
+    def line(self, elapsed_s: float, done_at_start: int) -> str:
+        queued = sum(self.runs[s] for s in QUEUED)
+        running = sum(self.runs[s] for s in RUNNING)
+        finished = self.runs[DagsterRunStatus.SUCCESS] + self.runs[DagsterRunStatus.FAILURE] + \
+            self.runs[DagsterRunStatus.CANCELED]
+        rate = (self.done + self.failed - done_at_start) / elapsed_s if elapsed_s > 0 else 0
+        eta = f"~{self.remaining / rate / 60:.1f} min left" if rate > 0 and self.remaining else ""
+        return (f"[{elapsed_s / 60:5.1f} min] partitions {self.done}/{self.target} done, {self.failed} failed "
+                f"or blocked | runs {running} running, {queued} queued, {finished} finished  {eta}").rstrip()
+
+
+# -- what to submit -----------------------------------------------------------------------------
+def missing_partitions(study: Study, instance: DagsterInstance, asset_graph, refresh: bool) -> AssetGraphSubset:
+    """Every asset partition of the study that is not materialised (or all, with ``refresh``).
+
+    Materialised means recorded in the instance and its folder still on disk. The study-wide tables
+    are redone whenever anything else is, since they summarise everything."""
+    wanted: set[AssetKeyPartitionKey] = set()
+    results = []
+    for key in asset_graph.materializable_asset_keys:
+        if key.path[0] == GROUP:
+            results.append(key)
+            continue
+        partitions_def = asset_graph.get(key).partitions_def
+        if partitions_def is None:
+            done = {None} if instance.get_latest_materialization_event(key) is not None else set()
+            keys = [None]
+        else:
+            done = set(instance.get_materialized_partitions(key))
+            keys = partitions_def.get_partition_keys()
+        for pk in keys:
+            on_disk = partition_dir(study.root, list(key.path), pk).exists()
+            if refresh or pk not in done or not on_disk:
+                wanted.add(AssetKeyPartitionKey(key, pk))
+    for key in results:
+        recorded = instance.get_latest_materialization_event(key) is not None
+        if refresh or wanted or not recorded or not partition_dir(study.root, list(key.path), None).exists():
+            wanted.add(AssetKeyPartitionKey(key, None))
+    return AssetGraphSubset.from_asset_partition_set(wanted, asset_graph)
+
+
+def submit_backfill(study: Study, instance: DagsterInstance, target: AssetGraphSubset) -> str:
+    backfill_id = uuid.uuid4().hex[:8]
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=backfill_id, backfill_timestamp=time.time(), tags={TAG_STUDY: study.name},
+        dynamic_partitions_store=instance, asset_graph_subset=target, title=f"study {study.name}",
+        description=f"scaling-assets study run --study {study.source_file or study.name}", run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def unfinished_backfill(study: Study, instance: DagsterInstance) -> PartitionBackfill | None:
+    """A backfill of this study that is still going (its ``study run`` was killed): join it."""
+    found = instance.get_backfills(filters=BulkActionsFilter(statuses=ACTIVE_BACKFILL, tags={TAG_STUDY: study.name}))
+    return max(found, key=lambda b: b.backfill_timestamp, default=None)
+
+
+# -- watching -----------------------------------------------------------------------------------
+def progress(instance: DagsterInstance, backfill: PartitionBackfill, asset_graph, final: bool = False) -> Progress:
+    """Counts from the backfill's own bookkeeping; at the end, materialisations are read from the
+    instance (the daemon closes a backfill without folding in its last runs' materialisations)."""
+    data = backfill.get_asset_backfill_data(asset_graph)
+    runs = instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill.backfill_id}))
+    done = data.materialized_subset & data.target_subset
+    if final:
+        done = AssetGraphSubset.from_asset_partition_set(materialised_in(instance, data.target_subset), asset_graph)
+    return Progress(
+        target=data.target_subset.num_partitions_and_non_partitioned_assets,
+        done=done.num_partitions_and_non_partitioned_assets,
+        failed=(data.failed_and_downstream_subset & data.target_subset).num_partitions_and_non_partitioned_assets,
+        runs=Counter(r.status for r in runs),
+    )
+
+
+def materialised_in(instance: DagsterInstance, subset: AssetGraphSubset) -> set[AssetKeyPartitionKey]:
+    """The asset partitions of ``subset`` that the instance has materialisations for."""
+    found = set()
+    for key in subset.asset_keys:
+        if key in subset.non_partitioned_asset_keys:
+            if instance.get_latest_materialization_event(key) is not None:
+                found.add(AssetKeyPartitionKey(key, None))
+        else:
+            done = set(instance.get_materialized_partitions(key))
+            found |= {AssetKeyPartitionKey(key, pk) for pk in subset.get_partitions_subset(key).get_partition_keys()
+                      if pk in done}
+    return found
+
+
+def run_failures(instance: DagsterInstance, backfill_id: str) -> dict[str, str]:
+    """``{"run <id> (<assets>)": root cause}`` for every failed run of the backfill."""
+    failures = {}
+    for run in instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}, statuses=[DagsterRunStatus.FAILURE])):
+        events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+        assets = sorted(k.to_user_string() for k in run.asset_selection or ())
+        label = f"run {run.run_id[:8]} ({', '.join(assets[:3])}{', ...' if len(assets) > 3 else ''})"
+        failures[label] = root_cause(events)
+    return failures
+
+
+@contextmanager
+def study_lock(study: Study):
+    """Refuse a second ``study run`` of the same study while this one is running."""
+    path = Path(study.root) / ".study-run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(
+            f"study {study.name!r} is already being run by {holder} (lock {path}); wait for it to finish "
+            "or stop it with Ctrl-C, then run again (completed partitions are kept)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"`scaling-assets study run` pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def daemon_env(study: Study, instance: DagsterInstance) -> dict[str, str]:
+    """The environment of a daemon we start: the same study and storage, the run's thread share."""
+    env = dict(os.environ)
+    env[STUDY_ENV] = str(study.source_file or study.name)
+    env.setdefault("SCALING_ASSETS_HOME", os.getcwd())
+    env.setdefault(BACKFILL_INTERVAL_ENV, os.environ.get(BACKFILL_INTERVAL_ENV, "5"))
+    threads = getattr(instance.run_coordinator, "threads_per_run", None)
+    if threads:  # BLAS/OpenMP read these at import, before a step can limit its pools
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
+    return env
+
+
+def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout,
+                     poll_s: float = 2.0) -> dict:
+    """Submit the study (or join its unfinished backfill), run it to the end, print the summary."""
+    with study_lock(study):
+        removed = sweep_staging(study.root)
+        if removed:
+            print(f"removed {len(removed)} staging folder(s) left by killed runs", file=out)
+        asset_graph = build_definitions(study).resolve_asset_graph()
+        backfill = unfinished_backfill(study, instance)
+        if backfill is not None:
+            print(f"joining backfill {backfill.backfill_id} of study {study.name!r}, still in progress", file=out)
+            backfill_id = backfill.backfill_id
+        else:
+            target = missing_partitions(study, instance, asset_graph, refresh)
+            if target.is_empty:
+                print(f"study {study.name!r}: every partition is already materialised (--refresh redoes them)", file=out)
+                print_summary(study, out, 0.0, 0, 0, {})
+                return {"materialised": 0, "skipped": 0, "failed": {}, "wall_time_s": 0.0, "backfill_id": None}
+            backfill_id = submit_backfill(study, instance, target)
+        daemon = None
+        if not daemon_alive(instance):
+            daemon = DaemonProcess.for_instance(instance, daemon_env(study, instance))
+            daemon.start()
+            print(f"started dagster-daemon (pid {daemon.process.pid}; log {daemon.log_path}); it stops at the end",
+                  file=out)
+        else:
+            print("using the dagster-daemon already running for this DAGSTER_HOME", file=out)
+        print(f"study {study.name!r}: backfill {backfill_id} ({study.n_training_runs()} training runs in the grid); "
+              f"storage {study.root}; Dagster home {instance.root_directory}. Ctrl-C cancels.", file=out, flush=True)
+        try:
+            result = _watch(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
+        except KeyboardInterrupt:
+            result = _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+        sweep_staging(study.root)
+    return result
+
+
+def _watch(study, instance, backfill_id, asset_graph, daemon, out, poll_s) -> dict:
+    start = time.perf_counter()
+    backfill = instance.get_backfill(backfill_id)
+    first = progress(instance, backfill, asset_graph)
+    last_state, last_print = None, 0.0
+    while True:
+        backfill = instance.get_backfill(backfill_id)
+        finished = backfill.status not in ACTIVE_BACKFILL
+        now = progress(instance, backfill, asset_graph, final=finished)
+        elapsed = time.perf_counter() - start
+        if (now.done, now.failed) != last_state or elapsed - last_print >= PROGRESS_EVERY_S or finished:
+            print(now.line(elapsed, first.done + first.failed), file=out, flush=True)
+            last_state, last_print = (now.done, now.failed), elapsed
+        if finished:
+            break
+        if daemon is not None and not daemon.running():
+            raise InputError(f"the dagster-daemon this command started exited (see {daemon.log_path}); "
+                             "run the same command again: it resumes the study's backfill")
+        if daemon is None and not daemon_alive(instance):
+            raise InputError("the dagster-daemon running this study stopped heart-beating; run the same "
+                             "command again: it starts a daemon and resumes the study's backfill")
+        time.sleep(poll_s)
+    wall = time.perf_counter() - start
+    failed = run_failures(instance, backfill_id)
+    if backfill.status == BulkActionStatus.FAILED and backfill.error is not None:
+        failed["backfill"] = backfill.error.message.strip().splitlines()[-1]
+    runs = now.runs[DagsterRunStatus.SUCCESS]
+    print_summary(study, out, wall, runs, 0, failed, unit="runs succeeded",
+                  extra=f"backfill {backfill_id}: {backfill.status.value}, {now.done}/{now.target} partitions")
+    return {"materialised": runs, "skipped": 0, "failed": failed, "wall_time_s": wall, "backfill_id": backfill_id,
+            "status": backfill.status.value, "partitions_done": now.done, "partitions_target": now.target}
+
+
+def _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s) -> dict:
+    """Ctrl-C: ask the daemon to cancel the backfill (it terminates running runs), wait for that."""
+    print("\ncancelling the backfill: queued runs are dropped, running runs terminated "
+          "(Ctrl-C again stops waiting)", file=out, flush=True)
+    backfill = instance.get_backfill(backfill_id)
+    if backfill.status in ACTIVE_BACKFILL:
+        instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            backfill = instance.get_backfill(backfill_id)
+            if backfill.status not in ACTIVE_BACKFILL:
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+    status = instance.get_backfill(backfill_id).status.value
+    print(f"backfill {backfill_id}: {status}; finished partitions are kept, a rerun resumes from them", file=out)
+    return {"materialised": 0, "skipped": 0, "failed": {"cancelled": f"backfill {backfill_id} {status}"},
+            "wall_time_s": 0.0, "backfill_id": backfill_id, "status": status}

@@ -1,0 +1,197 @@
+"""The main job through the Dagster instance: ``scaling-assets study run`` submits an asset backfill, a
+real ``dagster-daemon`` runs it through the repo's GPU-aware coordinator and launcher (each run its own
+process), and the command watches it. Faults: a killed daemon (resume without redoing work), Ctrl-C
+(cancel, nothing half-written), a broken dataset (only its dependants blocked), a second command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter, RunsFilter
+from dagster._core.execution.backfill import BulkActionStatus
+
+from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+from scaling_assets.study import load_study
+from scaling_assets.study_queue import study_lock
+
+REPO = Path(__file__).parents[1]
+
+STUDY = """
+name: {name}
+root: {root}
+budget: test
+seeds: [42]
+algorithms: [pca]
+split: {{validation_cells: 50}}
+sizes: [100, 200]
+qualities: [1.0, 0.5]
+lmi: {{epochs: 10}}
+datasets:
+  cite: {{task: cite, source: simulated, cells: 500, genes: 40, seed: 1}}
+{extra}"""
+
+
+def make_study(tmp_path: Path, name: str, extra: str = "") -> tuple[Path, Path, dict]:
+    """A study file, a fresh DAGSTER_HOME holding the repo's dagster.yaml, and the CLI environment."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(STUDY.format(name=name, root=tmp_path / "root", extra=extra)))
+    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_PROGRESS="0", SCALING_ASSETS_HOME=str(tmp_path))
+    return path, home, env
+
+
+def study_run(path: Path, env: dict, cwd: Path, **kwargs):
+    cmd = [sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", str(path)]
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def instance_at(home: Path) -> DagsterInstance:
+    os.environ["DAGSTER_HOME"] = str(home)  # DagsterInstance.get() reads it
+    return DagsterInstance.get()
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def started_daemon_pid(output: str) -> int:
+    return int(re.search(r"started dagster-daemon \(pid (\d+)", output).group(1))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def materialisations_per_partition(instance: DagsterInstance, key: AssetKey) -> Counter:
+    records = instance.fetch_materializations(key, limit=10_000).records
+    return Counter(r.partition_key for r in records)
+
+
+@pytest.fixture
+def restore_dagster_home():
+    before = os.environ.get("DAGSTER_HOME")
+    yield
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before
+
+
+def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tmp_path, restore_dagster_home):
+    path, home, env = make_study(tmp_path, "queued")
+    study = load_study(path)
+    first = study_run(path, env, tmp_path)
+    instance = instance_at(home)
+    mi = AssetKey(["cite", "mi_pca"])
+    wait_for(lambda: instance.get_materialized_partitions(mi), 240, "a first MI partition")
+    daemon_pid = int((home / ".scaling_assets" / "daemon.pid").read_text())
+    os.kill(daemon_pid, signal.SIGKILL)  # the daemon dies mid-study
+    out1, _ = first.communicate(timeout=60)
+    assert first.returncode != 0, out1
+    assert "run the same command again" in out1, out1
+    try:
+        second = study_run(path, env, tmp_path)
+        out2, _ = second.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(daemon_pid, signal.SIGKILL)  # the killed daemon's code server, if still there
+        except ProcessLookupError:
+            pass
+    assert second.returncode == 0, out2
+    assert "joining backfill" in out2
+    assert re.search(r"COMPLETED_SUCCESS, (\d+)/\1 partitions", out2), out2
+    assert "MI (bits) at the largest training size" in out2
+
+    # every partition of the study exactly once: nothing completed before the kill was redone
+    for key in instance.get_asset_keys():
+        counts = materialisations_per_partition(instance, key)
+        assert counts and set(counts.values()) == {1}, (key, counts)
+    assert set(instance.get_materialized_partitions(mi)) == set(study.setting_keys("cite"))
+
+    runs = instance.get_run_records(RunsFilter(tags={TAG_STUDY: "queued"}))
+    assert runs and all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+    for r in runs:
+        tags = r.dagster_run.tags
+        assert tags[TAG_THREADS] and tags[TAG_CPU_SLOT] == "cpu"
+        if any(k.path[0] == "cite" for k in r.dagster_run.asset_selection or ()):
+            assert tags[TAG_N_GENES] == "40"  # GPU need sized from the dataset, not default_n_genes
+    # separate processes, several at once: some runs overlapped in time
+    spans = [(r.start_time, r.end_time) for r in runs if r.start_time and r.end_time]
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) >= 2
+
+    third = study_run(path, env, tmp_path)
+    out3, _ = third.communicate(timeout=120)
+    assert third.returncode == 0 and "already materialised" in out3, out3
+    for output in (out2,):
+        assert not alive(started_daemon_pid(output))  # the daemons this command started are stopped
+    assert not any((Path(study.root) / ".staging").glob("*"))
+
+
+def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_path, restore_dagster_home):
+    path, home, env = make_study(tmp_path, "cancelled")
+    study = load_study(path)
+    run = study_run(path, env, tmp_path)
+    instance = instance_at(home)
+    wait_for(lambda: instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), 120, "a started run")
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=240)
+    assert run.returncode != 0
+    assert "cancelling the backfill" in out and "CANCELED" in out, out
+    backfill = instance.get_backfills()[0]
+    assert backfill.status == BulkActionStatus.CANCELED
+    assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED]))
+    assert not alive(started_daemon_pid(out))
+    # every partition folder on disk is one the instance recorded as materialised; staging is empty
+    root = Path(study.root)
+    assert not any((root / ".staging").glob("*"))
+    for folder in root.glob("cite/*/*"):
+        key = AssetKey(["cite", folder.parent.name])
+        recorded = materialisations_per_partition(instance, key)
+        assert (None if folder.name == "all" else folder.name) in recorded, folder
+
+
+def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
+    broken = tmp_path / "broken.h5ad"
+    broken.write_text("not an HDF5 file")
+    extra = f"  broken: {{task: cite, source: h5ad, paths: {{path: {broken}}}, cells: 500}}\n"
+    path, home, env = make_study(tmp_path, "failing", extra)
+    run = study_run(path, env, tmp_path)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 1, out
+    assert "FAILED run" in out and "broken__raw_counts" in out and "broken.h5ad" in out, out
+    instance = instance_at(home)
+    study = load_study(path)
+    assert set(instance.get_materialized_partitions(AssetKey(["cite", "mi_pca"]))) == set(study.setting_keys("cite"))
+    assert not instance.get_materialized_partitions(AssetKey(["broken", "split"]))
+
+
+def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagster_home):
+    path, home, env = make_study(tmp_path, "locked")
+    with study_lock(load_study(path)):
+        run = study_run(path, env, tmp_path)
+        out, _ = run.communicate(timeout=60)
+    assert run.returncode == 2
+    assert "is already being run by" in out and f"pid {os.getpid()}" in out, out
