@@ -28,16 +28,31 @@ def fit_report_record(report, model, algorithm: str, setting, budget: str) -> di
     return record
 
 
+def checkpoint_dir(ds: DatasetAssets, name: str, partition_key: str) -> Path:
+    """Training checkpoints of one partition, kept across attempts so a retry resumes (removed once
+    the model is saved). Under the study root, so every node of a cluster sees it."""
+    return Path(ds.study.root) / ".work" / ds.name / name / partition_key
+
+
 def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path):
+    import shutil
+
     from scaling_assets.metrics.plots import plot_loss_curves
     from scaling_assets.models import get_model_class
 
     setting = parse_setting_key(context.partition_key)
     gene_ids = train.token_dictionary.gene_ids if algorithm == "geneformer" else train.var_names
+    resumable = algorithm == "geneformer"  # hours of training at paper scale: worth resuming
+    work = checkpoint_dir(ds, f"model_{algorithm}", context.partition_key)
     with step_device(context, f"model_{algorithm}", len(gene_ids)) as device:
         model = get_model_class(algorithm)(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
-        report = model.fit(train, validation=validation, progress=show_progress())
+        options = {"checkpoint_dir": work} if resumable else {}
+        report = model.fit(train, validation=validation, progress=show_progress(), **options)
+    if getattr(model, "resumed_from_step", None):
+        context.log.info(f"{algorithm}: resumed from the checkpoint of step {model.resumed_from_step} in {work}")
     model.save(stage / MODEL_DIR)
+    if resumable:
+        shutil.rmtree(work, ignore_errors=True)
     record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
     write_summary(stage, record)
     metadata = {

@@ -9,8 +9,10 @@ Masking: BERT 15% with 80% <mask> / 10% random gene / 10% unchanged over the (ne
 tokens, at least one position per cell. Training masks come from a generator seeded with the run
 seed; validation masks are fixed per cell (seeded by cell index) so eval losses are comparable.
 Checkpoints go to a checkpoint directory (a temp dir unless given); each complete one gets a
-``COMPLETE`` marker, so an interrupted run leaves its last complete checkpoint identifiable, and
-the final model path is only written by ``save`` (atomic).
+``COMPLETE`` marker, so an interrupted run leaves its last complete checkpoint identifiable. Given a
+checkpoint directory that holds one (a killed or failed earlier attempt), ``fit`` resumes from the
+newest complete checkpoint: weights, optimiser, scheduler, step and data order. The final model path
+is only written by ``save`` (atomic).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class GeneformerModel(RepresentationModel):
         self.token_dictionary = TokenDictionary(self.gene_ids)
         self.model = None  # BertForMaskedLM once built
         self._num_train_epochs: int | None = None
+        self.resumed_from_step: int | None = None  # set by fit when it resumed from a checkpoint
 
     def config(self):
         from transformers import BertConfig
@@ -193,6 +196,8 @@ class GeneformerModel(RepresentationModel):
                     (path / COMPLETE_MARKER).touch()
 
         self.model = self._build()
+        resume = latest_complete_checkpoint(ckpt) if not own_ckpt else None
+        self.resumed_from_step = int(resume.name.split("-")[1]) if resume is not None else None
         with _quiet_transformers():
             trainer = _Trainer(
                 model=self.model, args=training_args,
@@ -203,7 +208,7 @@ class GeneformerModel(RepresentationModel):
                            _MarkComplete()])
             if not progress:  # without tqdm the Trainer prints every log dict to stdout
                 trainer.remove_callback(PrinterCallback)
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
             state = trainer.state
             history = _history(state.log_history)
             if history["validation_loss"].notna().sum() == 0:  # ran fewer steps than eval_steps
