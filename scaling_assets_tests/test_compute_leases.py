@@ -161,6 +161,18 @@ def test_allocated_memory_stops_counting_as_promised(fake, lease_dir):
         assert ledger.promised_by_gpu(ledger.records(), usage={}) == {"GPU-a": 500}
 
 
+def test_a_gpu_step_reports_what_torch_holds_while_it_runs(fake, lease_dir, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 7000 * 1024 * 1024)
+    with gpu_step({}, 9000, run_id="reporting") as p, p.reporting(every_s=0.05):
+        ledger = Ledger()
+        deadline = time.monotonic() + 5
+        while ledger.promised_by_gpu(ledger.records(), usage={}) != {"GPU-a": 2000}:
+            assert time.monotonic() < deadline, ledger.records()
+            time.sleep(0.05)
+
+
 def test_waits_until_memory_frees(fake, lease_dir):
     fake.update(0, free_mib=[1000, 1000, 1000, 12000])
     fake.update(1, free_mib=1000)

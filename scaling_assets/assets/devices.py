@@ -22,7 +22,8 @@ def step_device(context, asset_name: str, n_genes: int):
         yield "cpu"
         return
     # run_id lets a retried step avoid the GPU it ran out of memory on
-    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run.run_id) as placement:
+    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run.run_id) as placement, \
+            placement.reporting():
         context.log.info(f"{asset_name}: running on {placement.device} ({placement.reason})")
         if placement.device.startswith("cuda:"):
             import torch

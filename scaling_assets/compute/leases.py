@@ -15,7 +15,7 @@ Files under the lease dir (``$SCALING_ASSETS_LEASE_DIR``, else ``$DAGSTER_HOME/l
 Accounting rule ("promised memory counts as used until allocated"), per GPU:
     available = NVML free - headroom - sum(outstanding of live leases and promises)
     outstanding(lease) = max(0, promised - max(NVML usage of the holder pid, allocated reported by
-                          the holder via Placement.note_allocated()))
+                          the holder via Placement.note_allocated(), every 10 s in each GPU step))
     outstanding(promise) = promised (its process has not started its GPU step yet).
 When NVML cannot attribute memory to pids (containers with a separate pid namespace) and the holder
 does not report, a lease counts fully: conservative (may under-pack) but never oversubscribes.
@@ -281,6 +281,29 @@ class Placement:
 
             mib = torch.cuda.memory_reserved(self.device) // (1024 * 1024)
         self.lease.note_allocated(mib)
+
+    @contextmanager
+    def reporting(self, every_s: float = 10.0) -> Iterator[None]:
+        """While the step runs on its GPU, report what torch holds every ``every_s`` seconds
+        (``note_allocated``), so the ledger stops counting that memory as still promised."""
+        if self.lease is None or not self.device.startswith("cuda:"):
+            yield
+            return
+        import threading
+
+        stop = threading.Event()
+
+        def report() -> None:
+            while not stop.wait(every_s):
+                self.note_allocated()
+
+        thread = threading.Thread(target=report, name="gpu-allocation-report", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def is_oom(exc: BaseException) -> bool:

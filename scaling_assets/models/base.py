@@ -29,8 +29,7 @@ from scaling_assets.models.budget import BUDGETS
 
 MODEL_JSON = "model.json"
 HISTORY_CSV = "history.csv"
-FORMAT_VERSION = 1
-STOP_REASONS = ("early_stopping", "max_epochs", "max_steps", "closed_form")
+FORMAT_VERSION = 1  # of model.json; load refuses other versions rather than misread them
 
 
 @dataclass
@@ -97,7 +96,11 @@ def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / MODEL_JSON
     if not path.is_file():
         raise InputError(f"{directory} is not a saved model directory (no {MODEL_JSON})")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}; "
+                         "the model was saved by another version of scaling-assets: re-materialise it")
+    return meta
 
 
 class RepresentationModel(abc.ABC):
