@@ -1,0 +1,40 @@
+"""Instance files (``dagster.yaml``) for a ``DAGSTER_HOME``: the repository's GPU-aware run queue
+(``dagster.example.yaml`` next to this module) with SQLite storage (the zero-setup default) or
+PostgreSQL storage (``pip install dagster-postgres``; for many concurrent runs and daemons).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLE_YAML = Path(__file__).with_name("dagster.example.yaml")
+
+
+def instance_config(
+    *, postgres_url: str | None = None, coordinator: Mapping[str, Any] | None = None
+) -> dict:
+    """The example instance settings; ``coordinator`` overrides keys of the coordinator's config;
+    ``postgres_url`` (``postgresql://user:password@host:port/db``) puts runs, events and schedules
+    in that database instead of SQLite files under ``DAGSTER_HOME``."""
+    config = yaml.safe_load(EXAMPLE_YAML.read_text())
+    config["run_coordinator"]["config"].update(coordinator or {})
+    config["telemetry"] = {"enabled": False}
+    if postgres_url:
+        config["storage"] = {"postgres": {"postgres_url": postgres_url}}
+    return config
+
+
+def write_instance_yaml(home: str | os.PathLike, **settings: Any) -> Path:
+    """Write ``<home>/dagster.yaml`` (see ``instance_config`` for ``settings``); returns its path."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    tmp = path.with_name(".dagster.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(instance_config(**settings), sort_keys=False))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,125 @@
+"""Shared fixtures. ``postgres_url``: a fresh database on a real PostgreSQL server (Debian's
+``postgresql`` package) started on localhost for the test session, in a temporary directory."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+def _postgres_bin_dir() -> Path | None:
+    """The newest /usr/lib/postgresql/<version>/bin with initdb, else the directory of initdb on PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """initdb + pg_ctl in a temp dir, trust auth on 127.0.0.1 only. PostgreSQL refuses to run as root,
+    so as root the server runs as the ``postgres`` user (created by the Debian package)."""
+
+    def __init__(self, bin_dir: Path, run_as: str | None):
+        self.bin_dir, self.run_as = bin_dir, run_as
+        self.dir = Path(tempfile.mkdtemp(prefix="scaling-assets-pg-"))
+        self.data, self.log, self.port = self.dir / "data", self.dir / "server.log", _free_port()
+        self.user = run_as or pwd.getpwuid(os.getuid()).pw_name
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bin_dir / args[0]), *args[1:]]
+        if self.run_as:
+            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}{log}")
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, db_name: str = "postgres") -> str:
+        """SQLAlchemy URL (what Dagster's ``postgres_url`` takes). The driver is explicit because
+        SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, and dagster-postgres ships psycopg2."""
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{db_name}"
+
+    def create_database(self) -> str:
+        import psycopg2
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        conn = psycopg2.connect(libpq_url(self.url()))
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        try:
+            conn.cursor().execute(f"CREATE DATABASE {name}")
+        finally:
+            conn.close()
+        return self.url(name)
+
+
+def libpq_url(url: str) -> str:
+    """The same URL for psycopg2/libpq, which do not know SQLAlchemy's ``+driver`` suffix."""
+    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session; skips (with the reason) where it cannot be had."""
+    try:
+        import dagster_postgres  # noqa: F401
+        import psycopg2  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"dagster-postgres is not installed ({exc}): pip install -e '.[test]'")
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server not installed (no initdb under /usr/lib/postgresql/*/bin or on "
+                    "PATH): apt-get install postgresql")
+    run_as = None
+    if os.getuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        run_as = "postgres"
+    server = PostgresServer(bin_dir, run_as)
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        pytest.skip(f"could not start PostgreSQL from {bin_dir}: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """``postgresql+psycopg2://user@127.0.0.1:port/db`` (for Dagster's ``postgres_url``) of a
+    database made for this test alone; ``libpq_url()`` turns it into a psycopg2 DSN."""
+    return postgres_server.create_database()
