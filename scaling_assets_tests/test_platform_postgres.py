@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from scaling_assets.compute.daemon import dagster_daemon
+from scaling_assets.compute.daemon import dagster_daemon, session_members
 from scaling_assets.compute.instance import write_instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,21 @@ def test_example_instance_file_reads_its_connection_from_the_environment(postgre
         assert instance.get_runs_count() == 0
 
 
+def test_instance_file_defaults_to_sqlite_with_the_run_queue(tmp_path):
+    from dagster import DagsterInstance
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    from scaling_assets.compute.coordinator import GpuAwareRunCoordinator, GpuAwareRunLauncher
+
+    write_instance_yaml(tmp_path, coordinator={"max_concurrent_runs": 3})
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.run_storage, SqliteRunStorage)
+        assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
+        assert isinstance(instance.run_launcher, GpuAwareRunLauncher)
+        assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 3
+        assert instance.run_coordinator.gpu_headroom_mib == 512  # the rest is the example's
+
+
 @pytest.fixture
 def pg_study(postgres_url, tmp_path, monkeypatch):
     """A DAGSTER_HOME on PostgreSQL, a tiny study, and a real `dagster-daemon run` for them."""
@@ -72,8 +87,9 @@ def pg_study(postgres_url, tmp_path, monkeypatch):
     for name, value in [("DAGSTER_HOME", str(home)), ("SCALING_ASSETS_STUDY", str(tmp_path / "study.yaml")),
                         ("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases")), ("SCALING_ASSETS_PROGRESS", "0")]:
         monkeypatch.setenv(name, value)
-    with dagster_daemon(tmp_path / "workspace.yaml", log_path=tmp_path / "daemon.log", cwd=REPO):
+    with dagster_daemon(tmp_path / "workspace.yaml", log_path=tmp_path / "daemon.log", cwd=REPO) as daemon:
         yield home, tmp_path
+    assert daemon.poll() is not None and not session_members(daemon.pid)  # code servers stopped too
 
 
 def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_study, postgres_url):

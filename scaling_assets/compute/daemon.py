@@ -41,14 +41,14 @@ def dagster_daemon(
 
 def _stop_session(proc: subprocess.Popen, timeout_s: float) -> None:
     session = proc.pid  # the daemon leads its own session; its code servers stay in it
-    members = _session_members(session)
+    members = session_members(session)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    members += [p for p in _session_members(session) if p not in members]
+    members += [p for p in session_members(session) if p not in members]
     for p in members:
         try:
             p.terminate()
@@ -62,7 +62,8 @@ def _stop_session(proc: subprocess.Popen, timeout_s: float) -> None:
             pass
 
 
-def _session_members(session: int) -> list[psutil.Process]:
+def session_members(session: int) -> list[psutil.Process]:
+    """Live processes of a session (other than its leader)."""
     members = []
     for p in psutil.process_iter():
         try:

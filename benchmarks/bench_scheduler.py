@@ -1,0 +1,361 @@
+"""Simulate the GPU-aware run queue on an 8 x 80 GB GPU box (no GPU needed).
+
+    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
+
+What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
+(``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, ``scaling_assets/compute/dagster.example.yaml``),
+a real ``dagster-daemon run`` dequeuing the runs, one subprocess per run (``DefaultRunLauncher``),
+and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
+estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).
+What is simulated: NVML (``FakeNvml``: 8 GPUs of 80 GB whose free memory stays at 80 GB, so memory
+counts as used exactly while a lease or promise holds it), and the run durations.
+
+The runs: ``--runs`` grid points drawn at random (seeded) from the ``paper`` study's grid (dataset x
+size N x quality x seed x algorithm). A run holds the GPU assets of one algorithm at one grid point
+(``model_<algo>``, ``embeddings_<algo>``, ``mi_<algo>``; for PCA/random projection only the MI step
+uses a GPU); its need is ``needs.gpu_need_mib`` for the dataset's gene count (GENES below: assumed
+round figures for the reference files, not read from them). Its duration, in units of ``--unit-s``
+seconds, is RELATIVE_COST[algorithm] x (0.5 + 0.5 log N / log N_max): Geneformer training dominates,
+bigger training sets take longer. These costs are assumptions to exercise the queue, not GPU timings.
+
+Reported: GPU memory promised over time (leases + launcher promises, sampled from the ledger every
+--sample-s and exactly from the runs' lease intervals), runs in flight and queued, launches per
+minute, queue waits (all runs are submitted first; from the daemon's start to the run's dequeue and
+placement by the launcher, so they include the daemon's start-up), the launch overhead
+(placed -> the run's process holds its lease; placed_to_op_start: process start-up and Dagster's
+run initialisation),
+and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom).
+Figures go to stdout, ``<out>.json`` and ``<out>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from scaling_assets.compute.daemon import dagster_daemon, wait_for_daemon  # noqa: E402
+from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
+from scaling_assets.compute.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
+from scaling_assets.compute.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
+from scaling_assets.compute.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
+
+WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
+TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
+GENES = {"cite": 20000, "lineage": 25000, "spatial": 500, "development": 25000}  # assumed, see doc
+RELATIVE_COST = {"geneformer": 10.0, "scvi": 2.0, "pca": 0.5, "random_projection": 0.5}
+
+
+def draw_runs(n_runs: int, seed: int) -> list[dict]:
+    """``n_runs`` (dataset, setting, algorithm) points of the paper grid with their need and duration."""
+    os.environ.setdefault("SCALING_ASSETS_DATA", "/nonexistent")  # the grid only, no data is read
+    from scaling_assets.study import load_study
+
+    study = load_study("paper", check_paths=False)
+    grid = [(name, s, a) for name in study.datasets for s in study.settings(name) for a in study.algorithms]
+    rng = random.Random(seed)
+    n_max = max(max(d.sizes) for d in study.datasets.values())
+    runs = []
+    for name, setting, algo in rng.sample(grid, n_runs):
+        assets = [f"model_{algo}", f"embeddings_{algo}", f"mi_{algo}"]
+        cost = RELATIVE_COST[algo] * (0.5 + 0.5 * math.log(setting.cells) / math.log(n_max))
+        runs.append({"dataset": name, "setting": setting.key, "algorithm": algo,
+                     "need_mib": gpu_need_mib(assets, GENES[name]), "cost": cost})
+    return runs
+
+
+class LedgerSampler(threading.Thread):
+    """Reads the real ledger (under its lock, as the coordinator does) and the run queue every period."""
+
+    def __init__(self, lease_dir: Path, instance, period_s: float):
+        super().__init__(daemon=True)
+        self.ledger, self.instance, self.period_s = Ledger(lease_dir), instance, period_s
+        self.samples: list[dict] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+        in_flight = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+        while not self.stop.is_set():
+            with self.ledger.locked():
+                records = self.ledger.records()
+            per_gpu = Counter()
+            for r in records:
+                per_gpu[r.gpu_uuid] += r.need_mib  # fake NVML attributes nothing: a lease counts fully
+            self.samples.append({
+                "t": time.time(), "promised_mib": dict(per_gpu),
+                "leases": sum(r.kind == "lease" for r in records),
+                "promises": sum(r.kind == "promise" for r in records),
+                "queued": self.instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED])),
+                "in_flight": self.instance.get_runs_count(RunsFilter(statuses=in_flight)),
+            })
+            self.stop.wait(self.period_s)
+
+
+def submit_runs(instance, runs: list[dict], unit_s: float) -> list[str]:
+    """Create and submit one queued run of the workload job per drawn grid point."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import PythonFileTarget
+
+    sys.path.insert(0, str(WORKLOAD.parent))
+    from scheduler_workload import gpu_sleep
+
+    target = PythonFileTarget(python_file=str(WORKLOAD), attribute="defs", working_directory=str(REPO),
+                              location_name="bench")
+    ids = []
+    with WorkspaceProcessContext(instance, target) as process_context:
+        workspace = process_context.create_request_context()
+        remote_job = workspace.get_code_location("bench").get_repository("__repository__").get_full_job("gpu_sleep")
+        for spec in runs:
+            tags = {TAG_GPU_NEED: str(spec["need_mib"]), TAG_SLEEP: f"{spec['cost'] * unit_s:.2f}",
+                    "bench/grid": f"{spec['dataset']}/{spec['algorithm']}/{spec['setting']}"}
+            run = instance.create_run_for_job(
+                gpu_sleep, tags=tags, remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+            )
+            instance.submit_run(run.run_id, workspace)
+            ids.append(run.run_id)
+    return ids
+
+
+def run_events(instance, run_id: str) -> dict:
+    from dagster._core.events import DagsterEventType as E
+
+    names = {E.RUN_ENQUEUED: "enqueued", E.RUN_STARTING: "starting", E.RUN_START: "started",
+             E.RUN_SUCCESS: "ended", E.RUN_FAILURE: "ended", E.RUN_CANCELED: "ended"}
+    out = {}
+    for entry in instance.all_logs(run_id, of_type={*names, E.ENGINE_EVENT}):
+        kind = entry.dagster_event.event_type
+        if kind == E.ENGINE_EVENT:  # GpuAwareRunLauncher: dequeued, GPU chosen, promise written
+            if "] Placed on " in (entry.message or ""):
+                out.setdefault("placed", entry.timestamp)
+        else:
+            out.setdefault(names[kind], entry.timestamp)
+    return out
+
+
+def step_curve(intervals: list[tuple[float, float, float]], t0: float, t1: float, n: int = 2000):
+    """Sum of ``weight`` over intervals (start, end, weight) active at n evenly spaced times."""
+    import numpy as np
+
+    times = np.linspace(t0, t1, n)
+    values = np.zeros(n)
+    for start, end, weight in intervals:
+        values[(times >= start) & (times < end)] += weight
+    return times, values
+
+
+def max_concurrent(intervals: list[tuple[float, float, float]]) -> float:
+    """Exact maximum over time of the summed weights of overlapping intervals (sweep line)."""
+    events = sorted([(s, w) for s, _, w in intervals] + [(e, -w) for _, e, w in intervals],
+                    key=lambda ev: (ev[0], ev[1]))  # releases before takes at equal times
+    level = peak = 0.0
+    for _, w in events:
+        level += w
+        peak = max(peak, level)
+    return peak
+
+
+def analyse(runs, ids, records, events, samples, gpus, t_submit, args) -> dict:
+    import numpy as np
+
+    total_mib = sum(g["total_mib"] for g in gpus)
+    usable = {g["uuid"]: g["total_mib"] - HEADROOM_MIB for g in gpus}
+    device_uuid = {f"cuda:{i}": g["uuid"] for i, g in enumerate(gpus)}
+    done = [r for r in ids if r in records]
+    t_end = max(events[r]["ended"] for r in ids if "ended" in events[r])
+    # exact: a run's memory counts from its launcher promise ("Placed on") to its lease's release
+    mem = [(events[r]["placed"], records[r]["released"], records[r]["need_mib"]) for r in done]
+    lease_only = [(records[r]["leased"], records[r]["released"], records[r]["need_mib"]) for r in done]
+    times, promised = step_curve(mem, t_submit, t_end)
+    queued_until = max(events[r]["placed"] for r in ids)  # the queue is non-empty before this
+    busy = times < queued_until
+    flight = [(events[r]["placed"], events[r]["ended"], 1) for r in ids if "ended" in events[r]]
+    # all runs are queued before the daemon starts: a wait counts from time zero (daemon starting)
+    waits = np.array([events[r]["placed"] - max(events[r]["enqueued"], t_submit) for r in ids])
+    overhead = np.array([records[r]["leased"] - events[r]["placed"] for r in done])
+    to_op = np.array([records[r]["op_start"] - events[r]["placed"] for r in done])
+    launches = np.array([events[r]["placed"] for r in ids]) - t_submit
+    per_minute = np.bincount((launches // 60).astype(int))
+    # over-commitment: exact per-GPU peak of leased memory, and every ledger sample (leases+promises)
+    peak_exact = {
+        uuid: max_concurrent([iv for r, iv in zip(done, lease_only) if device_uuid[records[r]["device"]] == uuid])
+        for uuid in usable
+    }
+    peak_sampled = {uuid: max((s["promised_mib"].get(uuid, 0) for s in samples), default=0) for uuid in usable}
+    over = [(s["t"], u, s["promised_mib"][u]) for s in samples for u in s["promised_mib"] if s["promised_mib"][u] > usable[u]]
+    over += [(None, u, peak_exact[u]) for u in usable if peak_exact[u] > usable[u]]
+    sample_frac = np.array([sum(s["promised_mib"].values()) / total_mib for s in samples])
+    sample_queued = np.array([s["queued"] > 0 for s in samples])
+    return {
+        "machine": f"{os.cpu_count()} CPU cores, simulated 8 x {gpus[0]['total_mib']} MiB GPUs",
+        "runs": len(ids), "succeeded": len(done), "unit_s": args.unit_s,
+        "max_concurrent_runs": args.max_concurrent_runs, "reserve_after_seconds": args.reserve_after_s,
+        "dequeue_workers": args.dequeue_workers,
+        "makespan_s": t_end - t_submit,
+        "first_placement_s": float(launches.min()),  # daemon start-up: process, code server, first tick
+        "sleep_s_total": sum(records[r]["released"] - records[r]["leased"] for r in done),
+        "mean_gpu_memory_promised_fraction": float(promised.mean() / total_mib),
+        "mean_gpu_memory_promised_fraction_while_runs_queued": float(promised[busy].mean() / total_mib) if busy.any() else None,
+        "peak_gpu_memory_promised_fraction": float(promised.max() / total_mib),
+        "sampled_mean_fraction": float(sample_frac.mean()) if len(samples) else None,
+        "sampled_mean_fraction_while_runs_queued": float(sample_frac[sample_queued].mean()) if sample_queued.any() else None,
+        "runs_in_flight_max": int(max_concurrent(flight)),
+        "runs_in_flight_mean": float(step_curve(flight, t_submit, t_end)[1].mean()),
+        "launches_per_minute": per_minute.tolist(),
+        "launches_per_minute_peak": int(per_minute.max()),
+        "launches_per_minute_mean": float(len(ids) / (launches.max() / 60)) if launches.max() > 0 else None,
+        "queue_wait_s": {"max": float(waits.max()), "median": float(np.median(waits)), "mean": float(waits.mean())},
+        "launch_overhead_s": {"median": float(np.median(overhead)), "p90": float(np.percentile(overhead, 90)), "max": float(overhead.max())},
+        "placed_to_op_start_s": {"median": float(np.median(to_op)), "max": float(to_op.max())},
+        "run_worker_rss_mib_median": float(np.median([records[r]["rss_mib"] for r in done])),
+        "usable_mib_per_gpu": next(iter(usable.values())),
+        "peak_leased_mib_per_gpu_exact": peak_exact,
+        "peak_promised_mib_per_gpu_sampled": peak_sampled,
+        "ledger_samples": len(samples),
+        "over_committed": over,
+        "placements_not_pinned": sum("pinned" not in records[r]["reason"] for r in done),
+        "by_algorithm": {a: {"runs": sum(s["algorithm"] == a for s in runs),
+                             "need_mib": sorted({s["need_mib"] for s in runs if s["algorithm"] == a}),
+                             "sleep_s_mean": float(np.mean([s["cost"] * args.unit_s for s in runs if s["algorithm"] == a] or [0]))}
+                         for a in RELATIVE_COST},
+        "_curves": {"t": (times - t_submit).tolist(), "promised_fraction": (promised / total_mib).tolist(),
+                    "in_flight": step_curve(flight, t_submit, t_end)[1].tolist()},
+    }
+
+
+def plot(report, samples, gpus, t_submit, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves = report["_curves"]
+    minutes = np.array(curves["t"]) / 60
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    ax = axes[0]
+    ax.plot(minutes, curves["promised_fraction"], color="k", lw=2, label="all GPUs (exact, from the runs)")
+    st = (np.array([s["t"] for s in samples]) - t_submit) / 60
+    for g in gpus:
+        ax.plot(st, [s["promised_mib"].get(g["uuid"], 0) / g["total_mib"] for s in samples], lw=0.6, alpha=0.6)
+    ax.axhline(report["usable_mib_per_gpu"] / gpus[0]["total_mib"], color="r", ls="--", lw=1,
+               label="usable (80 GB minus headroom)")
+    ax.set_ylabel("GPU memory promised\n(fraction)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{report['runs']} GPU runs on 8 simulated 80 GB GPUs; thin lines: each GPU (ledger samples)")
+    ax = axes[1]
+    ax.plot(minutes, curves["in_flight"], label="in flight (placed..end)")
+    ax.plot(st, [s["queued"] for s in samples], label="queued")
+    ax.set_ylabel("runs")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    per_minute = report["launches_per_minute"]
+    ax.bar(np.arange(len(per_minute)) + 0.5, per_minute, width=0.9)
+    ax.set_ylabel("runs launched\nper minute")
+    ax.set_xlabel("minutes since the runs were submitted")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--unit-s", type=float, default=30.0,
+                        help="seconds per cost unit (Geneformer at the largest N: 10 units)")
+    parser.add_argument("--max-concurrent-runs", type=int, default=64)
+    parser.add_argument("--reserve-after-s", type=int, default=60,
+                        help="coordinator reserve_after_seconds (repository default 600, scaled down here)")
+    parser.add_argument("--dequeue-workers", type=int, default=0,
+                        help="launch runs from this many daemon threads (QueuedRunCoordinator "
+                             "dequeue_use_threads/dequeue_num_workers); 0: one at a time")
+    parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgres-url", help="instance storage on PostgreSQL instead of SQLite")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scheduler"),
+                        help="writes <out>.png and <out>.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME")
+    args = parser.parse_args()
+
+    from dagster import DagsterInstance
+
+    runs = draw_runs(args.runs, args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
+    home, out_dir, lease_dir = tmp / "home", tmp / "records", tmp / "leases"
+    out_dir.mkdir()
+    gpus = [{"uuid": f"GPU-sim-{i}", "name": "simulated 80GB", "total_mib": 80 * 1024, "free_mib": 80 * 1024}
+            for i in range(8)]
+    fake = FakeNvml(gpus, path=tmp / "fake_nvml.json")
+    write_instance_yaml(home, postgres_url=args.postgres_url, coordinator={
+        "max_concurrent_runs": args.max_concurrent_runs, "dequeue_interval_seconds": 1,
+        "reserve_after_seconds": args.reserve_after_s,
+        **({"dequeue_use_threads": True, "dequeue_num_workers": args.dequeue_workers} if args.dequeue_workers else {})})
+    (tmp / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_file": {
+        "relative_path": str(WORKLOAD), "attribute": "defs", "location_name": "bench",
+        "working_directory": str(REPO)}}]}))
+    env = {"DAGSTER_HOME": str(home), FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(lease_dir),
+           "BENCH_SCHEDULER_OUT": str(out_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    os.environ.update(env)  # this process (submission, sampling) and the daemon see the same world
+    print(f"{len(runs)} runs drawn from the paper grid; DAGSTER_HOME={home}", flush=True)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        t0 = time.time()
+        ids = submit_runs(instance, runs, args.unit_s)  # the whole queue exists before the daemon starts
+        print(f"submitted {len(ids)} runs in {time.time() - t0:.1f} s", flush=True)
+        sampler = LedgerSampler(lease_dir, instance, args.sample_s)
+        t_submit = time.time()  # time zero: all runs are queued, the daemon starts
+        sampler.start()
+        with dagster_daemon(tmp / "workspace.yaml", env=dict(os.environ), log_path=tmp / "daemon.log", cwd=REPO):
+            wait_for_daemon(instance)
+            wait_until_finished(instance, ids, sampler, t_submit)
+        sampler.stop.set()
+        sampler.join()
+        events = {r: run_events(instance, r) for r in ids}
+    records = {p.stem: json.loads(p.read_text()) for p in out_dir.glob("*.json")}
+    report = analyse(runs, ids, records, events, sampler.samples, gpus, t_submit, args)
+    plot(report, sampler.samples, gpus, t_submit, args.out.with_suffix(".png"))
+    report.pop("_curves")
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "launches_per_minute"}, indent=1))
+    verdict = "NO GPU over-committed" if not report["over_committed"] else f"OVER-COMMITTED: {report['over_committed'][:5]}"
+    print(f"{verdict}; {report['succeeded']}/{report['runs']} runs succeeded; "
+          f"figure {args.out.with_suffix('.png')}, figures {args.out.with_suffix('.json')}")
+    if args.keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_until_finished(instance, ids, sampler, t0) -> None:
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
+
+    while True:
+        finished = instance.get_runs_count(RunsFilter(run_ids=ids, statuses=list(FINISHED_STATUSES)))
+        if finished == len(ids):
+            return
+        time.sleep(10)
+        s = sampler.samples[-1] if sampler.samples else {}
+        print(f"  {time.time() - t0:6.0f} s: finished {finished}, queued {s.get('queued')}, in flight "
+              f"{s.get('in_flight')}, leases {s.get('leases')}, promises {s.get('promises')}, GPU memory "
+              f"promised {sum(s.get('promised_mib', {}).values()) / (8 * 80 * 1024):.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
