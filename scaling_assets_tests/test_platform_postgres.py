@@ -30,13 +30,15 @@ datasets:
   cite: {{task: cite, source: simulated, cells: 400, genes: 60, seed: 1}}
 """
 
-# the study's assets plus one job per stage, so each run has a partitions definition of its own
+# the study's assets plus one job per stage, so each run has a partitions definition of its own;
+# in-process executor: a one-step run needs no second process (keeps the test fast)
 CODE_LOCATION = """
-from dagster import Definitions, define_asset_job
+from dagster import Definitions, define_asset_job, in_process_executor
 from scaling_assets.definitions import load_definitions
 
 defs = Definitions.merge(load_definitions(), Definitions(jobs=[
-    define_asset_job(name, selection=f"cite/{name}") for name in ("raw_counts", "split", "eval_counts")
+    define_asset_job(name, selection=f"cite/{name}", executor_def=in_process_executor)
+    for name in ("raw_counts", "split", "eval_counts")
 ]))
 """
 
