@@ -203,7 +203,7 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args) -> dict:
     sample_frac = np.array([sum(s["promised_mib"].values()) / total_mib for s in samples])
     sample_queued = np.array([s["queued"] > 0 for s in samples])
     return {
-        "machine": f"{os.cpu_count()} CPU cores, simulated 8 x {gpus[0]['total_mib']} MiB GPUs",
+        "machine": f"{os.cpu_count()} CPU cores, simulated {len(gpus)} x {gpus[0]['total_mib']} MiB GPUs",
         "runs": len(ids), "succeeded": len(done), "unit_s": args.unit_s,
         "max_concurrent_runs": args.max_concurrent_runs, "reserve_after_seconds": args.reserve_after_s,
         "dequeue_workers": args.dequeue_workers,
@@ -259,7 +259,7 @@ def plot(report, samples, gpus, t_submit, path: Path) -> None:
     ax.set_ylabel("GPU memory promised\n(fraction)")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{report['runs']} GPU runs on 8 simulated 80 GB GPUs; thin lines: each GPU (ledger samples)")
+    ax.set_title(f"{report['runs']} GPU runs on {len(gpus)} simulated 80 GB GPUs; thin lines: each GPU (ledger samples)")
     ax = axes[1]
     ax.plot(minutes, curves["in_flight"], label="in flight (placed..end)")
     ax.plot(st, [s["queued"] for s in samples], label="queued")
@@ -277,6 +277,7 @@ def plot(report, samples, gpus, t_submit, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--gpus", type=int, default=8, help="simulated 80 GB GPUs")
     parser.add_argument("--unit-s", type=float, default=30.0,
                         help="seconds per cost unit (Geneformer at the largest N: 10 units)")
     parser.add_argument("--max-concurrent-runs", type=int, default=64)
@@ -300,7 +301,7 @@ def main() -> None:
     home, out_dir, lease_dir = tmp / "home", tmp / "records", tmp / "leases"
     out_dir.mkdir()
     gpus = [{"uuid": f"GPU-sim-{i}", "name": "simulated 80GB", "total_mib": 80 * 1024, "free_mib": 80 * 1024}
-            for i in range(8)]
+            for i in range(args.gpus)]
     fake = FakeNvml(gpus, path=tmp / "fake_nvml.json")
     write_instance_yaml(home, postgres_url=args.postgres_url, coordinator={
         "max_concurrent_runs": args.max_concurrent_runs, "dequeue_interval_seconds": 1,
@@ -320,6 +321,7 @@ def main() -> None:
         ids = submit_runs(instance, runs, args.unit_s)  # the whole queue exists before the daemon starts
         print(f"submitted {len(ids)} runs in {time.time() - t0:.1f} s", flush=True)
         sampler = LedgerSampler(lease_dir, instance, args.sample_s)
+        sampler.total_mib = sum(g["total_mib"] for g in gpus)
         t_submit = time.time()  # time zero: all runs are queued, the daemon starts
         sampler.start()
         with dagster_daemon(tmp / "workspace.yaml", env=dict(os.environ), log_path=tmp / "daemon.log", cwd=REPO):
@@ -354,7 +356,7 @@ def wait_until_finished(instance, ids, sampler, t0) -> None:
         s = sampler.samples[-1] if sampler.samples else {}
         print(f"  {time.time() - t0:6.0f} s: finished {finished}, queued {s.get('queued')}, in flight "
               f"{s.get('in_flight')}, leases {s.get('leases')}, promises {s.get('promises')}, GPU memory "
-              f"promised {sum(s.get('promised_mib', {}).values()) / (8 * 80 * 1024):.0%}", flush=True)
+              f"promised {sum(s.get('promised_mib', {}).values()) / sampler.total_mib:.0%}", flush=True)
 
 
 if __name__ == "__main__":
