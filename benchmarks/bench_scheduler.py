@@ -5,7 +5,7 @@
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, ``scaling_assets/compute/dagster.example.yaml``),
-a real ``dagster-daemon run`` dequeuing the runs, one subprocess per run (``DefaultRunLauncher``),
+a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one subprocess per run (``DefaultRunLauncher``),
 and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
 estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).
 What is simulated: NVML (``FakeNvml``: 8 GPUs of 80 GB whose free memory stays at 80 GB, so memory
@@ -48,11 +48,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scaling_assets.compute.daemon import dagster_daemon, wait_for_daemon  # noqa: E402
 from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
 from scaling_assets.compute.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
 from scaling_assets.compute.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
 from scaling_assets.compute.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
+from scaling_assets.daemon import DaemonProcess, daemon_alive  # noqa: E402
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
 TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
@@ -81,9 +81,10 @@ def draw_runs(n_runs: int, seed: int) -> list[dict]:
 class LedgerSampler(threading.Thread):
     """Reads the real ledger (under its lock, as the coordinator does) and the run queue every period."""
 
-    def __init__(self, lease_dir: Path, instance, period_s: float):
+    def __init__(self, lease_dir: Path, instance, period_s: float, total_mib: int):
         super().__init__(daemon=True)
         self.ledger, self.instance, self.period_s = Ledger(lease_dir), instance, period_s
+        self.total_mib = total_mib
         self.samples: list[dict] = []
         self.stop = threading.Event()
 
@@ -320,13 +321,16 @@ def main() -> None:
         t0 = time.time()
         ids = submit_runs(instance, runs, args.unit_s)  # the whole queue exists before the daemon starts
         print(f"submitted {len(ids)} runs in {time.time() - t0:.1f} s", flush=True)
-        sampler = LedgerSampler(lease_dir, instance, args.sample_s)
-        sampler.total_mib = sum(g["total_mib"] for g in gpus)
+        sampler = LedgerSampler(lease_dir, instance, args.sample_s, sum(g["total_mib"] for g in gpus))
         t_submit = time.time()  # time zero: all runs are queued, the daemon starts
         sampler.start()
-        with dagster_daemon(tmp / "workspace.yaml", env=dict(os.environ), log_path=tmp / "daemon.log", cwd=REPO):
-            wait_for_daemon(instance)
+        daemon = DaemonProcess(dict(os.environ), tmp / "daemon.log", tmp / "daemon.pid",
+                               code=["-w", str(tmp / "workspace.yaml")])
+        daemon.start()
+        try:
             wait_until_finished(instance, ids, sampler, t_submit)
+        finally:
+            daemon.stop()
         sampler.stop.set()
         sampler.join()
         events = {r: run_events(instance, r) for r in ids}
@@ -349,6 +353,8 @@ def wait_until_finished(instance, ids, sampler, t0) -> None:
     from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
 
     while True:
+        if time.time() - t0 > 120 and not daemon_alive(instance):
+            raise RuntimeError("dagster-daemon is not heart-beating: see daemon.log under the DAGSTER_HOME")
         finished = instance.get_runs_count(RunsFilter(run_ids=ids, statuses=list(FINISHED_STATUSES)))
         if finished == len(ids):
             return

@@ -74,18 +74,19 @@ class DaemonProcess:
         home = Path(instance.root_directory)
         return cls(env, home / "logs" / "daemon.log", pid_file(instance))
 
-    def __init__(self, env: dict[str, str], log_path: Path, pid_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, pid_path: Path, code: list[str] | None = None):
         self.env = env
         self.log_path = log_path
         self.pid_path = pid_path
+        # the code location: dagster-daemon's -m/-f/-w options (tests and benchmarks use their own)
+        self.code = code or ["-m", "scaling_assets.definitions"]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scaling_assets.daemon", "run", "-m", "scaling_assets.definitions",
-             "--log-level", "warning"],
+            [sys.executable, "-m", "scaling_assets.daemon", "run", *self.code, "--log-level", "warning"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI only; it stops us in order
         )

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import shutil
 import textwrap
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
 import pytest
-import yaml
 
-from scaling_assets.compute.daemon import dagster_daemon, session_members
 from scaling_assets.compute.instance import write_instance_yaml
+from scaling_assets.daemon import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,19 +30,6 @@ qualities: [1.0, 0.5]
 datasets:
   cite: {{task: cite, source: simulated, cells: 400, genes: 60, seed: 1}}
 """
-
-# the study's assets plus one job per stage, so each run has a partitions definition of its own;
-# in-process executor: a one-step run needs no second process (keeps the test fast)
-CODE_LOCATION = """
-from dagster import Definitions, define_asset_job, in_process_executor
-from scaling_assets.definitions import load_definitions
-
-defs = Definitions.merge(load_definitions(), Definitions(jobs=[
-    define_asset_job(name, selection=f"cite/{name}", executor_def=in_process_executor)
-    for name in ("raw_counts", "split", "eval_counts")
-]))
-"""
-
 
 def test_example_instance_file_reads_its_connection_from_the_environment(postgres_url, tmp_path, monkeypatch):
     from dagster import DagsterInstance
@@ -82,16 +70,30 @@ def pg_study(postgres_url, tmp_path, monkeypatch):
     home = tmp_path / "home"
     write_instance_yaml(home, postgres_url=postgres_url, coordinator={"dequeue_interval_seconds": 1})
     (tmp_path / "study.yaml").write_text(textwrap.dedent(STUDY.format(root=tmp_path / "root")))
-    (tmp_path / "pg_location.py").write_text(CODE_LOCATION)
-    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_file": {
-        "relative_path": str(tmp_path / "pg_location.py"), "location_name": "pg",
-        "working_directory": str(REPO)}}]}))
     for name, value in [("DAGSTER_HOME", str(home)), ("SCALING_ASSETS_STUDY", str(tmp_path / "study.yaml")),
                         ("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases")), ("SCALING_ASSETS_PROGRESS", "0")]:
         monkeypatch.setenv(name, value)
-    with dagster_daemon(tmp_path / "workspace.yaml", log_path=tmp_path / "daemon.log", cwd=REPO) as daemon:
+    daemon = DaemonProcess(dict(os.environ), tmp_path / "daemon.log", tmp_path / "daemon.pid")
+    daemon.start()
+    try:
         yield home, tmp_path
-    assert daemon.poll() is not None and not session_members(daemon.pid)  # code servers stopped too
+    finally:
+        daemon.stop()
+    deadline = time.monotonic() + 10  # SIGKILLed members may take a moment to go
+    while (leftovers := _session_members(daemon.process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers, f"processes of the daemon's session outlived it: {leftovers}"
+
+
+def _session_members(sid: int) -> list[tuple[int, str]]:
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                members.append((p.pid, " ".join(p.cmdline())[:200]))
+        except (OSError, psutil.Error):
+            continue
+    return members
 
 
 def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_study, postgres_url):
@@ -100,29 +102,28 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
     from dagster._core.events import DagsterEventType
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import create_test_daemon_workspace_context, poll_for_finished_run
-    from dagster._core.workspace.load_target import PythonFileTarget
+    from dagster._core.workspace.load_target import ModuleTarget
 
     from scaling_assets.compute.coordinator import GpuAwareRunCoordinator
     from scaling_assets.study import load_study
 
+    from scaling_assets.definitions import load_definitions
+
     home, tmp = pg_study
-    spec = importlib.util.spec_from_file_location("pg_location", tmp / "pg_location.py")
-    location = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(location)  # the same definitions in this process, to create the runs
-    defs = location.defs
-    target = PythonFileTarget(python_file=str(tmp / "pg_location.py"), attribute="defs",
-                              working_directory=str(REPO), location_name="pg")
+    defs = load_definitions()  # the same code location in this process, to create the runs
+    target = ModuleTarget(module_name="scaling_assets.definitions", attribute=None,
+                          working_directory=str(REPO), location_name="scaling_assets.definitions")
     with DagsterInstance.from_config(str(home)) as instance, \
             create_test_daemon_workspace_context(target, instance) as context:
         assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
         workspace = context.create_request_context()
-        repository = workspace.get_code_location("pg").get_repository("__repository__")
+        repository = workspace.get_code_location("scaling_assets.definitions").get_repository("__repository__")
 
-        def submit(asset, partition=None):  # queued: the daemon dequeues and launches it
-            remote_job = repository.get_full_job(asset)
+        def submit(job, partition=None):  # queued: the daemon dequeues and launches it
+            remote_job = repository.get_full_job(job)
             run = instance.create_run_for_job(
-                defs.resolve_job_def(asset),
-                tags={"dagster/partition": partition} if partition else {},
+                defs.resolve_job_def(job),
+                tags={**remote_job.tags, **({"dagster/partition": partition} if partition else {})},
                 remote_job_origin=remote_job.get_remote_origin(),
                 job_code_origin=remote_job.get_python_origin(),
             )
@@ -134,11 +135,11 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
                 run = poll_for_finished_run(instance, run_id, timeout=120)
                 assert run.status == DagsterRunStatus.SUCCESS, (tmp / "daemon.log").read_text()[-3000:]
 
-        finish(submit("raw_counts"))
-        finish(submit("split", "s=42"))
+        finish(submit("cite_raw"))  # the repository's named jobs (scaling_assets/assets/jobs.py)
+        finish(submit("cite_by_seed", "s=42"))
         eval_keys = load_study(tmp / "study.yaml").quality_seed_keys("cite")
         assert len(eval_keys) == 2
-        evals = [submit("eval_counts", key) for key in eval_keys]  # both queued at once
+        evals = [submit("cite_by_quality", key) for key in eval_keys]  # both queued at once
         finish(*evals)
 
         assert set(instance.get_materialized_partitions(AssetKey(["cite", "eval_counts"]))) == set(eval_keys)
@@ -151,6 +152,8 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
         cur = conn.cursor()
         cur.execute("SELECT status, count(*) FROM runs GROUP BY status")
         assert dict(cur.fetchall()) == {"SUCCESS": 4}
+        cur.execute("SELECT DISTINCT key, value FROM run_tags WHERE key = 'scaling_assets/study'")
+        assert cur.fetchall() == [("scaling_assets/study", "pg")]  # the named jobs' study tag
         cur.execute("SELECT asset_key, partition FROM event_logs "
                     "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY asset_key, partition")
         assert cur.fetchall() == sorted([('["cite", "eval_counts"]', key) for key in eval_keys]) + [

@@ -1,6 +1,6 @@
-"""Instance files (``dagster.yaml``) for a ``DAGSTER_HOME``: the repository's GPU-aware run queue
-(``dagster.example.yaml`` next to this module) with SQLite storage (the zero-setup default) or
-PostgreSQL storage (``pip install dagster-postgres``; for many concurrent runs and daemons).
+"""Instance files (``dagster.yaml``) for a ``DAGSTER_HOME``: the repository's run queue (its root
+``dagster.yaml``: GPU-aware coordinator and launcher) with SQLite storage (the zero-setup default) or
+PostgreSQL storage (``pip install -e '.[postgres]'``; for many concurrent runs and daemons).
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from typing import Any
 
 import yaml
 
-EXAMPLE_YAML = Path(__file__).with_name("dagster.example.yaml")
+REPO_INSTANCE_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def instance_config(
     *, postgres_url: str | None = None, coordinator: Mapping[str, Any] | None = None
 ) -> dict:
-    """The example instance settings; ``coordinator`` overrides keys of the coordinator's config;
+    """The repository's instance settings; ``coordinator`` overrides keys of the coordinator's config;
     ``postgres_url`` (``postgresql://user:password@host:port/db``) puts runs, events and schedules
     in that database instead of SQLite files under ``DAGSTER_HOME``."""
-    config = yaml.safe_load(EXAMPLE_YAML.read_text())
+    if not REPO_INSTANCE_YAML.exists():
+        raise FileNotFoundError(f"{REPO_INSTANCE_YAML}: the repository's dagster.yaml is needed (run from a checkout)")
+    config = yaml.safe_load(REPO_INSTANCE_YAML.read_text())
     config["run_coordinator"]["config"].update(coordinator or {})
     config["telemetry"] = {"enabled": False}
     if postgres_url:
