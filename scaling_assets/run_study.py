@@ -44,10 +44,11 @@ def plan(study: Study) -> list[Batch]:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
         for s in study.seeds:
-            batches.append(Batch(f"{ds} split s={s}", [k("split")], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
+            names = ["split"] + (["gene_medians"] if geneformer else [])
+            batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
         for qs in study.quality_seed_keys(ds):
             _, seed = parse_quality_seed_key(qs)
-            names = ["eval_counts"] + (["gene_medians", "eval_corpus"] if geneformer else [])
+            names = ["eval_counts"] + (["eval_corpus"] if geneformer else [])
             batches.append(Batch(f"{ds} {qs}", [k(n) for n in names], qs, blocks=f"{ds}|{qs}",
                                  blocked_by=[ds, f"{ds}|s={seed}"]))
         for setting in study.settings(ds):

@@ -90,6 +90,28 @@ def test_parameter_and_fit_tables(study_run):
     assert paths["mi_vs_umis_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
+    from scaling_assets.assets.splits import load_split
+    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.data.counts import TransformedCounts
+    from scaling_assets.data.h5ad_io import CsrReader
+    from scaling_assets.data.thinning import thin_counts
+    from scaling_assets.tokenize import gene_nonzero_medians
+
+    study, _, _, _ = study_run
+    where = lambda asset, key: partition_dir(study.root, ["cite", asset], key)  # noqa: E731
+    table = np.load(where("gene_medians", "s=42") / "medians.npy")
+    pool = np.sort(load_split(where("split", "s=42")).pool_order)
+    with CsrReader(where("raw_counts", None) / "counts.h5ad") as raw:
+        full = gene_nonzero_medians(raw, rows=pool)
+        thinned = gene_nonzero_medians(TransformedCounts(raw, lambda X, rows: thin_counts(X, rows, q=0.05, seed=42)),
+                                       rows=pool)
+    np.testing.assert_array_equal(table, full)
+    assert not np.array_equal(np.nan_to_num(thinned), np.nan_to_num(full))  # the old per-quality table differs
+    for corpus in (where("train_corpus", "n=100_q=0.05_s=42") / "corpus", where("eval_corpus", "q=0.05_s=42") / "test"):
+        np.testing.assert_array_equal(np.load(corpus / "medians.npy"), full)
+
+
 def test_second_run_skips_everything_but_the_tables(study_run):
     study, instance, _, _ = study_run
     out = io.StringIO()

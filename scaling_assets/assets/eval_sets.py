@@ -2,8 +2,10 @@
 
 - ``eval_counts``: the test and validation cells thinned to quality q (DESIGN §3: evaluation data is
   thinned at the same q as the training data of the model it evaluates).
-- ``gene_medians``: Geneformer's per-gene nonzero medians over the training pool at quality q
-  (never test cells), streamed chunk by chunk with thinning applied on the fly.
+- ``gene_medians`` (per seed): Geneformer's per-gene nonzero medians over the full-quality (q = 1)
+  training pool (never test or validation cells), streamed chunk by chunk; one table per dataset and
+  seed, used by the corpora of every quality, as Geneformer and the reference do (medians of thinned
+  data tie and vanish at ~10 UMIs per cell).
 - ``eval_corpus``: the test and validation sets as rank-value token corpora.
 """
 
@@ -28,13 +30,6 @@ def thinning(quality: float, seed: int):
     from scaling_assets.data.thinning import thin_counts
 
     return None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
-
-
-def thinned_view(reader, quality: float, seed: int):
-    from scaling_assets.data.counts import TransformedCounts
-
-    transform = thinning(quality, seed)
-    return reader if transform is None else TransformedCounts(reader, transform)
 
 
 def eval_counts_asset(ds: DatasetAssets):
@@ -71,11 +66,12 @@ def gene_medians_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("gene_medians"),
         group_name=ds.name,
-        partitions_def=ds.quality_seeds,
-        ins={"raw": ds.raw_in(), "split": ds.split_in("quality_seed")},
+        partitions_def=ds.seeds,
+        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
         kinds={"numpy"},
-        description="Per-gene nonzero medians of normalised counts over the training pool at this quality "
-        "(Geneformer normalisation; test cells excluded), and the token dictionary.",
+        description="Per-gene nonzero medians of normalised counts over the full-quality training pool "
+        "(Geneformer normalisation; test and validation cells excluded; used at every quality), and the "
+        "token dictionary.",
     )
     def gene_medians(context: AssetExecutionContext, raw: Path, split: Path):
         import numpy as np
@@ -83,17 +79,16 @@ def gene_medians_asset(ds: DatasetAssets):
         from scaling_assets.data.h5ad_io import CsrReader
         from scaling_assets.tokenize import TokenDictionary, gene_nonzero_medians
 
-        quality, seed = parse_quality_seed_key(context.partition_key)
         pool = np.sort(load_split(split).pool_order)
         stage = new_stage(ds.study, "medians")
         with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            medians = gene_nonzero_medians(thinned_view(reader, quality, seed), rows=pool, chunk_size=ds.study.chunk_size)
+            medians = gene_nonzero_medians(reader, rows=pool, chunk_size=ds.study.chunk_size)
             dictionary = TokenDictionary(reader.var_names)
         np.save(stage / MEDIANS_FILE, medians)
         dictionary.save(stage / DICTIONARY_FILE)
         expressed = int(np.isfinite(medians).sum())
         return Output(stage, metadata={
-            "pool_cells": len(pool), "genes": len(medians), "genes_expressed": expressed,
+            "pool_cells": len(pool), "quality": 1.0, "genes": len(medians), "genes_expressed": expressed,
             "wall_time_s": round(elapsed(), 2),
         })
 
@@ -119,7 +114,7 @@ def eval_corpus_asset(ds: DatasetAssets):
         key=ds.key("eval_corpus"),
         group_name=ds.name,
         partitions_def=ds.quality_seeds,
-        ins={"eval_counts": ds.same_in("eval_counts"), "gene_medians": ds.same_in("gene_medians")},
+        ins={"eval_counts": ds.same_in("eval_counts"), "gene_medians": ds.seed_in("gene_medians", "quality_seed")},
         kinds={"numpy"},
         description="Test and validation cells as Geneformer rank-value token corpora.",
     )

@@ -3,8 +3,8 @@
 Each dataset has its own asset group, so each can have its own size and quality grid. Inside a group:
 
     raw_counts                       unpartitioned
-    split                            seed             s=42
-    eval_counts, gene_medians, ...   quality x seed   q=0.1_s=42
+    split, gene_medians              seed             s=42
+    eval_counts, eval_corpus         quality x seed   q=0.1_s=42
     train_counts, model_*, mi_* ...  setting          n=300_q=0.1_s=42
 
 Upstream partitions map to downstream ones with ``StaticPartitionMapping`` only (DESIGN §8: custom
@@ -53,6 +53,10 @@ class DatasetAssets:
 
     def split_in(self, downstream: str) -> AssetIn:
         """The split of the downstream partition's seed (downstream: 'quality_seed' or 'setting')."""
+        return self.seed_in("split", downstream)
+
+    def seed_in(self, asset: str, downstream: str) -> AssetIn:
+        """A per-seed asset seen from a 'quality_seed' or 'setting' partition (same seed)."""
         mapping: dict[str, list[str]] = {}
         if downstream == "quality_seed":
             for k in self.study.quality_seed_keys(self.name):
@@ -60,7 +64,7 @@ class DatasetAssets:
         else:
             for k in self.study.setting_keys(self.name):
                 mapping.setdefault(f"s={parse_setting_key(k).seed}", []).append(k)
-        return AssetIn(key=self.key("split"), partition_mapping=StaticPartitionMapping(mapping))
+        return AssetIn(key=self.key(asset), partition_mapping=StaticPartitionMapping(mapping))
 
     def quality_seed_in(self, asset: str) -> AssetIn:
         """A quality x seed asset seen from a setting partition (same quality and seed)."""

@@ -49,7 +49,7 @@ def train_corpus_asset(ds: DatasetAssets):
         key=ds.key("train_corpus"),
         group_name=ds.name,
         partitions_def=ds.settings,
-        ins={"train_counts": ds.same_in("train_counts"), "gene_medians": ds.quality_seed_in("gene_medians")},
+        ins={"train_counts": ds.same_in("train_counts"), "gene_medians": ds.seed_in("gene_medians", "setting")},
         kinds={"numpy"},
         description="Training cells as a Geneformer rank-value token corpus (ragged token arrays + lengths).",
     )
