@@ -51,15 +51,19 @@ def test_fit_embed_save_reload_identical(corpora, fitted, tmp_path):
     assert again.fit_report.steps == 4 and len(again.fit_report.history) == 2
 
 
-def test_embedding_is_the_masked_mean_of_the_last_hidden_layer(corpora, fitted):
+def test_embedding_is_the_masked_mean_of_the_second_to_last_layer(corpora, fitted):
     _, _, val, _ = corpora
     model = fitted.model.eval()
     z = fitted.embed(val, batch_size=7)
+    assert fitted.hyperparameters()["emb_layer"] == -1
     for i in (0, 5):
         ids = torch.from_numpy(val[i].astype(np.int64))[None]
         with torch.no_grad():
-            hidden = model.bert(input_ids=ids).last_hidden_state[0]
-        np.testing.assert_allclose(z[i], hidden.mean(0).numpy(), atol=1e-5)
+            out = model.bert(input_ids=ids, output_hidden_states=True)
+        # 3 layers: hidden_states = (embeddings, layer 1, layer 2, layer 3); Geneformer emb_layer=-1 is layer 2
+        assert len(out.hidden_states) == 4
+        np.testing.assert_allclose(z[i], out.hidden_states[2][0].mean(0).numpy(), atol=1e-5)
+        assert not np.allclose(z[i], out.last_hidden_state[0].mean(0).numpy(), atol=1e-3)
 
 
 def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):

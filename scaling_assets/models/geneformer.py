@@ -1,6 +1,6 @@
 """Geneformer (DESIGN §5): ``transformers.BertForMaskedLM`` pre-trained with the HF ``Trainer`` on
-a rank-value corpus (scaling_assets.tokenize), then cells embedded as the mean of the last hidden
-layer over non-padding tokens (256-d).
+a rank-value corpus (scaling_assets.tokenize), then cells embedded as the mean over non-padding
+tokens of the second-to-last layer (Geneformer's ``emb_layer=-1``, as the reference ran it; 256-d).
 
 Data: training and validation are ``Corpus`` directories; cells are read from the memory-mapped
 token file one at a time by the DataLoader, so corpus size is bounded by disk, not memory (the
@@ -41,6 +41,9 @@ BERT_CONFIG = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads=4, 
 TRAINING = dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
                 per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
 MLM_PROBABILITY = 0.15
+# Cell embedding layer in Geneformer's `emb_layer` convention (0 = last layer, -1 = second-to-last),
+# the reference's call: hidden_states[num_hidden_layers + EMB_LAYER], mean over non-padding tokens.
+EMB_LAYER = -1
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -134,7 +137,8 @@ class GeneformerModel(RepresentationModel):
                 "load_best_model_at_end": True, "max_epochs_rule": "max(1, floor(10 * 1e7 / N))",
                 "num_train_epochs": self._num_train_epochs, "max_steps": b.max_steps,
                 "eval_max_cells": b.eval_max_cells, "budget": self.budget, "seed": self.seed,
-                "embedding": "mean of last hidden layer over non-padding tokens"}
+                "emb_layer": EMB_LAYER,
+                "embedding": "mean over non-padding tokens of the second-to-last layer (Geneformer emb_layer=-1)"}
 
     def _check_corpus(self, corpus, what: str) -> Corpus:
         if not isinstance(corpus, Corpus):
@@ -251,7 +255,8 @@ class GeneformerModel(RepresentationModel):
                 ids[j, : len(c)] = c
             ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
             mask = (ids != PAD_ID)
-            hidden = model.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            states = model.bert(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
+            hidden = states[model.config.num_hidden_layers + EMB_LAYER]  # states[0] is the token embedding
             m = mask.unsqueeze(-1).to(hidden.dtype)
             out[idx] = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
         return out
