@@ -93,3 +93,22 @@ def test_fit_tables_per_group():
     full = size[(size.signal == "cell_type") & (size.quality == 1.0) & (size.algorithm == "scvi")].iloc[0]
     assert full.fitted and full.r2 > 0.95 and full.n_points == 4
     assert not size[size.signal == "protein"].fitted.any()  # 1 cell count
+
+
+def test_laws_are_fitted_on_the_raw_estimates_not_the_clipped_ones():
+    # Near zero the raw estimates scatter around the truth; clipping at 0 would lift their mean.
+    rng = np.random.default_rng(5)
+    rows = []
+    for u in (20, 60, 200, 600, 2000, 6000):
+        for seed in range(6):
+            raw = noise_law(u, 0.3, 3000.0) + rng.normal(0, 0.05)
+            rows.append(dict(dataset="sim", signal="protein", algorithm="pca", cells=1000, umis_per_cell=float(u),
+                             seed=seed, mi_bits=max(raw, 0.0), mi_bits_raw=raw))
+    df = pd.DataFrame(rows)
+    fit = fit_noise_laws(df).iloc[0]
+    assert fit.mi_column == "mi_bits_raw"
+    means = df.groupby("umis_per_cell")["mi_bits_raw"].mean()
+    expected = fit_noise_law(means.index, means.to_numpy())
+    assert fit.i_max == pytest.approx(expected.params["i_max"])
+    clipped = fit_noise_laws(df.drop(columns="mi_bits_raw")).iloc[0]  # a table without raw estimates
+    assert clipped.mi_column == "mi_bits" and clipped.i_max != pytest.approx(fit.i_max)

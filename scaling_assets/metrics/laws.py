@@ -3,6 +3,9 @@
 noise law  I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max)))   (u = UMIs per cell)
 size law   I(N) = I_inf - (N/N_0)^(-s)                                          (N = training cells)
 
+Fits use the raw MI estimates (``mi_bits_raw``), not max(0, MI): KSG is unbiased around zero, and
+averaging clipped values would bias the fits upward where the information is near zero.
+
 Scale parameters (u_bar, N_0) are fitted in log-space, which keeps them positive and makes the
 fit well-conditioned across decades; their standard errors come back by the delta method.
 """
@@ -25,6 +28,12 @@ MIN_POINTS_NOISE = 3
 MIN_POINTS_SIZE = 4
 NOISE_GROUP = ["dataset", "signal", "algorithm", "cells"]
 SIZE_GROUP = ["dataset", "signal", "algorithm", "quality"]
+RAW_MI = "mi_bits_raw"
+
+
+def mi_value_column(mi_df: pd.DataFrame) -> str:
+    """The MI column the laws are fitted on: the raw estimates; ``mi_bits`` for a table without them."""
+    return RAW_MI if RAW_MI in mi_df.columns else "mi_bits"
 
 
 def noise_law(u, i_max, u_bar):
@@ -137,19 +146,22 @@ def fit_size_law(n_cells, mi) -> FitResult:
 
 
 def _fit_groups(mi_df: pd.DataFrame, keys: list[str], x_col: str, fit, names: list[str]) -> pd.DataFrame:
-    require_columns(mi_df, keys + [x_col, "mi_bits"], "MI table")
+    y_col = mi_value_column(mi_df)
+    require_columns(mi_df, keys + [x_col, y_col], "MI table")
     rows = []
     for key, group in mi_df.groupby(keys, sort=True, dropna=False):
         # average seeds at each grid point; the fit sees one point per distinct x
-        means = group.groupby(x_col)["mi_bits"].mean()
+        means = group.groupby(x_col)[y_col].mean()
         res = fit(means.index.to_numpy(), means.to_numpy())
         row = dict(zip(keys, key))
         for name in names:
             row[name] = res.params.get(name, np.nan)
             row[f"{name}_se"] = res.se.get(name, np.nan)
-        row.update(r2=res.r2, n_points=res.n_points, n_rows=len(group), fitted=res.fitted, reason=res.reason)
+        row.update(r2=res.r2, n_points=res.n_points, n_rows=len(group), fitted=res.fitted, reason=res.reason,
+                   mi_column=y_col)
         rows.append(row)
-    columns = keys + [c for n in names for c in (n, f"{n}_se")] + ["r2", "n_points", "n_rows", "fitted", "reason"]
+    columns = keys + [c for n in names for c in (n, f"{n}_se")] + ["r2", "n_points", "n_rows", "fitted", "reason",
+                                                                   "mi_column"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from scaling_assets.errors import InputError  # noqa: E402
-from scaling_assets.metrics.laws import noise_law, size_law  # noqa: E402
+from scaling_assets.metrics.laws import mi_value_column, noise_law, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
 PANEL = ["dataset", "signal"]
@@ -61,7 +61,8 @@ def _fit_lookup(fits: pd.DataFrame, keys: dict) -> pd.Series | None:
 
 
 def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xlabel, title):
-    require_columns(mi_df, PANEL + [x_col, series_col, "mi_bits"], "MI table")
+    y_col = mi_value_column(mi_df)  # the points the laws were fitted on
+    require_columns(mi_df, PANEL + [x_col, series_col, y_col], "MI table")
     panels = list(mi_df.groupby(PANEL, sort=True)) if len(mi_df) else []
     fig, axes = _panels(len(panels), title)
     if not panels:
@@ -70,7 +71,7 @@ def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xl
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, (series, pts) in enumerate(panel.groupby(series_col, sort=True)):
             colour = colours[i % len(colours)]
-            means = pts.groupby(x_col)["mi_bits"].agg(["mean", "std"]).reset_index()
+            means = pts.groupby(x_col)[y_col].agg(["mean", "std"]).reset_index()
             keys = {"dataset": dataset, "signal": signal, series_col: series, **fit_keys(pts)}
             fit = _fit_lookup(fits_df, keys)
             fitted = fit is not None and bool(fit.get("fitted", False))
