@@ -135,6 +135,19 @@ def test_options_are_used():
             lmi.estimate(x, y, device="cuda")
 
 
+def test_reference_preset_is_the_reference_call():
+    opts = lmi.resolve_options({"preset": "reference"})
+    assert (opts.validation_fraction, opts.batch_size, opts.epochs, opts.lr, opts.patience) == (0.3, 512, 300, 1e-4, 30)
+    assert opts.widths == (1024, 512, 256) and opts.adam_eps == 1e-7 and opts.k == 3 and opts.latent_dim == 8
+    assert lmi.resolve_options({}).widths == (128, 64)  # the fast default
+    assert lmi.resolve_options({"preset": "reference", "epochs": 2}).epochs == 2  # explicit options win
+    with pytest.raises(InputError, match="unknown LMI preset 'paper'"):
+        lmi.resolve_options({"preset": "paper"})
+    x, y = small_pairs()
+    r = lmi.estimate_pointwise(x, y, preset="reference", epochs=2, hidden=[32, 16, 8], device="cpu")
+    assert r.n_eval == round(0.3 * len(x)) and r.epochs == 2
+
+
 def test_one_dimensional_inputs_are_one_feature():
     rng = np.random.default_rng(0)
     a = rng.standard_normal(300)

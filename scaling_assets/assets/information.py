@@ -53,6 +53,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         umis_per_cell = read_summary(eval_counts)["test"]["umis_per_cell"]
         signals = task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
         results = []
+        lmi_preset = ds.study.lmi.get("preset", "fast")
         with step_device(context, name, values.shape[1]) as device, timed() as elapsed:
             for sig in signals:
                 est = estimate_pointwise(sig.x, sig.y, seed=setting.seed, device=device, **ds.study.lmi)
@@ -62,7 +63,8 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
                 # little negative; the table reports max(0, estimate) and keeps the raw value, which the
                 # scaling laws are fitted on (averaging clipped values biases fits upward near zero).
                 results.append({"signal": sig.signal, "mi_bits": max(raw_bits, 0.0), "mi_bits_raw": raw_bits,
-                                "mi_bits_se": se, "pairs": int(sig.n_pairs), "pairs_evaluated": int(est.n_eval)})
+                                "mi_bits_se": se, "pairs": int(sig.n_pairs), "pairs_evaluated": int(est.n_eval),
+                                "lmi_preset": lmi_preset})
                 context.log.info(f"{algorithm} {sig.signal}: {est.mi_bits:.3f} bits from {sig.n_pairs} pairs")
         record = {
             "dataset": ds.name, "task": ds.config.task, "algorithm": algorithm, "cells": setting.cells,

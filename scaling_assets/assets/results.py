@@ -45,11 +45,11 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "cells": record["cells"], "quality": record["quality"], "umis_per_cell": record["umis_per_cell"],
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
-                "pairs_evaluated": sig["pairs_evaluated"],
+                "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
-    df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated"])
+    df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 

@@ -6,10 +6,12 @@ part of the pairs with early stopping on the held-back pairs; the KSG estimator 
 max-norm, Kraskov estimator 1) is then applied to the latents of the held-back pairs. MI in bits
 is the mean pointwise MI.
 
-The reference trains 1024-wide networks at lr 1e-4 for up to 300 epochs (minutes per estimate).
-Here the networks are 128 wide, trained at lr 5e-3 with one CPU thread and an "epoch" capped at
-16 steps; on the Gaussian benchmarks this gives the reference's estimates (within its seed
-spread) in about a second of CPU time for 1,500 pairs. KSG neighbour search uses KD-trees
+Two presets (``preset`` option): ``fast`` (the default) trains 128/64-wide networks at lr 5e-3 with
+one CPU thread, an "epoch" capped at 16 steps and half the pairs held back; on the Gaussian
+benchmarks it gives the reference's estimates (within its seed spread) in about a second of CPU
+time for 1,500 pairs. ``reference`` is the reference study's call: 30% of the pairs held back,
+batch 512, up to 300 full-pass epochs, Adam lr 1e-4 (eps 1e-7), patience 30 on the held-back loss,
+networks 1024/512/256 (minutes per estimate on a CPU). benchmarks/bench_lmi_presets.py compares them. KSG neighbour search uses KD-trees
 (max-norm radius counts), so memory stays linear in the number of pairs.
 
 Entry points: ``estimate(x, y, seed=0, **options) -> float`` and
@@ -38,7 +40,8 @@ MIN_EVAL_PAIRS = 32
 @dataclass(frozen=True)
 class LMIOptions:
     latent_dim: int = 8
-    hidden: int = 128  # width of the first hidden layer; the next one is half of it
+    # hidden-layer widths of each encoder (decoders mirror them); an int h means (h, h // 2)
+    hidden: int | tuple[int, ...] = 128
     epochs: int = 100  # maximum; early stopping usually ends training after 30-50
     patience: int = 15
     min_delta: float = 1e-4  # relative drop in validation loss that counts as an improvement
@@ -48,6 +51,7 @@ class LMIOptions:
     max_steps_per_epoch: int = 16
     max_validation_pairs: int = 4096  # early-stopping loss on at most this many held-back pairs
     lr: float = 5e-3
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     cross_dropout: float = 0.5  # dropout on the cross decoders, as in the reference
     # held-back share: these pairs early-stop training and are the ones KSG evaluates (as in the reference)
@@ -57,6 +61,23 @@ class LMIOptions:
     # CPU threads torch may use during the estimate (restored afterwards). These networks are
     # small: one thread is fastest and cannot oversubscribe cores shared with other jobs.
     threads: int = 1
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        if isinstance(self.hidden, int):
+            return (self.hidden, max(self.hidden // 2, self.latent_dim))
+        return tuple(int(h) for h in self.hidden)
+
+
+NO_CAP = 1 << 62  # "no limit" for the step and validation caps
+PRESETS = {
+    "fast": {},
+    # The reference study's latentmi call (Gowri et al.): full passes, every held-back pair in the
+    # early-stopping loss, any decrease counts as an improvement.
+    "reference": dict(validation_fraction=0.3, batch_size=512, epochs=300, lr=1e-4, adam_eps=1e-7,
+                      patience=30, hidden=(1024, 512, 256), max_steps_per_epoch=NO_CAP,
+                      max_validation_pairs=NO_CAP, min_delta=0.0),
+}
 
 
 @dataclass
@@ -136,9 +157,9 @@ def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
 class CrossAutoencoder(nn.Module):
     """Paired autoencoder: x and y each encode to a latent that must rebuild both x and y."""
 
-    def __init__(self, dx: int, dy: int, latent: int, hidden: int, cross_dropout: float):
+    def __init__(self, dx: int, dy: int, latent: int, widths: tuple[int, ...], cross_dropout: float):
         super().__init__()
-        h = [hidden, max(hidden // 2, latent)]
+        h = list(widths)
         self.enc_x = _mlp([dx, *h, latent])
         self.enc_y = _mlp([dy, *h, latent])
         self.dec_xx = _mlp([latent, *h[::-1], dx])
@@ -183,15 +204,24 @@ def _standardise(a: np.ndarray) -> np.ndarray:
     return np.clip(z, -10.0, 10.0)
 
 
-def _resolve_options(options: dict) -> LMIOptions:
+def resolve_options(options: dict) -> LMIOptions:
+    """Options of one estimate: the named ``preset`` (default ``fast``), then the explicit options over it."""
+    options = dict(options)
+    preset = options.pop("preset", "fast")
+    if preset not in PRESETS:
+        raise InputError(f"unknown LMI preset {preset!r}; expected one of {sorted(PRESETS)}")
     known = set(LMIOptions.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
-        raise InputError(f"unknown LMI option(s) {unknown}; expected some of {sorted(known)}")
-    opts = LMIOptions(**options)
+        raise InputError(f"unknown LMI option(s) {unknown}; expected some of {sorted(known | {'preset'})}")
+    if isinstance(options.get("hidden"), list):
+        options["hidden"] = tuple(options["hidden"])
+    opts = LMIOptions(**{**PRESETS[preset], **options})
     if not 0 < opts.validation_fraction < 1:
         raise InputError(f"validation_fraction must be in (0, 1), got {opts.validation_fraction}")
-    for name in ("latent_dim", "hidden", "epochs", "patience", "batch_size", "k", "threads",
+    if min(opts.widths) < 1:
+        raise InputError(f"LMI option hidden must hold positive widths, got {opts.hidden}")
+    for name in ("latent_dim", "epochs", "patience", "batch_size", "k", "threads",
                  "max_steps_per_epoch", "max_validation_pairs"):
         if getattr(opts, name) < 1:
             raise InputError(f"LMI option {name} must be >= 1, got {getattr(opts, name)}")
@@ -205,7 +235,7 @@ def estimate_pointwise(x, y, seed: int = 0, **options) -> LMIResult:
     A variable with no variance carries no information: the result is 0 bits with
     ``note = "constant: ..."`` instead of an error.
     """
-    opts = _resolve_options(options)
+    opts = resolve_options(options)
     x, y = _as_matrix("x", x), _as_matrix("y", y)
     n = len(x)
     if len(y) != n:
@@ -281,9 +311,10 @@ def _train_and_embed_seeded(xs, ys, train_idx, eval_idx, opts, seed, device, cud
         vy = torch.as_tensor(ys[eval_idx], dtype=torch.float32, device=dev)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         val_idx = torch.randperm(len(vx), generator=gen)[: opts.max_validation_pairs].to(dev)
-        model = CrossAutoencoder(xs.shape[1], ys.shape[1], opts.latent_dim, opts.hidden, opts.cross_dropout).to(dev)
+        model = CrossAutoencoder(xs.shape[1], ys.shape[1], opts.latent_dim, opts.widths, opts.cross_dropout).to(dev)
         # fused Adam: one kernel for all parameters, markedly less per-step overhead on small nets
-        optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+        optim = torch.optim.Adam(model.parameters(), lr=opts.lr, eps=opts.adam_eps, weight_decay=opts.weight_decay,
+                                 fused=True)
         batches = _batches(len(tx), min(opts.batch_size, len(tx)), gen, dev)
         steps = min(math.ceil(len(tx) / opts.batch_size), opts.max_steps_per_epoch)
         best, best_state, since_best, history, epoch = math.inf, None, 0, [], 0
