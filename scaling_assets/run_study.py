@@ -44,7 +44,7 @@ def plan(study: Study) -> list[Batch]:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
         for s in study.seeds:
-            names = ["split"] + (["gene_medians"] if geneformer else [])
+            names = ["split"] + (["gene_medians"] if geneformer else []) + (["pca_genes"] if "pca" in study.algorithms else [])
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
         for qs in study.quality_seed_keys(ds):
             _, seed = parse_quality_seed_key(qs)

@@ -145,6 +145,10 @@ class Study:
         d = self.datasets[dataset]
         return [quality_seed_key(q, s) for s in self.seeds for q in d.qualities]
 
+    def sizes_of(self, dataset: str, algorithm: str) -> tuple[int, ...]:
+        """The training sizes an algorithm runs at on a dataset."""
+        return self.datasets[dataset].sizes
+
     def seed_keys(self) -> list[str]:
         return [seed_key(s) for s in self.seeds]
 

@@ -32,9 +32,9 @@ def test_pca_matches_a_direct_sklearn_computation_and_reloads(data, tmp_path):
     report = m.fit(train, validation=test)
     assert report.stop_reason == "closed_form" and report.budget == "default"
     assert 0 < report.train_loss < 1 and 0 < report.validation_loss < 1
-    # reference: whole-matrix log-normalisation, top-750 by variance, TruncatedSVD(16)
+    # reference: whole-matrix log-normalisation, scanpy's Seurat-flavour 750 HVGs, TruncatedSVD(16)
     L = normalise_log1p(train.read_rows(0, 240)).toarray()
-    hvg = np.sort(np.argsort(-L.var(axis=0), kind="stable")[:750])
+    hvg = scanpy_hvg(train.read_rows(0, 240), 750)
     np.testing.assert_array_equal(m.hvg_idx, hvg)
     ref = TruncatedSVD(16, random_state=0).fit(L[:, hvg])
     np.testing.assert_allclose(np.abs(m.components), np.abs(ref.components_), atol=1e-8)
@@ -48,6 +48,41 @@ def test_pca_matches_a_direct_sklearn_computation_and_reloads(data, tmp_path):
     assert again.fit_report.stop_reason == "closed_form" and len(again.fit_report.history) == 1
     meta = json.loads((tmp_path / "pca" / "model.json").read_text())
     assert meta["algorithm"] == "pca" and meta["n_parameters"] == 12_000
+
+
+def scanpy_hvg(counts, n_top: int) -> np.ndarray:
+    import anndata
+    import scanpy as sc
+
+    adata = anndata.AnnData(counts.astype(np.float64))
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, flavor="seurat", n_top_genes=n_top)
+    return np.flatnonzero(adata.var["highly_variable"].to_numpy())
+
+
+@pytest.mark.parametrize("n_top", [50, 300])
+def test_seurat_hvg_selection_equals_scanpy_streamed_in_chunks(n_top):
+    from scaling_assets.models.hvg import seurat_highly_variable
+
+    src = simulate_counts(300, 600, seed=3)
+    rows = np.arange(10, 290)
+    ours = seurat_highly_variable(src, n_top, rows=rows, chunk_size=37)
+    expected = scanpy_hvg(src.read_subset(rows), n_top)
+    assert len(expected) == n_top
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_pca_uses_genes_chosen_elsewhere(data):
+    train, test = data
+    chosen = np.arange(0, 900, 3)
+    m = PCAModel(train.var_names, seed=0)
+    m.use_genes(chosen, chosen_on="a larger training set")
+    m.fit(train)
+    np.testing.assert_array_equal(m.hvg_idx, chosen)
+    assert m.n_parameters() == 300 * 16 and m.hyperparameters()["hvg_chosen_on"] == "a larger training set"
+    with pytest.raises(InputError, match="gene indices"):
+        PCAModel(train.var_names).use_genes([1, 2, 3], chosen_on="x")
 
 
 def test_pca_with_fewer_genes_than_750_uses_all(tmp_path):

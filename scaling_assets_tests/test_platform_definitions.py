@@ -39,6 +39,7 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
     assert partition_keys(["cite", "raw_counts"]) is None
     assert partition_keys(["cite", "split"]) == ["s=42"]
     assert partition_keys(["cite", "gene_medians"]) == ["s=42"]
+    assert partition_keys(["cite", "pca_genes"]) == ["s=42"]
     assert partition_keys(["cite", "eval_counts"]) == ["q=1_s=42", "q=0.1_s=42", "q=0.01_s=42"]
     assert "n=300_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
     assert len(partition_keys(["cite", "model_scvi"])) == 6
@@ -51,6 +52,7 @@ def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
     # one median table per seed (full-quality pool), used by the corpora of every quality
     assert parents(graph, ["cite", "train_corpus"], setting, ["cite", "gene_medians"]) == ["s=42"]
     assert parents(graph, ["cite", "eval_corpus"], "q=0.01_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "model_pca"], setting, ["cite", "pca_genes"]) == ["s=42"]
     assert parents(graph, ["cite", "model_geneformer"], setting, ["cite", "eval_corpus"]) == ["q=0.1_s=42"]
     assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "model_pca"]) == [setting]
     assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["q=0.1_s=42"]

@@ -112,6 +112,19 @@ def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
         np.testing.assert_array_equal(np.load(corpus / "medians.npy"), full)
 
 
+def test_every_pca_model_of_a_seed_uses_the_genes_of_the_largest_full_quality_training_set(study_run):
+    from scaling_assets.assets.common import read_summary
+    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.models import load_model
+
+    study, _, _, _ = study_run
+    genes = np.load(partition_dir(study.root, ["cite", "pca_genes"], "s=42") / "genes.npy")
+    for key in study.setting_keys("cite"):
+        folder = partition_dir(study.root, ["cite", "model_pca"], key)
+        np.testing.assert_array_equal(load_model(folder / "model").hvg_idx, genes)
+        assert read_summary(folder)["hyperparameters"]["hvg_chosen_on"] == "largest full-quality training set (n=400, q=1)"
+
+
 def test_second_run_skips_everything_but_the_tables(study_run):
     study, instance, _, _ = study_run
     out = io.StringIO()

@@ -5,10 +5,12 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, image_metadata, new_stage, plain, show_progress, write_summary
+from scaling_assets.assets.common import (
+    COUNTS_FILE, image_metadata, new_stage, plain, read_summary, show_progress, write_summary,
+)
 from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.assets.training_sets import CORPUS_DIR
+from scaling_assets.assets.training_sets import CORPUS_DIR, PCA_GENES_FILE
 from scaling_assets.study import parse_setting_key
 
 MODEL_DIR = "model"
@@ -34,7 +36,7 @@ def checkpoint_dir(ds: DatasetAssets, name: str, partition_key: str) -> Path:
     return Path(ds.study.root) / ".work" / ds.name / name / partition_key
 
 
-def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path):
+def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path, prepare=None):
     import shutil
 
     from scaling_assets.metrics.plots import plot_loss_curves
@@ -46,6 +48,8 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     work = checkpoint_dir(ds, f"model_{algorithm}", context.partition_key)
     with step_device(context, f"model_{algorithm}", len(gene_ids)) as device:
         model = get_model_class(algorithm)(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
+        if prepare is not None:
+            prepare(model)
         options = {"checkpoint_dir": work} if resumable else {}
         report = model.fit(train, validation=validation, progress=show_progress(), **options)
     if getattr(model, "resumed_from_step", None):
@@ -93,6 +97,26 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             stage = new_stage(ds.study, name)
             return _train(ds, context, algorithm, Corpus(train_corpus / CORPUS_DIR),
                           Corpus(eval_corpus / "validation"), stage)
+
+        return model
+
+    if algorithm == "pca":
+        @asset(
+            **common,
+            ins={"train_counts": ds.same_in("train_counts"), "pca_genes": ds.seed_in("pca_genes", "setting")},
+            description="PCA fitted on the setting's training counts, on the seed's highly variable genes.",
+        )
+        def model(context: AssetExecutionContext, train_counts: Path, pca_genes: Path):
+            import numpy as np
+
+            from scaling_assets.data.h5ad_io import CsrReader
+
+            genes = np.load(pca_genes / PCA_GENES_FILE)
+            chosen_on = read_summary(pca_genes)["chosen_on"]
+            stage = new_stage(ds.study, name)
+            with CsrReader(train_counts / COUNTS_FILE) as reader:
+                return _train(ds, context, algorithm, reader, None, stage,
+                              prepare=lambda m: m.use_genes(genes, chosen_on))
 
         return model
 

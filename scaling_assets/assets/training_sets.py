@@ -15,6 +15,7 @@ from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.study import parse_setting_key
 
 CORPUS_DIR = "corpus"
+PCA_GENES_FILE = "genes.npy"
 
 
 def train_counts_asset(ds: DatasetAssets):
@@ -64,3 +65,35 @@ def train_corpus_asset(ds: DatasetAssets):
         })
 
     return train_corpus
+
+
+def pca_genes_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("pca_genes"),
+        group_name=ds.name,
+        partitions_def=ds.seeds,
+        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
+        kinds={"numpy"},
+        description="PCA's 750 highly variable genes (Seurat-flavour dispersion, as scanpy flavor='seurat'), "
+        "chosen once per seed on the largest full-quality training set and used by every PCA model of the seed.",
+    )
+    def pca_genes(context: AssetExecutionContext, raw: Path, split: Path):
+        import numpy as np
+
+        from scaling_assets.assets.splits import load_split
+        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.models.hvg import seurat_highly_variable
+        from scaling_assets.models.pca import N_HVG
+
+        cells = max(ds.study.sizes_of(ds.name, "pca"))
+        rows = np.sort(load_split(split).train_rows(cells))
+        stage = new_stage(ds.study, "pca-genes")
+        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
+            genes = seurat_highly_variable(reader, min(N_HVG, reader.n_vars), rows=rows, chunk_size=ds.study.chunk_size)
+        np.save(stage / PCA_GENES_FILE, genes)
+        summary = {"genes": len(genes), "chosen_on": f"largest full-quality training set (n={cells}, q=1)",
+                   "cells": cells}
+        write_summary(stage, summary)
+        return Output(stage, metadata={**summary, "wall_time_s": round(elapsed(), 2)})
+
+    return pca_genes

@@ -1,9 +1,10 @@
-"""PCA (DESIGN §5): normalise to 10,000 per cell, log(x+1), top 750 highly variable genes chosen
-on the training cells, TruncatedSVD(n_components=16).
+"""PCA (DESIGN §5): normalise to 10,000 per cell, log(x+1), top 750 highly variable genes,
+TruncatedSVD(n_components=16).
 
-HVG criterion: the 750 genes with the highest variance of log-normalised values over the training
-cells (ties: lower gene index), computed streaming (per-gene sum and sum of squares). With fewer
-than 750 genes all genes are used.
+HVGs: Seurat-flavour dispersion (``scaling_assets.models.hvg``, as scanpy's flavor="seurat"). In a
+study they are chosen once per seed on the largest full-quality training set (the ``pca_genes``
+asset) and given to every PCA model of that seed with ``use_genes``, as the reference did; a model
+given none chooses them on its own training cells. With fewer than 750 genes all genes are used.
 
 Up to ``IN_MEMORY_MAX_CELLS`` training cells, the cells restricted to the HVGs are held as a sparse
 float64 matrix (N × 750, nnz × 12 bytes) and given to ``TruncatedSVD`` as DESIGN §5 says. Above it
@@ -25,6 +26,7 @@ from sklearn.decomposition import TruncatedSVD
 
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr, normalise_log1p
+from scaling_assets.models.hvg import seurat_highly_variable
 
 N_COMPONENTS = 16
 N_HVG = 750
@@ -45,10 +47,20 @@ class PCAModel(RepresentationModel):
         self.components: np.ndarray | None = None  # (16, n_hvg)
         self.explained_variance_ratio: np.ndarray | None = None
         self.svd_route = "truncated_svd"
+        self.genes_chosen_on = "this model's training cells"
+
+    def use_genes(self, hvg_idx, chosen_on: str) -> None:
+        """Fit on these gene indices (chosen elsewhere, e.g. on the seed's largest full-quality training set)."""
+        hvg_idx = np.sort(np.asarray(hvg_idx, dtype=np.int64))
+        if len(hvg_idx) <= N_COMPONENTS or hvg_idx[0] < 0 or hvg_idx[-1] >= len(self.gene_ids):
+            raise InputError(f"pca: {len(hvg_idx)} gene indices must be > {N_COMPONENTS} and within the "
+                             f"model's {len(self.gene_ids)} genes")
+        self.hvg_idx, self.n_hvg, self.genes_chosen_on = hvg_idx, len(hvg_idx), chosen_on
 
     def hyperparameters(self) -> dict:
         return {"algorithm": self.algorithm, "target_sum": 1e4, "log1p": True, "n_hvg": self.n_hvg,
-                "hvg_criterion": "variance of log-normalised values on training cells",
+                "hvg_criterion": "Seurat dispersion (scanpy flavor='seurat', 20 mean bins)",
+                "hvg_chosen_on": self.genes_chosen_on,
                 "n_components": N_COMPONENTS,
                 "svd": "sklearn TruncatedSVD (randomized, n_iter=5)" if self.svd_route == "truncated_svd"
                 else "exact eigendecomposition of the streamed Gram matrix (TruncatedSVD's components)",
@@ -71,16 +83,10 @@ class PCAModel(RepresentationModel):
         self._check_training_source(train)
         if train.n_obs < 2:
             raise InputError("pca: needs at least 2 training cells")
-        # Pass 1: per-gene mean and variance of log-normalised values, streamed.
-        s1 = np.zeros(len(self.gene_ids))
-        s2 = np.zeros(len(self.gene_ids))
-        for _, X in iter_csr(train, CHUNK):
-            L = normalise_log1p(X)
-            s1 += np.asarray(L.sum(axis=0)).ravel()
-            s2 += np.asarray(L.multiply(L).sum(axis=0)).ravel()
+        if self.hvg_idx is None:  # pass 1: the HVGs of the training cells, streamed
+            self.hvg_idx = seurat_highly_variable(train, self.n_hvg, chunk_size=CHUNK)
+            self.n_hvg = len(self.hvg_idx)
         n = train.n_obs
-        variance = s2 / n - (s1 / n) ** 2
-        self.hvg_idx = np.sort(np.argsort(-variance, kind="stable")[: self.n_hvg])
         if n > IN_MEMORY_MAX_CELLS:
             train_loss = self._fit_streaming(train)
         else:  # Pass 2: the HVG matrix in memory, then the SVD.
@@ -152,5 +158,7 @@ class PCAModel(RepresentationModel):
             model.components = f["components"]
             model.hvg_idx = f["hvg_idx"]
             model.explained_variance_ratio = f["explained_variance_ratio"]
+        model.n_hvg = len(model.hvg_idx)
+        model.genes_chosen_on = meta["hyperparameters"].get("hvg_chosen_on", model.genes_chosen_on)
         return model
 
