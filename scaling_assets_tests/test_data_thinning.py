@@ -89,3 +89,19 @@ def test_float_counts_and_mean_umis():
     assert mean_umis(src, rows=np.array([0, 1])) == pytest.approx(X[:2].sum() / 2)
     with pytest.raises(ValueError, match="q must be in"):
         thin_counts(X, rows, 1.5, 0)
+
+
+def test_rows_with_counts_keeps_the_cells_that_keep_a_umi():
+    from scaling_assets.data.counts import InMemoryCounts
+    from scaling_assets.data.thinning import rows_with_counts
+
+    counts = sp.csr_matrix(np.array([[0, 0], [1, 0], [0, 40], [2, 1], [0, 0], [1, 1]]))
+    src = InMemoryCounts(counts, var_names=["a", "b"])
+    rows = np.array([0, 1, 2, 3, 5])
+    assert list(rows_with_counts(src, rows, 1.0, seed=0)) == [1, 2, 3, 5]  # the empty cell only
+    ones = sp.vstack([sp.csr_matrix(np.array([[0, 40]]))] + [sp.csr_matrix(np.array([[1, 0]]))] * 30, format="csr")
+    src, rows = InMemoryCounts(ones, var_names=["a", "b"]), np.arange(31)
+    kept = rows_with_counts(src, rows, 0.1, seed=7, chunk_size=4)
+    thinned = thin_counts(ones, rows, q=0.1, seed=7)
+    np.testing.assert_array_equal(kept, rows[np.asarray(thinned.sum(axis=1)).ravel() > 0])
+    assert kept[0] == 0 and 1 <= len(kept) < 12  # 40 UMIs survive; most 1-UMI cells do not (~3 of 30 stay)

@@ -62,6 +62,9 @@ def test_mi_table_has_one_row_per_partition_and_signal(study_run):
     assert not mi.duplicated(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).any()
     assert mi["mi_bits"].between(0, np.log2(mi["pairs"])).all()
     assert (mi["pairs"] > 0).all()
+    # every algorithm is scored on the same test cells at a quality (zero-UMI cells dropped for all)
+    assert (mi.groupby(["dataset", "quality"])["test_cells"].nunique() == 1).all()
+    assert (mi["zero_umi_test_cells_dropped"] >= 0).all()
     csv = pd.read_csv(result_paths(study)["mi_table"].with_suffix(".csv"))
     assert len(csv) == len(mi)
 

@@ -1,7 +1,8 @@
 """Stage 3: what every model of a (quality, seed) is evaluated on.
 
 - ``eval_counts``: the test and validation cells thinned to quality q (DESIGN §3: evaluation data is
-  thinned at the same q as the training data of the model it evaluates).
+  thinned at the same q as the training data of the model it evaluates). Test cells left with no
+  UMI at q are dropped here, so every algorithm is scored on the same cells (the count is recorded).
 - ``gene_medians`` (per seed): Geneformer's per-gene nonzero medians over the full-quality (q = 1)
   training pool (never test or validation cells), streamed chunk by chunk; one table per dataset and
   seed, used by the corpora of every quality, as Geneformer and the reference do (medians of thinned
@@ -43,19 +44,23 @@ def eval_counts_asset(ds: DatasetAssets):
     )
     def eval_counts(context: AssetExecutionContext, raw: Path, split: Path):
         from scaling_assets.data.h5ad_io import CsrReader, write_rows
+        from scaling_assets.data.thinning import rows_with_counts
 
         quality, seed = parse_quality_seed_key(context.partition_key)
         sets = load_split(split)
         stage = new_stage(ds.study, "eval")
         with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            test = write_rows(reader, sets.test, stage / TEST_FILE, transform=thinning(quality, seed),
+            test_rows = rows_with_counts(reader, sets.test, quality, seed, chunk_size=ds.study.chunk_size)
+            test = write_rows(reader, test_rows, stage / TEST_FILE, transform=thinning(quality, seed),
                               chunk_size=ds.study.chunk_size, progress=show_progress())
+            test["zero_umi_cells_dropped"] = int(len(sets.test) - len(test_rows))
             val = write_rows(reader, sets.validation, stage / VALIDATION_FILE, transform=thinning(quality, seed),
                              chunk_size=ds.study.chunk_size, progress=show_progress())
         summary = {"test": test, "validation": val, "quality": quality, "seed": seed}
         write_summary(stage, summary)
         return Output(stage, metadata={
             **count_metadata(test), "validation_cells": val["cells"], "quality": quality,
+            "zero_umi_test_cells_dropped": test["zero_umi_cells_dropped"],
             "wall_time_s": round(elapsed(), 2),
         })
 

@@ -50,7 +50,8 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
             rows = np.array([position[c] for c in cell_ids], dtype=np.int64)
             obs = test.read_obs(rows)
             obsm = {"protein": test.read_obsm("protein", rows)} if ds.config.task == "cite" else None
-        umis_per_cell = read_summary(eval_counts)["test"]["umis_per_cell"]
+        test_summary = read_summary(eval_counts)["test"]
+        umis_per_cell = test_summary["umis_per_cell"]
         signals = task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
         results = []
         lmi_preset = ds.study.lmi.get("preset", "fast")
@@ -70,6 +71,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
             "dataset": ds.name, "task": ds.config.task, "algorithm": algorithm, "cells": setting.cells,
             "quality": setting.quality, "umis_per_cell": float(umis_per_cell), "seed": setting.seed,
             "signals": results, "wall_time_s": round(elapsed(), 2),
+            "test_cells": len(cell_ids), "zero_umi_test_cells_dropped": test_summary.get("zero_umi_cells_dropped", 0),
         }
         out_of_range = [
             r for r in results

@@ -111,3 +111,13 @@ def mean_umis(source, rows: np.ndarray | None = None, chunk_size: int = 10_000) 
         total += float(X.sum(dtype=np.float64))
         n += chunk_rows.size
     return total / n if n else 0.0
+
+
+def rows_with_counts(source, rows: np.ndarray, q: float, seed: int, chunk_size: int = 10_000) -> np.ndarray:
+    """The ``rows`` of a CountSource that keep at least one UMI after thinning to ``q`` (one streamed pass)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    keep = []
+    for chunk_rows, X in source.iter_chunks(chunk_size, rows=rows):
+        X = thin_counts(X, chunk_rows, q=q, seed=seed) if q < 1.0 else X
+        keep.append(np.asarray(chunk_rows)[np.asarray(X.sum(axis=1)).ravel() > 0])
+    return np.concatenate(keep) if keep else np.zeros(0, np.int64)

@@ -1,7 +1,7 @@
 """Task signals: the (X, Y) pairs whose mutual information measures what an embedding knows.
 
 Canonical obs columns (written by the data layer): `cell_type`, `day`, `clone`, `x`, `y`;
-CITE-seq proteins in obsm["protein"] (raw counts).
+CITE-seq proteins in obsm["protein"] (raw counts, used as they are: the reference takes no log).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SIGNALS: dict[str, list[str]] = {
 }
 EARLY_DAYS = (2, 4)
 LATE_DAY = 6
-SPATIAL_NEIGHBOURS = 5
+SPATIAL_NEIGHBOURS = 4  # the partner is one of a cell's 4 nearest spatial neighbours, as the reference
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _protein_pairs(obsm: dict[str, np.ndarray], emb: np.ndarray) -> SignalPairs:
         raise InputError(f"obsm['protein'] must have one row per cell ({len(emb)}), got shape {protein.shape}")
     if (protein < 0).any():
         raise InputError("obsm['protein'] must hold non-negative counts")
-    return SignalPairs("protein", emb, np.log1p(protein), len(emb))
+    return SignalPairs("protein", emb, protein, len(emb))  # raw counts, as the reference (no log)
 
 
 def _clone_pairs(obs: pd.DataFrame, emb: np.ndarray, seed: int) -> SignalPairs:
