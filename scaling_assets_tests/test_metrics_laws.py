@@ -112,3 +112,20 @@ def test_laws_are_fitted_on_the_raw_estimates_not_the_clipped_ones():
     assert fit.i_max == pytest.approx(expected.params["i_max"])
     clipped = fit_noise_laws(df.drop(columns="mi_bits_raw")).iloc[0]  # a table without raw estimates
     assert clipped.mi_column == "mi_bits" and clipped.i_max != pytest.approx(fit.i_max)
+
+
+def test_noise_law_x_is_the_nominal_umis_so_seeds_average_at_each_quality():
+    rng = np.random.default_rng(9)
+    rows = []
+    for q in (1.0, 0.3, 0.1, 0.03, 0.01):
+        nominal = round(q * 2580)
+        for seed in (42, 1404, 2701):  # each seed's test cells measure a slightly different depth
+            rows.append(dict(dataset="sim", signal="clone", algorithm="scvi", cells=1000, umis_nominal=nominal,
+                             umis_per_cell=nominal * rng.uniform(0.95, 1.05), seed=seed,
+                             mi_bits_raw=noise_law(nominal, 2.0, 300.0) + rng.normal(0, 0.02)))
+    df = pd.DataFrame(rows).assign(mi_bits=lambda d: d.mi_bits_raw.clip(lower=0))
+    fit = fit_noise_laws(df).iloc[0]
+    assert fit.x_column == "umis_nominal" and fit.n_points == 5 and fit.n_rows == 15  # 5 qualities, 3 seeds each
+    assert fit.i_max == pytest.approx(2.0, abs=0.1) and fit.r2 > 0.99
+    measured = fit_noise_laws(df.drop(columns="umis_nominal")).iloc[0]
+    assert measured.x_column == "umis_per_cell" and measured.n_points == 15  # seeds never average

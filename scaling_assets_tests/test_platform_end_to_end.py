@@ -65,6 +65,13 @@ def test_mi_table_has_one_row_per_partition_and_signal(study_run):
     # every algorithm is scored on the same test cells at a quality (zero-UMI cells dropped for all)
     assert (mi.groupby(["dataset", "quality"])["test_cells"].nunique() == 1).all()
     assert (mi["zero_umi_test_cells_dropped"] >= 0).all()
+    # the noise law's x: round(q * the dataset's mean UMIs per cell at q = 1)
+    from scaling_assets.assets.common import read_summary
+    from scaling_assets.assets.storage import partition_dir
+
+    for dataset, rows in mi.groupby("dataset"):
+        mean = read_summary(partition_dir(study.root, [dataset, "raw_counts"], None))["umis_per_cell"]
+        assert (rows["umis_nominal"] == (rows["quality"] * mean).round()).all()
     csv = pd.read_csv(result_paths(study)["mi_table"].with_suffix(".csv"))
     assert len(csv) == len(mi)
 

@@ -28,14 +28,15 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         key=key,
         group_name=ds.name,
         partitions_def=ds.settings,
-        ins={"embeddings": ds.same_in(f"embeddings_{algorithm}"), "eval_counts": ds.quality_seed_in("eval_counts")},
+        ins={"embeddings": ds.same_in(f"embeddings_{algorithm}"), "eval_counts": ds.quality_seed_in("eval_counts"),
+             "raw": ds.raw_in()},
         kinds={"pytorch"},
         check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True,
                                     description="Every MI estimate lies in [0, log2(pairs)] bits, allowing estimation noise below 0 "
                                     "(0.1 bits or 3 standard errors).")],
         description=f"Latent MI (bits) between {algorithm} test embeddings and the `{ds.config.task}` signals.",
     )
-    def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: Path):
+    def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: Path, raw: Path):
         import numpy as np
 
         from scaling_assets.data.h5ad_io import CsrReader
@@ -52,6 +53,9 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
             obsm = {"protein": test.read_obsm("protein", rows)} if ds.config.task == "cite" else None
         test_summary = read_summary(eval_counts)["test"]
         umis_per_cell = test_summary["umis_per_cell"]
+        # The noise law's x: nominal UMIs per cell, round(q * u), u the dataset's mean at q = 1, the same
+        # for every seed (so seeds average at each quality), as the reference.
+        dataset_umis = float(read_summary(raw)["umis_per_cell"])
         signals = task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
         results = []
         lmi_preset = ds.study.lmi.get("preset", "fast")
@@ -70,6 +74,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         record = {
             "dataset": ds.name, "task": ds.config.task, "algorithm": algorithm, "cells": setting.cells,
             "quality": setting.quality, "umis_per_cell": float(umis_per_cell), "seed": setting.seed,
+            "umis_nominal": int(round(setting.quality * dataset_umis)), "dataset_umis_per_cell": dataset_umis,
             "signals": results, "wall_time_s": round(elapsed(), 2),
             "test_cells": len(cell_ids), "zero_umi_test_cells_dropped": test_summary.get("zero_umi_cells_dropped", 0),
         }

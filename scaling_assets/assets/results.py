@@ -46,12 +46,12 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
-                "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "umis_nominal": record.get("umis_nominal"), "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "test_cells", "zero_umi_test_cells_dropped"])
+                                                      "umis_nominal", "test_cells", "zero_umi_test_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 

@@ -31,6 +31,12 @@ SIZE_GROUP = ["dataset", "signal", "algorithm", "quality"]
 RAW_MI = "mi_bits_raw"
 
 
+def noise_x_column(mi_df: pd.DataFrame) -> str:
+    """The noise law's x: nominal UMIs per cell round(q * u) (one value per quality, so seeds average);
+    the measured ``umis_per_cell`` for a table without it."""
+    return "umis_nominal" if "umis_nominal" in mi_df.columns and mi_df["umis_nominal"].notna().all() else "umis_per_cell"
+
+
 def mi_value_column(mi_df: pd.DataFrame) -> str:
     """The MI column the laws are fitted on: the raw estimates; ``mi_bits`` for a table without them."""
     return RAW_MI if RAW_MI in mi_df.columns else "mi_bits"
@@ -158,16 +164,16 @@ def _fit_groups(mi_df: pd.DataFrame, keys: list[str], x_col: str, fit, names: li
             row[name] = res.params.get(name, np.nan)
             row[f"{name}_se"] = res.se.get(name, np.nan)
         row.update(r2=res.r2, n_points=res.n_points, n_rows=len(group), fitted=res.fitted, reason=res.reason,
-                   mi_column=y_col)
+                   mi_column=y_col, x_column=x_col)
         rows.append(row)
     columns = keys + [c for n in names for c in (n, f"{n}_se")] + ["r2", "n_points", "n_rows", "fitted", "reason",
-                                                                   "mi_column"]
+                                                                   "mi_column", "x_column"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def fit_noise_laws(mi_df: pd.DataFrame) -> pd.DataFrame:
-    """Noise-law fit per (dataset, signal, algorithm, cells); seeds averaged per UMIs-per-cell value."""
-    return _fit_groups(mi_df, NOISE_GROUP, "umis_per_cell", fit_noise_law, ["i_max", "u_bar"])
+    """Noise-law fit per (dataset, signal, algorithm, cells); seeds averaged per nominal UMIs-per-cell value."""
+    return _fit_groups(mi_df, NOISE_GROUP, noise_x_column(mi_df), fit_noise_law, ["i_max", "u_bar"])
 
 
 def fit_size_laws(mi_df: pd.DataFrame) -> pd.DataFrame:

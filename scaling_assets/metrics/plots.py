@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from scaling_assets.errors import InputError  # noqa: E402
-from scaling_assets.metrics.laws import mi_value_column, noise_law, size_law  # noqa: E402
+from scaling_assets.metrics.laws import mi_value_column, noise_law, noise_x_column, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
 PANEL = ["dataset", "signal"]
@@ -106,8 +106,8 @@ def plot_noise_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, path) -> P
     require_columns(mi_df, ["cells"], "MI table")
     if len(mi_df):
         mi_df = mi_df[mi_df["cells"] == mi_df.groupby(PANEL)["cells"].transform("max")]
-    return _plot_law(mi_df, noise_fits_df, path, "umis_per_cell", "algorithm", noise_law,
-                     ["i_max", "u_bar"], lambda pts: _single(pts, "cells"), "UMIs per cell",
+    return _plot_law(mi_df, noise_fits_df, path, noise_x_column(mi_df), "algorithm", noise_law,
+                     ["i_max", "u_bar"], lambda pts: _single(pts, "cells"), "UMIs per cell (nominal, q x mean at q = 1)",
                      "Information vs sequencing depth (noise law)")
 
 
