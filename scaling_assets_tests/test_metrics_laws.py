@@ -129,3 +129,14 @@ def test_noise_law_x_is_the_nominal_umis_so_seeds_average_at_each_quality():
     assert fit.i_max == pytest.approx(2.0, abs=0.1) and fit.r2 > 0.99
     measured = fit_noise_laws(df.drop(columns="umis_nominal")).iloc[0]
     assert measured.x_column == "umis_per_cell" and measured.n_points == 15  # seeds never average
+
+
+def test_size_law_exponent_is_bounded_by_10_as_the_reference():
+    from scaling_assets.metrics.laws import S_MAX, fit_size_law
+
+    assert S_MAX == 10.0
+    cells = np.array([100, 120, 150, 200, 300, 500])
+    steep = fit_size_law(cells, size_law(cells, 3.0, 90.0, 7.0))  # beyond the former bound of 5
+    assert steep.fitted and steep.params["s"] == pytest.approx(7.0, rel=0.02)
+    step = fit_size_law(cells, np.where(cells > 110, 3.0, 1.0))  # a step wants s -> infinity
+    assert step.params["s"] <= S_MAX

@@ -51,3 +51,14 @@ def test_param_table():
     assert list(validate_param_table(df).columns) == PARAM_COLUMNS
     with pytest.raises(InputError, match="'parameters' must be integer"):
         validate_param_table(df.assign(parameters=[1.5]))
+
+
+def test_analysis_choices_are_hyperparameter_rows():
+    from scaling_assets.metrics.tables import analysis_hyperparameters
+
+    rows = {(r["algorithm"], r["hyperparameter"]): r["value"] for r in analysis_hyperparameters({"preset": "reference"})}
+    assert rows[("lmi", "preset")] == "reference" and rows[("lmi", "lr")] == "0.0001"
+    assert rows[("lmi", "hidden")] == "(1024, 512, 256)" and rows[("lmi", "validation_fraction")] == "0.3"
+    assert rows[("signals", "spatial_neighbours")] == "4" and rows[("laws", "fitted_on")] == "mi_bits_raw"
+    assert rows[("laws", "size_law_s_max")] == "10.0"
+    assert analysis_hyperparameters({})[0]["value"] == "fast"

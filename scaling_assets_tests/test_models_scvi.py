@@ -60,6 +60,8 @@ def test_every_design_setting_lands_in_scvi_tools(fitted):
     assert (plan.lr, plan.weight_decay, plan.eps) == (1e-3, 1e-6, 0.01)
     assert plan.optimizer_name == "Adam"
     assert plan.reduce_lr_on_plateau and plan.lr_scheduler_metric == "elbo_validation" and plan.lr_min == 1e-6
+    assert (plan.lr_patience, plan.lr_factor) == (30, 0.6)
+    assert (m.hyperparameters()["plan"]["lr_patience"], m.hyperparameters()["plan"]["lr_factor"]) == (30, 0.6)
     assert (plan.n_epochs_kl_warmup, plan.max_kl_weight, plan.min_kl_weight) == (1, 1.0, 0.0)
     assert plan.n_steps_kl_warmup is None
     es = m.model.trainer.early_stopping_callback

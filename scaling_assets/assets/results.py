@@ -94,9 +94,12 @@ def results_assets(study: Study) -> list:
         return Output(df, metadata=_table_metadata(df))
 
     @asset(key=[GROUP, "hyperparameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
-           kinds={"parquet"}, description="Hyperparameters each algorithm was trained with (and the budget).")
+           kinds={"parquet"}, description="Hyperparameters each algorithm was trained with (and the budget), and "
+           "the study-wide choices of the corpora, evaluation, signals, LMI and law fits.")
     def hyperparameter_table(context: AssetExecutionContext):
-        rows = []
+        from scaling_assets.metrics.tables import analysis_hyperparameters
+
+        rows = [dict(r, budget=study.budget) for r in analysis_hyperparameters(study.lmi)]
         for r in model_records(study):
             for name, value in sorted(r["hyperparameters"].items()):
                 rows.append({"algorithm": r["algorithm"], "budget": r["budget"], "hyperparameter": name,

@@ -28,6 +28,7 @@ MIN_POINTS_NOISE = 3
 MIN_POINTS_SIZE = 4
 NOISE_GROUP = ["dataset", "signal", "algorithm", "cells"]
 SIZE_GROUP = ["dataset", "signal", "algorithm", "quality"]
+S_MAX = 10.0  # upper bound of the size-law exponent, as the reference
 RAW_MI = "mi_bits_raw"
 
 
@@ -130,7 +131,7 @@ def fit_size_law(n_cells, mi) -> FitResult:
     log_n = np.log(cells)
     f = lambda ln, i_inf, log_n0, s: size_law(np.exp(ln), i_inf, np.exp(log_n0), s)
     span = max(float(np.ptp(mi)), 1e-3)
-    bounds = ([float(mi.min()) - 10 * span - 10, log_n.min() - 30, 1e-3], [float(mi.max()) + 10 * span + 10, log_n.max() + 30, 5.0])
+    bounds = ([float(mi.min()) - 10 * span - 10, log_n.min() - 30, 1e-3], [float(mi.max()) + 10 * span + 10, log_n.max() + 30, S_MAX])
     starts = []
     for s0 in (0.2, 0.5, 1.0):
         for gap in (0.1, 1.0):

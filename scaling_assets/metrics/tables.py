@@ -78,3 +78,26 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if not p.exists():
         raise InputError(f"table file {p} does not exist")
     return pd.read_parquet(p)
+
+
+def analysis_hyperparameters(lmi_options: dict) -> list[dict]:
+    """The study-wide choices outside the models, as hyperparameter-table rows (algorithm = the stage)."""
+    from dataclasses import asdict
+
+    from scaling_assets.metrics.laws import RAW_MI, S_MAX
+    from scaling_assets.metrics.lmi import resolve_options
+    from scaling_assets.metrics.signals import SPATIAL_NEIGHBOURS
+
+    lmi = asdict(resolve_options(lmi_options))
+    rows = [("lmi", "preset", lmi_options.get("preset", "fast"))] + [("lmi", k, v) for k, v in sorted(lmi.items())]
+    rows += [
+        ("tokenize", "gene_medians", "nonzero medians over the full-quality (q = 1) training pool of the seed, "
+                                     "used at every quality"),
+        ("evaluation", "zero_umi_test_cells", "dropped for every algorithm at that quality"),
+        ("signals", "protein", "raw protein counts (no log)"),
+        ("signals", "spatial_neighbours", SPATIAL_NEIGHBOURS),
+        ("laws", "fitted_on", RAW_MI),
+        ("laws", "noise_law_x", "umis_nominal = round(q * mean UMIs per cell at q = 1)"),
+        ("laws", "size_law_s_max", S_MAX),
+    ]
+    return [{"algorithm": stage, "hyperparameter": name, "value": str(value)} for stage, name, value in rows]
