@@ -46,15 +46,18 @@ def plan(study: Study) -> list[Batch]:
         for s in study.seeds:
             names = ["split"] + (["gene_medians"] if geneformer else []) + (["pca_genes"] if "pca" in study.algorithms else [])
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
+        corpus_qualities = set(study.quality_seed_keys(ds, "geneformer")) if geneformer else set()
         for qs in study.quality_seed_keys(ds):
             _, seed = parse_quality_seed_key(qs)
-            names = ["eval_counts"] + (["eval_corpus"] if geneformer else [])
+            names = ["eval_counts"] + (["eval_corpus"] if qs in corpus_qualities else [])
             batches.append(Batch(f"{ds} {qs}", [k(n) for n in names], qs, blocks=f"{ds}|{qs}",
                                  blocked_by=[ds, f"{ds}|s={seed}"]))
+        trained_at = {a: set(study.setting_keys(ds, a)) for a in study.algorithms}  # own grids are subsets
         for setting in study.settings(ds):
-            names = ["train_counts"] + (["train_corpus"] if geneformer else [])
+            names = ["train_counts"] + (["train_corpus"] if setting.key in trained_at.get("geneformer", ()) else [])
             for a in study.algorithms:
-                names += [f"model_{a}", f"embeddings_{a}", f"mi_{a}"]
+                if setting.key in trained_at[a]:
+                    names += [f"model_{a}", f"embeddings_{a}", f"mi_{a}"]
             batches.append(Batch(f"{ds} {setting.key}", [k(n) for n in names], setting.key, blocks=f"{ds}|{setting.key}",
                                  blocked_by=[ds, f"{ds}|{setting.seed_key}", f"{ds}|{setting.quality_seed_key}"]))
     results = ["mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"]

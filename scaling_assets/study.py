@@ -120,6 +120,15 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class AlgorithmGrid:
+    """An algorithm's own smaller grid: sizes and qualities picked from the dataset grids (None: all)."""
+
+    sizes: tuple[int, ...] | None = None
+    qualities: tuple[float, ...] | None = None
+    label: str = "smoke test"  # shown next to the algorithm in tables and plots
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     root: Path
@@ -132,28 +141,44 @@ class Study:
     chunk_size: int = 10_000
     lmi: dict[str, Any] = field(default_factory=dict)
     source_file: Path | None = None
+    # An algorithm's own smaller grid (a subset of every dataset's): {algorithm: AlgorithmGrid}
+    algorithm_grids: dict[str, AlgorithmGrid] = field(default_factory=dict)
 
     # -- the grid -------------------------------------------------------------------------------
-    def settings(self, dataset: str) -> list[Setting]:
-        d = self.datasets[dataset]
-        return [Setting(n, q, s) for s in self.seeds for q in d.qualities for n in d.sizes]
+    def settings(self, dataset: str, algorithm: str | None = None) -> list[Setting]:
+        """The dataset's settings; with an algorithm, those it trains at (its own grid, if it has one)."""
+        return [Setting(n, q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)
+                for n in self.sizes_of(dataset, algorithm)]
 
-    def setting_keys(self, dataset: str) -> list[str]:
-        return [s.key for s in self.settings(dataset)]
+    def setting_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
+        return [s.key for s in self.settings(dataset, algorithm)]
 
-    def quality_seed_keys(self, dataset: str) -> list[str]:
-        d = self.datasets[dataset]
-        return [quality_seed_key(q, s) for s in self.seeds for q in d.qualities]
+    def quality_seed_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
+        return [quality_seed_key(q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)]
 
-    def sizes_of(self, dataset: str, algorithm: str) -> tuple[int, ...]:
-        """The training sizes an algorithm runs at on a dataset."""
-        return self.datasets[dataset].sizes
+    def sizes_of(self, dataset: str, algorithm: str | None = None) -> tuple[int, ...]:
+        """The training sizes an algorithm runs at on a dataset (all of the dataset's without one)."""
+        grid = self.algorithm_grids.get(algorithm)
+        sizes = self.datasets[dataset].sizes
+        return sizes if grid is None or grid.sizes is None else tuple(n for n in sizes if n in grid.sizes)
+
+    def qualities_of(self, dataset: str, algorithm: str | None = None) -> tuple[float, ...]:
+        grid = self.algorithm_grids.get(algorithm)
+        qualities = self.datasets[dataset].qualities
+        if grid is None or grid.qualities is None:
+            return qualities
+        return tuple(q for q in qualities if format_quality(q) in {format_quality(g) for g in grid.qualities})
+
+    def grid_label(self, algorithm: str) -> str:
+        """How tables and plots label an algorithm's results ('' on the study grid)."""
+        grid = self.algorithm_grids.get(algorithm)
+        return grid.label if grid is not None else ""
 
     def seed_keys(self) -> list[str]:
         return [seed_key(s) for s in self.seeds]
 
     def n_training_runs(self) -> int:
-        return sum(len(self.settings(d)) for d in self.datasets) * len(self.algorithms)
+        return sum(len(self.settings(d, a)) for d in self.datasets for a in self.algorithms)
 
     def test_size(self, dataset: str) -> int | None:
         """Test cells of a dataset: its own override, the study's, or the default rule."""
@@ -219,7 +244,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         raise _err(path, "top level", "expected a mapping with 'name', 'datasets', ...")
     unknown = set(raw) - {
         "name", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "datasets",
-        "split", "chunk_size", "lmi", "description",
+        "split", "chunk_size", "lmi", "description", "algorithm_grids",
     }
     if unknown:
         raise _err(path, "top level", f"unknown keys {sorted(unknown)}")
@@ -247,6 +272,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         datasets[dname] = _parse_dataset(
             str(dname), draw or {}, study_sizes, study_qualities, n_test, n_validation, path, check_paths
         )
+    algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path)
     return Study(
         name=name,
         root=_resolve_root(raw.get("root", f"study_runs/{name}"), path),
@@ -259,7 +285,35 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         chunk_size=int(raw.get("chunk_size", 10_000)),
         lmi=dict(raw.get("lmi") or {}),
         source_file=path,
+        algorithm_grids=algorithm_grids,
     )
+
+
+def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, AlgorithmGrid]:
+    """``{algorithm: {sizes: [...], qualities: [...], label: ...}}``; every value must be on each dataset's grid."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _err(path, "algorithm_grids", "expected a mapping of algorithm -> {sizes, qualities, label}")
+    grids = {}
+    for algorithm, spec in raw.items():
+        where = f"algorithm_grids.{algorithm}"
+        if algorithm not in algorithms:
+            raise _err(path, where, f"{algorithm!r} is not one of the study's algorithms {list(algorithms)}")
+        spec = spec or {}
+        unknown = set(spec) - {"sizes", "qualities", "label"}
+        if unknown:
+            raise _err(path, where, f"unknown keys {sorted(unknown)}; expected sizes, qualities, label")
+        sizes = tuple(int(n) for n in spec["sizes"]) if spec.get("sizes") is not None else None
+        qualities = tuple(float(q) for q in spec["qualities"]) if spec.get("qualities") is not None else None
+        for d in datasets.values():
+            missing = [n for n in sizes or () if n not in d.sizes]
+            missing += [q for q in qualities or () if format_quality(q) not in {format_quality(x) for x in d.qualities}]
+            if missing:
+                raise _err(path, where, f"{missing} not on dataset {d.name!r}'s grid (sizes {list(d.sizes)}, "
+                                        f"qualities {list(d.qualities)}); an algorithm grid picks from it")
+        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "smoke test")))
+    return grids
 
 
 def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, check_paths) -> DatasetConfig:

@@ -32,6 +32,9 @@ def _show(args: argparse.Namespace) -> int:
     for name, d in s.datasets.items():
         print(f"  {name}: task {d.task}, source {d.source}, cells {d.cells}, sizes {list(d.sizes)}, "
               f"qualities {list(d.qualities)}")
+    for algorithm, grid in s.algorithm_grids.items():
+        print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
+              f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
     print(f"{s.n_training_runs()} training runs")
     return 0
 

@@ -40,26 +40,37 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
     assert partition_keys(["cite", "split"]) == ["s=42"]
     assert partition_keys(["cite", "gene_medians"]) == ["s=42"]
     assert partition_keys(["cite", "pca_genes"]) == ["s=42"]
-    assert partition_keys(["cite", "eval_counts"]) == ["q=1_s=42", "q=0.1_s=42", "q=0.01_s=42"]
-    assert "n=300_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
-    assert len(partition_keys(["cite", "model_scvi"])) == 6
+    assert partition_keys(["cite", "eval_counts"]) == ["q=1_s=42", "q=0.1_s=42", "q=0.01_s=42", "q=0.003_s=42"]
+    assert "n=250_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
+    assert len(partition_keys(["cite", "model_scvi"])) == 16 == len(partition_keys(["cite", "train_counts"]))
+    # Geneformer runs on its own smaller grid (a smoke test), and so do its corpora
+    for asset in ("train_corpus", "model_geneformer", "embeddings_geneformer", "mi_geneformer"):
+        assert partition_keys(["cite", asset]) == ["n=2000_q=1_s=42"]
+    assert partition_keys(["cite", "eval_corpus"]) == ["q=1_s=42"]
     assert partition_keys(["results", "mi_table"]) is None
 
 
 def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
-    setting = "n=3000_q=0.1_s=42"
+    setting = "n=2000_q=0.1_s=42"
     assert parents(graph, ["cite", "train_counts"], setting, ["cite", "split"]) == ["s=42"]
     # one median table per seed (full-quality pool), used by the corpora of every quality
-    assert parents(graph, ["cite", "train_corpus"], setting, ["cite", "gene_medians"]) == ["s=42"]
-    assert parents(graph, ["cite", "eval_corpus"], "q=0.01_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    gf = "n=2000_q=1_s=42"
+    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "train_counts"]) == [gf]
+    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "eval_counts"]) == ["q=1_s=42"]
     assert parents(graph, ["cite", "model_pca"], setting, ["cite", "pca_genes"]) == ["s=42"]
-    assert parents(graph, ["cite", "model_geneformer"], setting, ["cite", "eval_corpus"]) == ["q=0.1_s=42"]
+    assert parents(graph, ["cite", "model_geneformer"], gf, ["cite", "eval_corpus"]) == ["q=1_s=42"]
+    assert parents(graph, ["cite", "mi_geneformer"], gf, ["cite", "eval_counts"]) == ["q=1_s=42"]
     assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "model_pca"]) == [setting]
     assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["q=0.1_s=42"]
     assert parents(graph, ["cite", "eval_counts"], "q=0.01_s=42", ["cite", "split"]) == ["s=42"]
     children = graph.get_child_partition_keys_of_parent("q=0.1_s=42", AssetKey(["cite", "eval_counts"]),
                                                         AssetKey(["cite", "mi_scvi"]))
-    assert sorted(children) == ["n=3000_q=0.1_s=42", "n=300_q=0.1_s=42"]
+    assert sorted(children) == ["n=100_q=0.1_s=42", "n=2000_q=0.1_s=42", "n=250_q=0.1_s=42", "n=750_q=0.1_s=42"]
+    gf_children = graph.get_child_partition_keys_of_parent("q=1_s=42", AssetKey(["cite", "eval_counts"]),
+                                                           AssetKey(["cite", "mi_geneformer"]))
+    assert list(gf_children) == [gf]
 
 
 def test_paper_grid_loads_in_seconds(monkeypatch):

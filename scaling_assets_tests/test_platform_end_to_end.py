@@ -24,6 +24,7 @@ split: {{validation_cells: 100}}
 sizes: [100, 400]
 qualities: [1.0, 0.05]
 lmi: {{epochs: 30}}
+algorithm_grids: {{geneformer: {{sizes: [400], qualities: [1.0, 0.05]}}}}
 datasets:
   cite:        {{task: cite,        source: simulated, cells: 800, genes: 60, seed: 1}}
   lineage:     {{task: lineage,     source: simulated, cells: 1800, genes: 60, seed: 2, split: {{test_cells: 800}}}}
@@ -49,21 +50,23 @@ def test_whole_study_materialises(study_run):
     assert result["failed"] == {}, log
     for ds in study.datasets:
         key = AssetKey([ds, "mi_geneformer"])
-        assert set(instance.get_materialized_partitions(key)) == set(study.setting_keys(ds))
+        assert set(instance.get_materialized_partitions(key)) == set(study.setting_keys(ds, "geneformer"))
+        assert len(study.setting_keys(ds, "geneformer")) == 2 < len(study.setting_keys(ds))
     assert "MI (bits) at the largest training size" in log
 
 
 def test_mi_table_has_one_row_per_partition_and_signal(study_run):
     study, _, _, _ = study_run
     mi = pd.read_parquet(result_paths(study)["mi_table"])
-    expected = sum(len(SIGNALS[d.task]) * len(study.settings(name)) * len(study.algorithms)
-                   for name, d in study.datasets.items())
+    expected = sum(len(SIGNALS[d.task]) * len(study.settings(name, a))
+                   for name, d in study.datasets.items() for a in study.algorithms)
     assert len(mi) == expected
     assert not mi.duplicated(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).any()
     assert mi["mi_bits"].between(0, np.log2(mi["pairs"])).all()
     assert (mi["pairs"] > 0).all()
     # every algorithm is scored on the same test cells at a quality (zero-UMI cells dropped for all)
     assert (mi.groupby(["dataset", "quality"])["test_cells"].nunique() == 1).all()
+    assert set(mi[mi.algorithm == "geneformer"]["grid"]) == {"smoke test"} and set(mi[mi.algorithm == "pca"]["grid"]) == {"study"}
     assert (mi["zero_umi_test_cells_dropped"] >= 0).all()
     # the noise law's x: round(q * the dataset's mean UMIs per cell at q = 1)
     from scaling_assets.assets.common import read_summary
@@ -118,7 +121,7 @@ def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
                                        rows=pool)
     np.testing.assert_array_equal(table, full)
     assert not np.array_equal(np.nan_to_num(thinned), np.nan_to_num(full))  # the old per-quality table differs
-    for corpus in (where("train_corpus", "n=100_q=0.05_s=42") / "corpus", where("eval_corpus", "q=0.05_s=42") / "test"):
+    for corpus in (where("train_corpus", "n=400_q=0.05_s=42") / "corpus", where("eval_corpus", "q=0.05_s=42") / "test"):
         np.testing.assert_array_equal(np.load(corpus / "medians.npy"), full)
 
 

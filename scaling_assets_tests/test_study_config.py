@@ -33,12 +33,16 @@ datasets:
 """
 
 
-def test_default_study_has_all_tasks_and_algorithms_with_a_small_grid():
+def test_default_study_shows_both_laws_with_geneformer_as_a_smoke_test():
     study = load_study("default")
     assert set(study.datasets) == {"cite", "lineage", "spatial", "development"}
     assert study.algorithms == ("pca", "random_projection", "scvi", "geneformer")
-    for d in study.datasets.values():
-        assert len(d.sizes) >= 2 and len(d.qualities) >= 3
+    for name in study.datasets:
+        for algorithm in ("pca", "random_projection", "scvi"):  # enough points for both law fits
+            assert len(study.sizes_of(name, algorithm)) >= 4 and len(study.qualities_of(name, algorithm)) >= 4
+            assert study.grid_label(algorithm) == ""
+        assert len(study.settings(name, "geneformer")) < len(study.settings(name))
+    assert study.grid_label("geneformer") == "smoke test"
     assert study.budget == "default" and len(study.seeds) == 1
 
 
@@ -94,6 +98,19 @@ def test_invalid_studies_name_the_problem(tmp_path, change, message):
         load_study(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_an_algorithm_can_have_its_own_smaller_grid(tmp_path):
+    text = MINIMAL.format(root=tmp_path).replace("algorithms: [pca]", "algorithms: [pca, scvi]")
+    study = load_study(write(tmp_path, text + "algorithm_grids: {scvi: {sizes: [400], qualities: [0.25]}}\n"))
+    assert study.setting_keys("cite", "scvi") == ["n=400_q=0.25_s=7"]
+    assert len(study.setting_keys("cite", "pca")) == 4 == len(study.setting_keys("cite"))
+    assert study.quality_seed_keys("cite", "scvi") == ["q=0.25_s=7"]
+    assert study.n_training_runs() == 5 and study.grid_label("scvi") == "smoke test"
+    with pytest.raises(StudyConfigError, match=r"algorithm_grids.scvi: \[300\] not on dataset 'cite'"):
+        load_study(write(tmp_path, text + "algorithm_grids: {scvi: {sizes: [300]}}\n"))
+    with pytest.raises(StudyConfigError, match="'geneformer' is not one of the study's algorithms"):
+        load_study(write(tmp_path, text + "algorithm_grids: {geneformer: {sizes: [400]}}\n"))
 
 
 def test_missing_data_path_is_named(tmp_path):

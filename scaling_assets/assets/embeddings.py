@@ -29,8 +29,8 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
     @asset(
         key=key,
         group_name=ds.name,
-        partitions_def=ds.settings,
-        ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": ds.quality_seed_in(eval_asset)},
+        partitions_def=ds.settings_of(algorithm),
+        ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": ds.quality_seed_in(eval_asset, algorithm)},
         kinds={"numpy"},
         check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True,
                                     description="Every embedding value is finite (no NaN or inf).")],

@@ -118,8 +118,9 @@ def eval_corpus_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("eval_corpus"),
         group_name=ds.name,
-        partitions_def=ds.quality_seeds,
-        ins={"eval_counts": ds.same_in("eval_counts"), "gene_medians": ds.seed_in("gene_medians", "quality_seed")},
+        partitions_def=ds.quality_seeds_of("geneformer"),
+        ins={"eval_counts": ds.same_in("eval_counts", ds.quality_seeds_of("geneformer")),
+             "gene_medians": ds.seed_in("gene_medians", "quality_seed", "geneformer")},
         kinds={"numpy"},
         description="Test and validation cells as Geneformer rank-value token corpora.",
     )

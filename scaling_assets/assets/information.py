@@ -27,8 +27,9 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
     @asset(
         key=key,
         group_name=ds.name,
-        partitions_def=ds.settings,
-        ins={"embeddings": ds.same_in(f"embeddings_{algorithm}"), "eval_counts": ds.quality_seed_in("eval_counts"),
+        partitions_def=ds.settings_of(algorithm),
+        ins={"embeddings": ds.same_in(f"embeddings_{algorithm}"),
+             "eval_counts": ds.quality_seed_in("eval_counts", algorithm),
              "raw": ds.raw_in()},
         kinds={"pytorch"},
         check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True,

@@ -80,14 +80,15 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
 def model_asset(ds: DatasetAssets, algorithm: str):
     name = f"model_{algorithm}"
     common = dict(
-        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings, kinds={KINDS[algorithm]},
+        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(algorithm), kinds={KINDS[algorithm]},
         retry_policy=retry_policy_for(name),
     )
 
     if algorithm == "geneformer":
         @asset(
             **common,
-            ins={"train_corpus": ds.same_in("train_corpus"), "eval_corpus": ds.quality_seed_in("eval_corpus")},
+            ins={"train_corpus": ds.same_in("train_corpus"),
+                 "eval_corpus": ds.quality_seed_in("eval_corpus", algorithm)},
             description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
             "stopping on the validation corpus.",
         )
@@ -103,7 +104,8 @@ def model_asset(ds: DatasetAssets, algorithm: str):
     if algorithm == "pca":
         @asset(
             **common,
-            ins={"train_counts": ds.same_in("train_counts"), "pca_genes": ds.seed_in("pca_genes", "setting")},
+            ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm)),
+                 "pca_genes": ds.seed_in("pca_genes", "setting", algorithm)},
             description="PCA fitted on the setting's training counts, on the seed's highly variable genes.",
         )
         def model(context: AssetExecutionContext, train_counts: Path, pca_genes: Path):
@@ -122,7 +124,7 @@ def model_asset(ds: DatasetAssets, algorithm: str):
 
     @asset(
         **common,
-        ins={"train_counts": ds.same_in("train_counts")},
+        ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm))},
         description=f"{algorithm} model fitted on the setting's training counts (DESIGN §5 settings).",
     )
     def model(context: AssetExecutionContext, train_counts: Path):

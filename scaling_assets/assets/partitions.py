@@ -47,6 +47,20 @@ class DatasetAssets:
     def settings(self) -> StaticPartitionsDefinition:
         return StaticPartitionsDefinition(self.study.setting_keys(self.name))
 
+    def has_own_grid(self, algorithm: str | None) -> bool:
+        return algorithm in self.study.algorithm_grids
+
+    def settings_of(self, algorithm: str | None) -> StaticPartitionsDefinition:
+        """The settings an algorithm trains at: the dataset's, or its own smaller grid's."""
+        if not self.has_own_grid(algorithm):
+            return self.settings
+        return StaticPartitionsDefinition(self.study.setting_keys(self.name, algorithm))
+
+    def quality_seeds_of(self, algorithm: str | None) -> StaticPartitionsDefinition:
+        if not self.has_own_grid(algorithm):
+            return self.quality_seeds
+        return StaticPartitionsDefinition(self.study.quality_seed_keys(self.name, algorithm))
+
     # -- inputs with their partition mappings -----------------------------------------------
     def raw_in(self) -> AssetIn:
         return AssetIn(key=self.key("raw_counts"))
@@ -55,27 +69,31 @@ class DatasetAssets:
         """The split of the downstream partition's seed (downstream: 'quality_seed' or 'setting')."""
         return self.seed_in("split", downstream)
 
-    def seed_in(self, asset: str, downstream: str) -> AssetIn:
-        """A per-seed asset seen from a 'quality_seed' or 'setting' partition (same seed)."""
+    def seed_in(self, asset: str, downstream: str, algorithm: str | None = None) -> AssetIn:
+        """A per-seed asset seen from a 'quality_seed' or 'setting' partition (same seed); ``algorithm``:
+        the downstream asset is partitioned by that algorithm's grid."""
         mapping: dict[str, list[str]] = {}
         if downstream == "quality_seed":
-            for k in self.study.quality_seed_keys(self.name):
+            for k in self.study.quality_seed_keys(self.name, algorithm):
                 mapping.setdefault(f"s={parse_quality_seed_key(k)[1]}", []).append(k)
         else:
-            for k in self.study.setting_keys(self.name):
+            for k in self.study.setting_keys(self.name, algorithm):
                 mapping.setdefault(f"s={parse_setting_key(k).seed}", []).append(k)
         return AssetIn(key=self.key(asset), partition_mapping=StaticPartitionMapping(mapping))
 
-    def quality_seed_in(self, asset: str) -> AssetIn:
+    def quality_seed_in(self, asset: str, algorithm: str | None = None) -> AssetIn:
         """A quality x seed asset seen from a setting partition (same quality and seed)."""
         mapping: dict[str, list[str]] = {}
-        for k in self.study.setting_keys(self.name):
+        for k in self.study.setting_keys(self.name, algorithm):
             mapping.setdefault(parse_setting_key(k).quality_seed_key, []).append(k)
         return AssetIn(key=self.key(asset), partition_mapping=StaticPartitionMapping(mapping))
 
-    def same_in(self, asset: str) -> AssetIn:
-        """An asset with the same partitions as the downstream one (identity mapping)."""
-        return AssetIn(key=self.key(asset))
-
+    def same_in(self, asset: str, within: StaticPartitionsDefinition | None = None) -> AssetIn:
+        """The same partition of an asset (identity mapping); ``within``: the downstream partitions when
+        they are a subset of the upstream ones (an algorithm's own smaller grid)."""
+        if within is None or within in (self.settings, self.quality_seeds):
+            return AssetIn(key=self.key(asset))
+        keys = within.get_partition_keys()
+        return AssetIn(key=self.key(asset), partition_mapping=StaticPartitionMapping({k: [k] for k in keys}))
 
 __all__ = ["DatasetAssets", "parse_seed_key", "parse_quality_seed_key", "parse_setting_key"]

@@ -27,7 +27,7 @@ def _partition_folders(study: Study, asset_prefix: str):
     """(dataset, algorithm, setting key, folder or None) for every partition of the study grid."""
     for dataset in study.datasets:
         for algorithm in study.algorithms:
-            for key in study.setting_keys(dataset):
+            for key in study.setting_keys(dataset, algorithm):
                 folder = partition_dir(study.root, [dataset, f"{asset_prefix}_{algorithm}"], key)
                 yield dataset, algorithm, key, (folder if folder.exists() else None)
 
@@ -46,12 +46,12 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
-                "umis_nominal": record.get("umis_nominal"), "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study", "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "umis_nominal", "test_cells", "zero_umi_test_cells_dropped"])
+                                                      "umis_nominal", "grid", "test_cells", "zero_umi_test_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 

@@ -49,8 +49,9 @@ def train_corpus_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("train_corpus"),
         group_name=ds.name,
-        partitions_def=ds.settings,
-        ins={"train_counts": ds.same_in("train_counts"), "gene_medians": ds.seed_in("gene_medians", "setting")},
+        partitions_def=ds.settings_of("geneformer"),
+        ins={"train_counts": ds.same_in("train_counts", ds.settings_of("geneformer")),
+             "gene_medians": ds.seed_in("gene_medians", "setting", "geneformer")},
         kinds={"numpy"},
         description="Training cells as a Geneformer rank-value token corpus (ragged token arrays + lengths).",
     )
@@ -85,7 +86,7 @@ def pca_genes_asset(ds: DatasetAssets):
         from scaling_assets.models.hvg import seurat_highly_variable
         from scaling_assets.models.pca import N_HVG
 
-        cells = max(ds.study.sizes_of(ds.name, "pca"))
+        cells = max(ds.study.sizes_of(ds.name, "pca"))  # PCA's own grid, if it has one
         rows = np.sort(load_split(split).train_rows(cells))
         stage = new_stage(ds.study, "pca-genes")
         with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:

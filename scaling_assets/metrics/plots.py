@@ -76,7 +76,8 @@ def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xl
             fit = _fit_lookup(fits_df, keys)
             fitted = fit is not None and bool(fit.get("fitted", False))
             ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
-                        color=colour, capsize=2, label=f"{series}" + ("" if fitted else " (not fitted)"))
+                        color=colour, capsize=2,
+                        label=f"{series}{_grid_note(pts)}" + ("" if fitted else " (not fitted)"))
             if fitted:
                 x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
                 ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
@@ -89,6 +90,12 @@ def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xl
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     return _save(fig, path)
+
+
+def _grid_note(pts: pd.DataFrame) -> str:
+    """' (smoke test)' for results of an algorithm run on its own smaller grid (the MI table's `grid`)."""
+    labels = sorted(set(pts["grid"].dropna()) - {"study"}) if "grid" in pts.columns else []
+    return f" ({', '.join(labels)})" if labels else ""
 
 
 def _single(pts: pd.DataFrame, col: str) -> dict:
@@ -124,7 +131,8 @@ def plot_size_laws(mi_df: pd.DataFrame, size_fits_df: pd.DataFrame, path, algori
             raise InputError(f"no MI rows for algorithm {algorithm!r}")
     return _plot_law(mi_df, size_fits_df, path, "cells", "quality", size_law, ["i_inf", "n0", "s"],
                      lambda pts: {"algorithm": algorithm}, "training cells",
-                     f"Information vs number of cells (size law){f', {algorithm}' if algorithm else ''}")
+                     f"Information vs number of cells (size law){f', {algorithm}' if algorithm else ''}"
+                     f"{_grid_note(mi_df)}")
 
 
 def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None) -> Path:
