@@ -43,7 +43,7 @@ def materialize(env, select, partition=None):
 
 
 def test_materialize_a_partition_chain_from_the_cli(env, tmp_path):
-    for select, partition in [("cite/raw_counts", None), ("cite/split", "s=42"),
+    for select, partition in [("cite/raw_counts", None), ("cite/split,cite/pca_genes", "s=42"),
                               ("cite/eval_counts", "q=0.5_s=42"),
                               ("cite/train_counts,cite/model_pca,cite/embeddings_pca,cite/mi_pca", "n=100_q=0.5_s=42")]:
         proc = materialize(env, select, partition)
