@@ -37,29 +37,44 @@ class Batch:
     blocked_by: list[str] = field(default_factory=list)
 
 
+def _algorithm_assets(algorithm: str) -> list[str]:
+    return (["train_corpus"] if algorithm == "geneformer" else []) + [f"model_{algorithm}", f"embeddings_{algorithm}",
+                                                                         f"mi_{algorithm}"]
+
+
 def plan(study: Study) -> list[Batch]:
     batches: list[Batch] = []
     geneformer = "geneformer" in study.algorithms
+    # An algorithm on its own smaller grid has other partitions: its assets run in batches of their own
+    # (one Dagster run materialises assets of one partitions definition).
+    own = [a for a in study.algorithms if a in study.algorithm_grids]
+    shared = [a for a in study.algorithms if a not in own]
     for ds in study.datasets:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
         for s in study.seeds:
             names = ["split"] + (["gene_medians"] if geneformer else []) + (["pca_genes"] if "pca" in study.algorithms else [])
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
-        corpus_qualities = set(study.quality_seed_keys(ds, "geneformer")) if geneformer else set()
+        own_corpus = set(study.quality_seed_keys(ds, "geneformer")) if "geneformer" in own else set()
         for qs in study.quality_seed_keys(ds):
             _, seed = parse_quality_seed_key(qs)
-            names = ["eval_counts"] + (["eval_corpus"] if qs in corpus_qualities else [])
+            names = ["eval_counts"] + (["eval_corpus"] if "geneformer" in shared else [])
             batches.append(Batch(f"{ds} {qs}", [k(n) for n in names], qs, blocks=f"{ds}|{qs}",
                                  blocked_by=[ds, f"{ds}|s={seed}"]))
-        trained_at = {a: set(study.setting_keys(ds, a)) for a in study.algorithms}  # own grids are subsets
+            if qs in own_corpus:
+                batches.append(Batch(f"{ds} {qs} eval_corpus", [k("eval_corpus")], qs, blocks=f"{ds}|{qs}|corpus",
+                                     blocked_by=[ds, f"{ds}|s={seed}", f"{ds}|{qs}"]))
+        trained_at = {a: set(study.setting_keys(ds, a)) for a in own}  # own grids are subsets
         for setting in study.settings(ds):
-            names = ["train_counts"] + (["train_corpus"] if setting.key in trained_at.get("geneformer", ()) else [])
-            for a in study.algorithms:
-                if setting.key in trained_at[a]:
-                    names += [f"model_{a}", f"embeddings_{a}", f"mi_{a}"]
+            names = ["train_counts"] + [n for a in shared for n in _algorithm_assets(a)]
+            upstream = [ds, f"{ds}|{setting.seed_key}", f"{ds}|{setting.quality_seed_key}"]
             batches.append(Batch(f"{ds} {setting.key}", [k(n) for n in names], setting.key, blocks=f"{ds}|{setting.key}",
-                                 blocked_by=[ds, f"{ds}|{setting.seed_key}", f"{ds}|{setting.quality_seed_key}"]))
+                                 blocked_by=upstream))
+            for a in own:
+                if setting.key in trained_at[a]:
+                    batches.append(Batch(f"{ds} {setting.key} {a}", [k(n) for n in _algorithm_assets(a)], setting.key,
+                                         blocks=f"{ds}|{setting.key}|{a}",
+                                         blocked_by=upstream + [f"{ds}|{setting.key}", f"{ds}|{setting.quality_seed_key}|corpus"]))
     results = ["mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"]
     batches.append(Batch("results", [AssetKey([GROUP, n]) for n in results], None, blocks="results"))
     return batches

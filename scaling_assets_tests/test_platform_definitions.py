@@ -87,3 +87,18 @@ def test_module_exposes_defs_lazily():
 
     assert "defs" in dir(scaling_assets)
     assert scaling_assets.defs.resolve_asset_graph() is not None
+
+
+def test_serial_plan_batches_share_one_partitions_definition(graph):
+    from scaling_assets.run_study import plan
+
+    study = load_study("default")
+    batches = plan(study)
+    for batch in batches:
+        defs = {graph.get(key).partitions_def for key in batch.keys}
+        assert len(defs) == 1, batch.label
+        if batch.partition is not None:
+            assert all(batch.partition in d.get_partition_keys() for d in defs), batch.label
+    geneformer = [b for b in batches if b.label.startswith("cite ") and b.label.endswith(" geneformer")]
+    assert [b.partition for b in geneformer] == ["n=2000_q=1_s=42"]
+    assert geneformer[0].blocked_by[-2:] == ["cite|n=2000_q=1_s=42", "cite|q=1_s=42|corpus"]
