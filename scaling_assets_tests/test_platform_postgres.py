@@ -157,7 +157,7 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
         cur.execute("SELECT asset_key, partition FROM event_logs "
                     "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY asset_key, partition")
         assert cur.fetchall() == sorted([('["cite", "eval_counts"]', key) for key in eval_keys]) + [
-            ('["cite", "raw_counts"]', None), ('["cite", "split"]', "s=42")]
+            ('["cite", "pca_genes"]', "s=42"), ('["cite", "raw_counts"]', None), ('["cite", "split"]', "s=42")]
     finally:
         conn.close()
     assert all((tmp / "root" / "cite" / "eval_counts" / key).is_dir() for key in eval_keys)
