@@ -228,3 +228,22 @@ def _kill_node(c, node):
         except psutil.NoSuchProcess:
             pass
     c.remove_node(node, allow_graceful=False)
+
+
+def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import poll_for_finished_run
+
+    from scaling_assets.compute.ray_launcher import MARKER_NAME
+
+    instance, launch, out, _ = ray_instance
+    (out / "go").write_text("")
+    assert poll_for_finished_run(instance, launch(0), timeout=60).status == DagsterRunStatus.SUCCESS
+    # the node now sees another file system at that path: the submitter's token is not there
+    (out / MARKER_NAME).write_text("another-volume")
+    rid = launch(0)
+    run = poll_for_finished_run(instance, rid, timeout=60)
+    assert run.status == DagsterRunStatus.FAILURE
+    messages = " ".join(e.message or "" for e in instance.all_logs(rid))
+    assert f"study root {out} is not shared storage" in messages
+    assert not (out / f"{rid}.started").exists()
