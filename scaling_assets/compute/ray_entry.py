@@ -6,7 +6,7 @@
    storage the submitter wrote ``<token>`` to;
 2. tags the run with the Ray node and the GPU Ray assigned (``CUDA_VISIBLE_DEVICES``), and pins the
    run's GPU steps to that GPU (``scaling_assets/device``; NVML numbering, so the variable is dropped);
-3. replaces itself with the Dagster run worker.
+3. runs the Dagster run worker (``dagster api execute_run``) in this process.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def main(argv: list[str]) -> int:
             f"On Ray node {tags[TAG_RAY_NODE]} ({socket.gethostname()}), GPU {tags[TAG_RAY_GPU]}", run
         )
     command[-1] = command[-1].strip("'")
+    if command[1:3] == ["-m", "dagster"]:  # same interpreter: run the worker here, skip a 2nd start-up
+        from dagster._cli import cli
+
+        return cli.main(args=command[3:], prog_name="dagster", auto_envvar_prefix="DAGSTER")
     os.execvp(command[0], command)
 
 
