@@ -51,6 +51,23 @@ def test_ray_request_is_the_gpu_fraction_of_the_need():
         ray_request(20000, 16000, 1)
 
 
+def test_the_ray_instance_file_loads_with_the_queue_and_the_ray_launcher(monkeypatch):
+    import yaml
+    from dagster._core.test_utils import instance_for_test
+
+    from scaling_assets.compute.coordinator import GpuAwareRunCoordinator
+    from scaling_assets.compute.ray_launcher import StudyRayRunLauncher
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://ray-head:8265")
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "ray" / "dagster.yaml").read_text())
+    with instance_for_test(overrides=config) as instance:
+        assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
+        assert not instance.run_coordinator.local_gpu_gate
+        assert isinstance(instance.run_launcher, StudyRayRunLauncher)
+        assert instance.run_launcher.address == "http://ray-head:8265"
+        assert instance.run_launcher.gpu_memory_mib == 81559
+
+
 # -- the real cluster --------------------------------------------------------------------------
 def _descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
