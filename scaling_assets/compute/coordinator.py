@@ -148,6 +148,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         cpu_fallback: bool | None = None,
         max_cpu_runs: int | None = None,
         threads_per_run: int | None = None,
+        local_gpu_gate: bool | None = None,
         plan_cache_seconds: float = 1.0,
         **kwargs: Any,
     ):
@@ -159,6 +160,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         self.reserve_after_seconds = 600 if reserve_after_seconds is None else reserve_after_seconds
         self.default_n_genes = default_n_genes
         self.cpu_fallback = True if cpu_fallback is None else cpu_fallback
+        self.local_gpu_gate = True if local_gpu_gate is None else local_gpu_gate
         self._plan_cache_seconds = plan_cache_seconds
         self._cached: tuple[float, list[dict]] | None = None
         self.last_held: dict[str, str] = {}  # run_id -> why it waits (for logs / the operator)
@@ -187,6 +189,10 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             "threads_per_run": Field(
                 IntSource, is_required=False,
                 description="torch/BLAS threads of each run (default: cores // max_cpu_runs, at least 1).",
+            ),
+            "local_gpu_gate": Field(
+                Bool, is_required=False,
+                description="Hold GPU runs by this machine's GPUs (false when a cluster places runs, e.g. Ray).",
             ),
         }
 
@@ -247,6 +253,8 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         base = super().get_run_queue_config()
         cpu_limit = {"key": TAG_CPU_SLOT, "value": "cpu", "limit": self.max_cpu_runs}
         base = base._replace(tag_concurrency_limits=[*base.tag_concurrency_limits, cpu_limit])
+        if not self.local_gpu_gate:  # runs are placed elsewhere (Ray): size and tag them, never hold
+            return base
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > self._plan_cache_seconds:
             try:

@@ -1,0 +1,266 @@
+"""Study runs on a real local Ray cluster (head + GPU worker nodes on localhost, logical GPUs) through
+``StudyRayRunLauncher``: fractional GPU packing, refusal of too-large runs, node loss, cleanup."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from dagster import Definitions, job, op
+
+from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED
+from scaling_assets.compute.ray_launcher import RunTooLargeError, ray_request
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+pytest.importorskip("dagster_ray", reason="dagster-ray is not installed (pip install -e '.[ray]')")
+
+GPU_MIB = 16000
+
+
+# -- a run that holds its GPU until the test says go -----------------------------------------------
+@op
+def hold_op(context):
+    out = Path(os.environ["RAY_TEST_OUT"])
+    staging, final = out / ".staging" / context.run_id, out / "done" / context.run_id
+    staging.mkdir(parents=True)
+    (out / f"{context.run_id}.started").write_text("")
+    deadline = time.time() + 60
+    while not (out / "go").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    final.parent.mkdir(exist_ok=True)
+    staging.rename(final)  # as the study IO manager does: the partition appears whole or not at all
+
+
+@job
+def hold_job():
+    hold_op()
+
+
+defs = Definitions(jobs=[hold_job])
+
+
+# -- the pure request --------------------------------------------------------------------------
+def test_ray_request_is_the_gpu_fraction_of_the_need():
+    assert ray_request(4800, 16000, 1) == {"num_cpus": 1, "num_gpus": 0.3}
+    assert ray_request(4801, 16000, 2) == {"num_cpus": 2, "num_gpus": 0.31}  # rounded up, never down
+    assert ray_request(0, 16000, 1) == {"num_cpus": 1, "num_gpus": 0}
+    with pytest.raises(RunTooLargeError, match="needs 20000 MiB"):
+        ray_request(20000, 16000, 1)
+
+
+def test_the_ray_instance_file_loads_with_the_queue_and_the_ray_launcher(monkeypatch):
+    import yaml
+    from dagster._core.test_utils import instance_for_test
+
+    from scaling_assets.compute.coordinator import GpuAwareRunCoordinator
+    from scaling_assets.compute.ray_launcher import StudyRayRunLauncher
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://ray-head:8265")
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "ray" / "dagster.yaml").read_text())
+    with instance_for_test(overrides=config) as instance:
+        assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
+        assert not instance.run_coordinator.local_gpu_gate
+        assert isinstance(instance.run_launcher, StudyRayRunLauncher)
+        assert instance.run_launcher.address == "http://ray-head:8265"
+        assert instance.run_launcher.gpu_memory_mib == 81559
+
+
+# -- the real cluster --------------------------------------------------------------------------
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    before = _descendants()
+    try:
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": True, "dashboard_port": 0},
+        )
+        gpu_node = c.add_node(num_cpus=4, num_gpus=1)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        url = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
+    except Exception as exc:  # no Ray cluster on this machine: say why, never pass silently
+        print(f"SKIP: a local Ray cluster could not start: {exc!r}")
+        pytest.skip(f"a local Ray cluster could not start: {exc!r}")
+    started = _descendants() - before
+    yield c, gpu_node, url
+    ray.shutdown()
+    c.shutdown()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(psutil.pid_exists(p) for p in started):
+        time.sleep(0.2)
+    alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"Ray processes left running: {alive}"
+
+
+@pytest.fixture
+def ray_instance(cluster, tmp_path, monkeypatch):
+    from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
+    from dagster._core.workspace.load_target import PythonFileTarget
+
+    _, _, url = cluster
+    out = tmp_path / "out"
+    (tmp_path / "home").mkdir()
+    out.mkdir()
+    monkeypatch.setenv("RAY_TEST_OUT", str(out))
+    overrides = {
+        "run_launcher": {
+            "module": "scaling_assets.compute.ray_launcher",
+            "class": "StudyRayRunLauncher",
+            "config": {
+                "ray": {"address": url, "env_vars": ["RAY_TEST_OUT", "PYTHONPATH"]},
+                "gpu_memory_mib": GPU_MIB,
+                "cpus_per_run": 0.25,
+                "study_root": str(out),
+            },
+        },
+        "telemetry": {"enabled": False},
+    }
+    target = PythonFileTarget(
+        python_file=__file__, attribute="defs", working_directory=str(Path(__file__).parents[1]),
+        location_name="ray_test",
+    )
+    with instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as instance, \
+            create_test_daemon_workspace_context(target, instance) as context:
+        workspace = context.create_request_context()
+        remote = workspace.get_code_location("ray_test").get_repository("__repository__").get_full_job("hold_job")
+
+        def launch(need: int) -> str:
+            run = instance.create_run_for_job(
+                hold_job, tags={TAG_GPU_NEED: str(need)}, remote_job_origin=remote.get_remote_origin(),
+                job_code_origin=remote.get_python_origin(),
+            )
+            instance.launch_run(run.run_id, workspace)
+            return run.run_id
+
+        yield instance, launch, out, context
+
+
+def _wait(predicate, timeout=25.0, what="condition", logs=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (_job_logs(*logs) if logs else ""))
+
+
+def _job_logs(url, run_ids) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(url)
+    return "".join(
+        f"\n--- {r}: {client.get_job_status(f'dagster-run-{r}')}\n{client.get_job_logs(f'dagster-run-{r}')[:1500]}"
+        for r in run_ids
+    )
+
+
+def test_small_runs_share_one_gpu_three_at_a_time_and_too_large_runs_are_refused(cluster, ray_instance):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import poll_for_finished_run
+
+    instance, launch, out, _ = ray_instance
+    _, gpu_node, url = cluster
+    big = launch(20000)
+    assert instance.get_run_by_id(big).status == DagsterRunStatus.FAILURE
+    assert any("needs 20000 MiB" in (e.message or "") for e in instance.all_logs(big))
+
+    ids = [launch(4800) for _ in range(4)]  # 0.3 GPU each: three fit on the one logical GPU
+    started = lambda: [r for r in ids if (out / f"{r}.started").exists()]  # noqa: E731
+    _wait(lambda: len(started()) == 3, what="three runs on the GPU", logs=(url, ids))
+    time.sleep(3)
+    assert len(started()) == 3, "a fourth 0.3-GPU run must wait for room on the GPU"
+    (out / "go").write_text("")
+    table = []
+    for rid in ids:
+        run = poll_for_finished_run(instance, rid, timeout=90)
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert run.tags["scaling_assets/ray_node"] == gpu_node.node_id
+        assert run.tags["scaling_assets/ray_gpu"] == "0" and run.tags[TAG_DEVICE] == "cuda:0"
+        table.append((rid[:8], run.tags[TAG_GPU_NEED], run.tags["scaling_assets/ray_node"][:8],
+                      run.tags["scaling_assets/ray_gpu"]))
+    print("\nrun       need MiB  node      GPU")
+    for row in table:
+        print("%-9s %-9s %-9s %s" % row)
+
+
+def test_a_lost_node_fails_its_run_and_the_retry_completes_on_the_remaining_node(cluster, ray_instance):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import poll_for_finished_run
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+    import logging
+
+    c, gpu_node, _ = cluster
+    instance, launch, out, context = ray_instance
+    spare = c.add_node(num_cpus=4, num_gpus=1)
+    c.wait_for_nodes()
+    try:
+        rid = launch(8000)
+        _wait(lambda: (out / f"{rid}.started").exists(), what="the run to start")
+        victim_id = instance.get_run_by_id(rid).tags["scaling_assets/ray_node"]
+        victim = gpu_node if victim_id == gpu_node.node_id else spare
+        survivor = spare if victim is gpu_node else gpu_node
+        _kill_node(c, victim)
+        # run monitoring (the daemon's check) sees the Ray job die with its node
+        workspace = context.create_request_context()
+        deadline = time.time() + 60
+        while instance.get_run_by_id(rid).status == DagsterRunStatus.STARTED and time.time() < deadline:
+            monitor_started_run(instance, workspace, instance.get_run_record_by_id(rid), logging.getLogger())
+            time.sleep(0.5)
+        assert instance.get_run_by_id(rid).status == DagsterRunStatus.FAILURE
+        assert not (out / "done" / rid).exists(), "no half-written output of the lost run"
+
+        retry = launch(8000)
+        (out / "go").write_text("")
+        run = poll_for_finished_run(instance, retry, timeout=90)
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert run.tags["scaling_assets/ray_node"] == survivor.node_id
+        assert (out / "done" / retry).is_dir()
+    finally:
+        if spare in c.worker_nodes:
+            c.remove_node(spare)
+
+
+def _kill_node(c, node):
+    """Node loss: every process of the node dies at once (raylet, workers, their subprocesses)."""
+    procs = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            try:
+                p = psutil.Process(info.process.pid)
+                procs += [p, *p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    c.remove_node(node, allow_graceful=False)
+
+
+def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import poll_for_finished_run
+
+    from scaling_assets.compute.ray_launcher import MARKER_NAME
+
+    instance, launch, out, _ = ray_instance
+    (out / "go").write_text("")
+    assert poll_for_finished_run(instance, launch(0), timeout=60).status == DagsterRunStatus.SUCCESS
+    # the node now sees another file system at that path: the submitter's token is not there
+    (out / MARKER_NAME).write_text("another-volume")
+    rid = launch(0)
+    run = poll_for_finished_run(instance, rid, timeout=60)
+    assert run.status == DagsterRunStatus.FAILURE
+    messages = " ".join(e.message or "" for e in instance.all_logs(rid))
+    assert f"study root {out} is not shared storage" in messages
+    assert not (out / f"{rid}.started").exists()
