@@ -6,7 +6,7 @@ import pytest
 
 from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
-from scaling_assets.metrics.plots import plot_loss_curves, plot_noise_laws, plot_size_laws
+from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_noise_laws, plot_size_laws
 from scaling_assets_tests.test_metrics_laws import grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,3 +47,17 @@ def test_loss_curves_with_missing_values(tmp_path):
     assert_png(plot_loss_curves(epochs, tmp_path / "loss_epochs.png"))
     with pytest.raises(InputError, match="'step' or 'epoch'"):
         plot_loss_curves(pd.DataFrame({"train_loss": [1.0]}), tmp_path / "bad.png")
+
+
+def test_loss_curves_use_the_axis_that_was_recorded(tmp_path):
+    # SCVI: per-epoch losses with an all-empty step column (this was drawn as "no loss values")
+    scvi = pd.DataFrame({"epoch": [0, 1, 2, 3, 4], "step": [np.nan] * 5,
+                         "train_loss": [9.0, 8.0, 7.5, 7.2, 7.1], "validation_loss": [9.5, 8.4, 7.9, 7.7, 7.6]})
+    x, series = loss_points(scvi)
+    assert x == "epoch" and [len(p) for p in series.values()] == [5, 5]
+    assert_png(plot_loss_curves(scvi, tmp_path / "scvi.png"))
+    # Geneformer under a one-step budget: one evaluation, one point (drawn with a marker)
+    one = pd.DataFrame({"epoch": [0.1], "step": [1], "train_loss": [np.nan], "validation_loss": [7.3]})
+    x, series = loss_points(one)
+    assert x == "step" and len(series["validation_loss"]) == 1 and len(series["train_loss"]) == 0
+    assert_png(plot_loss_curves(one, tmp_path / "one.png"))

@@ -67,7 +67,10 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     history = getattr(report, "history", None)
     if history is not None and len(history):
         history.to_csv(stage / HISTORY_FILE, index=False)
-        plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}")
+        note = ("closed-form fit: no iterative training, so no loss curve" if report.stop_reason == "closed_form"
+                else "no loss values recorded")
+        plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
+                         empty_note=note)
         metadata["loss_curve"] = image_metadata(stage / LOSS_PLOT, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     context.log.info(

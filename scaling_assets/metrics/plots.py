@@ -135,26 +135,37 @@ def plot_size_laws(mi_df: pd.DataFrame, size_fits_df: pd.DataFrame, path, algori
                      f"{_grid_note(mi_df)}")
 
 
-def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None) -> Path:
-    """Train and validation loss against step (or epoch); NaNs (no evaluation that step) skipped."""
-    x_col = "step" if "step" in history.columns else "epoch" if "epoch" in history.columns else None
-    if x_col is None:
+def loss_points(history: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The x column that has values ('step', else 'epoch') and, per recorded loss, its points.
+
+    SCVI records epochs with an empty step column and Geneformer records steps: the x axis is
+    whichever of the two was filled in, not merely present."""
+    candidates = [c for c in ("step", "epoch") if c in history.columns]
+    if not candidates:
         raise InputError(f"loss history needs a 'step' or 'epoch' column, got {list(history.columns)}")
+    x_col = next((c for c in candidates if history[c].notna().any()), candidates[0])
     losses = [c for c in ("train_loss", "validation_loss") if c in history.columns]
     if not losses:
         raise InputError(f"loss history needs 'train_loss' and/or 'validation_loss', got {list(history.columns)}")
+    return x_col, {c: history[[x_col, c]].dropna() for c in losses}
+
+
+def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
+                     empty_note: str = "no loss values recorded") -> Path:
+    """Train and validation loss against step (or epoch), markers on every point (a fit with one
+    evaluation is one point); ``empty_note`` is written on the axes when nothing was recorded."""
+    x_col, series = loss_points(history)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     drew = False
-    for col, style in zip(losses, ("-", "o-")):
-        pts = history[[x_col, col]].dropna()
+    for (col, pts), style in zip(series.items(), ("o-", "s--")):
         if len(pts):
-            ax.plot(pts[x_col], pts[col], style, ms=3, label=col.replace("_", " "))
+            ax.plot(pts[x_col], pts[col], style, ms=4, label=col.replace("_", " "))
             drew = True
     if drew:
         ax.set_xlabel(x_col)
         ax.set_ylabel("loss")
         ax.legend()
     else:
-        _empty(ax, "no loss values recorded")
+        _empty(ax, empty_note)
     ax.set_title(title or "loss curves")
     return _save(fig, path)
