@@ -70,3 +70,18 @@ def test_sweep_removes_staging_of_dead_writers_only(tmp_path):
     assert not dead.exists() and live.exists()
     replace_dir(live, tmp_path / "cite" / "split" / "s=1")  # a finished folder leaves no owner record
     assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def test_tables_carry_dagster_standard_metadata():
+    import numpy as np
+
+    from scaling_assets.assets.results import _table_metadata
+
+    df = pd.DataFrame({"cells": [100, 200], "mi_bits": [1.23456789, np.nan], "algorithm": ["pca", "scvi"]})
+    meta = _table_metadata(df, missing=["cite/mi_pca/n=1_q=1_s=1"])
+    assert meta["dagster/row_count"] == 2
+    assert [(c.name, c.type) for c in meta["dagster/column_schema"].columns] == [
+        ("cells", "int"), ("mi_bits", "float"), ("algorithm", "string")]
+    assert [r.data for r in meta["preview"].records] == [
+        {"cells": 100, "mi_bits": 1.2346, "algorithm": "pca"}, {"cells": 200, "mi_bits": None, "algorithm": "scvi"}]
+    assert meta["missing_partitions"] == 1

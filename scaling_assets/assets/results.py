@@ -64,7 +64,24 @@ def model_records(study: Study) -> list[dict]:
 
 
 def _table_metadata(df: pd.DataFrame, missing: list[str] | None = None) -> dict:
-    meta = {"rows": len(df), "preview": MetadataValue.md(df.head(40).to_markdown(index=False) if len(df) else "(empty)")}
+    """Dagster's standard table metadata: row count, column schema, and a preview table."""
+    from dagster import TableColumn, TableRecord, TableSchema
+
+    def dagster_type(dtype) -> str:
+        return "int" if pd.api.types.is_integer_dtype(dtype) else "float" if pd.api.types.is_float_dtype(dtype) \
+            else "bool" if pd.api.types.is_bool_dtype(dtype) else "string"
+
+    schema = TableSchema(columns=[TableColumn(str(c), dagster_type(df[c].dtype)) for c in df.columns])
+    preview = df.head(20).round(4)
+    def cell(v):
+        v = v.item() if hasattr(v, "item") else v  # numpy scalars -> Python
+        if isinstance(v, float) and v != v:
+            return None  # NaN
+        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+    records = [TableRecord({str(k): cell(v) for k, v in row.items()}) for row in preview.to_dict("records")]
+    meta = {"dagster/row_count": len(df), "dagster/column_schema": schema,
+            "preview": MetadataValue.table(records, schema=schema)}
     if missing is not None:
         meta["missing_partitions"] = len(missing)
         if missing:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
 RECORD_FILE = "record.json"
 TABLE_FILE = "table"
@@ -164,7 +164,7 @@ class StudyIOManager(ConfigurableIOManager):
                 f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; the study IO "
                 "manager stores staged folders (Path), DataFrames and dicts"
             )
-        context.add_output_metadata({"path": str(folder)})
+        context.add_output_metadata({"path": MetadataValue.path(str(folder))})
 
     def load_input(self, context: InputContext) -> Any:
         if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
