@@ -32,7 +32,9 @@ MAX_LEN = 512
 TARGET_SUM = 1e4
 # Exact medians keep every nonzero normalised value in memory (12 bytes each). Above this many
 # values the computation switches to a log-spaced histogram (see gene_nonzero_medians).
-EXACT_MEDIAN_MAX_VALUES = 50_000_000
+# exact medians below this many nonzero values (~12 B each, plus a sort); a histogram above it, so
+# peak memory is bounded (~0.2 GB) whatever the pool size
+EXACT_MEDIAN_MAX_VALUES = 5_000_000
 HIST_LO, HIST_HI, HIST_BINS_PER_DECADE = -4.0, 4.0, 400  # normalised values 1e-4 .. 1e4
 
 
@@ -124,7 +126,7 @@ def gene_nonzero_medians(source, rows: np.ndarray | None = None, chunk_size: int
             values_parts.append(values)
             n_values += len(values)
             if n_values > EXACT_MEDIAN_MAX_VALUES:  # switch to the histogram, keep streaming
-                hist = np.zeros((n_genes, n_bins), dtype=np.int64)
+                hist = np.zeros((n_genes, n_bins), dtype=np.int32)  # < 2**31 cells per gene and bin
                 for g, v in zip(genes_parts, values_parts):
                     _add_to_hist(hist, g, v, n_bins)
                 genes_parts, values_parts = [], []
@@ -242,9 +244,13 @@ def build_corpus(
 
 
 class Corpus:
-    """Read-only view of a corpus directory; token ids are memory-mapped, never loaded whole."""
+    """Read-only view of a corpus directory; token ids are memory-mapped, never loaded whole.
 
-    def __init__(self, directory: str | os.PathLike):
+    ``stop_row`` limits it to the cells built from source rows [0, stop_row): a pool corpus seen
+    as the corpus of its first N pool cells (cells with no tokens were dropped at build time).
+    """
+
+    def __init__(self, directory: str | os.PathLike, stop_row: int | None = None):
         self.directory = Path(directory)
         meta_path = self.directory / "corpus.json"
         if not meta_path.is_file():
@@ -253,6 +259,12 @@ class Corpus:
         self.offsets = np.load(self.directory / "offsets.npy")
         self.lengths = np.load(self.directory / "lengths.npy")
         self.rows = np.load(self.directory / "rows.npy")
+        if stop_row is not None:
+            input_cells = int(self.summary.get("input_cells", len(self.rows)))
+            if stop_row > input_cells:
+                raise InputError(f"{directory}: setting N={stop_row} exceeds the corpus's pool of {input_cells} cells")
+            n_cells = int(np.searchsorted(self.rows, stop_row))  # rows ascend: pool order was tokenized in order
+            self.offsets, self.lengths, self.rows = self.offsets[: n_cells + 1], self.lengths[:n_cells], self.rows[:n_cells]
         n_tokens = int(self.offsets[-1])
         self._tokens = (
             np.memmap(self.directory / "tokens.bin", dtype=np.int32, mode="r", shape=(n_tokens,))
@@ -274,7 +286,8 @@ class Corpus:
     @property
     def cell_ids(self) -> np.ndarray:
         if self._cell_ids is None:
-            self._cell_ids = np.array((self.directory / "cell_ids.txt").read_text().splitlines(), dtype=object)
+            with open(self.directory / "cell_ids.txt") as f:  # only the first len(self) lines
+                self._cell_ids = np.array([next(f).rstrip("\n") for _ in range(len(self))], dtype=object)
         return self._cell_ids
 
     @property

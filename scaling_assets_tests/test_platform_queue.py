@@ -103,8 +103,8 @@ def restore_dagster_home():
 def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "queued")
     study = load_study(path)
+    instance = instance_at(home)  # before the command: two processes creating SQLite storage at once can race
     first = study_run(path, env, tmp_path)
-    instance = instance_at(home)
     mi = AssetKey(["cite", "mi_pca"])
     wait_for(lambda: instance.get_materialized_partitions(mi), 240, "a first MI partition")
     daemon_pid = int((home / ".scaling_assets" / "daemon.pid").read_text())
@@ -153,8 +153,8 @@ def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tm
 def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "cancelled")
     study = load_study(path)
-    run = study_run(path, env, tmp_path)
     instance = instance_at(home)
+    run = study_run(path, env, tmp_path)
     wait_for(lambda: instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), 120, "a started run")
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=240)

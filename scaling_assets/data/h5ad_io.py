@@ -140,6 +140,8 @@ def tune_allocator(max_reuse_bytes: int = 1 << 30) -> bool:
     import ctypes
     import ctypes.util
 
+    if os.environ.get("SCALING_ASSETS_TUNE_ALLOCATOR", "1") == "0":
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3

@@ -1,0 +1,208 @@
+"""Training sets without copies: one pool file per seed, row ranges of it thinned on read.
+
+The training pool of a seed is written once, at full quality, in the seed's pool order
+(``pool.h5ad``) with the raw row index of every pool row (``raw_rows.npy``). The N-cell training set
+at quality q is rows [0, N) of that file thinned at q *as it is read*. Thinning keys on the raw row
+index (not the pool row), so a cell looks exactly as it did when every setting wrote its own thinned
+copy: sizes stay nested (a prefix of one order) and qualities nested and consistent
+(``scaling_assets.data.thinning``).
+
+Files written here carry a fingerprint (bytes and BLAKE2b) recorded at write time; a reader checks
+the size on every open (a truncated file from a killed writer is refused) and the hash on request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from scaling_assets.data.thinning import thin_counts
+from scaling_assets.errors import InputError
+
+POOL_FILE = "pool.h5ad"
+RAW_ROWS_FILE = "raw_rows.npy"
+FINGERPRINT_FILE = "fingerprint.json"
+_HASH_BLOCK = 8 << 20
+
+
+def fingerprint(path: Path) -> dict:
+    """Bytes and BLAKE2b of a file, streamed in 8 MiB blocks (bounded memory)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return {"bytes": Path(path).stat().st_size, "blake2b": digest.hexdigest()}
+
+
+def record_fingerprints(folder: Path, names: list[str]) -> dict:
+    """Fingerprint ``names`` inside ``folder`` and store them beside the files."""
+    prints = {name: fingerprint(folder / name) for name in names}
+    (folder / FINGERPRINT_FILE).write_text(json.dumps(prints, indent=2, sort_keys=True))
+    return prints
+
+
+def verify_folder(folder: Path, full_hash: bool = False) -> None:
+    """Refuse a folder whose files are missing, or whose size (or hash) differs from the recorded one."""
+    folder = Path(folder)
+    recorded = folder / FINGERPRINT_FILE
+    if not recorded.is_file():
+        raise InputError(f"{folder}: no {FINGERPRINT_FILE}; the writer did not finish; rebuild this partition")
+    for name, expected in json.loads(recorded.read_text()).items():
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"{path}: missing (recorded {expected['bytes']} bytes at write); rebuild this partition")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise InputError(f"{path}: {size} bytes, expected {expected['bytes']} recorded at write "
+                             "(truncated or overwritten); rebuild this partition")
+        if full_hash and fingerprint(path)["blake2b"] != expected["blake2b"]:
+            raise InputError(f"{path}: BLAKE2b differs from the one recorded at write; rebuild this partition")
+
+
+def write_pool(source, pool_order: np.ndarray, out_dir: Path, chunk_size: int = 10_000,
+               progress: bool = False) -> dict:
+    """Write the pool's raw rows once, in pool order, at full quality; returns the write summary."""
+    from scaling_assets.data.h5ad_io import write_rows
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool_order = np.asarray(pool_order, dtype=np.int64)
+    summary = write_rows(source, pool_order, out_dir / POOL_FILE, chunk_size=chunk_size, progress=progress)
+    np.save(out_dir / RAW_ROWS_FILE, pool_order)
+    summary["fingerprints"] = record_fingerprints(out_dir, [POOL_FILE, RAW_ROWS_FILE])
+    return summary
+
+
+class ThinnedRange:
+    """CountSource over rows [0, stop) of a pool file, thinned at ``quality`` on read.
+
+    Row i of this source is pool row i; its thinning key is ``raw_rows[i]``, the cell's row in the
+    raw file, so the counts equal those of a thinned copy written from the raw file.
+    """
+
+    def __init__(self, pool, raw_rows: np.ndarray, stop: int, quality: float, seed: int):
+        if not 0 <= stop <= pool.n_obs:
+            raise InputError(f"setting N={stop} exceeds the training pool of {pool.n_obs} cells")
+        if len(raw_rows) != pool.n_obs:
+            raise InputError(f"{len(raw_rows)} raw row indices for a pool of {pool.n_obs} cells")
+        self._pool, self._raw_rows, self._stop = pool, np.asarray(raw_rows, dtype=np.int64), int(stop)
+        self.quality, self.seed = float(quality), int(seed)
+        self._thin = None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
+
+    def __getattr__(self, name):  # var_names, read_uns, obsm_keys, ... come from the pool file
+        return getattr(self._pool, name)
+
+    @property
+    def n_obs(self) -> int:
+        return self._stop
+
+    @property
+    def n_vars(self) -> int:
+        return self._pool.n_vars
+
+    @property
+    def obs_names(self) -> np.ndarray:
+        return np.asarray(self._pool.obs_names)[: self._stop]
+
+    def raw_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Raw-file row index of pool rows ``rows`` (all rows of the range if None)."""
+        return self._raw_rows[: self._stop] if rows is None else self._raw_rows[self._checked(rows)]
+
+    def _checked(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self._stop):
+            raise IndexError(f"rows outside the training range [0, {self._stop})")
+        return rows
+
+    def _apply(self, X: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+        return X if self._thin is None else self._thin(X, self._raw_rows[rows])
+
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        start, stop = max(0, start), min(stop, self._stop)
+        return self._apply(self._pool.read_rows(start, stop), np.arange(start, stop))
+
+    def read_subset(self, rows: np.ndarray) -> sp.csr_matrix:
+        rows = self._checked(rows)
+        return self._apply(self._pool.read_subset(rows), rows)
+
+    def iter_chunks(self, chunk_size: int = 10_000, rows: np.ndarray | None = None):
+        if rows is None:
+            for start in range(0, self._stop, chunk_size):
+                stop = min(start + chunk_size, self._stop)
+                yield np.arange(start, stop), self.read_rows(start, stop)
+            return
+        for chunk_rows, X in self._pool.iter_chunks(chunk_size, rows=self._checked(rows)):
+            yield chunk_rows, self._apply(X, chunk_rows)
+
+    def read_obs(self, rows: np.ndarray | None = None, columns: list[str] | None = None):
+        return self._pool.read_obs(np.arange(self._stop) if rows is None else self._checked(rows), columns)
+
+    def read_obsm(self, key: str, rows: np.ndarray | None = None) -> np.ndarray:
+        return self._pool.read_obsm(key, np.arange(self._stop) if rows is None else self._checked(rows))
+
+
+@dataclass(frozen=True)
+class CountsRange:
+    """Handle of a setting's training counts: rows [0, cells) of a pool folder, thinned at quality."""
+
+    pool: str
+    cells: int
+    quality: float
+    seed: int
+    kind: str = "counts_range"
+
+    @contextlib.contextmanager
+    def open(self, full_hash: bool = False) -> Iterator[ThinnedRange]:
+        from scaling_assets.data.h5ad_io import CsrReader
+
+        folder = Path(self.pool)
+        verify_folder(folder, full_hash)
+        raw_rows = np.load(folder / RAW_ROWS_FILE)
+        with CsrReader(folder / POOL_FILE) as reader:
+            yield ThinnedRange(reader, raw_rows, self.cells, self.quality, self.seed)
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CorpusRange:
+    """Handle of a setting's training corpus: the cells among pool rows [0, pool_rows) of a pool corpus."""
+
+    corpus: str
+    pool_rows: int
+    kind: str = "corpus_range"
+
+    def open(self, full_hash: bool = False):
+        from scaling_assets.tokenize import Corpus
+
+        verify_folder(Path(self.corpus).parent, full_hash)
+        return Corpus(self.corpus, stop_row=self.pool_rows)
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+HANDLES = {"counts_range": CountsRange, "corpus_range": CorpusRange}
+
+
+def handle_from_record(record: dict):
+    """The handle a stored record describes, or None for a plain record."""
+    cls = HANDLES.get(record.get("kind", ""))
+    if cls is None:
+        return None
+    fields = cls.__dataclass_fields__
+    return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+def check_size(cells: int, pool_cells: int, what: str = "training pool") -> None:
+    if cells > pool_cells:
+        raise InputError(f"setting N={cells} exceeds the {what} of {pool_cells} cells")
