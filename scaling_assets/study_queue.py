@@ -39,7 +39,8 @@ from scaling_assets.run_study import print_summary, root_cause
 from scaling_assets.study import STUDY_ENV, Study
 
 ACTIVE_BACKFILL = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
-QUEUED = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING}
+QUEUED = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED}
+STARTING = {DagsterRunStatus.STARTING}  # launched; its process is starting (imports, loading definitions)
 RUNNING = {DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING}
 PROGRESS_EVERY_S = 30.0
 
@@ -59,13 +60,15 @@ class Progress:
 
     def line(self, elapsed_s: float, done_at_start: int) -> str:
         queued = sum(self.runs[s] for s in QUEUED)
+        starting = sum(self.runs[s] for s in STARTING)
         running = sum(self.runs[s] for s in RUNNING)
         finished = self.runs[DagsterRunStatus.SUCCESS] + self.runs[DagsterRunStatus.FAILURE] + \
             self.runs[DagsterRunStatus.CANCELED]
         rate = (self.done + self.failed - done_at_start) / elapsed_s if elapsed_s > 0 else 0
         eta = f"~{self.remaining / rate / 60:.1f} min left" if rate > 0 and self.remaining else ""
         return (f"[{elapsed_s / 60:5.1f} min] partitions {self.done}/{self.target} done, {self.failed} failed "
-                f"or blocked | runs {running} running, {queued} queued, {finished} finished  {eta}").rstrip()
+                f"or blocked | runs {running} running, {starting} starting, {queued} queued, {finished} finished  "
+                f"{eta}").rstrip()
 
 
 # -- what to submit -----------------------------------------------------------------------------
