@@ -21,7 +21,13 @@ from scaling_assets.assets.raw import raw_counts_asset
 from scaling_assets.assets.results import results_assets
 from scaling_assets.assets.splits import split_asset
 from scaling_assets.assets.storage import StudyIOManager
-from scaling_assets.assets.training_sets import pca_genes_asset, train_corpus_asset, train_counts_asset
+from scaling_assets.assets.training_sets import (
+    pca_genes_asset,
+    pool_corpus_asset,
+    pool_counts_asset,
+    train_corpus_asset,
+    train_counts_asset,
+)
 from scaling_assets.data.h5ad_io import tune_allocator
 from scaling_assets.study import Study, load_study
 
@@ -32,9 +38,10 @@ tune_allocator()
 
 def dataset_assets(ds: DatasetAssets) -> list:
     """The pipeline of one dataset, in order: raw -> split -> eval sets -> training sets -> models -> MI."""
-    assets = [raw_counts_asset(ds), split_asset(ds), eval_counts_asset(ds), train_counts_asset(ds)]
+    assets = [raw_counts_asset(ds), split_asset(ds), pool_counts_asset(ds), eval_counts_asset(ds),
+              train_counts_asset(ds)]
     if "geneformer" in ds.study.algorithms:
-        assets += [gene_medians_asset(ds), eval_corpus_asset(ds), train_corpus_asset(ds)]
+        assets += [gene_medians_asset(ds), eval_corpus_asset(ds), pool_corpus_asset(ds), train_corpus_asset(ds)]
     if "pca" in ds.study.algorithms:
         assets.append(pca_genes_asset(ds))
     for algorithm in ds.study.algorithms:

@@ -53,28 +53,26 @@ def plan(study: Study) -> list[Batch]:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
         for s in study.seeds:
-            names = ["split"] + (["gene_medians"] if geneformer else []) + (["pca_genes"] if "pca" in study.algorithms else [])
+            names = (["split", "pool_counts", "eval_counts"] + (["gene_medians"] if geneformer else [])
+                     + (["pca_genes"] if "pca" in study.algorithms else []))
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
-        own_corpus = set(study.quality_seed_keys(ds, "geneformer")) if "geneformer" in own else set()
-        for qs in study.quality_seed_keys(ds):
+        corpus_at = set(study.quality_seed_keys(ds, "geneformer")) if geneformer else set()
+        for qs in sorted(corpus_at):  # Geneformer's corpora: one per quality x seed of its grid
             _, seed = parse_quality_seed_key(qs)
-            names = ["eval_counts"] + (["eval_corpus"] if "geneformer" in shared else [])
-            batches.append(Batch(f"{ds} {qs}", [k(n) for n in names], qs, blocks=f"{ds}|{qs}",
+            batches.append(Batch(f"{ds} {qs}", [k("eval_corpus"), k("pool_corpus")], qs, blocks=f"{ds}|{qs}",
                                  blocked_by=[ds, f"{ds}|s={seed}"]))
-            if qs in own_corpus:
-                batches.append(Batch(f"{ds} {qs} eval_corpus", [k("eval_corpus")], qs, blocks=f"{ds}|{qs}|corpus",
-                                     blocked_by=[ds, f"{ds}|s={seed}", f"{ds}|{qs}"]))
         trained_at = {a: set(study.setting_keys(ds, a)) for a in own}  # own grids are subsets
         for setting in study.settings(ds):
             names = ["train_counts"] + [n for a in shared for n in _algorithm_assets(a)]
-            upstream = [ds, f"{ds}|{setting.seed_key}", f"{ds}|{setting.quality_seed_key}"]
+            upstream = [ds, f"{ds}|{setting.seed_key}"] + ([f"{ds}|{setting.quality_seed_key}"] if "geneformer" in shared else [])
             batches.append(Batch(f"{ds} {setting.key}", [k(n) for n in names], setting.key, blocks=f"{ds}|{setting.key}",
                                  blocked_by=upstream))
             for a in own:
                 if setting.key in trained_at[a]:
+                    corpus = [f"{ds}|{setting.quality_seed_key}"] if a == "geneformer" else []
                     batches.append(Batch(f"{ds} {setting.key} {a}", [k(n) for n in _algorithm_assets(a)], setting.key,
                                          blocks=f"{ds}|{setting.key}|{a}",
-                                         blocked_by=upstream + [f"{ds}|{setting.key}", f"{ds}|{setting.quality_seed_key}|corpus"]))
+                                         blocked_by=upstream + [f"{ds}|{setting.key}"] + corpus))
     results = ["mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"]
     batches.append(Batch("results", [AssetKey([GROUP, n]) for n in results], None, blocks="results"))
     return batches

@@ -13,6 +13,14 @@ def register(subparsers) -> None:
     show.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
     show.set_defaults(func=_show)
 
+    plan = sub.add_parser("plan", help="what the study costs before it runs: training runs, cells read, bytes "
+                          "on disk by asset, GPU hours (from the study file; no data needed)")
+    plan.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
+    plan.add_argument("--throughput", action="append", default=[], metavar="NAME=RATE",
+                      help="measured throughput replacing a configured one: scvi=cells/s, geneformer=tokens/s, "
+                      "embed=cells/s (repeatable)")
+    plan.set_defaults(func=_plan)
+
     run = sub.add_parser("run", help="submit the study to the Dagster instance (an asset backfill run by the "
                          "daemon, the run queue and the launcher) and watch it to the end")
     run.add_argument("--study", default=None, help="study name (default, paper) or YAML path; "
@@ -36,6 +44,27 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
     print(f"{s.n_training_runs()} training runs")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from scaling_assets.errors import InputError
+    from scaling_assets.planner import THROUGHPUTS, format_plan, plan_study
+    from scaling_assets.study import load_study
+
+    given = {}
+    for item in args.throughput:
+        name, _, rate = item.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if name not in THROUGHPUTS or not value > 0:
+            raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {sorted(THROUGHPUTS)} "
+                             "and a positive rate")
+        given[name] = value
+    study = load_study(args.study, check_paths=False)
+    print(format_plan(study, plan_study(study, given), given))
     return 0
 
 

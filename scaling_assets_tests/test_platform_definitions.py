@@ -22,7 +22,8 @@ def parents(graph, child, partition, parent):
 def test_every_stage_exists_for_every_dataset(graph):
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     for ds in ("cite", "lineage", "spatial", "development"):
-        for stage in ("raw_counts", "split", "eval_counts", "gene_medians", "eval_corpus", "train_counts", "train_corpus"):
+        for stage in ("raw_counts", "split", "pool_counts", "eval_counts", "gene_medians", "eval_corpus", "pool_corpus",
+                      "train_counts", "train_corpus"):
             assert f"{ds}/{stage}" in keys
         for algo in ("pca", "random_projection", "scvi", "geneformer"):
             for stage in ("model", "embeddings", "mi"):
@@ -40,36 +41,41 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
     assert partition_keys(["cite", "split"]) == ["s=42"]
     assert partition_keys(["cite", "gene_medians"]) == ["s=42"]
     assert partition_keys(["cite", "pca_genes"]) == ["s=42"]
-    assert partition_keys(["cite", "eval_counts"]) == ["q=1_s=42", "q=0.1_s=42", "q=0.01_s=42", "q=0.003_s=42"]
+    # per seed: a setting's whole chain then depends only on per-seed assets (one run per setting)
+    for asset in ("pool_counts", "eval_counts"):
+        assert partition_keys(["cite", asset]) == ["s=42"]
     assert "n=250_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
     assert len(partition_keys(["cite", "model_scvi"])) == 16 == len(partition_keys(["cite", "train_counts"]))
     # Geneformer runs on its own smaller grid (a smoke test), and so do its corpora
     for asset in ("train_corpus", "model_geneformer", "embeddings_geneformer", "mi_geneformer"):
         assert partition_keys(["cite", asset]) == ["n=2000_q=1_s=42"]
-    assert partition_keys(["cite", "eval_corpus"]) == ["q=1_s=42"]
+    assert partition_keys(["cite", "eval_corpus"]) == partition_keys(["cite", "pool_corpus"]) == ["q=1_s=42"]
     assert partition_keys(["results", "mi_table"]) is None
 
 
 def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
     setting = "n=2000_q=0.1_s=42"
-    assert parents(graph, ["cite", "train_counts"], setting, ["cite", "split"]) == ["s=42"]
+    assert parents(graph, ["cite", "train_counts"], setting, ["cite", "pool_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "pool_counts"], "s=42", ["cite", "split"]) == ["s=42"]
     # one median table per seed (full-quality pool), used by the corpora of every quality
     gf = "n=2000_q=1_s=42"
-    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "gene_medians"]) == ["s=42"]
-    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "train_counts"]) == [gf]
+    assert parents(graph, ["cite", "gene_medians"], "s=42", ["cite", "pool_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "pool_corpus"], "q=1_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "pool_corpus"], "q=1_s=42", ["cite", "pool_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "pool_corpus"]) == ["q=1_s=42"]
     assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "gene_medians"]) == ["s=42"]
-    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "eval_counts"]) == ["q=1_s=42"]
+    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "eval_counts"]) == ["s=42"]
     assert parents(graph, ["cite", "model_pca"], setting, ["cite", "pca_genes"]) == ["s=42"]
     assert parents(graph, ["cite", "model_geneformer"], gf, ["cite", "eval_corpus"]) == ["q=1_s=42"]
-    assert parents(graph, ["cite", "mi_geneformer"], gf, ["cite", "eval_counts"]) == ["q=1_s=42"]
+    assert parents(graph, ["cite", "mi_geneformer"], gf, ["cite", "eval_counts"]) == ["s=42"]
     assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "model_pca"]) == [setting]
-    assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["q=0.1_s=42"]
-    assert parents(graph, ["cite", "eval_counts"], "q=0.01_s=42", ["cite", "split"]) == ["s=42"]
-    children = graph.get_child_partition_keys_of_parent("q=0.1_s=42", AssetKey(["cite", "eval_counts"]),
+    assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "eval_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["s=42"]
+    children = graph.get_child_partition_keys_of_parent("s=42", AssetKey(["cite", "eval_counts"]),
                                                         AssetKey(["cite", "mi_scvi"]))
-    assert sorted(children) == ["n=100_q=0.1_s=42", "n=2000_q=0.1_s=42", "n=250_q=0.1_s=42", "n=750_q=0.1_s=42"]
-    gf_children = graph.get_child_partition_keys_of_parent("q=1_s=42", AssetKey(["cite", "eval_counts"]),
-                                                           AssetKey(["cite", "mi_geneformer"]))
+    assert len(children) == 16
+    gf_children = graph.get_child_partition_keys_of_parent("q=1_s=42", AssetKey(["cite", "pool_corpus"]),
+                                                           AssetKey(["cite", "train_corpus"]))
     assert list(gf_children) == [gf]
 
 
@@ -101,4 +107,6 @@ def test_serial_plan_batches_share_one_partitions_definition(graph):
             assert all(batch.partition in d.get_partition_keys() for d in defs), batch.label
     geneformer = [b for b in batches if b.label.startswith("cite ") and b.label.endswith(" geneformer")]
     assert [b.partition for b in geneformer] == ["n=2000_q=1_s=42"]
-    assert geneformer[0].blocked_by[-2:] == ["cite|n=2000_q=1_s=42", "cite|q=1_s=42|corpus"]
+    assert geneformer[0].blocked_by == ["cite", "cite|s=42", "cite|n=2000_q=1_s=42", "cite|q=1_s=42"]
+    corpus = [b for b in batches if b.label == "cite q=1_s=42"]
+    assert [k.path[-1] for k in corpus[0].keys] == ["eval_corpus", "pool_corpus"]

@@ -114,14 +114,14 @@ def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
     study, _, _, _ = study_run
     where = lambda asset, key: partition_dir(study.root, ["cite", asset], key)  # noqa: E731
     table = np.load(where("gene_medians", "s=42") / "medians.npy")
-    pool = np.sort(load_split(where("split", "s=42")).pool_order)
+    pool = np.sort(load_split(where("split", "s=42")).pool_order)  # the medians' order does not matter
     with CsrReader(where("raw_counts", None) / "counts.h5ad") as raw:
         full = gene_nonzero_medians(raw, rows=pool)
         thinned = gene_nonzero_medians(TransformedCounts(raw, lambda X, rows: thin_counts(X, rows, q=0.05, seed=42)),
                                        rows=pool)
     np.testing.assert_array_equal(table, full)
     assert not np.array_equal(np.nan_to_num(thinned), np.nan_to_num(full))  # the old per-quality table differs
-    for corpus in (where("train_corpus", "n=400_q=0.05_s=42") / "corpus", where("eval_corpus", "q=0.05_s=42") / "test"):
+    for corpus in (where("pool_corpus", "q=0.05_s=42") / "corpus", where("eval_corpus", "q=0.05_s=42") / "test"):
         np.testing.assert_array_equal(np.load(corpus / "medians.npy"), full)
 
 
@@ -162,7 +162,7 @@ def test_failed_partition_leaves_others_intact_and_is_retried_alone(study_run):
     other_before = (other / "summary.json").read_text()
 
     # Lose an upstream partition: re-materialising the setting fails with the missing partition named.
-    evals = partition_dir(study.root, ["cite", "eval_counts"], "q=0.05_s=42")
+    evals = partition_dir(study.root, ["cite", "eval_counts"], "s=42")
     evals.rename(evals.with_name("moved-away"))
     keys = [AssetKey(["cite", n]) for n in ("model_pca", "embeddings_pca", "mi_pca")]
     failed = materialize(list(defs.assets), selection=keys, partition_key=setting, instance=instance,
@@ -172,7 +172,7 @@ def test_failed_partition_leaves_others_intact_and_is_retried_alone(study_run):
 
     message = root_cause(failed.all_events)
     assert message.startswith("cite__embeddings_pca: FileNotFoundError: upstream asset cite/eval_counts "
-                              "partition q=0.05_s=42 has not been materialised"), message
+                              "partition s=42 has not been materialised"), message
     # the model re-trained in that run replaced its own partition, and nothing else changed
     assert (model / "summary.json").exists()
     assert (other / "summary.json").read_text() == other_before

@@ -137,13 +137,13 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
 
         finish(submit("cite_raw"))  # the repository's named jobs (scaling_assets/assets/jobs.py)
         finish(submit("cite_by_seed", "s=42"))
-        eval_keys = load_study(tmp / "study.yaml").quality_seed_keys("cite")
-        assert len(eval_keys) == 2
-        evals = [submit("cite_by_quality", key) for key in eval_keys]  # both queued at once
-        finish(*evals)
+        setting_keys = load_study(tmp / "study.yaml").setting_keys("cite")
+        assert len(setting_keys) == 2
+        settings = [submit("cite_by_setting", key) for key in setting_keys]  # both queued at once
+        finish(*settings)
 
-        assert set(instance.get_materialized_partitions(AssetKey(["cite", "eval_counts"]))) == set(eval_keys)
-        events = {e.dagster_event.event_type for e in instance.all_logs(evals[0]) if e.dagster_event}
+        assert set(instance.get_materialized_partitions(AssetKey(["cite", "mi_pca"]))) == set(setting_keys)
+        events = {e.dagster_event.event_type for e in instance.all_logs(settings[0]) if e.dagster_event}
         assert {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING} <= events  # via the queue
 
     # read straight from PostgreSQL: 4 successful runs, one materialisation per asset partition
@@ -156,8 +156,11 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
         assert cur.fetchall() == [("scaling_assets/study", "pg")]  # the named jobs' study tag
         cur.execute("SELECT asset_key, partition FROM event_logs "
                     "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY asset_key, partition")
-        assert cur.fetchall() == sorted([('["cite", "eval_counts"]', key) for key in eval_keys]) + [
-            ('["cite", "pca_genes"]', "s=42"), ('["cite", "raw_counts"]', None), ('["cite", "split"]', "s=42")]
+        per_setting = ["embeddings_pca", "mi_pca", "model_pca", "train_counts"]
+        per_seed = ["eval_counts", "pca_genes", "pool_counts", "split"]
+        assert cur.fetchall() == sorted(
+            [(f'["cite", "{a}"]', key) for a in per_setting for key in setting_keys]
+            + [(f'["cite", "{a}"]', "s=42") for a in per_seed] + [('["cite", "raw_counts"]', None)])
     finally:
         conn.close()
-    assert all((tmp / "root" / "cite" / "eval_counts" / key).is_dir() for key in eval_keys)
+    assert all((tmp / "root" / "cite" / "mi_pca" / key).is_dir() for key in setting_keys)

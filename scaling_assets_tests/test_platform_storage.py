@@ -35,11 +35,20 @@ def test_io_manager_round_trips_each_kind(tmp_path):
 
     staged = stage_dir(tmp_path)
     (staged / "counts.h5ad").write_bytes(b"x")
-    mkey = AssetKey(["cite", "train_counts"])
-    io.handle_output(build_output_context(asset_key=mkey, partition_key="n=2_q=1_s=1"), staged)
-    folder = io.load_input(build_input_context(asset_key=mkey, partition_key="n=2_q=1_s=1"))
-    assert folder == partition_dir(tmp_path, ["cite", "train_counts"], "n=2_q=1_s=1")
+    mkey = AssetKey(["cite", "pool_counts"])
+    io.handle_output(build_output_context(asset_key=mkey, partition_key="s=1"), staged)
+    folder = io.load_input(build_input_context(asset_key=mkey, partition_key="s=1"))
+    assert folder == partition_dir(tmp_path, ["cite", "pool_counts"], "s=1")
     assert (folder / "counts.h5ad").read_bytes() == b"x"
+
+    # a training-set record comes back as the row-range handle the model opens
+    from scaling_assets.data.pools import CountsRange
+
+    handle = CountsRange(str(folder), 2, 0.5, 1)
+    tkey = AssetKey(["cite", "train_counts"])
+    io.handle_output(build_output_context(asset_key=tkey, partition_key="n=2_q=0.5_s=1"),
+                     dict(handle.to_record(), umis_per_cell=3.0))
+    assert io.load_input(build_input_context(asset_key=tkey, partition_key="n=2_q=0.5_s=1")) == handle
 
 
 def test_missing_upstream_partition_is_named(tmp_path):

@@ -7,9 +7,10 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 
 from scaling_assets.assets.common import new_stage, read_summary
 from scaling_assets.assets.devices import step_device
-from scaling_assets.assets.eval_sets import TEST_FILE
+from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir
 from scaling_assets.assets.models import MODEL_DIR
 from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.study import parse_setting_key
 
 EMBEDDINGS_FILE = "embeddings.npz"
 
@@ -24,13 +25,15 @@ def load_embeddings(folder: Path):
 def embeddings_asset(ds: DatasetAssets, algorithm: str):
     name = f"embeddings_{algorithm}"
     key = ds.key(name)
-    eval_asset = "eval_corpus" if algorithm == "geneformer" else "eval_counts"
+    # Geneformer reads the test corpus of its quality; the others the seed's test counts at that quality.
+    eval_in = (ds.quality_seed_in("eval_corpus", algorithm) if algorithm == "geneformer"
+               else ds.seed_in("eval_counts", "setting", algorithm))
 
     @asset(
         key=key,
         group_name=ds.name,
         partitions_def=ds.settings_of(algorithm),
-        ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": ds.quality_seed_in(eval_asset, algorithm)},
+        ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": eval_in},
         kinds={"numpy"},
         check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True,
                                     description="Every embedding value is finite (no NaN or inf).")],
@@ -53,7 +56,8 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
             else:
                 from scaling_assets.data.h5ad_io import CsrReader
 
-                with CsrReader(eval_data / TEST_FILE) as test:
+                quality = parse_setting_key(context.partition_key).quality
+                with CsrReader(eval_dir(eval_data, quality) / TEST_FILE) as test:
                     values, cell_ids = fitted.embed(test), np.asarray(test.obs_names, dtype=str)
         values = np.asarray(values, dtype=np.float32)
         stage = new_stage(ds.study, name)

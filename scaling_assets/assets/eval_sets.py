@@ -1,8 +1,11 @@
-"""Stage 3: what every model of a (quality, seed) is evaluated on.
+"""Stage 3: what every model of a seed is evaluated on, at each quality.
 
-- ``eval_counts``: the test and validation cells thinned to quality q (DESIGN §3: evaluation data is
-  thinned at the same q as the training data of the model it evaluates). Test cells left with no
-  UMI at q are dropped here, so every algorithm is scored on the same cells (the count is recorded).
+- ``eval_counts`` (per seed): the test and validation cells thinned to each quality of the dataset's
+  grid, one folder per quality (evaluation data is thinned at the same q as the training data of the
+  model it evaluates). Test cells left with no UMI at q are dropped there, so every algorithm is
+  scored on the same cells (the count is recorded). Per seed, not per quality, so that a setting's
+  whole chain (training record, model, embeddings, MI) depends only on per-seed assets and runs as
+  one Dagster run once its seed is ready.
 - ``gene_medians`` (per seed): Geneformer's per-gene nonzero medians over the full-quality (q = 1)
   training pool (never test or validation cells), streamed chunk by chunk; one table per dataset and
   seed, used by the corpora of every quality, as Geneformer and the reference do (medians of thinned
@@ -16,10 +19,10 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
+from scaling_assets.assets.common import COUNTS_FILE, new_stage, read_summary, show_progress, timed, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.splits import load_split
-from scaling_assets.study import parse_quality_seed_key
+from scaling_assets.study import format_quality, parse_quality_seed_key, parse_seed_key
 
 TEST_FILE = "test.h5ad"
 VALIDATION_FILE = "validation.h5ad"
@@ -33,34 +36,52 @@ def thinning(quality: float, seed: int):
     return None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
 
 
+def eval_dir(eval_counts: Path, quality: float) -> Path:
+    """The folder of one quality inside a seed's ``eval_counts`` partition."""
+    return Path(eval_counts) / f"q={format_quality(quality)}"
+
+
+def eval_summary(eval_counts: Path, quality: float) -> dict:
+    return read_summary(eval_counts)[f"q={format_quality(quality)}"]
+
+
 def eval_counts_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("eval_counts"),
         group_name=ds.name,
-        partitions_def=ds.quality_seeds,
-        ins={"raw": ds.raw_in(), "split": ds.split_in("quality_seed")},
+        partitions_def=ds.seeds,
+        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
         kinds={"h5ad"},
-        description="Test and validation cells thinned to the partition's quality.",
+        description="The seed's test and validation cells, thinned to each quality of the dataset's grid "
+        "(one folder per quality, `q=0.1/test.h5ad`, `q=0.1/validation.h5ad`). Test cells left with no UMI "
+        "at a quality are dropped there, so every algorithm is scored on the same cells.",
     )
     def eval_counts(context: AssetExecutionContext, raw: Path, split: Path):
         from scaling_assets.data.h5ad_io import CsrReader, write_rows
         from scaling_assets.data.thinning import rows_with_counts
 
-        quality, seed = parse_quality_seed_key(context.partition_key)
+        seed = parse_seed_key(context.partition_key)
         sets = load_split(split)
         stage = new_stage(ds.study, "eval")
+        summary: dict = {"seed": seed}
+        chunk = ds.study.chunk_size
         with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            test_rows = rows_with_counts(reader, sets.test, quality, seed, chunk_size=ds.study.chunk_size)
-            test = write_rows(reader, test_rows, stage / TEST_FILE, transform=thinning(quality, seed),
-                              chunk_size=ds.study.chunk_size, progress=show_progress())
-            test["zero_umi_cells_dropped"] = int(len(sets.test) - len(test_rows))
-            val = write_rows(reader, sets.validation, stage / VALIDATION_FILE, transform=thinning(quality, seed),
-                             chunk_size=ds.study.chunk_size, progress=show_progress())
-        summary = {"test": test, "validation": val, "quality": quality, "seed": seed}
+            for quality in ds.study.qualities_of(ds.name):
+                out = eval_dir(stage, quality)
+                test_rows = rows_with_counts(reader, sets.test, quality, seed, chunk_size=chunk)
+                test = write_rows(reader, test_rows, out / TEST_FILE, transform=thinning(quality, seed),
+                                  chunk_size=chunk, progress=show_progress())
+                test["zero_umi_cells_dropped"] = int(len(sets.test) - len(test_rows))
+                val = write_rows(reader, sets.validation, out / VALIDATION_FILE, transform=thinning(quality, seed),
+                                 chunk_size=chunk, progress=show_progress())
+                summary[out.name] = {"test": test, "validation": val, "quality": quality, "seed": seed}
         write_summary(stage, summary)
+        per_quality = {k: v for k, v in summary.items() if k.startswith("q=")}
         return Output(stage, metadata={
-            **count_metadata(test), "validation_cells": val["cells"], "quality": quality,
-            "zero_umi_test_cells_dropped": test["zero_umi_cells_dropped"],
+            "test_cells": len(sets.test), "validation_cells": len(sets.validation),
+            "qualities": len(per_quality),
+            **{f"umis_per_test_cell {k}": round(float(v["test"]["umis_per_cell"]), 1) for k, v in per_quality.items()},
+            **{f"zero_umi_test_cells_dropped {k}": v["test"]["zero_umi_cells_dropped"] for k, v in per_quality.items()},
             "wall_time_s": round(elapsed(), 2),
         })
 
@@ -72,22 +93,23 @@ def gene_medians_asset(ds: DatasetAssets):
         key=ds.key("gene_medians"),
         group_name=ds.name,
         partitions_def=ds.seeds,
-        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
+        ins={"pool_counts": ds.same_in("pool_counts")},
         kinds={"numpy"},
         description="Per-gene nonzero medians of normalised counts over the full-quality training pool "
         "(Geneformer normalisation; test and validation cells excluded; used at every quality), and the "
         "token dictionary.",
     )
-    def gene_medians(context: AssetExecutionContext, raw: Path, split: Path):
+    def gene_medians(context: AssetExecutionContext, pool_counts: Path):
         import numpy as np
 
         from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.data.pools import POOL_FILE
         from scaling_assets.tokenize import TokenDictionary, gene_nonzero_medians
 
-        pool = np.sort(load_split(split).pool_order)
         stage = new_stage(ds.study, "medians")
-        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            medians = gene_nonzero_medians(reader, rows=pool, chunk_size=ds.study.chunk_size)
+        with CsrReader(pool_counts / POOL_FILE) as reader, timed() as elapsed:  # the pool, read in order
+            pool = np.arange(reader.n_obs)
+            medians = gene_nonzero_medians(reader, chunk_size=ds.study.chunk_size)
             dictionary = TokenDictionary(reader.var_names)
         np.save(stage / MEDIANS_FILE, medians)
         dictionary.save(stage / DICTIONARY_FILE)
@@ -102,16 +124,22 @@ def gene_medians_asset(ds: DatasetAssets):
 
 def tokenize_counts(ds: DatasetAssets, counts_file: Path, out_dir: Path, gene_medians: Path) -> dict:
     """Rank-value corpus of one count file, with the medians and dictionary of a gene_medians partition."""
+    from scaling_assets.data.h5ad_io import CsrReader
+
+    with CsrReader(counts_file) as reader:
+        return tokenize_source(ds, reader, out_dir, gene_medians)
+
+
+def tokenize_source(ds: DatasetAssets, source, out_dir: Path, gene_medians: Path) -> dict:
+    """Rank-value corpus of a count source (a file reader or a thinned pool range), chunk by chunk."""
     import numpy as np
 
-    from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.tokenize import TokenDictionary, build_corpus
 
     medians = np.load(gene_medians / MEDIANS_FILE)
     dictionary = TokenDictionary.load(gene_medians / DICTIONARY_FILE)
-    with CsrReader(counts_file) as reader:
-        return build_corpus(reader, out_dir, medians, dictionary, chunk_size=ds.study.chunk_size,
-                            progress=show_progress())
+    return build_corpus(source, out_dir, medians, dictionary, chunk_size=ds.study.chunk_size,
+                        progress=show_progress())
 
 
 def eval_corpus_asset(ds: DatasetAssets):
@@ -119,15 +147,18 @@ def eval_corpus_asset(ds: DatasetAssets):
         key=ds.key("eval_corpus"),
         group_name=ds.name,
         partitions_def=ds.quality_seeds_of("geneformer"),
-        ins={"eval_counts": ds.same_in("eval_counts", ds.quality_seeds_of("geneformer")),
+        ins={"eval_counts": ds.seed_in("eval_counts", "quality_seed", "geneformer"),
              "gene_medians": ds.seed_in("gene_medians", "quality_seed", "geneformer")},
         kinds={"numpy"},
-        description="Test and validation cells as Geneformer rank-value token corpora.",
+        description="Test and validation cells at the partition's quality (`q=…_s=…`) as Geneformer "
+        "rank-value token corpora.",
     )
     def eval_corpus(context: AssetExecutionContext, eval_counts: Path, gene_medians: Path):
+        quality, _ = parse_quality_seed_key(context.partition_key)
         stage = new_stage(ds.study, "eval-corpus")
+        folder = eval_dir(eval_counts, quality)
         summaries = {
-            name: tokenize_counts(ds, eval_counts / file, stage / name, gene_medians)
+            name: tokenize_counts(ds, folder / file, stage / name, gene_medians)
             for name, file in (("test", TEST_FILE), ("validation", VALIDATION_FILE))
         }
         write_summary(stage, summaries)

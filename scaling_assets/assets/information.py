@@ -9,7 +9,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 from scaling_assets.assets.common import read_summary, timed
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.embeddings import load_embeddings
-from scaling_assets.assets.eval_sets import TEST_FILE
+from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir, eval_summary
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.study import parse_setting_key
 
@@ -29,7 +29,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         group_name=ds.name,
         partitions_def=ds.settings_of(algorithm),
         ins={"embeddings": ds.same_in(f"embeddings_{algorithm}"),
-             "eval_counts": ds.quality_seed_in("eval_counts", algorithm),
+             "eval_counts": ds.seed_in("eval_counts", "setting", algorithm),
              "raw": ds.raw_in()},
         kinds={"pytorch"},
         check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True,
@@ -46,13 +46,13 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
 
         setting = parse_setting_key(context.partition_key)
         values, cell_ids = load_embeddings(embeddings)
-        with CsrReader(eval_counts / TEST_FILE) as test:
+        with CsrReader(eval_dir(eval_counts, setting.quality) / TEST_FILE) as test:
             # Embeddings may cover a subset of the test cells (Geneformer drops cells with no tokens).
             position = {c: i for i, c in enumerate(np.asarray(test.obs_names, dtype=str))}
             rows = np.array([position[c] for c in cell_ids], dtype=np.int64)
             obs = test.read_obs(rows)
             obsm = {"protein": test.read_obsm("protein", rows)} if ds.config.task == "cite" else None
-        test_summary = read_summary(eval_counts)["test"]
+        test_summary = eval_summary(eval_counts, setting.quality)["test"]
         umis_per_cell = test_summary["umis_per_cell"]
         # The noise law's x: nominal UMIs per cell, round(q * u), u the dataset's mean at q = 1, the same
         # for every seed (so seeds average at each quality), as the reference.

@@ -3,8 +3,8 @@
 One job per dataset and partitioning level, because a Dagster asset job has one partitions definition:
 
     cite_raw             raw_counts                                    (unpartitioned)
-    cite_by_seed         split (and the other per-seed assets)          s=42
-    cite_by_quality      eval_counts, eval_corpus, ...                  q=0.1_s=42
+    cite_by_seed         split, pool_counts, eval_counts, ...           s=42
+    cite_by_quality      eval_corpus, pool_corpus (Geneformer)          q=0.1_s=42
     cite_by_setting      train_counts -> model_* -> embeddings_* -> mi_*   n=300_q=0.1_s=42
     results              the study-wide tables and plots
 

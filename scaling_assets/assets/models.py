@@ -5,12 +5,11 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from scaling_assets.assets.common import (
-    COUNTS_FILE, image_metadata, new_stage, plain, read_summary, show_progress, write_summary,
-)
+from scaling_assets.assets.common import image_metadata, new_stage, plain, read_summary, show_progress, write_summary
 from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.assets.training_sets import CORPUS_DIR, PCA_GENES_FILE
+from scaling_assets.assets.training_sets import PCA_GENES_FILE
+from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.study import parse_setting_key
 
 MODEL_DIR = "model"
@@ -95,12 +94,11 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
             "stopping on the validation corpus.",
         )
-        def model(context: AssetExecutionContext, train_corpus: Path, eval_corpus: Path):
+        def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: Path):
             from scaling_assets.tokenize import Corpus
 
             stage = new_stage(ds.study, name)
-            return _train(ds, context, algorithm, Corpus(train_corpus / CORPUS_DIR),
-                          Corpus(eval_corpus / "validation"), stage)
+            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus / "validation"), stage)
 
         return model
 
@@ -111,15 +109,13 @@ def model_asset(ds: DatasetAssets, algorithm: str):
                  "pca_genes": ds.seed_in("pca_genes", "setting", algorithm)},
             description="PCA fitted on the setting's training counts, on the seed's highly variable genes.",
         )
-        def model(context: AssetExecutionContext, train_counts: Path, pca_genes: Path):
+        def model(context: AssetExecutionContext, train_counts: CountsRange, pca_genes: Path):
             import numpy as np
-
-            from scaling_assets.data.h5ad_io import CsrReader
 
             genes = np.load(pca_genes / PCA_GENES_FILE)
             chosen_on = read_summary(pca_genes)["chosen_on"]
             stage = new_stage(ds.study, name)
-            with CsrReader(train_counts / COUNTS_FILE) as reader:
+            with train_counts.open() as reader:  # rows [0, N) of the seed's pool, thinned on read
                 return _train(ds, context, algorithm, reader, None, stage,
                               prepare=lambda m: m.use_genes(genes, chosen_on))
 
@@ -128,13 +124,12 @@ def model_asset(ds: DatasetAssets, algorithm: str):
     @asset(
         **common,
         ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm))},
-        description=f"{algorithm} model fitted on the setting's training counts (DESIGN §5 settings).",
+        description=f"{algorithm} model fitted on the setting's training counts (rows [0, N) of the seed's "
+        "pool thinned to q; partition key `n=…_q=…_s=…`: training cells, quality, seed).",
     )
-    def model(context: AssetExecutionContext, train_counts: Path):
-        from scaling_assets.data.h5ad_io import CsrReader
-
+    def model(context: AssetExecutionContext, train_counts: CountsRange):
         stage = new_stage(ds.study, name)
-        with CsrReader(train_counts / COUNTS_FILE) as reader:
+        with train_counts.open() as reader:  # rows [0, N) of the seed's pool, thinned on read
             return _train(ds, context, algorithm, reader, None, stage)
 
     return model

@@ -180,7 +180,11 @@ class StudyIOManager(ConfigurableIOManager):
                 f"materialised yet (no folder {folder}); materialise it first"
             )
         if (folder / RECORD_FILE).exists():
-            return read_record(folder)
+            from scaling_assets.data.pools import handle_from_record
+
+            record = read_record(folder)
+            handle = handle_from_record(record)  # a row-range handle (training counts / corpus) or a plain record
+            return record if handle is None else handle
         if (folder / f"{TABLE_FILE}.parquet").exists():
             return pd.read_parquet(folder / f"{TABLE_FILE}.parquet")
         return folder

@@ -1,7 +1,14 @@
-"""Stage 4: the training data of one setting: the first N cells of the seeded pool order, thinned to q.
+"""Stage 4: training data without copies (layout in ``scaling_assets.data.pools``).
 
-Sizes are nested (the N-cell sample is a prefix of the same permutation) and thinning depends only
-on the raw cell index, so a cell looks the same in every sample that contains it (DESIGN §3).
+- ``pool_counts`` (per seed): the training pool's raw rows, written once in the seed's pool order.
+- ``train_counts`` (per setting): a small record, not a file: rows [0, N) of the pool, thinned to q as
+  they are read. The IO manager hands it to the models as a ``CountsRange`` handle.
+- ``pool_corpus`` (per quality x seed of Geneformer's grid): the pool thinned to q and tokenized, in
+  pool order; ``train_corpus`` (per setting): the corpus cells of pool rows [0, N), a ``CorpusRange``.
+- ``pca_genes`` (per seed): PCA's highly variable genes.
+
+Sizes are nested (a prefix of one order) and thinning keys on the raw cell index, so a cell looks the
+same in every setting that contains it.
 """
 
 
@@ -9,13 +16,41 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
-from scaling_assets.assets.eval_sets import thinning, tokenize_counts
+from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, read_summary, show_progress, timed, write_summary
+from scaling_assets.assets.eval_sets import tokenize_source
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.study import parse_setting_key
+from scaling_assets.assets.splits import load_split
+from scaling_assets.study import parse_quality_seed_key, parse_seed_key, parse_setting_key
 
 CORPUS_DIR = "corpus"
 PCA_GENES_FILE = "genes.npy"
+CORPUS_FILES = ("tokens.bin", "offsets.npy", "lengths.npy", "rows.npy", "cell_ids.txt")
+
+
+def pool_counts_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("pool_counts"),
+        group_name=ds.name,
+        partitions_def=ds.seeds,
+        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
+        kinds={"h5ad"},
+        description="The seed's training pool in pool order at full quality, written once; every setting "
+        "of the seed trains on rows [0, N) of it, thinned to its quality on read.",
+    )
+    def pool_counts(context: AssetExecutionContext, raw: Path, split: Path):
+        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.data.pools import write_pool
+
+        seed = parse_seed_key(context.partition_key)
+        stage = new_stage(ds.study, "pool")
+        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
+            summary = write_pool(reader, load_split(split).pool_order, stage, chunk_size=ds.study.chunk_size,
+                                 progress=show_progress())
+        write_summary(stage, dict(summary, seed=seed))
+        return Output(stage, metadata={**count_metadata(summary), "bytes": summary["fingerprints"]["pool.h5ad"]["bytes"],
+                                       "wall_time_s": round(elapsed(), 2)})
+
+    return pool_counts
 
 
 def train_counts_asset(ds: DatasetAssets):
@@ -23,26 +58,59 @@ def train_counts_asset(ds: DatasetAssets):
         key=ds.key("train_counts"),
         group_name=ds.name,
         partitions_def=ds.settings,
-        ins={"raw": ds.raw_in(), "split": ds.split_in("setting")},
+        ins={"pool_counts": ds.seed_in("pool_counts", "setting")},
         kinds={"h5ad"},
-        description="Training cells of the setting: first N of the seeded pool order, thinned to quality q.",
+        description="Training cells of the setting: rows [0, N) of the seed's pool, thinned to quality q on "
+        "read (a record, not a copy).",
     )
-    def train_counts(context: AssetExecutionContext, raw: Path, split: Path):
-        from scaling_assets.assets.splits import load_split
-        from scaling_assets.data.h5ad_io import CsrReader, write_rows
+    def train_counts(context: AssetExecutionContext, pool_counts: Path):
+        from scaling_assets.data.pools import CountsRange, check_size
+        from scaling_assets.data.thinning import mean_umis
 
         setting = parse_setting_key(context.partition_key)
-        rows = load_split(split).train_rows(setting.cells)
-        stage = new_stage(ds.study, "train")
-        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            summary = write_rows(reader, rows, stage / COUNTS_FILE, transform=thinning(setting.quality, setting.seed),
-                                 chunk_size=ds.study.chunk_size, progress=show_progress())
-        summary = dict(summary, quality=setting.quality, seed=setting.seed)
-        write_summary(stage, summary)
-        return Output(stage, metadata={**count_metadata(summary), "quality": setting.quality,
-                                       "wall_time_s": round(elapsed(), 2)})
+        pool_cells = int(read_summary(pool_counts)["cells"])
+        check_size(setting.cells, pool_cells, f"training pool of {ds.name} s={setting.seed}")
+        handle = CountsRange(str(pool_counts), setting.cells, setting.quality, setting.seed)
+        with handle.open() as source, timed() as elapsed:
+            umis = mean_umis(source, chunk_size=ds.study.chunk_size)  # one read, for the UI's UMIs per cell
+            genes = source.n_vars
+        record = dict(handle.to_record(), genes=genes, umis_per_cell=umis, pool_cells=pool_cells,
+                      rows=[0, setting.cells])
+        return Output(record, metadata={
+            **count_metadata(record), "quality": setting.quality, "pool_rows": f"[0, {setting.cells})",
+            "pool_cells": pool_cells, "wall_time_s": round(elapsed(), 2),
+        })
 
     return train_counts
+
+
+def pool_corpus_asset(ds: DatasetAssets):
+    @asset(
+        key=ds.key("pool_corpus"),
+        group_name=ds.name,
+        partitions_def=ds.quality_seeds_of("geneformer"),
+        ins={"pool_counts": ds.seed_in("pool_counts", "quality_seed", "geneformer"),
+             "gene_medians": ds.seed_in("gene_medians", "quality_seed", "geneformer")},
+        kinds={"numpy"},
+        description="The training pool thinned to q as a Geneformer rank-value corpus, in pool order; a "
+        "setting's corpus is the cells of its first N pool rows.",
+    )
+    def pool_corpus(context: AssetExecutionContext, pool_counts: Path, gene_medians: Path):
+        from scaling_assets.data.pools import CountsRange, record_fingerprints
+
+        quality, seed = parse_quality_seed_key(context.partition_key)
+        pool_cells = int(read_summary(pool_counts)["cells"])
+        stage = new_stage(ds.study, "pool-corpus")
+        with CountsRange(str(pool_counts), pool_cells, quality, seed).open() as source, timed() as elapsed:
+            summary = tokenize_source(ds, source, stage / CORPUS_DIR, gene_medians)
+        summary["fingerprints"] = record_fingerprints(stage, [f"{CORPUS_DIR}/{f}" for f in CORPUS_FILES])
+        write_summary(stage, summary)
+        return Output(stage, metadata={
+            "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),
+            "tokens": summary.get("tokens"), "wall_time_s": round(elapsed(), 2),
+        })
+
+    return pool_corpus
 
 
 def train_corpus_asset(ds: DatasetAssets):
@@ -50,19 +118,22 @@ def train_corpus_asset(ds: DatasetAssets):
         key=ds.key("train_corpus"),
         group_name=ds.name,
         partitions_def=ds.settings_of("geneformer"),
-        ins={"train_counts": ds.same_in("train_counts", ds.settings_of("geneformer")),
-             "gene_medians": ds.seed_in("gene_medians", "setting", "geneformer")},
+        ins={"pool_corpus": ds.quality_seed_in("pool_corpus", "geneformer")},
         kinds={"numpy"},
-        description="Training cells as a Geneformer rank-value token corpus (ragged token arrays + lengths).",
+        description="The setting's Geneformer corpus: the cells of pool rows [0, N) of the pool corpus at q "
+        "(a record, not a copy).",
     )
-    def train_corpus(context: AssetExecutionContext, train_counts: Path, gene_medians: Path):
-        stage = new_stage(ds.study, "train-corpus")
-        with timed() as elapsed:
-            summary = tokenize_counts(ds, train_counts / COUNTS_FILE, stage / CORPUS_DIR, gene_medians)
-        write_summary(stage, summary)
-        return Output(stage, metadata={
-            "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),
-            "tokens": summary.get("tokens"), "wall_time_s": round(elapsed(), 2),
+    def train_corpus(context: AssetExecutionContext, pool_corpus: Path):
+        from scaling_assets.data.pools import CorpusRange
+
+        setting = parse_setting_key(context.partition_key)
+        handle = CorpusRange(str(pool_corpus / CORPUS_DIR), setting.cells)
+        corpus = handle.open()  # refuses N above the pool, a missing or truncated corpus
+        tokens = int(corpus.offsets[-1])
+        record = dict(handle.to_record(), cells=len(corpus), input_cells=setting.cells, tokens=tokens)
+        return Output(record, metadata={
+            "cells": len(corpus), "cells_dropped": setting.cells - len(corpus), "tokens": tokens,
+            "pool_rows": f"[0, {setting.cells})",
         })
 
     return train_corpus
@@ -73,24 +144,23 @@ def pca_genes_asset(ds: DatasetAssets):
         key=ds.key("pca_genes"),
         group_name=ds.name,
         partitions_def=ds.seeds,
-        ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
+        ins={"pool_counts": ds.same_in("pool_counts")},
         kinds={"numpy"},
         description="PCA's 750 highly variable genes (Seurat-flavour dispersion, as scanpy flavor='seurat'), "
         "chosen once per seed on the largest full-quality training set and used by every PCA model of the seed.",
     )
-    def pca_genes(context: AssetExecutionContext, raw: Path, split: Path):
+    def pca_genes(context: AssetExecutionContext, pool_counts: Path):
         import numpy as np
 
-        from scaling_assets.assets.splits import load_split
-        from scaling_assets.data.h5ad_io import CsrReader
+        from scaling_assets.data.pools import CountsRange
         from scaling_assets.models.hvg import seurat_highly_variable
         from scaling_assets.models.pca import N_HVG
 
         cells = max(ds.study.sizes_of(ds.name, "pca"))  # PCA's own grid, if it has one
-        rows = np.sort(load_split(split).train_rows(cells))
+        seed = parse_seed_key(context.partition_key)
         stage = new_stage(ds.study, "pca-genes")
-        with CsrReader(raw / COUNTS_FILE) as reader, timed() as elapsed:
-            genes = seurat_highly_variable(reader, min(N_HVG, reader.n_vars), rows=rows, chunk_size=ds.study.chunk_size)
+        with CountsRange(str(pool_counts), cells, 1.0, seed).open() as train, timed() as elapsed:
+            genes = seurat_highly_variable(train, min(N_HVG, train.n_vars), chunk_size=ds.study.chunk_size)
         np.save(stage / PCA_GENES_FILE, genes)
         summary = {"genes": len(genes), "chosen_on": f"largest full-quality training set (n={cells}, q=1)",
                    "cells": cells}
