@@ -76,8 +76,46 @@ def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):
     assert hp["training"] == dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
                                   per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
     assert hp["num_train_epochs"] == 10 * 10_000_000 // 100 and hp["budget"] == "test"
+    assert (hp["micro_batch_size"], hp["gradient_accumulation_steps"]) == (64, 1)  # 40-token cells: one pass
     paper = GeneformerModel([f"g{j}" for j in range(5)], budget="paper").hyperparameters()
     assert (paper["warmup_steps"], paper["eval_steps"], paper["early_stopping_patience"]) == (5000, 1000, 5)
+
+
+def test_cpu_micro_batches_accumulate_to_the_one_batch_gradient():
+    # 512-token cells take ~50 MB of attention activations each on a CPU: 8 per pass, 8 passes a step.
+    assert gf.micro_batch_size(512, "cpu") == 8 and gf.micro_batch_size(100, "cpu") == 64
+    assert gf.micro_batch_size(512, "cuda:0") == 64
+    rng = np.random.default_rng(3)
+    cells = [{"input_ids": rng.integers(2, 32, size=rng.integers(5, 40))} for _ in range(64)]
+    batch = MaskingCollator(32, seed=1)(cells)
+    model = GeneformerModel([f"g{j}" for j in range(30)])._build().eval()  # no dropout: same network twice
+    masked = (batch["labels"] != -100).sum()
+
+    def gradients(slices):
+        model.zero_grad()
+        for sl in slices:
+            out = model(input_ids=batch["input_ids"][sl], attention_mask=batch["attention_mask"][sl])
+            gf.masked_lm_loss(out, batch["labels"][sl], masked).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    whole, accumulated = gradients([slice(0, 64)]), gradients([slice(i, i + 8) for i in range(0, 64, 8)])
+    for a, b in zip(whole, accumulated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(gf.masked_lm_loss(out, batch["labels"]),  # alone: the mean over masked tokens
+                               torch.nn.functional.cross_entropy(out.logits.reshape(-1, 32), batch["labels"].reshape(-1)))
+
+
+def test_accumulated_training_reports_the_batch_loss(corpora, monkeypatch):
+    # A tiny activation budget forces 2-cell micro-batches (32 per step). The logged training loss must
+    # stay the batch mean (near ln(vocab) for a fresh model), not 32 micro-batch means added up.
+    src, train, val, _ = corpora
+    monkeypatch.setattr(gf, "CPU_ACTIVATION_BUDGET_BYTES", 2 * 3 * 4 * int(np.max(train.lengths)) ** 2 * 16)
+    m = GeneformerModel(src.var_names, budget="test", seed=0, device="cpu")
+    r = m.fit(train, val)
+    hp = m.hyperparameters()
+    assert (hp["micro_batch_size"], hp["gradient_accumulation_steps"], r.steps) == (2, 32, 4)
+    assert 0.5 * np.log(N_GENES + 2) < r.train_loss < 1.5 * np.log(N_GENES + 2)
 
 
 def test_bert_masking_rates_and_collator_padding():

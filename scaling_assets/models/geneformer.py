@@ -45,6 +45,38 @@ MLM_PROBABILITY = 0.15
 # the reference's call: hidden_states[num_hidden_layers + EMB_LAYER], mean over non-padding tokens.
 EMB_LAYER = -1
 COMPLETE_MARKER = "COMPLETE"
+# On a CPU the attention activations that backward keeps for 64 cells of 512 tokens take ~3.5 GB
+# (measured: 4.5 GB peak RSS for one default-budget step), so the 64-cell batch is run as
+# micro-batches whose gradients accumulate into one optimizer step. The loss is the sum over masked
+# tokens divided by the masked tokens of the whole 64-cell batch (`masked_lm_loss`), so the update
+# equals the one-batch update. A GPU runs the whole batch at once.
+CPU_ACTIVATION_BUDGET_BYTES = 512 * 2**20
+_ATTENTION_COPIES = 4  # scores, probabilities, dropout mask and dropped probabilities, per layer
+
+
+def micro_batch_size(max_tokens: int, device: str) -> int:
+    """Cells per forward pass: the whole batch on a GPU; on a CPU the largest power of two whose
+    attention activations (layers x heads x tokens^2 float32, a few copies) fit the CPU budget."""
+    batch = TRAINING["per_device_train_batch_size"]
+    if device.startswith("cuda"):
+        return batch
+    per_cell = (BERT_CONFIG["num_hidden_layers"] * BERT_CONFIG["num_attention_heads"]
+                * max(1, max_tokens) ** 2 * 4 * _ATTENTION_COPIES)
+    micro = batch
+    while micro > 1 and micro * per_cell > CPU_ACTIVATION_BUDGET_BYTES:
+        micro //= 2
+    return micro
+
+
+def masked_lm_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over the masked tokens, divided by the masked tokens of the whole
+    (accumulated) batch, which the Trainer counts; a lone batch divides by its own count."""
+    logits = outputs.logits
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
+        ignore_index=-100, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return total / count
 
 
 def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int):
@@ -110,6 +142,7 @@ class GeneformerModel(RepresentationModel):
         self.token_dictionary = TokenDictionary(self.gene_ids)
         self.model = None  # BertForMaskedLM once built
         self._num_train_epochs: int | None = None
+        self._micro_batch: int | None = None  # cells per forward pass while training (set by fit)
         self.resumed_from_step: int | None = None  # set by fit when it resumed from a checkpoint
 
     def config(self):
@@ -131,7 +164,9 @@ class GeneformerModel(RepresentationModel):
     def hyperparameters(self) -> dict:
         b = get_budget(self.budget).geneformer
         return {"algorithm": self.algorithm, "bert": {**BERT_CONFIG, "vocab_size": len(self.token_dictionary)},
-                "training": TRAINING, "mlm_probability": MLM_PROBABILITY, "mask_token_id": MASK_ID,
+                "training": TRAINING, "micro_batch_size": self._micro_batch,
+                "gradient_accumulation_steps": self._accumulation_steps(),
+                "loss": "sum over masked tokens / masked tokens of the 64-cell batch", "mlm_probability": MLM_PROBABILITY, "mask_token_id": MASK_ID,
                 "group_by_length": True, "warmup_steps": b.warmup_steps, "eval_steps": b.eval_steps,
                 "early_stopping_patience": b.early_stopping_patience, "metric": "eval_loss",
                 "load_best_model_at_end": True, "max_epochs_rule": "max(1, floor(10 * 1e7 / N))",
@@ -139,6 +174,9 @@ class GeneformerModel(RepresentationModel):
                 "eval_max_cells": b.eval_max_cells, "budget": self.budget, "seed": self.seed,
                 "emb_layer": EMB_LAYER,
                 "embedding": "mean over non-padding tokens of the second-to-last layer (Geneformer emb_layer=-1)"}
+
+    def _accumulation_steps(self) -> int | None:
+        return None if self._micro_batch is None else TRAINING["per_device_train_batch_size"] // self._micro_batch
 
     def _check_corpus(self, corpus, what: str) -> Corpus:
         if not isinstance(corpus, Corpus):
@@ -168,10 +206,14 @@ class GeneformerModel(RepresentationModel):
         b = get_budget(self.budget).geneformer
         self._num_train_epochs = b.max_epochs(len(train))
         cuda = self.device.startswith("cuda")
+        self._micro_batch = micro_batch_size(int(np.max(train.lengths)), self.device)
         own_ckpt = checkpoint_dir is None
         ckpt = Path(tempfile.mkdtemp(prefix="geneformer-ckpt-") if own_ckpt else checkpoint_dir)
         args = dict(
-            output_dir=str(ckpt), **TRAINING, warmup_steps=b.warmup_steps,
+            output_dir=str(ckpt), **{**TRAINING, "per_device_train_batch_size": self._micro_batch,
+                                     "per_device_eval_batch_size": min(TRAINING["per_device_eval_batch_size"],
+                                                                       4 * self._micro_batch)},
+            gradient_accumulation_steps=self._accumulation_steps(), warmup_steps=b.warmup_steps,
             num_train_epochs=self._num_train_epochs, max_steps=b.max_steps or -1,
             eval_strategy="steps", eval_steps=b.eval_steps, save_strategy="steps", save_steps=b.eval_steps,
             save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
@@ -208,6 +250,7 @@ class GeneformerModel(RepresentationModel):
                 train_dataset=_CorpusDataset(train),
                 eval_dataset=_CorpusDataset(validation, b.eval_max_cells, fixed_mask_seed=self.seed),
                 data_collator=MaskingCollator(len(self.token_dictionary), self.seed),
+                compute_loss_func=masked_lm_loss,
                 callbacks=[EarlyStoppingCallback(early_stopping_patience=b.early_stopping_patience),
                            _MarkComplete()])
             if not progress:  # without tqdm the Trainer prints every log dict to stdout
@@ -242,7 +285,8 @@ class GeneformerModel(RepresentationModel):
     def embed(self, data, batch_size: int | None = None) -> np.ndarray:
         self._require_fitted()
         corpus = self._check_corpus(data, "corpus to embed")
-        bs = batch_size or 100
+        # no backward: activations of one layer at a time, so 4x the training micro-batch fits the budget
+        bs = batch_size or min(100, 4 * micro_batch_size(int(np.max(corpus.lengths, initial=1)), self.device))
         model = self.model.to(self.device).eval()
         out = np.zeros((len(corpus), self.embedding_dim), dtype=np.float32)
         order = np.argsort(corpus.lengths, kind="stable")  # similar lengths per batch: less padding
@@ -275,6 +319,7 @@ class GeneformerModel(RepresentationModel):
             raise InputError(f"{directory}: dictionary.json does not match the model's genes")
         model.model = BertForMaskedLM.from_pretrained(directory / "hf").eval()
         model._num_train_epochs = meta["hyperparameters"].get("num_train_epochs")
+        model._micro_batch = meta["hyperparameters"].get("micro_batch_size")
         return model
 
 
