@@ -29,6 +29,7 @@ from scaling_assets.assets.training_sets import (
     train_counts_asset,
 )
 from scaling_assets.data.h5ad_io import tune_allocator
+from scaling_assets.registry import MODELS, reads_corpus
 from scaling_assets.study import Study, load_study
 
 # Chunked CSR reads allocate tens of MB per chunk; letting glibc reuse those buffers instead of
@@ -40,9 +41,9 @@ def dataset_assets(ds: DatasetAssets) -> list:
     """The pipeline of one dataset, in order: raw -> split -> eval sets -> training sets -> models -> MI."""
     assets = [raw_counts_asset(ds), split_asset(ds), pool_counts_asset(ds), eval_counts_asset(ds),
               train_counts_asset(ds)]
-    if "geneformer" in ds.study.algorithms:
+    if any(reads_corpus(a) for a in ds.study.algorithms):
         assets += [gene_medians_asset(ds), eval_corpus_asset(ds), pool_corpus_asset(ds), train_corpus_asset(ds)]
-    if "pca" in ds.study.algorithms:
+    if any(MODELS[a].hvg_genes for a in ds.study.algorithms):
         assets.append(pca_genes_asset(ds))
     for algorithm in ds.study.algorithms:
         assets += [model_asset(ds, algorithm), embeddings_asset(ds, algorithm), mi_asset(ds, algorithm)]

@@ -19,13 +19,13 @@ import math
 from dataclasses import dataclass, field
 
 from scaling_assets.models.budget import get_budget
+from scaling_assets.models.spec import MAX_TOKENS
+from scaling_assets.registry import MODELS
 from scaling_assets.study import Study
 
 ASSUMED_GENES = 20_000  # real datasets whose gene count the study file does not give
 ASSUMED_UMIS = 3_000
-MAX_TOKENS = 512
 RECORD_BYTES = 1_024  # a row-range record (train_counts / train_corpus)
-EMBEDDING_DIMS = {"pca": 16, "random_projection": 16, "scvi": 16, "geneformer": 256}
 # configured GPU throughputs (assumptions, not measured here): SCVI training cells/s, Geneformer
 # training tokens/s, embedding cells/s for both
 THROUGHPUTS = {"scvi": 20_000.0, "geneformer": 150_000.0, "embed": 50_000.0}
@@ -58,13 +58,6 @@ def csr_bytes(cells: float, nnz: float) -> float:
 
 def corpus_bytes(cells: float, nnz: float) -> float:
     return cells * (4 * min(nnz, MAX_TOKENS) + 32)
-
-
-def _parameters(algorithm: str, genes: int) -> int:
-    from scaling_assets.compute.needs import _geneformer_params, _scvi_params
-
-    return {"pca": 750 * 16, "random_projection": genes * 16, "scvi": _scvi_params(genes),
-            "geneformer": _geneformer_params(genes)}[algorithm]
 
 
 def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> DatasetPlan:
@@ -123,8 +116,8 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
         b["train_corpus"] = len(runs["geneformer"]) * RECORD_BYTES
         p.copy_layout_bytes += sum(corpus_bytes(s.cells, nnz[s.quality]) for s in runs["geneformer"])
     for a, trained in runs.items():
-        b[f"model_{a}"] = len(trained) * 4 * _parameters(a, genes)
-        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * EMBEDDING_DIMS[a]
+        b[f"model_{a}"] = len(trained) * 4 * MODELS[a].parameters(genes)
+        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * MODELS[a].embedding_dim
 
     if "scvi" in algorithms:
         p.gpu_hours["scvi"] = read["model_scvi"] / throughputs["scvi"] / 3600

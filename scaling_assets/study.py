@@ -24,8 +24,8 @@ import yaml
 
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.errors import StudyConfigError
+from scaling_assets.registry import ALGORITHMS
 
-ALGORITHMS = ("pca", "random_projection", "scvi", "geneformer")
 TASKS = ("cite", "lineage", "spatial", "development")
 SOURCES = ("simulated", "h5ad", "larry", "cite", "merfish", "atlas")
 BUDGETS = ("paper", "default", "test")

@@ -273,7 +273,7 @@ def _gated(instance):
 def test_gate_sizes_runs_from_their_assets_and_holds_what_does_not_fit(gate_instance):
     from dagster import AssetKey
 
-    from scaling_assets.compute.needs import geneformer_train_mib, scvi_train_mib
+    from scaling_assets.models.spec import geneformer_train_mib, scvi_train_mib
 
     scvi = _submit(gate_instance, asset_selection={AssetKey("model_scvi")})
     gf = _submit(gate_instance, asset_selection={AssetKey("model_geneformer"), AssetKey("splits")})
@@ -326,7 +326,8 @@ def test_promise_of_a_run_that_is_no_longer_active_is_dropped(gate_instance):
 def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_path, monkeypatch):
     from dagster import AssetKey
 
-    from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS, scvi_train_mib
+    from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+    from scaling_assets.models.spec import scvi_train_mib
 
     study = tmp_path / "s.yaml"
     study.write_text(

@@ -24,11 +24,10 @@ from scaling_assets.compute.needs import (
     GPU_NEEDS,
     TAG_DEVICE,
     asset_need_mib,
-    geneformer_train_mib,
     gpu_need_mib,
-    scvi_train_mib,
 )
 from scaling_assets.compute.nvml import FakeNvml, PynvmlBackend
+from scaling_assets.models.spec import geneformer_train_mib, scvi_train_mib
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import torch
 
 from scaling_assets.errors import InputError
 from scaling_assets.models import geneformer as gf
+from scaling_assets.models import spec
 from scaling_assets.models import load_model
 from scaling_assets.models.budget import BUDGETS, Budget, GeneformerBudget
 from scaling_assets.models.geneformer import GeneformerModel, MaskingCollator, mask_tokens
@@ -83,8 +84,8 @@ def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):
 
 def test_cpu_micro_batches_accumulate_to_the_one_batch_gradient():
     # 512-token cells take ~50 MB of attention activations each on a CPU: 8 per pass, 8 passes a step.
-    assert gf.micro_batch_size(512, "cpu") == 8 and gf.micro_batch_size(100, "cpu") == 64
-    assert gf.micro_batch_size(512, "cuda:0") == 64
+    assert spec.geneformer_micro_batch(512, "cpu") == 8 and spec.geneformer_micro_batch(100, "cpu") == 64
+    assert spec.geneformer_micro_batch(512, "cuda:0") == 64
     rng = np.random.default_rng(3)
     cells = [{"input_ids": rng.integers(2, 32, size=rng.integers(5, 40))} for _ in range(64)]
     batch = MaskingCollator(32, seed=1)(cells)
@@ -110,7 +111,7 @@ def test_accumulated_training_reports_the_batch_loss(corpora, monkeypatch):
     # A tiny activation budget forces 2-cell micro-batches (32 per step). The logged training loss must
     # stay the batch mean (near ln(vocab) for a fresh model), not 32 micro-batch means added up.
     src, train, val, _ = corpora
-    monkeypatch.setattr(gf, "CPU_ACTIVATION_BUDGET_BYTES", 2 * 3 * 4 * int(np.max(train.lengths)) ** 2 * 16)
+    monkeypatch.setattr(spec, "CPU_ACTIVATION_BUDGET_BYTES", 2 * 3 * 4 * int(np.max(train.lengths)) ** 2 * 16)
     m = GeneformerModel(src.var_names, budget="test", seed=0, device="cpu")
     r = m.fit(train, val)
     hp = m.hyperparameters()
@@ -144,6 +145,7 @@ def test_parameter_count_grows_by_257_per_gene():
     assert bert.cls.predictions.decoder.weight is bert.bert.embeddings.word_embeddings.weight
     counts = [GeneformerModel([f"g{j}" for j in range(g)]).n_parameters() for g in (100, 101, 1100)]
     assert counts[1] - counts[0] == 257 and counts[2] - counts[0] == 1000 * 257
+    assert counts == [spec.geneformer_parameters(g) for g in (100, 101, 1100)]  # what GPU needs are sized from
 
 
 def test_early_stopping_stops(corpora, monkeypatch):

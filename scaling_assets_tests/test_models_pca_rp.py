@@ -7,7 +7,9 @@ from sklearn.random_projection import GaussianRandomProjection
 
 from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
-from scaling_assets.models import ALGORITHMS, get_model_class, load_model
+from scaling_assets.models import get_model_class, load_model
+from scaling_assets.compute.needs import GPU_NEEDS
+from scaling_assets.registry import ALGORITHMS, MODELS, reads_corpus
 from scaling_assets.models.base import normalise_log1p
 from scaling_assets.models.pca import PCAModel
 from scaling_assets.models.random_projection import RandomProjectionModel
@@ -22,6 +24,11 @@ def data():
 def test_registry():
     assert ALGORITHMS == ("pca", "random_projection", "scvi", "geneformer")
     assert get_model_class("pca") is PCAModel
+    for entry in MODELS.values():  # each entry names its class and says what that class does
+        cls = get_model_class(entry.name)
+        assert (cls.algorithm, cls.embedding_dim) == (entry.name, entry.embedding_dim)
+    assert [a for a in ALGORITHMS if reads_corpus(a)] == ["geneformer"]
+    assert set(GPU_NEEDS) == {f"{stage}_{a}" for a in ALGORITHMS for stage in MODELS[a].gpu_mib}
     with pytest.raises(InputError, match="unknown algorithm"):
         get_model_class("umap")
 

@@ -7,7 +7,7 @@ import torch
 from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
 from scaling_assets.models import budget as budget_mod
-from scaling_assets.models import load_model
+from scaling_assets.models import load_model, spec
 from scaling_assets.models.budget import BUDGETS, Budget, ScviBudget
 from scaling_assets.models.scvi import SCVIModel
 from scaling_assets.models.synthetic import simulate_counts
@@ -99,6 +99,7 @@ def test_parameter_count_grows_by_what_the_layers_imply():
     counts = [SCVIModel([f"g{j}" for j in range(g)]).n_parameters() for g in (100, 101, 1100)]
     assert counts[1] - counts[0] == 2564
     assert counts[2] - counts[0] == 1000 * 2564
+    assert counts == [spec.scvi_parameters(g) for g in (100, 101, 1100)]  # what GPU needs are sized from
 
 
 def test_bad_inputs(fitted):

@@ -10,6 +10,7 @@ from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir
 from scaling_assets.assets.models import MODEL_DIR
 from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.registry import reads_corpus
 from scaling_assets.study import parse_setting_key
 
 EMBEDDINGS_FILE = "embeddings.npz"
@@ -25,8 +26,8 @@ def load_embeddings(folder: Path):
 def embeddings_asset(ds: DatasetAssets, algorithm: str):
     name = f"embeddings_{algorithm}"
     key = ds.key(name)
-    # Geneformer reads the test corpus of its quality; the others the seed's test counts at that quality.
-    eval_in = (ds.quality_seed_in("eval_corpus", algorithm) if algorithm == "geneformer"
+    # A corpus model reads the test corpus of its quality; the others the seed's test counts at that quality.
+    eval_in = (ds.quality_seed_in("eval_corpus", algorithm) if reads_corpus(algorithm)
                else ds.seed_in("eval_counts", "setting", algorithm))
 
     @asset(
@@ -48,7 +49,7 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
         with step_device(context, name, n_genes) as device:
             fitted = load_model(model / MODEL_DIR, algorithm=algorithm)
             fitted.device = device  # embed on the leased device, whatever the model trained on
-            if algorithm == "geneformer":
+            if reads_corpus(algorithm):
                 from scaling_assets.tokenize import Corpus
 
                 test = Corpus(eval_data / "test")

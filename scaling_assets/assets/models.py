@@ -10,12 +10,12 @@ from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.training_sets import PCA_GENES_FILE
 from scaling_assets.data.pools import CorpusRange, CountsRange
+from scaling_assets.registry import MODELS, reads_corpus
 from scaling_assets.study import parse_setting_key
 
 MODEL_DIR = "model"
 HISTORY_FILE = "history.csv"
 LOSS_PLOT = "loss.png"
-KINDS = {"pca": "scikitlearn", "random_projection": "scikitlearn", "scvi": "pytorch", "geneformer": "pytorch"}
 
 
 def fit_report_record(report, model, algorithm: str, setting, budget: str) -> dict:
@@ -42,8 +42,8 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     from scaling_assets.models import get_model_class
 
     setting = parse_setting_key(context.partition_key)
-    gene_ids = train.token_dictionary.gene_ids if algorithm == "geneformer" else train.var_names
-    resumable = algorithm == "geneformer"  # hours of training at paper scale: worth resuming
+    gene_ids = train.token_dictionary.gene_ids if reads_corpus(algorithm) else train.var_names
+    resumable = MODELS[algorithm].resumable
     work = checkpoint_dir(ds, f"model_{algorithm}", context.partition_key)
     with step_device(context, f"model_{algorithm}", len(gene_ids)) as device:
         model = get_model_class(algorithm)(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
@@ -82,11 +82,11 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
 def model_asset(ds: DatasetAssets, algorithm: str):
     name = f"model_{algorithm}"
     common = dict(
-        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(algorithm), kinds={KINDS[algorithm]},
+        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(algorithm), kinds={MODELS[algorithm].dagster_kind},
         retry_policy=retry_policy_for(name),
     )
 
-    if algorithm == "geneformer":
+    if reads_corpus(algorithm):
         @asset(
             **common,
             ins={"train_corpus": ds.same_in("train_corpus"),
@@ -102,7 +102,7 @@ def model_asset(ds: DatasetAssets, algorithm: str):
 
         return model
 
-    if algorithm == "pca":
+    if MODELS[algorithm].hvg_genes:
         @asset(
             **common,
             ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm)),

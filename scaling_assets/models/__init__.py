@@ -12,19 +12,14 @@ from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, read_model_json
 from scaling_assets.models.budget import BUDGETS, geneformer_max_epochs, get_budget, scvi_max_epochs
 
-ALGORITHMS = ("pca", "random_projection", "scvi", "geneformer")
-_CLASSES = {
-    "pca": ("scaling_assets.models.pca", "PCAModel"),
-    "random_projection": ("scaling_assets.models.random_projection", "RandomProjectionModel"),
-    "scvi": ("scaling_assets.models.scvi", "SCVIModel"),
-    "geneformer": ("scaling_assets.models.geneformer", "GeneformerModel"),
-}
 
 
 def get_model_class(name: str) -> type[RepresentationModel]:
-    if name not in _CLASSES:
-        raise InputError(f"unknown algorithm {name!r}; expected one of {list(ALGORITHMS)}")
-    module, cls = _CLASSES[name]
+    from scaling_assets.registry import MODELS  # the registry imports this package's spec module
+
+    if name not in MODELS:
+        raise InputError(f"unknown algorithm {name!r}; expected one of {list(MODELS)}")
+    module, cls = MODELS[name].model_class.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -36,5 +31,5 @@ def load_model(directory: str | os.PathLike, algorithm: str | None = None) -> Re
     return get_model_class(found).load(directory)
 
 
-__all__ = ["ALGORITHMS", "BUDGETS", "FitReport", "RepresentationModel", "geneformer_max_epochs",
+__all__ = ["BUDGETS", "FitReport", "RepresentationModel", "geneformer_max_epochs",
            "get_budget", "get_model_class", "load_model", "scvi_max_epochs"]

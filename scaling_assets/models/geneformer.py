@@ -32,44 +32,24 @@ import torch
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel
 from scaling_assets.models.budget import get_budget
-from scaling_assets.tokenize import MASK_ID, MAX_LEN, PAD_ID, Corpus, TokenDictionary
+from scaling_assets.models.spec import (
+    GENEFORMER_BERT,
+    GENEFORMER_TRAINING,
+    MLM_PROBABILITY,
+    geneformer_micro_batch,
+)
+from scaling_assets.tokenize import MASK_ID, PAD_ID, Corpus, TokenDictionary
 
-BERT_CONFIG = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads=4, intermediate_size=512,
-                   max_position_embeddings=MAX_LEN, hidden_act="relu", attention_probs_dropout_prob=0.02,
-                   hidden_dropout_prob=0.02, initializer_range=0.02, layer_norm_eps=1e-12,
-                   pad_token_id=PAD_ID)
-TRAINING = dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
-                per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
-MLM_PROBABILITY = 0.15
+BERT_CONFIG, TRAINING = GENEFORMER_BERT, GENEFORMER_TRAINING  # the reference's settings (models/spec.py)
 # Cell embedding layer in Geneformer's `emb_layer` convention (0 = last layer, -1 = second-to-last),
 # the reference's call: hidden_states[num_hidden_layers + EMB_LAYER], mean over non-padding tokens.
 EMB_LAYER = -1
 COMPLETE_MARKER = "COMPLETE"
-# On a CPU the attention activations that backward keeps for 64 cells of 512 tokens take ~3.5 GB
-# (measured: 4.5 GB peak RSS for one default-budget step), so the 64-cell batch is run as
-# micro-batches whose gradients accumulate into one optimizer step. The loss is the sum over masked
-# tokens divided by the masked tokens of the whole 64-cell batch (`masked_lm_loss`), so the update
-# equals the one-batch update. A GPU runs the whole batch at once.
-CPU_ACTIVATION_BUDGET_BYTES = 512 * 2**20
-_ATTENTION_COPIES = 4  # scores, probabilities, dropout mask and dropped probabilities, per layer
-
-
-def micro_batch_size(max_tokens: int, device: str) -> int:
-    """Cells per forward pass: the whole batch on a GPU; on a CPU the largest power of two whose
-    attention activations (layers x heads x tokens^2 float32, a few copies) fit the CPU budget."""
-    batch = TRAINING["per_device_train_batch_size"]
-    if device.startswith("cuda"):
-        return batch
-    per_cell = (BERT_CONFIG["num_hidden_layers"] * BERT_CONFIG["num_attention_heads"]
-                * max(1, max_tokens) ** 2 * 4 * _ATTENTION_COPIES)
-    micro = batch
-    while micro > 1 and micro * per_cell > CPU_ACTIVATION_BUDGET_BYTES:
-        micro //= 2
-    return micro
 
 
 def masked_lm_loss(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy summed over the masked tokens, divided by the masked tokens of the whole
+    """The loss of CPU micro-batches that accumulate into one step (spec.geneformer_micro_batch):
+    cross-entropy summed over the masked tokens, divided by the masked tokens of the whole
     (accumulated) batch, which the Trainer counts; a lone batch divides by its own count."""
     logits = outputs.logits
     total = torch.nn.functional.cross_entropy(
@@ -206,7 +186,7 @@ class GeneformerModel(RepresentationModel):
         b = get_budget(self.budget).geneformer
         self._num_train_epochs = b.max_epochs(len(train))
         cuda = self.device.startswith("cuda")
-        self._micro_batch = micro_batch_size(int(np.max(train.lengths)), self.device)
+        self._micro_batch = geneformer_micro_batch(int(np.max(train.lengths)), self.device)
         own_ckpt = checkpoint_dir is None
         ckpt = Path(tempfile.mkdtemp(prefix="geneformer-ckpt-") if own_ckpt else checkpoint_dir)
         args = dict(
@@ -286,7 +266,7 @@ class GeneformerModel(RepresentationModel):
         self._require_fitted()
         corpus = self._check_corpus(data, "corpus to embed")
         # no backward: activations of one layer at a time, so 4x the training micro-batch fits the budget
-        bs = batch_size or min(100, 4 * micro_batch_size(int(np.max(corpus.lengths, initial=1)), self.device))
+        bs = batch_size or min(100, 4 * geneformer_micro_batch(int(np.max(corpus.lengths, initial=1)), self.device))
         model = self.model.to(self.device).eval()
         out = np.zeros((len(corpus), self.embedding_dim), dtype=np.float32)
         order = np.argsort(corpus.lengths, kind="stable")  # similar lengths per batch: less padding

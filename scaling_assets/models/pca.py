@@ -27,9 +27,9 @@ from sklearn.decomposition import TruncatedSVD
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr, normalise_log1p
 from scaling_assets.models.hvg import seurat_highly_variable
+from scaling_assets.models.spec import PCA_COMPONENTS, PCA_HVG
 
-N_COMPONENTS = 16
-N_HVG = 750
+N_COMPONENTS, N_HVG = PCA_COMPONENTS, PCA_HVG
 CHUNK = 10_000
 IN_MEMORY_MAX_CELLS = 200_000  # above this, the exact streaming Gram route (module docstring)
 

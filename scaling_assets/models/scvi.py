@@ -26,20 +26,14 @@ import torch
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr
 from scaling_assets.models.budget import get_budget
+from scaling_assets.models.spec import SCVI_BATCH, SCVI_MODEL, SCVI_PLAN
 
 IN_MEMORY_MAX_CELLS = 200_000
 STREAM_BLOCK_CELLS = 16_384
-BATCH_SIZE = 512
+BATCH_SIZE = SCVI_BATCH
 TRAIN_SIZE = 0.8
 
-MODEL_KWARGS = dict(n_hidden=512, n_latent=16, n_layers=1, dropout_rate=0.1, dispersion="gene",
-                    gene_likelihood="zinb", latent_distribution="normal")
-# The plateau scheduler keeps scvi-tools' defaults (patience 30 epochs, factor 0.6), which the reference
-# also ran, written out so the hyperparameter table shows them. With early stopping at patience 5 the
-# run ends long before 30 epochs without improvement, so the scheduler never lowers the rate.
-PLAN_KWARGS = dict(optimizer="Adam", lr=1e-3, weight_decay=1e-6, eps=0.01, reduce_lr_on_plateau=True,
-                   lr_scheduler_metric="elbo_validation", lr_patience=30, lr_factor=0.6, lr_min=1e-6,
-                   n_epochs_kl_warmup=1, max_kl_weight=1.0, min_kl_weight=0.0)
+MODEL_KWARGS, PLAN_KWARGS = SCVI_MODEL, SCVI_PLAN  # the reference's settings (models/spec.py)
 
 
 def _quiet():
