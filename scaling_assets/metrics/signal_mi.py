@@ -1,0 +1,56 @@
+"""MI of one model's test embeddings with each task signal: cell alignment, estimates, the range rule.
+
+The policy the MI tables rest on, kept out of the assets: which test cells pair with which
+embedding rows, what the table reports (``max(0, estimate)``, the raw value and its standard
+error) and when an estimate is outside what estimation noise allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from scaling_assets.errors import InputError
+
+# Estimation noise allowed below zero before the range check fails: 0.1 bits (the LMI tests bound the
+# estimator within 0.1 bits of 0 on independent data) or 3 standard errors of the mean pointwise MI,
+# whichever is larger (small test sets, e.g. one sister pair per clone, are noisier).
+NEGATIVE_TOLERANCE_BITS = 0.1
+NEGATIVE_TOLERANCE_SE = 3.0
+
+
+def embedded_test_rows(test_cell_ids, embedded_cell_ids) -> np.ndarray:
+    """Row of each embedded cell in the test set (embeddings may cover a subset: Geneformer drops
+    cells with no tokens); an embedded cell missing from the test set is an error."""
+    position = {c: i for i, c in enumerate(np.asarray(test_cell_ids, dtype=str))}
+    missing = [c for c in embedded_cell_ids if c not in position]
+    if missing:
+        raise InputError(f"{len(missing)} embedded cells are not in the test set (first: {missing[0]!r}); "
+                         "the embeddings were made from another evaluation set")
+    return np.array([position[c] for c in embedded_cell_ids], dtype=np.int64)
+
+
+def signal_estimates(signals: Iterable, estimate: Callable, preset: str) -> list[dict]:
+    """One table row per signal. ``estimate(x, y)`` returns an ``LMIResult``.
+
+    KSG is unbiased around zero, so a signal the embedding does not carry can come out a little
+    negative; the table reports max(0, estimate) and keeps the raw value, which the scaling laws are
+    fitted on (averaging clipped values biases fits upward near zero)."""
+    rows = []
+    for sig in signals:
+        est = estimate(sig.x, sig.y)
+        raw_bits = float(est.mi_bits)
+        se = float(np.std(est.pmi) / np.sqrt(max(len(est.pmi), 1)))
+        rows.append({"signal": sig.signal, "mi_bits": max(raw_bits, 0.0), "mi_bits_raw": raw_bits,
+                     "mi_bits_se": se, "pairs": int(sig.n_pairs), "pairs_evaluated": int(est.n_eval),
+                     "lmi_preset": preset})
+    return rows
+
+
+def out_of_range(rows: list[dict]) -> list[dict]:
+    """Rows whose raw MI lies outside [0, log2(pairs)] bits beyond the allowed estimation noise."""
+    return [r for r in rows
+            if not (-max(NEGATIVE_TOLERANCE_BITS, NEGATIVE_TOLERANCE_SE * r["mi_bits_se"])
+                    <= r["mi_bits_raw"] <= math.log2(max(r["pairs"], 2)))]
