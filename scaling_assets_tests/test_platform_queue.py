@@ -21,6 +21,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 
 from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+from scaling_assets.registry import ALGORITHMS
 from scaling_assets.study import load_study
 from scaling_assets.study_queue import study_lock
 
@@ -138,6 +139,12 @@ def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tm
         assert tags[TAG_THREADS] and tags[TAG_CPU_SLOT] == "cpu"
         if any(k.path[0] == "cite" for k in r.dagster_run.asset_selection or ()):
             assert tags[TAG_N_GENES] == "40"  # GPU need sized from the dataset, not default_n_genes
+    # settings go in after the shared data, so each setting's whole chain is one run: a run that
+    # wrote an MI partition also trained that model (one backfill split them into a run per step)
+    for r in runs:
+        names = {k.path[-1] for k in r.dagster_run.asset_selection or ()}
+        assert all(f"model_{a}" in names for a in ALGORITHMS if f"mi_{a}" in names), names
+    assert {b.tags["scaling_assets/stage"] for b in instance.get_backfills()} == {"shared data", "settings"}
     # separate processes, several at once: some runs overlapped in time
     spans = [(r.start_time, r.end_time) for r in runs if r.start_time and r.end_time]
     assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) >= 2
