@@ -1,17 +1,22 @@
 """Study runs on a real local Ray cluster (head + GPU worker nodes on localhost, logical GPUs) through
-``StudyRayRunLauncher``: fractional GPU packing, refusal of too-large runs, node loss, cleanup."""
+``StudyRayRunLauncher``: a small study gives the local launcher's results, fractional GPU packing,
+refusal of too-large runs, node loss, a node that does not see the study root, cleanup."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+from conftest import study_jobs, write_tiny_study
 from dagster import Definitions, job, op
 
-from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED
+from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_THREADS
 from scaling_assets.compute.ray_launcher import RunTooLargeError, ray_request
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
@@ -101,6 +106,19 @@ def cluster():
     assert not alive, f"Ray processes left running: {alive}"
 
 
+def ray_launcher(url: str, study_root: Path, env_vars: list[str]) -> dict:
+    return {
+        "module": "scaling_assets.compute.ray_launcher",
+        "class": "StudyRayRunLauncher",
+        "config": {
+            "ray": {"address": url, "env_vars": [*env_vars, "PYTHONPATH"]},
+            "gpu_memory_mib": GPU_MIB,
+            "cpus_per_run": 0.25,
+            "study_root": str(study_root),
+        },
+    }
+
+
 @pytest.fixture
 def ray_instance(cluster, tmp_path, monkeypatch):
     from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
@@ -111,19 +129,7 @@ def ray_instance(cluster, tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     out.mkdir()
     monkeypatch.setenv("RAY_TEST_OUT", str(out))
-    overrides = {
-        "run_launcher": {
-            "module": "scaling_assets.compute.ray_launcher",
-            "class": "StudyRayRunLauncher",
-            "config": {
-                "ray": {"address": url, "env_vars": ["RAY_TEST_OUT", "PYTHONPATH"]},
-                "gpu_memory_mib": GPU_MIB,
-                "cpus_per_run": 0.25,
-                "study_root": str(out),
-            },
-        },
-        "telemetry": {"enabled": False},
-    }
+    overrides = {"run_launcher": ray_launcher(url, out, ["RAY_TEST_OUT"]), "telemetry": {"enabled": False}}
     target = PythonFileTarget(
         python_file=__file__, attribute="defs", working_directory=str(Path(__file__).parents[1]),
         location_name="ray_test",
@@ -264,3 +270,97 @@ def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
     messages = " ".join(e.message or "" for e in instance.all_logs(rid))
     assert f"study root {out} is not shared storage" in messages
     assert not (out / f"{rid}.started").exists()
+
+
+# -- a small study: the same results through Ray as through the local launcher ------------------
+SMALL_STUDY = {
+    "algorithms": ["pca", "random_projection", "scvi"],
+    "qualities": [1.0],
+    "lmi": {"epochs": 10},
+    "datasets": {"cite": {"task": "cite", "source": "simulated", "cells": 500, "genes": 30, "seed": 1}},
+}
+
+
+def _materialise(tmp: Path, name: str, launcher: dict, monkeypatch) -> tuple[Path, dict, set]:
+    """The small study's raw, per-seed and per-setting runs, one after another, through ``launcher``.
+    Returns the study root, the materialised partitions per asset and the Ray nodes the runs got."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import instance_for_test, poll_for_finished_run
+
+    from scaling_assets.study import load_study
+
+    path = write_tiny_study(tmp / f"{name}.yaml", tmp / name, "small", **SMALL_STUDY)
+    monkeypatch.setenv("SCALING_ASSETS_STUDY", str(path))
+    study = load_study(path)
+    (tmp / f"{name}_home").mkdir()
+    overrides = {"run_launcher": launcher, "telemetry": {"enabled": False}}
+    with instance_for_test(overrides=overrides, temp_dir=str(tmp / f"{name}_home")) as instance, \
+            study_jobs(instance) as jobs:
+        nodes = set()
+        for job_name, partitions in [("cite_raw", [None]), ("cite_by_seed", study.seed_keys()),
+                                     ("cite_by_setting", study.setting_keys("cite"))]:
+            # one torch/BLAS thread in both: a thread count can change float reduction order
+            for run_id in [jobs.launch(job_name, p, tags={TAG_THREADS: "1"}) for p in partitions]:
+                run = poll_for_finished_run(instance, run_id, timeout=120)
+                assert run.status == DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(run_id)][-5:]
+                nodes.add(run.tags.get("scaling_assets/ray_node"))
+        materialised = {k.to_user_string(): set(instance.get_materialized_partitions(k))
+                        for k in instance.get_asset_keys()}
+    return study.root, materialised, nodes
+
+
+def _record(path: Path, root: Path):
+    """A JSON record without its wall times, its study root and staging folder names made neutral."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if not k.startswith("wall_time")}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, str):
+            return re.sub(r"\.staging/[^/]+", ".staging/X", value.replace(str(root), "ROOT"))
+        return value
+
+    return clean(json.loads(path.read_text()))
+
+
+def _weights(path: Path) -> dict:
+    import torch
+
+    state = torch.load(path, weights_only=False, map_location="cpu")["model_state_dict"]
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def test_a_small_study_through_ray_gives_the_local_launchers_results(cluster, tmp_path, monkeypatch):
+    from scaling_assets.compute.ray_launcher import MARKER_NAME
+
+    _, _, url = cluster
+    monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases"))
+    local_root, local_parts, _ = _materialise(
+        tmp_path, "local", {"module": "scaling_assets.compute.coordinator", "class": "GpuAwareRunLauncher"},
+        monkeypatch)
+    ray_root, ray_parts, nodes = _materialise(
+        tmp_path, "ray", ray_launcher(url, tmp_path / "ray", ["SCALING_ASSETS_STUDY", "SCALING_ASSETS_LEASE_DIR"]),
+        monkeypatch)
+    assert None not in nodes and nodes <= {n["NodeID"] for n in ray.nodes()}, "every run ran as a Ray job"
+    assert ray_parts == local_parts and len(ray_parts) == 15  # raw, 4 per seed, (train + 3 x 3) per setting
+    assert ray_parts["cite/mi_scvi"] == {"n=100_q=1_s=42"}
+
+    files = lambda root: {p.relative_to(root) for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    local_files = files(local_root)
+    assert files(ray_root) == local_files | {Path(MARKER_NAME)}
+    # Every output is compared exactly, SCVI's included: with a fixed seed, on CPU and one thread
+    # (TAG_THREADS above), SCVI training is deterministic across processes on this machine (weights,
+    # embeddings and MI came out bit-identical through both launchers). Torch does not promise that
+    # across CPU types or thread counts; on a mixed cluster compare SCVI within ~1e-5 instead.
+    for rel in sorted(local_files):
+        a, b = local_root / rel, ray_root / rel
+        if rel.suffix == ".json":  # MI values, model and count summaries
+            assert _record(a, local_root) == _record(b, ray_root), rel
+        elif rel.suffix == ".pt":  # torch's archive holds a serialisation id, SCVI a run name: compare weights
+            wa, wb = _weights(a), _weights(b)
+            assert wa and wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa), rel
+        else:  # splits, counts, genes, PCA / random projection models, embeddings, histories: bit for bit
+            assert a.read_bytes() == b.read_bytes(), rel
+    mi = _record(local_root / "cite" / "mi_scvi" / "n=100_q=1_s=42" / "record.json", local_root)
+    assert {s["signal"] for s in mi["signals"]} == {"cell_type", "protein"}
+    assert all(s["mi_bits"] > 0.1 for s in mi["signals"]), mi
