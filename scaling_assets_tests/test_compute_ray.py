@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import study_jobs, write_tiny_study
 from dagster import Definitions, job, op
 
 from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_THREADS
@@ -80,43 +79,22 @@ def _descendants() -> set[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
+    from scaling_assets.compute.ray_local import start_local_cluster, stop_local_cluster
 
     before = _descendants()
     try:
-        c = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": True, "dashboard_port": 0},
-        )
-        gpu_node = c.add_node(num_cpus=4, num_gpus=1)
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False)
-        url = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
+        c, url, (gpu_node,) = start_local_cluster(head_cpus=1, nodes=({"num_cpus": 4, "num_gpus": 1},))
     except Exception as exc:  # no Ray cluster on this machine: say why, never pass silently
         print(f"SKIP: a local Ray cluster could not start: {exc!r}")
         pytest.skip(f"a local Ray cluster could not start: {exc!r}")
     started = _descendants() - before
     yield c, gpu_node, url
-    ray.shutdown()
-    c.shutdown()
+    stop_local_cluster(c)
     deadline = time.time() + 20
     while time.time() < deadline and any(psutil.pid_exists(p) for p in started):
         time.sleep(0.2)
     alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"Ray processes left running: {alive}"
-
-
-def ray_launcher(url: str, study_root: Path, env_vars: list[str]) -> dict:
-    return {
-        "module": "scaling_assets.compute.ray_launcher",
-        "class": "StudyRayRunLauncher",
-        "config": {
-            "ray": {"address": url, "env_vars": [*env_vars, "PYTHONPATH"]},
-            "gpu_memory_mib": GPU_MIB,
-            "cpus_per_run": 0.25,
-            "study_root": str(study_root),
-        },
-    }
 
 
 @pytest.fixture
@@ -206,7 +184,9 @@ def test_a_lost_node_fails_its_run_and_the_retry_completes_on_the_remaining_node
 
     c, gpu_node, _ = cluster
     instance, launch, out, context = ray_instance
-    spare = c.add_node(num_cpus=4, num_gpus=1)
+    from scaling_assets.compute.ray_local import add_node
+
+    spare = add_node(c, num_cpus=4, num_gpus=1)
     c.wait_for_nodes()
     try:
         rid = launch(8000)
@@ -285,6 +265,7 @@ def _materialise(tmp: Path, name: str, launcher: dict, monkeypatch) -> tuple[Pat
     """The small study's raw, per-seed and per-setting runs, one after another, through ``launcher``.
     Returns the study root, the materialised partitions per asset and the Ray nodes the runs got."""
     from dagster._core.storage.dagster_run import DagsterRunStatus
+    from conftest import study_jobs, write_tiny_study  # not at the top: Dagster loads this file as code too
     from dagster._core.test_utils import instance_for_test, poll_for_finished_run
 
     from scaling_assets.study import load_study
