@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import pytest
 from dagster import Definitions, job, op
 
 from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_THREADS
-from scaling_assets.compute.ray_launcher import RunTooLargeError, ray_request
+from scaling_assets.compute.ray_launcher import TAG_RAY_CONFIG, RunTooLargeError, ray_request
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 pytest.importorskip("dagster_ray", reason="dagster-ray is not installed (pip install -e '.[ray]')")
@@ -97,6 +101,19 @@ def cluster():
     assert not alive, f"Ray processes left running: {alive}"
 
 
+def ray_launcher(url: str, study_root: Path, env_vars: list[str]) -> dict:
+    return {
+        "module": "scaling_assets.compute.ray_launcher",
+        "class": "StudyRayRunLauncher",
+        "config": {
+            "ray": {"address": url, "env_vars": [*env_vars, "PYTHONPATH"]},
+            "gpu_memory_mib": GPU_MIB,
+            "cpus_per_run": 0.25,
+            "study_root": str(study_root),
+        },
+    }
+
+
 @pytest.fixture
 def ray_instance(cluster, tmp_path, monkeypatch):
     from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
@@ -117,9 +134,12 @@ def ray_instance(cluster, tmp_path, monkeypatch):
         workspace = context.create_request_context()
         remote = workspace.get_code_location("ray_test").get_repository("__repository__").get_full_job("hold_job")
 
-        def launch(need: int) -> str:
+        def launch(need: int, ray_resources: dict | None = None) -> str:
+            tags = {TAG_GPU_NEED: str(need)}
+            if ray_resources:  # a custom Ray resource pins the run to the node that has it
+                tags[TAG_RAY_CONFIG] = json.dumps({"resources": ray_resources})
             run = instance.create_run_for_job(
-                hold_job, tags={TAG_GPU_NEED: str(need)}, remote_job_origin=remote.get_remote_origin(),
+                hold_job, tags=tags, remote_job_origin=remote.get_remote_origin(),
                 job_code_origin=remote.get_python_origin(),
             )
             instance.launch_run(run.run_id, workspace)
@@ -250,6 +270,54 @@ def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
     messages = " ".join(e.message or "" for e in instance.all_logs(rid))
     assert f"study root {out} is not shared storage" in messages
     assert not (out / f"{rid}.started").exists()
+
+
+@pytest.fixture
+def blind_node(cluster, ray_instance):
+    """A real Ray node (``ray start``) in its own mount namespace, where the study root is an empty tmpfs:
+    the node does not see the submitter's files. It has the custom resource ``blind`` to pin a run to it."""
+    c, _, _ = cluster
+    _, _, out, _ = ray_instance
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a node with its own view of the study root needs unshare -m as root")
+    from scaling_assets.compute.ray_local import _free_port
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    start = (f"mount -t tmpfs tmpfs {out} && exec {ray_cli} start --address={c.address} --num-cpus=1 "
+             f"--num-gpus=1 --resources='{{\"blind\": 1}}' --dashboard-agent-listen-port={_free_port()} --block")
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", start],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: any(n["Alive"] and "blind" in n["Resources"] for n in ray.nodes()), 60, "the blind node")
+        yield
+    finally:
+        members = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))] \
+            if psutil.pid_exists(proc.pid) else []
+        os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its node's processes
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs([psutil.Process(p) for p in members if psutil.pid_exists(p)], timeout=20)
+        for leftover in alive:
+            leftover.kill()
+        assert not alive, f"processes of the blind node outlived it: {[p.pid for p in alive]}"
+
+
+def test_a_node_that_mounts_another_file_system_at_the_root_refuses_the_run(ray_instance, blind_node):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import poll_for_finished_run
+
+    instance, launch, out, _ = ray_instance
+    (out / "go").write_text("")
+    rid = launch(0, ray_resources={"blind": 1})
+    run = poll_for_finished_run(instance, rid, timeout=90)
+    assert run.status == DagsterRunStatus.FAILURE
+    messages = " ".join(e.message or "" for e in instance.all_logs(rid))
+    assert f"study root {out} is not shared storage" in messages and "FileNotFoundError" in messages, messages
+    assert not (out / f"{rid}.started").exists()
+    # the same run on a node that sees the root completes
+    assert poll_for_finished_run(instance, launch(0), timeout=60).status == DagsterRunStatus.SUCCESS
 
 
 # -- a small study: the same results through Ray as through the local launcher ------------------
