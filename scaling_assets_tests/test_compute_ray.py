@@ -183,17 +183,18 @@ def test_small_runs_share_one_gpu_three_at_a_time_and_too_large_runs_are_refused
     time.sleep(3)
     assert len(started()) == 3, "a fourth 0.3-GPU run must wait for room on the GPU"
     (out / "go").write_text("")
-    table = []
+    table = [(big[:8], "20000", "-", "refused", "-")]
     for rid in ids:
         run = poll_for_finished_run(instance, rid, timeout=90)
         assert run.status == DagsterRunStatus.SUCCESS
         assert run.tags["scaling_assets/ray_node"] == gpu_node.node_id
         assert run.tags["scaling_assets/ray_gpu"] == "0" and run.tags[TAG_DEVICE] == "cuda:0"
-        table.append((rid[:8], run.tags[TAG_GPU_NEED], run.tags["scaling_assets/ray_node"][:8],
-                      run.tags["scaling_assets/ray_gpu"]))
-    print("\nrun       need MiB  node      GPU")
+        table.append((rid[:8], run.tags[TAG_GPU_NEED], str(json.loads(run.tags[TAG_RAY_CONFIG])["num_gpus"]),
+                      run.tags["scaling_assets/ray_node"][:8], run.tags["scaling_assets/ray_gpu"]))
+    print(f"\nplacement on {GPU_MIB} MiB logical GPUs (pytest -s shows it)")
+    print("run       need MiB  Ray GPUs  node      GPU")
     for row in table:
-        print("%-9s %-9s %-9s %s" % row)
+        print("%-9s %-9s %-9s %-9s %s" % row)
 
 
 def test_a_lost_node_fails_its_run_and_the_retry_completes_on_the_remaining_node(cluster, ray_instance):
