@@ -53,27 +53,20 @@ def measure(launcher: dict, runs: int, tmp: Path) -> list[float]:
 
 
 def main() -> None:
-    import ray
-    from ray.cluster_utils import Cluster
+    from scaling_assets.compute.ray_local import start_local_cluster, stop_local_cluster
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     local = measure({"module": "scaling_assets.compute.coordinator", "class": "GpuAwareRunLauncher"}, args.runs, tmp)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": True,
-                                                            "dashboard_port": 0})
-    cluster.add_node(num_cpus=2, num_gpus=1)
-    cluster.wait_for_nodes()
+    cluster, url, _ = start_local_cluster(head_cpus=1, nodes=({"num_cpus": 2, "num_gpus": 1},))
     try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        url = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
         on_ray = measure({"module": "scaling_assets.compute.ray_launcher", "class": "StudyRayRunLauncher",
                           "config": {"ray": {"address": url}, "gpu_memory_mib": 16000, "cpus_per_run": 0.5,
                                      "study_root": str(tmp)}}, args.runs, tmp)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
+        stop_local_cluster(cluster)
     for name, xs in (("local launcher", local), ("Ray launcher", on_ray)):
         print(f"{name:15s} submit-to-start: median {statistics.median(xs):.2f} s, "
               f"min {min(xs):.2f}, max {max(xs):.2f} ({len(xs)} runs: {', '.join(f'{x:.2f}' for x in xs)})")

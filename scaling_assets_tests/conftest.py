@@ -1,5 +1,6 @@
-"""Shared fixtures. ``postgres_url``: a fresh database on a real PostgreSQL server (Debian's
-``postgresql`` package) started on localhost for the test session, in a temporary directory."""
+"""Shared fixtures and helpers. ``postgres_url``: a fresh database on a real PostgreSQL server (Debian's
+``postgresql`` package) started on localhost for the test session, in a temporary directory.
+``write_tiny_study`` / ``study_jobs``: a tiny simulated study and runs of its named jobs on an instance."""
 
 from __future__ import annotations
 
@@ -11,9 +12,80 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = {
+    "budget": "test",
+    "seeds": [42],
+    "algorithms": ["pca"],
+    "split": {"validation_cells": 50},
+    "sizes": [100],
+    "qualities": [1.0, 0.5],
+    "datasets": {"cite": {"task": "cite", "source": "simulated", "cells": 400, "genes": 60, "seed": 1}},
+}
+
+
+def write_tiny_study(path: Path, root: Path, name: str, **fields) -> Path:
+    """A study file: one small simulated CITE dataset, PCA, the ``test`` budget; ``fields`` replace
+    top-level keys (``algorithms=[...]``, ``datasets={...}``, ``lmi={"epochs": 10}``)."""
+    path.write_text(yaml.safe_dump({"name": name, "root": str(root), **TINY_STUDY, **fields}, sort_keys=False))
+    return path
+
+
+class StudyJobs:
+    """Runs of the repository's named jobs (``cite_raw``, ``cite_by_seed``, ...) for the study of
+    ``$SCALING_ASSETS_STUDY``, created on ``instance`` with the origins its launcher needs."""
+
+    def __init__(self, instance, context):
+        from scaling_assets.definitions import load_definitions
+
+        self.instance, self.context = instance, context
+        self.defs = load_definitions()  # the same code location in this process, to create the runs
+        self.workspace = context.create_request_context()
+        self.repository = self.workspace.get_code_location(STUDY_LOCATION).get_repository("__repository__")
+
+    def create(self, job: str, partition: str | None = None, tags: dict | None = None) -> str:
+        remote_job = self.repository.get_full_job(job)
+        run = self.instance.create_run_for_job(
+            self.defs.resolve_job_def(job),
+            tags={**remote_job.tags, **({"dagster/partition": partition} if partition else {}), **(tags or {})},
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+        )
+        return run.run_id
+
+    def submit(self, job: str, partition: str | None = None, tags: dict | None = None) -> str:
+        """Through the instance's run queue (a daemon dequeues it)."""
+        run_id = self.create(job, partition, tags)
+        self.instance.submit_run(run_id, self.workspace)
+        return run_id
+
+    def launch(self, job: str, partition: str | None = None, tags: dict | None = None) -> str:
+        """Straight to the instance's run launcher."""
+        run_id = self.create(job, partition, tags)
+        self.instance.launch_run(run_id, self.workspace)
+        return run_id
+
+
+STUDY_LOCATION = "scaling_assets.definitions"
+
+
+@contextmanager
+def study_jobs(instance):
+    """``StudyJobs`` for ``instance`` in a test workspace holding the repository's code location."""
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import ModuleTarget
+
+    target = ModuleTarget(module_name=STUDY_LOCATION, attribute=None, working_directory=str(REPO),
+                          location_name=STUDY_LOCATION)
+    with create_test_daemon_workspace_context(target, instance) as context:
+        yield StudyJobs(instance, context)
 
 
 def _postgres_bin_dir() -> Path | None:

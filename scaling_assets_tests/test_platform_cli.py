@@ -4,31 +4,17 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REPO, write_tiny_study
 
-REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
-
-STUDY = """
-name: cli
-root: {root}
-budget: test
-seeds: [42]
-algorithms: [pca]
-split: {{validation_cells: 50}}
-sizes: [100]
-qualities: [1.0, 0.5]
-datasets:
-  cite: {{task: cite, source: simulated, cells: 400, genes: 60, seed: 1}}
-"""
 
 
 @pytest.fixture
 def env(tmp_path):
-    (tmp_path / "study.yaml").write_text(textwrap.dedent(STUDY.format(root=tmp_path / "root")))
+    write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "cli")
     home = tmp_path / "dagster_home"
     home.mkdir()
     return dict(os.environ, SCALING_ASSETS_STUDY=str(tmp_path / "study.yaml"), DAGSTER_HOME=str(home),

@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import textwrap
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import psutil
 import pytest
+from conftest import REPO, study_jobs, write_tiny_study
 
 from scaling_assets.compute.instance import write_instance_yaml
 from scaling_assets.daemon import DaemonProcess
-
-REPO = Path(__file__).resolve().parents[1]
-
-STUDY = """
-name: pg
-root: {root}
-budget: test
-seeds: [42]
-algorithms: [pca]
-split: {{validation_cells: 50}}
-sizes: [100]
-qualities: [1.0, 0.5]
-datasets:
-  cite: {{task: cite, source: simulated, cells: 400, genes: 60, seed: 1}}
-"""
 
 def test_example_instance_file_reads_its_connection_from_the_environment(postgres_url, tmp_path, monkeypatch):
     from dagster import DagsterInstance
@@ -69,7 +54,7 @@ def pg_study(postgres_url, tmp_path, monkeypatch):
     """A DAGSTER_HOME on PostgreSQL, a tiny study, and a real `dagster-daemon run` for them."""
     home = tmp_path / "home"
     write_instance_yaml(home, postgres_url=postgres_url, coordinator={"dequeue_interval_seconds": 1})
-    (tmp_path / "study.yaml").write_text(textwrap.dedent(STUDY.format(root=tmp_path / "root")))
+    write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "pg")
     for name, value in [("DAGSTER_HOME", str(home)), ("SCALING_ASSETS_STUDY", str(tmp_path / "study.yaml")),
                         ("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases")), ("SCALING_ASSETS_PROGRESS", "0")]:
         monkeypatch.setenv(name, value)
@@ -101,34 +86,15 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
     from dagster import AssetKey, DagsterInstance
     from dagster._core.events import DagsterEventType
     from dagster._core.storage.dagster_run import DagsterRunStatus
-    from dagster._core.test_utils import create_test_daemon_workspace_context, poll_for_finished_run
-    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._core.test_utils import poll_for_finished_run
 
     from scaling_assets.compute.coordinator import GpuAwareRunCoordinator
     from scaling_assets.study import load_study
 
-    from scaling_assets.definitions import load_definitions
-
     home, tmp = pg_study
-    defs = load_definitions()  # the same code location in this process, to create the runs
-    target = ModuleTarget(module_name="scaling_assets.definitions", attribute=None,
-                          working_directory=str(REPO), location_name="scaling_assets.definitions")
-    with DagsterInstance.from_config(str(home)) as instance, \
-            create_test_daemon_workspace_context(target, instance) as context:
+    with DagsterInstance.from_config(str(home)) as instance, study_jobs(instance) as jobs:
         assert isinstance(instance.run_coordinator, GpuAwareRunCoordinator)
-        workspace = context.create_request_context()
-        repository = workspace.get_code_location("scaling_assets.definitions").get_repository("__repository__")
-
-        def submit(job, partition=None):  # queued: the daemon dequeues and launches it
-            remote_job = repository.get_full_job(job)
-            run = instance.create_run_for_job(
-                defs.resolve_job_def(job),
-                tags={**remote_job.tags, **({"dagster/partition": partition} if partition else {})},
-                remote_job_origin=remote_job.get_remote_origin(),
-                job_code_origin=remote_job.get_python_origin(),
-            )
-            instance.submit_run(run.run_id, workspace)
-            return run.run_id
+        submit = jobs.submit  # queued: the daemon dequeues and launches it
 
         def finish(*run_ids):
             for run_id in run_ids:

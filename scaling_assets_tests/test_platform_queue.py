@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,36 +18,24 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
+from conftest import REPO, write_tiny_study
 
 from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
 from scaling_assets.registry import ALGORITHMS
 from scaling_assets.study import load_study
 from scaling_assets.study_queue import study_lock
 
-REPO = Path(__file__).parents[1]
-
-STUDY = """
-name: {name}
-root: {root}
-budget: test
-seeds: [42]
-algorithms: [pca]
-split: {{validation_cells: 50}}
-sizes: [100, 200]
-qualities: [1.0, 0.5]
-lmi: {{epochs: 10}}
-datasets:
-  cite: {{task: cite, source: simulated, cells: 500, genes: 40, seed: 1}}
-{extra}"""
+CITE = {"task": "cite", "source": "simulated", "cells": 500, "genes": 40, "seed": 1}
 
 
-def make_study(tmp_path: Path, name: str, extra: str = "") -> tuple[Path, Path, dict]:
-    """A study file, a fresh DAGSTER_HOME holding the repo's dagster.yaml, and the CLI environment."""
+def make_study(tmp_path: Path, name: str, datasets: dict | None = None) -> tuple[Path, Path, dict]:
+    """A study file (the cite dataset and ``datasets``), a fresh DAGSTER_HOME holding the repo's
+    dagster.yaml, and the CLI environment."""
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    path = tmp_path / "study.yaml"
-    path.write_text(textwrap.dedent(STUDY.format(name=name, root=tmp_path / "root", extra=extra)))
+    path = write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", name, sizes=[100, 200], lmi={"epochs": 10},
+                            datasets={"cite": CITE, **(datasets or {})})
     env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_PROGRESS="0", SCALING_ASSETS_HOME=str(tmp_path))
     return path, home, env
 
@@ -183,8 +170,8 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
     broken = tmp_path / "broken.h5ad"
     broken.write_text("not an HDF5 file")
-    extra = f"  broken: {{task: cite, source: h5ad, paths: {{path: {broken}}}, cells: 500}}\n"
-    path, home, env = make_study(tmp_path, "failing", extra)
+    broken_dataset = {"task": "cite", "source": "h5ad", "paths": {"path": str(broken)}, "cells": 500}
+    path, home, env = make_study(tmp_path, "failing", {"broken": broken_dataset})
     run = study_run(path, env, tmp_path)
     out, _ = run.communicate(timeout=300)
     assert run.returncode == 1, out
