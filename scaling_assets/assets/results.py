@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, asset
 
-from scaling_assets.assets.common import image_metadata, new_stage, read_summary
+from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_stage, read_summary
 from scaling_assets.assets.storage import partition_dir, read_record
 from scaling_assets.study import Study
 
@@ -46,12 +46,13 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
-                "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study", "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
+                "budget_smoke": bool(budget_smoke_of(study, dataset, algorithm, key)), "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "umis_nominal", "grid", "test_cells", "zero_umi_test_cells_dropped"])
+                                                      "umis_nominal", "grid", "budget_smoke", "test_cells", "zero_umi_test_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 
