@@ -74,7 +74,10 @@ def readable(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def count_metadata(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("cells", "genes", "umis_per_cell", "total_umis", "cells_dropped")
-    return readable({k: summary[k] for k in keys if k in summary and summary[k] is not None})
+    meta = readable({k: summary[k] for k in keys if k in summary and summary[k] is not None})
+    if "cells" in meta:
+        meta["dagster/row_count"] = int(meta["cells"])  # Dagster's standard row count: cells are rows
+    return meta
 
 
 @contextmanager
