@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--study", required=True, help="study name or YAML path (SCALING_ASSETS_STUDY)")
     ap.add_argument("--out", default="/tmp/screens")
     ap.add_argument("--model", default="cite/model_scvi", help="asset key of the model page")
-    ap.add_argument("--partition", default="n=400_q=1.0_s=42")
+    ap.add_argument("--partition", default="n=400_q=1_s=42")
     ap.add_argument("--wait-ms", type=int, default=20000, help="headless time per page to render")
     args = ap.parse_args(argv)
 

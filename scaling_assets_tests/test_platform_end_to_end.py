@@ -262,3 +262,14 @@ def test_loss_images_plot_what_was_recorded(study_run):
         x, series = loss_points(pd.read_csv(folder / "history.csv"))
         assert sum(len(p) for p in series.values()) >= 1, algorithm  # the plotted lines have points
         assert (folder / "loss.png").stat().st_size > 5000
+
+
+def test_asset_checks_record_their_partition(study_run):
+    from dagster import AssetCheckKey
+
+    study, instance, _, _ = study_run
+    for asset, check, keys in (("split", "disjoint_sets", ["s=42"]),
+                               ("mi_pca", "mi_in_range", study.setting_keys("cite", "pca"))):
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey(["cite", asset]), check), limit=100)
+        assert {r.partition for r in history} == set(keys), check  # the UI's partition column

@@ -36,7 +36,7 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
         partitions_def=ds.settings_of(algorithm),
         ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": eval_in},
         kinds={"numpy"},
-        check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True,
+        check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True, partitions_def=ds.settings_of(algorithm),
                                     description="Every embedding value is finite (no NaN or inf).")],
         description=f"{algorithm} embeddings of the test cells (thinned at the setting's quality)." + SETTING_KEY_NOTE,
     )

@@ -25,7 +25,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
              "eval_counts": ds.seed_in("eval_counts", "setting", algorithm),
              "raw": ds.raw_in()},
         kinds={"numpy"},
-        check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True,
+        check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True, partitions_def=ds.settings_of(algorithm),
                                     description="Every MI estimate lies in [0, log2(pairs)] bits, allowing estimation noise below 0 "
                                     "(0.1 bits or 3 standard errors).")],
         description=f"Latent MI (bits) between {algorithm} test embeddings and the `{ds.config.task}` signals "

@@ -95,7 +95,10 @@ def results_assets(study: Study) -> list:
     model_keys = [AssetKey([d, f"model_{a}"]) for d in study.datasets for a in study.algorithms]
 
     @asset(key=[GROUP, "mi_table"], group_name=GROUP, deps=[AssetDep(k) for k in mi_keys], kinds={"parquet"},
-           description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed).")
+           description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed) of every "
+           "materialised `mi_*` partition: MI in bits (clipped at 0, raw and standard error), UMIs per cell, "
+           "the grid the algorithm ran on, and `budget_smoke` (model trained below the study's stopping rules "
+           f"under the `{study.budget}` budget: a smoke test, not a result).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)
         return Output(df, metadata=_table_metadata(df, missing))
@@ -130,7 +133,8 @@ def results_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
            description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
-           "(dataset, signal, algorithm, cells), with standard errors and R^2.")
+           "(dataset, signal, algorithm, cells), with standard errors, R^2 and `budget_smoke` (any point from a "
+           "model trained below the study's stopping rules).")
     def noise_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_noise_laws
 
@@ -139,7 +143,7 @@ def results_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
            description="Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality), "
-           "with standard errors and R^2.")
+           "with standard errors, R^2 and `budget_smoke`.")
     def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_size_laws
 
@@ -149,7 +153,9 @@ def results_assets(study: Study) -> list:
     @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
            ins={**mi_in, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
-           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves.")
+           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves, one "
+           "figure per algorithm, a panel per dataset and signal (PNG files in the asset's folder; open them "
+           "with [Show Markdown]). Hollow markers: budget smoke.")
     def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
                       size_law_fits: pd.DataFrame):
         from scaling_assets.metrics.plots import plot_noise_laws, plot_size_laws
