@@ -39,6 +39,7 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
             missing.append(f"{dataset}/mi_{algorithm}/{key}")
             continue
         record = read_record(folder)
+        smoke = bool(budget_smoke_of(study, dataset, algorithm, key))
         for sig in record["signals"]:
             rows.append({
                 "dataset": dataset, "task": record["task"], "signal": sig["signal"], "algorithm": algorithm,
@@ -47,12 +48,14 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
                 "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
-                "budget_smoke": bool(budget_smoke_of(study, dataset, algorithm, key)), "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "budget_smoke": smoke, "test_cells": record.get("test_cells"),
+                "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "umis_nominal", "grid", "budget_smoke", "test_cells", "zero_umi_test_cells_dropped"])
+                                                      "umis_nominal", "grid", "budget_smoke", "test_cells",
+                                                      "zero_umi_test_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 
