@@ -88,3 +88,10 @@ def test_trained_below_rules_and_rounding():
     assert readable({"train_loss": 1105.694580078125, "wall_time_s": 2.4076101430000563,
                      "mi_cell_type_bits": 3.37812, "cells": 300, "device": "cpu"}) == \
         {"train_loss": 1106.0, "wall_time_s": 2.4, "mi_cell_type_bits": 3.378, "cells": 300, "device": "cpu"}
+
+
+def test_closed_form_loss_point_carries_a_note(tmp_path):
+    one = pd.DataFrame({"step": [1], "train_loss": [0.03]})
+    plain = plot_loss_curves(one, tmp_path / "plain.png").read_bytes()
+    noted = plot_loss_curves(one, tmp_path / "noted.png", note="closed-form fit: one evaluation").read_bytes()
+    assert plain != noted  # the note is drawn on the image

@@ -71,10 +71,11 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     history = getattr(report, "history", None)
     if history is not None and len(history):
         history.to_csv(stage / HISTORY_FILE, index=False)
-        note = ("closed-form fit: no iterative training, so no loss curve" if report.stop_reason == "closed_form"
-                else "no loss values recorded")
+        closed_form = report.stop_reason == "closed_form"
+        note = "closed-form fit: no iterative training, so no loss curve"
         plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
-                         empty_note=note)
+                         empty_note=note if closed_form else "no loss values recorded",
+                         note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
         metadata["loss_curve"] = image_metadata(stage / LOSS_PLOT, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     context.log.info(

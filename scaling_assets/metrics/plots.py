@@ -158,7 +158,7 @@ def loss_points(history: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:
 
 
 def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
-                     empty_note: str = "no loss values recorded") -> Path:
+                     empty_note: str = "no loss values recorded", note: str | None = None) -> Path:
     """Train and validation loss against step (or epoch), markers on every point (a fit with one
     evaluation is one point); ``empty_note`` is written on the axes when nothing was recorded."""
     x_col, series = loss_points(history)
@@ -172,6 +172,8 @@ def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
         ax.set_xlabel(x_col)
         ax.set_ylabel("loss")
         ax.legend()
+        if note:  # e.g. a closed-form fit: its single point is an evaluation, not a training curve
+            ax.text(0.5, 0.03, note, ha="center", va="bottom", fontsize=8, transform=ax.transAxes)
     else:
         _empty(ax, empty_note)
     ax.set_title(title or "loss curves")
