@@ -61,3 +61,37 @@ def test_loss_curves_use_the_axis_that_was_recorded(tmp_path):
     x, series = loss_points(one)
     assert x == "step" and len(series["validation_loss"]) == 1 and len(series["train_loss"]) == 0
     assert_png(plot_loss_curves(one, tmp_path / "one.png"))
+
+
+def test_scaling_plots_fit_a_1280_px_window_and_mark_budget_smoke(tmp_path):
+    import matplotlib.image
+
+    df = grid()
+    df["budget_smoke"] = df["algorithm"] == "scvi"  # as if SCVI had been capped by its budget
+    noise = fit_noise_laws(df)
+    assert set(noise.loc[noise.budget_smoke, "algorithm"]) == {"scvi"}  # fits inherit the marker
+    path = plot_noise_laws(df, noise, tmp_path / "noise.png")
+    width = matplotlib.image.imread(path).shape[1]
+    assert 600 < width <= 1200
+
+
+def test_trained_below_rules_and_rounding():
+    from scaling_assets.assets.common import readable
+    from scaling_assets.models.budget import trained_below_rules
+
+    assert trained_below_rules("geneformer", "default", 2000, "max_steps")  # one capped step
+    assert not trained_below_rules("geneformer", "paper", 2000, "max_epochs")
+    assert trained_below_rules("scvi", "default", 2000, "max_epochs")  # rule 5,000 epochs, cap 5
+    assert not trained_below_rules("scvi", "default", 2000, "early_stopping")
+    assert not trained_below_rules("scvi", "paper", 2000, "max_epochs")
+    assert not trained_below_rules("pca", "default", 2000, "closed_form")
+    assert readable({"train_loss": 1105.694580078125, "wall_time_s": 2.4076101430000563,
+                     "mi_cell_type_bits": 3.37812, "cells": 300, "device": "cpu"}) == \
+        {"train_loss": 1106.0, "wall_time_s": 2.4, "mi_cell_type_bits": 3.378, "cells": 300, "device": "cpu"}
+
+
+def test_closed_form_loss_point_carries_a_note(tmp_path):
+    one = pd.DataFrame({"step": [1], "train_loss": [0.03]})
+    plain = plot_loss_curves(one, tmp_path / "plain.png").read_bytes()
+    noted = plot_loss_curves(one, tmp_path / "noted.png", note="closed-form fit: one evaluation").read_bytes()
+    assert plain != noted  # the note is drawn on the image

@@ -209,3 +209,67 @@ def test_a_real_format_dataset_goes_through_the_loader(tmp_path):
     assert result["failed"] == {}, out.getvalue()
     mi = pd.read_parquet(result_paths(study)["mi_table"])
     assert sorted(mi["signal"]) == ["cell_type", "day"]
+
+
+def _latest_metadata(instance, key: AssetKey, partition: str | None = None) -> dict:
+    from dagster import AssetRecordsFilter
+
+    filt = AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None)
+    records = instance.fetch_materializations(filt, limit=1).records
+    assert records, f"{key.to_user_string()} {partition} has no materialisation"
+    return records[0].asset_materialization.metadata
+
+
+def test_every_asset_kind_carries_readable_metadata(study_run):
+    """What the UI shows: standard entries, paths, rounded floats, loss images, budget smoke."""
+    from dagster import MarkdownMetadataValue, PathMetadataValue, TableMetadataValue
+
+    study, instance, _, _ = study_run
+    raw = _latest_metadata(instance, AssetKey(["cite", "raw_counts"]))
+    assert raw["dagster/row_count"].value == raw["cells"].value == 800
+    assert isinstance(raw["path"], PathMetadataValue)
+    key = "n=400_q=1.0_s=42" if "n=400_q=1.0_s=42" in study.setting_keys("cite") else study.setting_keys("cite")[-1]
+    for algorithm, smoke in (("pca", False), ("random_projection", False), ("scvi", True), ("geneformer", True)):
+        model = _latest_metadata(instance, AssetKey(["cite", f"model_{algorithm}"]), key)
+        assert model["budget"].value == "test" and model["budget_smoke"].value is smoke, algorithm
+        assert model["wall_time_s"].value == round(model["wall_time_s"].value, 1)
+        if algorithm != "random_projection":  # random projection records no loss at all
+            image = model["loss_curve"]
+            assert isinstance(image, MarkdownMetadataValue) and "data:image/png;base64," in image.value
+        mi = _latest_metadata(instance, AssetKey(["cite", f"mi_{algorithm}"]), key)
+        bits = [v.value for k, v in mi.items() if k.startswith("mi_") and k.endswith("_bits")]
+        assert bits and all(b == round(b, 3) for b in bits)
+        assert mi["budget_smoke"].value is smoke
+    for table in ("mi_table", "noise_law_fits", "size_law_fits"):
+        meta = _latest_metadata(instance, AssetKey(["results", table]))
+        assert meta["dagster/row_count"].value > 0
+        assert "budget_smoke" in [c.name for c in meta["dagster/column_schema"].schema.columns]
+        assert isinstance(meta["preview"], TableMetadataValue)
+    plots = _latest_metadata(instance, AssetKey(["results", "scaling_plots"]))
+    assert "data:image/png;base64," in plots["mi_vs_umis"].value
+    mi_table = pd.read_parquet(result_paths(study)["mi_table"])
+    assert set(mi_table.loc[mi_table.budget_smoke, "algorithm"]) == {"scvi", "geneformer"}
+
+
+def test_loss_images_plot_what_was_recorded(study_run):
+    from scaling_assets.metrics.plots import loss_points
+    from scaling_assets.assets.storage import partition_dir
+
+    study, _, _, _ = study_run
+    for algorithm in ("scvi", "geneformer"):
+        key = study.setting_keys("cite", algorithm)[-1]
+        folder = partition_dir(study.root, ["cite", f"model_{algorithm}"], key)
+        x, series = loss_points(pd.read_csv(folder / "history.csv"))
+        assert sum(len(p) for p in series.values()) >= 1, algorithm  # the plotted lines have points
+        assert (folder / "loss.png").stat().st_size > 5000
+
+
+def test_asset_checks_record_their_partition(study_run):
+    from dagster import AssetCheckKey
+
+    study, instance, _, _ = study_run
+    for asset, check, keys in (("split", "disjoint_sets", ["s=42"]),
+                               ("mi_pca", "mi_in_range", study.setting_keys("cite", "pca"))):
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey(["cite", asset]), check), limit=100)
+        assert {r.partition for r in history} == set(keys), check  # the UI's partition column

@@ -6,15 +6,22 @@ import base64
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dagster import MetadataValue
 
-from scaling_assets.assets.storage import SUMMARY_FILE, stage_dir, write_json_atomic
+from scaling_assets.assets.storage import SUMMARY_FILE, partition_dir, stage_dir, write_json_atomic
+
+# Partitioned asset checks (so the UI shows each check's partition) are a preview in Dagster 1.13;
+# we rely on them knowingly, so one warning per check spec is noise.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 
 COUNTS_FILE = "counts.h5ad"
+SETTING_KEY_NOTE = (" Partition key `n=…_q=…_s=…`: n training cells, q the quality (fraction of UMIs kept by "
+                    "binomial thinning; 1 = full depth), s the seed of the split and thinning.")
 
 
 def new_stage(study, label: str) -> Path:
@@ -52,9 +59,30 @@ def plain(value: Any) -> Any:
     return value
 
 
+def rounded(key: str, value: Any) -> Any:
+    """A float rounded to what is meaningful for its kind: seconds to 0.1 s, MI bits to 0.001 bit,
+    anything else (losses, UMIs per cell, fractions) to 4 significant digits."""
+    value = plain(value)
+    if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
+        return value
+    if key.endswith("_s") or key.endswith("_seconds"):
+        return round(value, 1)
+    if "bits" in key:
+        return round(value, 3)
+    return float(f"{value:.4g}")
+
+
+def readable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Asset metadata with every float rounded by ``rounded`` (other values untouched)."""
+    return {k: rounded(k, v) for k, v in metadata.items()}
+
+
 def count_metadata(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("cells", "genes", "umis_per_cell", "total_umis", "cells_dropped")
-    return {k: plain(summary[k]) for k in keys if k in summary and summary[k] is not None}
+    meta = readable({k: summary[k] for k in keys if k in summary and summary[k] is not None})
+    if "cells" in meta:
+        meta["dagster/row_count"] = int(meta["cells"])  # Dagster's standard row count: cells are rows
+    return meta
 
 
 @contextmanager
@@ -64,3 +92,15 @@ def timed():
     end: list[float] = []
     yield lambda: (end[0] if end else time.perf_counter()) - start
     end.append(time.perf_counter())
+
+
+def budget_smoke_of(study, dataset: str, algorithm: str, setting_key: str) -> bool | None:
+    """Whether the setting's model trained below the study's own stopping rules (its budget's cap
+    ended training), from the model partition's summary; None when the model is not materialised."""
+    from scaling_assets.models.budget import trained_below_rules
+
+    folder = partition_dir(study.root, [dataset, f"model_{algorithm}"], setting_key)
+    if not (folder / SUMMARY_FILE).exists():
+        return None
+    r = read_summary(folder)
+    return trained_below_rules(algorithm, r["budget"], int(r["cells"]), r.get("stop_reason"))

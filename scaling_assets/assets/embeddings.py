@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import new_stage, read_summary
+from scaling_assets.assets.common import SETTING_KEY_NOTE, new_stage, read_summary
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir
 from scaling_assets.assets.models import MODEL_DIR
@@ -36,9 +36,9 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
         partitions_def=ds.settings_of(algorithm),
         ins={"model": ds.same_in(f"model_{algorithm}"), "eval_data": eval_in},
         kinds={"numpy"},
-        check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True,
+        check_specs=[AssetCheckSpec("finite_embeddings", asset=key, blocking=True, partitions_def=ds.settings_of(algorithm),
                                     description="Every embedding value is finite (no NaN or inf).")],
-        description=f"{algorithm} embeddings of the test cells (thinned at the setting's quality).",
+        description=f"{algorithm} embeddings of the test cells (thinned at the setting's quality)." + SETTING_KEY_NOTE,
     )
     def embeddings(context: AssetExecutionContext, model: Path, eval_data: Path):
         import numpy as np

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, new_stage, read_summary, show_progress, timed, write_summary
+from scaling_assets.assets.common import COUNTS_FILE, new_stage, read_summary, show_progress, rounded, timed, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.splits import load_split
 from scaling_assets.study import format_quality, parse_quality_seed_key, parse_seed_key
@@ -80,9 +80,9 @@ def eval_counts_asset(ds: DatasetAssets):
         return Output(stage, metadata={
             "test_cells": len(sets.test), "validation_cells": len(sets.validation),
             "qualities": len(per_quality),
-            **{f"umis_per_test_cell {k}": round(float(v["test"]["umis_per_cell"]), 1) for k, v in per_quality.items()},
+            **{f"umis_per_test_cell {k}": rounded("umis_per_cell", v["test"]["umis_per_cell"]) for k, v in per_quality.items()},
             **{f"zero_umi_test_cells_dropped {k}": v["test"]["zero_umi_cells_dropped"] for k, v in per_quality.items()},
-            "wall_time_s": round(elapsed(), 2),
+            "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
     return eval_counts
@@ -116,7 +116,7 @@ def gene_medians_asset(ds: DatasetAssets):
         expressed = int(np.isfinite(medians).sum())
         return Output(stage, metadata={
             "pool_cells": len(pool), "quality": 1.0, "genes": len(medians), "genes_expressed": expressed,
-            "wall_time_s": round(elapsed(), 2),
+            "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
     return gene_medians

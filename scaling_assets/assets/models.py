@@ -5,17 +5,21 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from scaling_assets.assets.common import image_metadata, new_stage, plain, read_summary, show_progress, write_summary
+from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_stage, plain, read_summary, readable,
+                                          show_progress, write_summary)
 from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.training_sets import PCA_GENES_FILE
 from scaling_assets.data.pools import CorpusRange, CountsRange
+from scaling_assets.models.budget import trained_below_rules
 from scaling_assets.registry import MODELS, reads_corpus
 from scaling_assets.study import parse_setting_key
 
 MODEL_DIR = "model"
 HISTORY_FILE = "history.csv"
 LOSS_PLOT = "loss.png"
+BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
+               "(epoch rule, early stopping), ended training: a smoke test of the code path, not a result.")
 
 
 def fit_report_record(report, model, algorithm: str, setting, budget: str) -> dict:
@@ -57,19 +61,21 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     if resumable:
         shutil.rmtree(work, ignore_errors=True)
     record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
+    record["budget_smoke"] = trained_below_rules(algorithm, ds.study.budget, setting.cells, record["stop_reason"])
     write_summary(stage, record)
-    metadata = {
+    metadata = readable({
         k: record[k] for k in ("parameters", "genes", "epochs", "steps", "stop_reason", "train_loss",
-                               "validation_loss", "wall_time_s", "device", "budget")
+                               "validation_loss", "wall_time_s", "device", "budget", "budget_smoke")
         if record.get(k) is not None
-    }
+    })
     history = getattr(report, "history", None)
     if history is not None and len(history):
         history.to_csv(stage / HISTORY_FILE, index=False)
-        note = ("closed-form fit: no iterative training, so no loss curve" if report.stop_reason == "closed_form"
-                else "no loss values recorded")
+        closed_form = report.stop_reason == "closed_form"
+        note = "closed-form fit: no iterative training, so no loss curve"
         plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
-                         empty_note=note)
+                         empty_note=note if closed_form else "no loss values recorded",
+                         note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
         metadata["loss_curve"] = image_metadata(stage / LOSS_PLOT, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     context.log.info(
@@ -92,7 +98,7 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             ins={"train_corpus": ds.same_in("train_corpus"),
                  "eval_corpus": ds.quality_seed_in("eval_corpus", algorithm)},
             description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
-            "stopping on the validation corpus.",
+            f"stopping on the validation corpus; budget `{ds.study.budget}`." + BUDGET_NOTE + SETTING_KEY_NOTE,
         )
         def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: Path):
             from scaling_assets.tokenize import Corpus
@@ -107,7 +113,8 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             **common,
             ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm)),
                  "pca_genes": ds.seed_in("pca_genes", "setting", algorithm)},
-            description="PCA fitted on the setting's training counts, on the seed's highly variable genes.",
+            description="PCA fitted on the setting's training counts, on the seed's highly variable genes "
+            "(closed form: no training budget, no loss curve)." + SETTING_KEY_NOTE,
         )
         def model(context: AssetExecutionContext, train_counts: CountsRange, pca_genes: Path):
             import numpy as np
@@ -125,7 +132,9 @@ def model_asset(ds: DatasetAssets, algorithm: str):
         **common,
         ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm))},
         description=f"{algorithm} model fitted on the setting's training counts (rows [0, N) of the seed's "
-        "pool thinned to q; partition key `n=…_q=…_s=…`: training cells, quality, seed).",
+        f"pool thinned to q); budget `{ds.study.budget}`."
+        + (BUDGET_NOTE if algorithm == "scvi" else " Closed form: no training budget, no loss curve.")
+        + SETTING_KEY_NOTE,
     )
     def model(context: AssetExecutionContext, train_counts: CountsRange):
         stage = new_stage(ds.study, name)

@@ -7,7 +7,7 @@ Each dataset has its own asset group, so each can have its own size and quality 
     eval_counts, eval_corpus         quality x seed   q=0.1_s=42
     train_counts, model_*, mi_* ...  setting          n=300_q=0.1_s=42
 
-Upstream partitions map to downstream ones with ``StaticPartitionMapping`` only (DESIGN §8: custom
+Upstream partitions map to downstream ones with ``StaticPartitionMapping`` only (custom
 mapping classes are dropped from the snapshot the webserver and daemon use).
 """
 

@@ -3,7 +3,7 @@
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, timed, write_summary
+from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, rounded, timed, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
 
 
@@ -38,6 +38,6 @@ def raw_counts_asset(ds: DatasetAssets):
         summary = dict(summary, source=cfg.source, task=cfg.task)
         write_summary(stage, summary)
         context.log.info(f"{ds.name}: {summary.get('cells')} cells x {summary.get('genes')} genes in {elapsed():.1f} s")
-        return Output(stage, metadata={**count_metadata(summary), "source": cfg.source, "wall_time_s": round(elapsed(), 2)})
+        return Output(stage, metadata={**count_metadata(summary), "source": cfg.source, "wall_time_s": rounded("wall_time_s", elapsed())})
 
     return raw_counts

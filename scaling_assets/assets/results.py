@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, asset
 
-from scaling_assets.assets.common import image_metadata, new_stage, read_summary
+from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_stage, read_summary
 from scaling_assets.assets.storage import partition_dir, read_record
 from scaling_assets.study import Study
 
@@ -39,6 +39,7 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
             missing.append(f"{dataset}/mi_{algorithm}/{key}")
             continue
         record = read_record(folder)
+        smoke = bool(budget_smoke_of(study, dataset, algorithm, key))
         for sig in record["signals"]:
             rows.append({
                 "dataset": dataset, "task": record["task"], "signal": sig["signal"], "algorithm": algorithm,
@@ -46,12 +47,15 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
-                "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study", "test_cells": record.get("test_cells"), "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
+                "budget_smoke": smoke, "test_cells": record.get("test_cells"),
+                "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "umis_nominal", "grid", "test_cells", "zero_umi_test_cells_dropped"])
+                                                      "umis_nominal", "grid", "budget_smoke", "test_cells",
+                                                      "zero_umi_test_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 
@@ -94,7 +98,10 @@ def results_assets(study: Study) -> list:
     model_keys = [AssetKey([d, f"model_{a}"]) for d in study.datasets for a in study.algorithms]
 
     @asset(key=[GROUP, "mi_table"], group_name=GROUP, deps=[AssetDep(k) for k in mi_keys], kinds={"parquet"},
-           description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed).")
+           description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed) of every "
+           "materialised `mi_*` partition: MI in bits (clipped at 0, raw and standard error), UMIs per cell, "
+           "the grid the algorithm ran on, and `budget_smoke` (model trained below the study's stopping rules "
+           f"under the `{study.budget}` budget: a smoke test, not a result).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)
         return Output(df, metadata=_table_metadata(df, missing))
@@ -129,7 +136,8 @@ def results_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
            description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
-           "(dataset, signal, algorithm, cells), with standard errors and R^2.")
+           "(dataset, signal, algorithm, cells), with standard errors, R^2 and `budget_smoke` (any point from a "
+           "model trained below the study's stopping rules).")
     def noise_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_noise_laws
 
@@ -138,7 +146,7 @@ def results_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
            description="Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality), "
-           "with standard errors and R^2.")
+           "with standard errors, R^2 and `budget_smoke`.")
     def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_size_laws
 
@@ -148,7 +156,9 @@ def results_assets(study: Study) -> list:
     @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
            ins={**mi_in, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
-           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves.")
+           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves, one "
+           "figure per algorithm, a panel per dataset and signal (PNG files in the asset's folder; open them "
+           "with [Show Markdown]). Hollow markers: budget smoke.")
     def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
                       size_law_fits: pd.DataFrame):
         from scaling_assets.metrics.plots import plot_noise_laws, plot_size_laws

@@ -27,7 +27,7 @@ def split_asset(ds: DatasetAssets):
         partitions_def=ds.seeds,
         ins={"raw": ds.raw_in()},
         kinds={"numpy"},
-        check_specs=[AssetCheckSpec("disjoint_sets", asset=key, blocking=True,
+        check_specs=[AssetCheckSpec("disjoint_sets", asset=key, blocking=True, partitions_def=ds.seeds,
                                     description="No test or validation cell is in the training pool.")],
         description="Held-out test set, validation set and the training pool in a seeded order "
         "(signal-aware: whole clones for lineage, spatial tiles for spatial).",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, read_summary, show_progress, timed, write_summary
+from scaling_assets.assets.common import COUNTS_FILE, SETTING_KEY_NOTE, count_metadata, new_stage, read_summary, show_progress, rounded, timed, write_summary
 from scaling_assets.assets.eval_sets import tokenize_source
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.assets.splits import load_split
@@ -48,7 +48,7 @@ def pool_counts_asset(ds: DatasetAssets):
                                  progress=show_progress())
         write_summary(stage, dict(summary, seed=seed))
         return Output(stage, metadata={**count_metadata(summary), "bytes": summary["fingerprints"]["pool.h5ad"]["bytes"],
-                                       "wall_time_s": round(elapsed(), 2)})
+                                       "wall_time_s": rounded("wall_time_s", elapsed())})
 
     return pool_counts
 
@@ -61,7 +61,7 @@ def train_counts_asset(ds: DatasetAssets):
         ins={"pool_counts": ds.seed_in("pool_counts", "setting")},
         kinds={"h5ad"},
         description="Training cells of the setting: rows [0, N) of the seed's pool, thinned to quality q on "
-        "read (a record, not a copy).",
+        "read (a record, not a copy)." + SETTING_KEY_NOTE,
     )
     def train_counts(context: AssetExecutionContext, pool_counts: Path):
         from scaling_assets.data.pools import CountsRange, check_size
@@ -78,7 +78,7 @@ def train_counts_asset(ds: DatasetAssets):
                       rows=[0, setting.cells])
         return Output(record, metadata={
             **count_metadata(record), "quality": setting.quality, "pool_rows": f"[0, {setting.cells})",
-            "pool_cells": pool_cells, "wall_time_s": round(elapsed(), 2),
+            "pool_cells": pool_cells, "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
     return train_counts
@@ -107,7 +107,7 @@ def pool_corpus_asset(ds: DatasetAssets):
         write_summary(stage, summary)
         return Output(stage, metadata={
             "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),
-            "tokens": summary.get("tokens"), "wall_time_s": round(elapsed(), 2),
+            "tokens": summary.get("tokens"), "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
     return pool_corpus
@@ -121,7 +121,7 @@ def train_corpus_asset(ds: DatasetAssets):
         ins={"pool_corpus": ds.quality_seed_in("pool_corpus", "geneformer")},
         kinds={"numpy"},
         description="The setting's Geneformer corpus: the cells of pool rows [0, N) of the pool corpus at q "
-        "(a record, not a copy).",
+        "(a record, not a copy)." + SETTING_KEY_NOTE,
     )
     def train_corpus(context: AssetExecutionContext, pool_corpus: Path):
         from scaling_assets.data.pools import CorpusRange
@@ -165,6 +165,6 @@ def pca_genes_asset(ds: DatasetAssets):
         summary = {"genes": len(genes), "chosen_on": f"largest full-quality training set (n={cells}, q=1)",
                    "cells": cells}
         write_summary(stage, summary)
-        return Output(stage, metadata={**summary, "wall_time_s": round(elapsed(), 2)})
+        return Output(stage, metadata={**summary, "wall_time_s": rounded("wall_time_s", elapsed())})
 
     return pca_genes

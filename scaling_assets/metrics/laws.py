@@ -165,10 +165,13 @@ def _fit_groups(mi_df: pd.DataFrame, keys: list[str], x_col: str, fit, names: li
             row[name] = res.params.get(name, np.nan)
             row[f"{name}_se"] = res.se.get(name, np.nan)
         row.update(r2=res.r2, n_points=res.n_points, n_rows=len(group), fitted=res.fitted, reason=res.reason,
-                   mi_column=y_col, x_column=x_col)
+                   mi_column=y_col, x_column=x_col,
+                   # fitted on a model trained below the study's stopping rules (a smoke test, not a result)
+                   budget_smoke=bool(group["budget_smoke"].fillna(False).astype(bool).any())
+                   if "budget_smoke" in group.columns else False)
         rows.append(row)
     columns = keys + [c for n in names for c in (n, f"{n}_se")] + ["r2", "n_points", "n_rows", "fitted", "reason",
-                                                                   "mi_column", "x_column"]
+                                                                   "mi_column", "x_column", "budget_smoke"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -36,9 +36,9 @@ def _save(fig, path) -> Path:
 
 
 def _panels(n: int, title: str):
-    cols = min(n, 3)
+    cols = min(n, 2)  # 2 x 5 in at 110 dpi stays under 1,200 px, readable in a 1,280 px window
     rows = max(1, int(np.ceil(n / cols))) if n else 1
-    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(4.5 * max(cols, 1), 3.6 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(5.0 * max(cols, 1), 3.6 * rows), squeeze=False,
                              layout="constrained")  # keeps panel titles clear of x labels
     fig.suptitle(title)
     return fig, axes.ravel()
@@ -75,9 +75,11 @@ def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xl
             keys = {"dataset": dataset, "signal": signal, series_col: series, **fit_keys(pts)}
             fit = _fit_lookup(fits_df, keys)
             fitted = fit is not None and bool(fit.get("fitted", False))
+            smoke = _budget_smoke(pts)
             ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
-                        color=colour, capsize=2,
-                        label=f"{series}{_grid_note(pts)}" + ("" if fitted else " (not fitted)"))
+                        color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
+                        label=f"{series}{_grid_note(pts)}" + ("" if fitted else " (not fitted)")
+                        + (" (budget smoke)" if smoke else ""))
             if fitted:
                 x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
                 ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
@@ -96,6 +98,11 @@ def _grid_note(pts: pd.DataFrame) -> str:
     """' (smoke test)' for results of an algorithm run on its own smaller grid (the MI table's `grid`)."""
     labels = sorted(set(pts["grid"].dropna()) - {"study"}) if "grid" in pts.columns else []
     return f" ({', '.join(labels)})" if labels else ""
+
+
+def _budget_smoke(pts: pd.DataFrame) -> bool:
+    """Whether any point comes from a model trained below the study's stopping rules."""
+    return "budget_smoke" in pts.columns and bool(pts["budget_smoke"].fillna(False).astype(bool).any())
 
 
 def _single(pts: pd.DataFrame, col: str) -> dict:
@@ -151,7 +158,7 @@ def loss_points(history: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:
 
 
 def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
-                     empty_note: str = "no loss values recorded") -> Path:
+                     empty_note: str = "no loss values recorded", note: str | None = None) -> Path:
     """Train and validation loss against step (or epoch), markers on every point (a fit with one
     evaluation is one point); ``empty_note`` is written on the axes when nothing was recorded."""
     x_col, series = loss_points(history)
@@ -165,6 +172,8 @@ def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
         ax.set_xlabel(x_col)
         ax.set_ylabel("loss")
         ax.legend()
+        if note:  # e.g. a closed-form fit: its single point is an evaluation, not a training curve
+            ax.text(0.5, 0.03, note, ha="center", va="bottom", fontsize=8, transform=ax.transAxes)
     else:
         _empty(ax, empty_note)
     ax.set_title(title or "loss curves")

@@ -90,3 +90,15 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS:
         raise InputError(f"unknown budget {name!r}; expected one of {sorted(BUDGETS)}")
     return BUDGETS[name]
+
+
+def trained_below_rules(algorithm: str, budget: str, cells: int, stop_reason: str | None) -> bool:
+    """True when the budget's cap, not the study's own stopping rules (epoch rule, early stopping),
+    ended training: the model is a smoke test of the code path, not a result (``budget_smoke``)."""
+    b = get_budget(budget)
+    if algorithm == "geneformer":
+        return stop_reason == "max_steps" and b.geneformer.max_steps is not None
+    if algorithm == "scvi":
+        capped = b.scvi.max_epochs(cells) < scvi_max_epochs(cells)
+        return capped and stop_reason != "early_stopping"
+    return False  # closed-form fits have no training budget
