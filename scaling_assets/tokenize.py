@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scaling_assets.errors import InputError
-from scaling_assets.models.base import atomic_directory
+from scaling_assets.fs import atomic_directory
 from scaling_assets.models.spec import MAX_TOKENS
 
 PAD, MASK = "<pad>", "<mask>"

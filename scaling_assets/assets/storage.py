@@ -29,6 +29,9 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
+from scaling_assets import fs
+from scaling_assets.fs import write_text_atomic
+
 RECORD_FILE = "record.json"
 TABLE_FILE = "table"
 SUMMARY_FILE = "summary.json"
@@ -46,10 +49,7 @@ def stage_dir(root: Path | str, label: str = "stage") -> Path:
     staging = Path(root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     folder = staging / f"{label}-{uuid.uuid4().hex[:12]}"
-    owner = _owner_file(folder)
-    tmp = owner.with_name(f".{owner.name}.tmp-{os.getpid()}")  # never seen half-written by a sweep
-    tmp.write_text(_writer_identity(os.getpid()))
-    os.replace(tmp, owner)
+    write_text_atomic(_owner_file(folder), _writer_identity(os.getpid()))  # never seen half-written by a sweep
     folder.mkdir()
     return folder
 
@@ -114,16 +114,9 @@ def sweep_staging(root: Path | str) -> list[Path]:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing any previous ``dst`` folder (old one removed after the swap)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    trash = None
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, trash)
-    os.replace(src, dst)
+    """Move staged ``src`` to ``dst``, replacing any previous ``dst`` folder whole."""
+    fs.replace_dir(src, dst)
     _owner_file(src).unlink(missing_ok=True)  # after the rename: the folder was owned until it was in place
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
@@ -148,10 +141,7 @@ def read_record(folder: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    fs.write_json_atomic(path, value, indent=2, sort_keys=True, default=_json_default)
 
 
 def _json_default(value: Any):

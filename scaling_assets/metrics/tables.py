@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import atomic_file
 
 MI_COLUMNS = [
     "dataset", "task", "signal", "algorithm", "cells", "quality", "umis_per_cell", "seed", "mi_bits", "pairs",
@@ -46,17 +46,8 @@ def validate_param_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_table(df: pd.DataFrame, path_without_suffix: str | os.PathLike) -> list[Path]:

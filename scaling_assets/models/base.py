@@ -9,13 +9,8 @@ report) and ``history.csv`` (loss per epoch / evaluation).
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import atomic_directory
 from scaling_assets.models.budget import BUDGETS
 
 MODEL_JSON = "model.json"
@@ -66,30 +62,6 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; on success it replaces ``path``.
-
-    A crash leaves only a hidden ``.tmp-*`` sibling, never a half-written ``path``. An existing
-    ``path`` is moved aside first and deleted only after the new one is in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
