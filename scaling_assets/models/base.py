@@ -192,27 +192,6 @@ class RepresentationModel(abc.ABC):
             )
 
 
-def save_embedding(path: str | os.PathLike, embedding: np.ndarray, cell_ids) -> Path:
-    """Write an embedding with the cell ids of its rows: ``embedding.npy`` + ``cell_ids.txt``
-    in a directory written atomically."""
-    embedding = np.asarray(embedding, dtype=np.float32)
-    cell_ids = [str(c) for c in cell_ids]
-    if embedding.ndim != 2 or embedding.shape[0] != len(cell_ids):
-        raise InputError(f"embedding of shape {embedding.shape} does not match {len(cell_ids)} cell ids")
-    with atomic_directory(path) as tmp:
-        np.save(tmp / "embedding.npy", embedding)
-        (tmp / "cell_ids.txt").write_text("".join(f"{c}\n" for c in cell_ids))
-    return Path(path)
-
-
-def load_embedding(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(path)
-    if not (path / "embedding.npy").is_file():
-        raise InputError(f"{path} is not an embedding directory (no embedding.npy)")
-    cell_ids = np.array((path / "cell_ids.txt").read_text().splitlines(), dtype=object)
-    return np.load(path / "embedding.npy"), cell_ids
-
-
 def iter_csr(source, chunk_size: int, columns: np.ndarray | None = None):
     """Stream a CountSource in row chunks, optionally selecting/reordering gene columns."""
     for rows, X in source.iter_chunks(chunk_size):
