@@ -39,24 +39,33 @@ def test_budgets_change_only_the_models_that_use_them():
 
 
 MODEL_SOURCE = '''
+from scaling_assets.models.spec import HIDDEN
 LR = 1e-3  # learning rate
 CHUNK = 1000
+NET = dict(hidden=HIDDEN)
 class M:
     def hyperparameters(self):
         """What the model records."""
-        return {"lr": LR, "seed": self.seed}
+        return {"lr": LR, "net": NET, "seed": self.seed}
     def fit(self):
         return CHUNK
 '''
+SPEC_SOURCE = "HIDDEN = 512\nOTHER = 3\n"
 
 
 def test_settings_fingerprint_sees_settings_not_comments_or_other_code():
-    base = settings_source(MODEL_SOURCE, "M")
-    assert settings_source(MODEL_SOURCE.replace("# learning rate", "# step size")
-                           .replace("What the model records.", "Recorded."), "M") == base
-    assert settings_source(MODEL_SOURCE.replace("CHUNK = 1000", "CHUNK = 5"), "M") == base  # not recorded
-    assert settings_source(MODEL_SOURCE.replace("LR = 1e-3", "LR = 1e-4"), "M") != base
-    assert settings_source(MODEL_SOURCE.replace('"seed": self.seed', '"seed": 0'), "M") != base
+    def source(model=MODEL_SOURCE, spec=SPEC_SOURCE):
+        return settings_source(model, "M", read_module={"scaling_assets.models.spec": spec}.__getitem__)
+
+    base = source()
+    assert "HIDDEN = 512" in base and "OTHER" not in base  # followed through the import, and only that
+    assert source(MODEL_SOURCE.replace("# learning rate", "# step size")
+                  .replace("What the model records.", "Recorded.")) == base
+    assert source(MODEL_SOURCE.replace("CHUNK = 1000", "CHUNK = 5")) == base  # not recorded
+    assert source(spec=SPEC_SOURCE.replace("OTHER = 3", "OTHER = 4")) == base
+    assert source(MODEL_SOURCE.replace("LR = 1e-3", "LR = 1e-4")) != base
+    assert source(spec=SPEC_SOURCE.replace("HIDDEN = 512", "HIDDEN = 256")) != base
+    assert source(MODEL_SOURCE.replace('"seed": self.seed', '"seed": 0')) != base
     with pytest.raises(ValueError, match="no hyperparameters"):
         settings_source(MODEL_SOURCE, "Other")
 
