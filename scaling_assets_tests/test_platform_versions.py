@@ -70,10 +70,10 @@ def test_settings_fingerprint_sees_settings_not_comments_or_other_code():
         settings_source(MODEL_SOURCE, "Other")
 
 
-def toy_assets(model_version: str):
+def toy_assets(model_version: str | None, data_version: str | None = "1"):
     parts = StaticPartitionsDefinition(["a", "b"])
 
-    @asset(partitions_def=parts, code_version="1")
+    @asset(partitions_def=parts, code_version=data_version)
     def counts():
         return 1
 
@@ -81,7 +81,7 @@ def toy_assets(model_version: str):
     def model(counts):
         return counts + 1
 
-    @asset(partitions_def=parts, code_version="1")
+    @asset(partitions_def=parts, code_version=data_version)
     def embeddings(model):
         return model + 1
 
@@ -103,3 +103,10 @@ def test_partitions_of_an_older_code_version_are_outdated_with_their_downstream(
     assert outdated_partitions(instance, graph) == {
         AssetKeyPartitionKey(AssetKey(name), pk) for name in ("model", "embeddings") for pk in ("a", "b")
     } | {AssetKeyPartitionKey(AssetKey("table"))}
+
+
+def test_partitions_made_before_code_versions_are_not_redone():
+    instance = DagsterInstance.ephemeral()
+    assert materialize(toy_assets(None, None)[:3], partition_key="a", instance=instance).success
+    assert materialize(toy_assets(None, None)[3:], instance=instance).success
+    assert outdated_partitions(instance, Definitions(assets=toy_assets("v2")).resolve_asset_graph()) == set()

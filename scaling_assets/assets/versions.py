@@ -49,7 +49,7 @@ def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyP
     for key in asset_graph.materializable_asset_keys:
         current = asset_graph.get(key).code_version
         outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded_code_versions(instance, key).items()
-                     if version != current}
+                     if version is not None and version != current}
     frontier = list(outdated)
     while frontier:
         node = frontier.pop()
@@ -61,7 +61,9 @@ def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyP
 
 
 def recorded_code_versions(instance: DagsterInstance, key: AssetKey) -> dict[str | None, str | None]:
-    """Partition key (None: unpartitioned) -> code version of its latest materialisation."""
+    """Partition key (None: unpartitioned) -> code version of its latest materialisation; None for one
+    made before assets had code versions (Dagster then records the run id), which is kept: the settings
+    it was made with are unknown, and redoing a whole paper-scale study on upgrade is not wanted."""
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
         key, DagsterEventType.ASSET_MATERIALIZATION)  # one query per asset, not one per partition
     if latest:
@@ -73,5 +75,6 @@ def recorded_code_versions(instance: DagsterInstance, key: AssetKey) -> dict[str
     versions = {}
     for records_filter in filters:
         for record in instance.fetch_materializations(records_filter, limit=500).records:
-            versions.setdefault(record.partition_key, (record.asset_materialization.tags or {}).get(CODE_VERSION_TAG))
+            version = (record.asset_materialization.tags or {}).get(CODE_VERSION_TAG)
+            versions.setdefault(record.partition_key, None if version == record.run_id else version)
     return versions
