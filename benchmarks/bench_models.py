@@ -25,7 +25,7 @@ import torch
 from scaling_assets.models import get_model_class
 from scaling_assets.models.base import resolve_device
 from scaling_assets.models.synthetic import simulate_counts
-from scaling_assets.tokenize import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians
+from scaling_assets.data.corpus import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians
 
 
 def device_name(device: str) -> str:

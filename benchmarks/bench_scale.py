@@ -71,7 +71,7 @@ def stage(name: str, d: Path, cells: int, genes: int) -> dict:
         (d / "pool" / "summary.json").write_text(json.dumps({"cells": int(split.pool_order.size)}))
         return {"cells": int(split.pool_order.size), "written": _dir_bytes(d / "pool")}
     if name == "medians":
-        from scaling_assets.tokenize import TokenDictionary, gene_nonzero_medians
+        from scaling_assets.data.corpus import TokenDictionary, gene_nonzero_medians
 
         with _thinned(d, None, 1.0) as pool:
             medians = gene_nonzero_medians(pool)
@@ -92,7 +92,7 @@ def stage(name: str, d: Path, cells: int, genes: int) -> dict:
                     written += out.stat().st_size
         return {"cells": len(QUALITIES) * (N_TEST + N_VAL), "written": written}
     if name == "corpora":
-        from scaling_assets.tokenize import TokenDictionary, build_corpus
+        from scaling_assets.data.corpus import TokenDictionary, build_corpus
 
         medians, dictionary = np.load(d / "medians.npy"), TokenDictionary.load(d / "dictionary.json")
         for q in QUALITIES:

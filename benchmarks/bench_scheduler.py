@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
-(``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, ``scaling_assets/compute/dagster.example.yaml``),
+(``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
 a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one subprocess per run (``DefaultRunLauncher``),
 and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
 estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).

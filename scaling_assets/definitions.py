@@ -28,6 +28,7 @@ from scaling_assets.assets.training_sets import (
     train_corpus_asset,
     train_counts_asset,
 )
+from scaling_assets.assets.versions import with_code_versions
 from scaling_assets.data.h5ad_io import tune_allocator
 from scaling_assets.registry import MODELS, reads_corpus
 from scaling_assets.study import Study, load_study
@@ -54,7 +55,7 @@ def build_definitions(study: Study) -> Definitions:
     assets = []
     for config in study.datasets.values():
         assets += dataset_assets(DatasetAssets(study, config))
-    assets += results_assets(study)
+    assets = with_code_versions(study, assets + results_assets(study))
     # One process per run, its steps one after another: concurrency comes from the run queue running
     # several runs at once (each step in its own process would pay torch's import per step).
     return Definitions(assets=assets, jobs=study_jobs(study, assets), executor=in_process_executor,

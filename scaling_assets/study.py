@@ -231,7 +231,7 @@ def _err(path: Path | None, where: str, msg: str) -> StudyConfigError:
     return StudyConfigError(f"study file {path}: {where}: {msg}")
 
 
-def _resolve_root(root: str, study_file: Path | None) -> Path:
+def _resolve_root(root: str) -> Path:
     p = Path(os.path.expandvars(str(root))).expanduser()
     if p.is_absolute():
         return p
@@ -275,7 +275,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
     algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path)
     return Study(
         name=name,
-        root=_resolve_root(raw.get("root", f"study_runs/{name}"), path),
+        root=_resolve_root(raw.get("root", f"study_runs/{name}")),
         budget=budget,
         seeds=seeds,
         algorithms=algorithms,

@@ -40,6 +40,7 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from scaling_assets.assets.results import GROUP
 from scaling_assets.assets.storage import partition_dir, sweep_staging
+from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.compute.needs import TAG_STUDY
 from scaling_assets.daemon import BACKFILL_INTERVAL_ENV, DaemonProcess, daemon_alive
 from scaling_assets.definitions import build_definitions
@@ -86,9 +87,10 @@ class Progress:
 def missing_partitions(study: Study, instance: DagsterInstance, asset_graph, refresh: bool) -> AssetGraphSubset:
     """Every asset partition of the study that is not materialised (or all, with ``refresh``).
 
-    Materialised means recorded in the instance and its folder still on disk. The study-wide tables
-    are redone whenever anything else is, since they summarise everything."""
-    wanted: set[AssetKeyPartitionKey] = set()
+    Materialised means recorded in the instance under the asset's current code version, with its
+    folder still on disk; a partition of an older code version is redone with everything downstream
+    of it. The study-wide tables are redone whenever anything else is, since they summarise everything."""
+    wanted: set[AssetKeyPartitionKey] = set(outdated_partitions(instance, asset_graph))
     results = []
     for key in asset_graph.materializable_asset_keys:
         if key.path[0] == GROUP:

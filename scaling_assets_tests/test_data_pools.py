@@ -14,7 +14,7 @@ from scaling_assets.data.pools import CorpusRange, CountsRange, record_fingerpri
 from scaling_assets.data.splits import make_split
 from scaling_assets.data.thinning import thin_counts
 from scaling_assets.errors import InputError
-from scaling_assets.tokenize import Corpus, TokenDictionary, build_corpus
+from scaling_assets.data.corpus import Corpus, TokenDictionary, build_corpus
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from scaling_assets.models.budget import BUDGETS, Budget, GeneformerBudget
 from scaling_assets.models.geneformer import GeneformerModel, MaskingCollator, mask_tokens
 from scaling_assets.models.pca import PCAModel
 from scaling_assets.models.synthetic import simulate_counts
-from scaling_assets.tokenize import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians
+from scaling_assets.data.corpus import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians
 
 N_GENES = 40
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     from transformers import TrainerCallback
     from scaling_assets.models import geneformer as gf
     from scaling_assets.models.budget import BUDGETS, Budget, GeneformerBudget
-    from scaling_assets.tokenize import Corpus
+    from scaling_assets.data.corpus import Corpus
 
     BUDGETS["resume"] = Budget("resume", BUDGETS["test"].scvi, GeneformerBudget(max_steps=6, warmup_steps=1,
                                                                             eval_steps=2, eval_max_cells=8))
@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_killed_fit_resumes_from_the_last_complete_checkpoint(tmp_path):
     from scaling_assets.models.synthetic import simulate_counts
-    from scaling_assets.tokenize import TokenDictionary, build_corpus, gene_nonzero_medians
+    from scaling_assets.data.corpus import TokenDictionary, build_corpus, gene_nonzero_medians
 
     src = simulate_counts(120, 30, seed=5)
     med = gene_nonzero_medians(src, rows=np.arange(100))

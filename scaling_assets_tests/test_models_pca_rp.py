@@ -171,18 +171,3 @@ def test_a_failed_save_leaves_the_previous_model_untouched(data, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["rp"]  # no temp dir left either
     assert sorted(p.name for p in (tmp_path / "rp").iterdir()) == before
     np.testing.assert_array_equal(RandomProjectionModel.load(tmp_path / "rp").embed(test), m.embed(test))
-
-
-def test_embeddings_are_saved_with_their_cell_ids(data, tmp_path):
-    from scaling_assets.models.base import load_embedding, save_embedding
-
-    train, test = data
-    m = RandomProjectionModel(train.var_names)
-    m.fit(train)
-    z = m.embed(test)
-    save_embedding(tmp_path / "emb", z, test.obs_names)
-    z2, ids = load_embedding(tmp_path / "emb")
-    np.testing.assert_array_equal(z2, z)
-    assert list(ids) == list(test.obs_names)
-    with pytest.raises(InputError, match="does not match"):
-        save_embedding(tmp_path / "bad", z, test.obs_names[:3])

@@ -109,7 +109,7 @@ def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
     from scaling_assets.data.counts import TransformedCounts
     from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.data.thinning import thin_counts
-    from scaling_assets.tokenize import gene_nonzero_medians
+    from scaling_assets.data.corpus import gene_nonzero_medians
 
     study, _, _, _ = study_run
     where = lambda asset, key: partition_dir(study.root, ["cite", asset], key)  # noqa: E731

@@ -63,22 +63,60 @@ def test_unsupported_output_type_is_refused(tmp_path):
         io.handle_output(build_output_context(asset_key=AssetKey(["x"])), 42)
 
 
-def test_sweep_removes_staging_of_dead_writers_only(tmp_path):
+_WRITER = """
+import sys, time
+from scaling_assets.assets.storage import stage_dir
+folder = stage_dir(sys.argv[1], "pool")
+print(folder, flush=True)
+while True:  # a long write into staging, as a pool or model partition would be
+    with open(folder / "counts.h5ad", "ab") as f:
+        f.write(b"x" * 1024)
+    time.sleep(0.05)
+"""
+
+
+def _start_writer(root):
     import subprocess
     import sys
 
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+    return writer, type(root)(writer.stdout.readline().strip())
+
+
+def test_sweep_removes_staging_of_killed_writers_only(tmp_path):
     from scaling_assets.assets.storage import sweep_staging
 
-    live = stage_dir(tmp_path, "live")  # this process: still writing
-    code = "import sys; from scaling_assets.assets.storage import stage_dir; print(stage_dir(sys.argv[1], 'dead'))"
-    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
-    dead = type(live)(dead.stdout.strip())  # its writer has exited, as a killed run's would have
-    (dead / "half-written.h5ad").write_bytes(b"x")
-    assert dead.exists()
-    assert sweep_staging(tmp_path) == [dead]
-    assert not dead.exists() and live.exists()
-    replace_dir(live, tmp_path / "cite" / "split" / "s=1")  # a finished folder leaves no owner record
+    killed, killed_folder = _start_writer(tmp_path)
+    running, running_folder = _start_writer(tmp_path)
+    mine = stage_dir(tmp_path, "model_scvi")  # this process: still writing
+    try:
+        killed.kill()  # SIGKILL mid-write: no cleanup code runs in the writer
+        killed.wait()
+        assert (killed_folder / "counts.h5ad").exists()
+        assert sweep_staging(tmp_path) == [killed_folder]
+        assert not killed_folder.exists() and running_folder.exists() and mine.exists()
+        assert sweep_staging(tmp_path) == []  # live writers are never swept
+    finally:
+        running.kill()
+        running.wait()
+    assert sweep_staging(tmp_path) == [running_folder]
+    replace_dir(mine, tmp_path / "cite" / "model_scvi" / "n=1_q=1_s=1")  # a finished folder leaves no owner record
     assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def test_sweep_keeps_other_hosts_folders_and_removes_ownerless_ones(tmp_path):
+    import os
+
+    from scaling_assets.assets.storage import OWNER_SUFFIX, sweep_staging
+
+    staging = tmp_path / ".staging"
+    remote = staging / "pool-remote"
+    remote.mkdir(parents=True)  # written by a Ray node sharing the study root: its pid means nothing here
+    (staging / f"pool-remote{OWNER_SUFFIX}").write_text(f"some-other-node {os.getpid() + 10**6} 1.0")
+    legacy = staging / "model_pca-abc"  # left by a version that wrote no owner record
+    legacy.mkdir()
+    assert sweep_staging(tmp_path) == [legacy]
+    assert remote.exists()
 
 
 def test_tables_carry_dagster_standard_metadata():

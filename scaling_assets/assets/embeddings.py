@@ -50,7 +50,7 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
             fitted = load_model(model / MODEL_DIR, algorithm=algorithm)
             fitted.device = device  # embed on the leased device, whatever the model trained on
             if reads_corpus(algorithm):
-                from scaling_assets.tokenize import Corpus
+                from scaling_assets.data.corpus import Corpus
 
                 test = Corpus(eval_data / "test")
                 values, cell_ids = fitted.embed(test), np.asarray(test.cell_ids, dtype=str)

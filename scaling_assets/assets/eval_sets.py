@@ -104,7 +104,7 @@ def gene_medians_asset(ds: DatasetAssets):
 
         from scaling_assets.data.h5ad_io import CsrReader
         from scaling_assets.data.pools import POOL_FILE
-        from scaling_assets.tokenize import TokenDictionary, gene_nonzero_medians
+        from scaling_assets.data.corpus import TokenDictionary, gene_nonzero_medians
 
         stage = new_stage(ds.study, "medians")
         with CsrReader(pool_counts / POOL_FILE) as reader, timed() as elapsed:  # the pool, read in order
@@ -134,7 +134,7 @@ def tokenize_source(ds: DatasetAssets, source, out_dir: Path, gene_medians: Path
     """Rank-value corpus of a count source (a file reader or a thinned pool range), chunk by chunk."""
     import numpy as np
 
-    from scaling_assets.tokenize import TokenDictionary, build_corpus
+    from scaling_assets.data.corpus import TokenDictionary, build_corpus
 
     medians = np.load(gene_medians / MEDIANS_FILE)
     dictionary = TokenDictionary.load(gene_medians / DICTIONARY_FILE)

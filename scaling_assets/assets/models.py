@@ -101,7 +101,7 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             f"stopping on the validation corpus; budget `{ds.study.budget}`." + BUDGET_NOTE + SETTING_KEY_NOTE,
         )
         def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: Path):
-            from scaling_assets.tokenize import Corpus
+            from scaling_assets.data.corpus import Corpus
 
             stage = new_stage(ds.study, name)
             return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus / "validation"), stage)

@@ -4,7 +4,9 @@ Layout under the study root (one folder per asset partition; the folder is the u
 
     <root>/<dataset>/<asset>/<partition key>/      e.g. cite/model_scvi/n=300_q=0.1_s=42/model/
     <root>/tables/<table>/                          mi.parquet, mi.csv, ... (unpartitioned tables)
-    <root>/.staging/                                work in progress, renamed into place when done
+    <root>/.staging/                                work in progress, renamed into place when done;
+                                                    <folder>.owner names its writer, so folders of
+                                                    killed writers are swept when a run starts
 
 Assets write their files into a fresh staging folder (``stage_dir``) and return it as a ``Path``;
 the IO manager renames it to the partition folder, so a failed or interrupted step never leaves a
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,68 +29,94 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
+from scaling_assets import fs
+from scaling_assets.fs import write_text_atomic
+
 RECORD_FILE = "record.json"
 TABLE_FILE = "table"
 SUMMARY_FILE = "summary.json"
 
 
-OWNER_SUFFIX = ".owner"  # beside each staging folder: "<pid> <process start time>" of its writer
+OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
 
 
 def stage_dir(root: Path | str, label: str = "stage") -> Path:
     """A fresh folder on the same file system as the study root (so the final rename is atomic).
 
-    The writing process is recorded beside it, so a folder left by a killed writer can be told apart
-    from one a live run is still writing (``sweep_staging``)."""
+    Its writer (host, pid, process start time) is recorded beside it *before* the folder exists, so
+    every staging folder has an owner record and one left by a killed writer can be told apart from
+    one a live run is still writing (``sweep_staging``)."""
     staging = Path(root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=staging))
-    folder.with_name(folder.name + OWNER_SUFFIX).write_text(_process_identity(os.getpid()) or "")
+    folder = staging / f"{label}-{uuid.uuid4().hex[:12]}"
+    write_text_atomic(_owner_file(folder), _writer_identity(os.getpid()))  # never seen half-written by a sweep
+    folder.mkdir()
     return folder
 
 
-def _process_identity(pid: int) -> str | None:
-    """"<pid> <start time>" of a live process (pids are reused; the start time is not), else None."""
+def _owner_file(folder: Path) -> Path:
+    return folder.with_name(folder.name + OWNER_SUFFIX)
+
+
+def _writer_identity(pid: int) -> str:
+    """"<host> <pid> <start time>" of a live process (pids are reused; the start time is not), else ""."""
     import psutil
 
     try:
-        return f"{pid} {psutil.Process(pid).create_time():.3f}"
+        return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.3f}"
     except psutil.Error:
-        return None
+        return ""
+
+
+def _writer_alive(recorded: str) -> bool:
+    """Is the recorded writer still running? A writer on another host (a Ray node sharing the study
+    root) cannot be checked from here, so it counts as alive: only its own host sweeps it."""
+    parts = recorded.split()
+    if len(parts) != 3:
+        return False  # unreadable record: no process can be writing under it
+    host, pid, _ = parts
+    if host != socket.gethostname():
+        return True
+    return _writer_identity(int(pid)) == recorded
 
 
 def sweep_staging(root: Path | str) -> list[Path]:
     """Remove staging folders whose writer process is gone (killed or crashed); keep live ones.
 
     Returns the folders removed. Safe to call from any run at any time: a folder is removed only when
-    the process recorded for it no longer exists (same pid and start time)."""
+    the process recorded for it no longer exists (same host, pid and start time), or when it has no
+    owner record at all (``stage_dir`` writes the record before creating the folder, so only a folder
+    from an older version of the platform lacks one)."""
     staging = Path(root) / ".staging"
     if not staging.is_dir():
         return []
     removed = []
-    for owner in staging.glob("*" + OWNER_SUFFIX):
-        recorded = owner.read_text().strip()
-        pid = int(recorded.split()[0]) if recorded else -1
-        if recorded and _process_identity(pid) == recorded:
-            continue  # its writer is still running
-        folder = owner.with_name(owner.name[: -len(OWNER_SUFFIX)])
-        shutil.rmtree(folder, ignore_errors=True)
-        owner.unlink(missing_ok=True)
-        removed.append(folder)
+    for entry in sorted(staging.iterdir()):
+        if entry.name.startswith("."):  # an owner record being written (tiny; left alone)
+            continue
+        if entry.name.endswith(OWNER_SUFFIX):
+            folder, owner = entry.with_name(entry.name[: -len(OWNER_SUFFIX)]), entry
+            try:
+                if _writer_alive(owner.read_text().strip()):
+                    continue
+            except FileNotFoundError:
+                continue  # its writer put the folder in place meanwhile
+        elif _owner_file(entry).exists():
+            continue  # judged through its owner record
+        else:
+            folder, owner = entry, None
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        if owner is not None:
+            owner.unlink(missing_ok=True)
     return removed
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing any previous ``dst`` folder (old one removed after the swap)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(src) + OWNER_SUFFIX).unlink(missing_ok=True)  # the folder is no longer in progress
-    trash = None
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, trash)
-    os.replace(src, dst)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    """Move staged ``src`` to ``dst``, replacing any previous ``dst`` folder whole."""
+    fs.replace_dir(src, dst)
+    _owner_file(src).unlink(missing_ok=True)  # after the rename: the folder was owned until it was in place
 
 
 def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
@@ -113,10 +141,7 @@ def read_record(folder: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    fs.write_json_atomic(path, value, indent=2, sort_keys=True, default=_json_default)
 
 
 def _json_default(value: Any):

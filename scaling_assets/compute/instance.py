@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from scaling_assets.fs import write_text_atomic
+
 REPO_INSTANCE_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
@@ -36,7 +38,5 @@ def write_instance_yaml(home: str | os.PathLike, **settings: Any) -> Path:
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
-    tmp = path.with_name(".dagster.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(instance_config(**settings), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(instance_config(**settings), sort_keys=False))
     return path

@@ -39,6 +39,7 @@ from typing import Callable
 from scaling_assets.compute import nvml
 from scaling_assets.compute.needs import TAG_DEVICE
 from scaling_assets.compute.nvml import GpuInfo
+from scaling_assets.fs import write_json_atomic
 
 LEASE_DIR_ENV = "SCALING_ASSETS_LEASE_DIR"
 WAIT_ENV = "SCALING_ASSETS_GPU_WAIT_S"
@@ -193,7 +194,7 @@ class Ledger:
         record = LeaseRecord(
             "promise", self._promise_path(run_id), gpu.uuid, gpu.device, need_mib, run_id, None, time.time()
         )
-        _write_atomic(record.path, _record_json(record))
+        write_json_atomic(record.path, _record_json(record))
 
     def drop_promise(self, run_id: str) -> None:
         _unlink(self._promise_path(run_id))
@@ -204,7 +205,7 @@ class Ledger:
     def record_oom(self, run_id: str, gpu_uuid: str) -> None:
         path = self.dir / f"oom-{run_id}.json"
         uuids = sorted(self.oom_gpus(run_id) | {gpu_uuid})
-        _write_atomic(path, {"run_id": run_id, "gpu_uuids": uuids, "updated": time.time()})
+        write_json_atomic(path, {"run_id": run_id, "gpu_uuids": uuids, "updated": time.time()})
 
     def oom_gpus(self, run_id: str | None) -> set[str]:
         if not run_id:
@@ -224,12 +225,6 @@ def _read(path: Path, kind: str) -> LeaseRecord | None:
         )
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None  # half-written (holder killed mid-write) or gone: the probe deletes it next time
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def _unlink(path: Path) -> None:

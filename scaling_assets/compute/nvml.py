@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from scaling_assets.fs import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 FAKE_NVML_ENV = "SCALING_ASSETS_FAKE_NVML"
@@ -149,9 +151,7 @@ class FakeNvml:
 
     def _save(self) -> None:
         if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._state))
-            os.replace(tmp, self.path)  # atomic: a reader never sees half a file
+            write_json_atomic(self.path, self._state)  # a reader never sees half a file
 
     def update(self, index: int, **fields) -> None:
         """Change one GPU (e.g. ``free_mib=1000``, ``error="Xid 79"``, ``error=None``)."""

@@ -29,6 +29,7 @@ from dagster_ray import RayRunLauncher
 from dagster_ray.core.run_launcher import RayLauncherConfig, get_job_submission_id_from_run_id
 
 from scaling_assets.compute.coordinator import run_need_mib
+from scaling_assets.fs import write_text_atomic
 
 TAG_RAY_CONFIG = "dagster-ray/config"  # dagster-ray reads per-run resource requests from this tag
 TAG_RAY_NODE = "scaling_assets/ray_node"
@@ -58,9 +59,7 @@ def write_root_marker(root: Path) -> str:
     """Write a fresh token under the study root (temp file + rename); nodes must read it back."""
     root.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
-    tmp = root / f"{MARKER_NAME}.{token}.tmp"
-    tmp.write_text(token)
-    tmp.rename(root / MARKER_NAME)
+    write_text_atomic(root / MARKER_NAME, token)
     return token
 
 

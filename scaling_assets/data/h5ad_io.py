@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import temporary_sibling
 
 # Above this many elements between two wanted rows, a subset read issues a new h5py read instead of
 # reading through the gap (an h5py call costs about as much as reading ~100 KB from page cache).
@@ -537,7 +538,7 @@ class _Column:
 class CsrWriter:
     """Write a canonical h5ad (CSR counts in X, obs, var, obsm, uns) chunk by chunk.
 
-    Writes ``<path>.tmp-<pid>`` and renames it over ``path`` only on a successful ``close``; an
+    Writes a hidden temporary sibling (``fs.temporary_sibling``) and renames it over ``path`` only on a successful ``close``; an
     exception inside the ``with`` block removes the temporary file. Counts are stored as int32
     (float32 when ``dtype`` says so), ``indptr`` as int64, in resizable chunked datasets.
     ``compression``: None (default: fastest reads), "gzip" or "lzf".
@@ -559,8 +560,7 @@ class CsrWriter:
             raise InputError(f"{self.path}: duplicate gene ids in var_names, e.g. {dup}")
         self.var_names = var_names
         self.uns = dict(uns or {})
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_sibling(self.path)
         self._f = h5py.File(self.tmp, "w")
         self._closed = False
         self.n_obs = 0

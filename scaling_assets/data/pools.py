@@ -182,7 +182,7 @@ class CorpusRange:
     kind: str = "corpus_range"
 
     def open(self, full_hash: bool = False):
-        from scaling_assets.tokenize import Corpus
+        from scaling_assets.data.corpus import Corpus
 
         verify_folder(Path(self.corpus).parent, full_hash)
         return Corpus(self.corpus, stop_row=self.pool_rows)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import atomic_file
 
 DEFAULT_TEST = 30_000
 DEFAULT_VAL = 1_000
@@ -51,14 +51,8 @@ class Split:
         return np.sort(self.pool_order[:n])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, test=self.test, validation=self.validation, pool_order=self.pool_order)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, test=self.test, validation=self.validation, pool_order=self.pool_order)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:

@@ -1,10 +1,9 @@
-"""Result tables (MI results, parameter counts) written as Parquet and CSV, atomically."""
+"""Result-table columns and checks shared by the laws, the plots and the results assets.
+
+(The study IO manager writes the tables themselves: Parquet + CSV per table folder.)
+"""
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 
@@ -13,7 +12,6 @@ from scaling_assets.errors import InputError
 MI_COLUMNS = [
     "dataset", "task", "signal", "algorithm", "cells", "quality", "umis_per_cell", "seed", "mi_bits", "pairs",
 ]
-PARAM_COLUMNS = ["dataset", "genes", "algorithm", "parameters"]
 
 
 def require_columns(df: pd.DataFrame, columns: list[str], table: str = "table") -> None:
@@ -21,63 +19,6 @@ def require_columns(df: pd.DataFrame, columns: list[str], table: str = "table") 
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(f"{table} is missing column(s) {missing}; expected at least {columns}")
-
-
-def validate_mi_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Check an MI table: required columns, numeric measures, non-negative pair counts.
-
-    Returns the table with the required columns first (extras kept after them).
-    """
-    require_columns(df, MI_COLUMNS, "MI table")
-    for col in ("cells", "quality", "umis_per_cell", "mi_bits", "pairs"):
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            raise InputError(f"MI table column {col!r} must be numeric, got dtype {df[col].dtype}")
-    if (df["pairs"] < 0).any():
-        raise InputError("MI table column 'pairs' must be >= 0")
-    return df[MI_COLUMNS + [c for c in df.columns if c not in MI_COLUMNS]]
-
-
-def validate_param_table(df: pd.DataFrame) -> pd.DataFrame:
-    require_columns(df, PARAM_COLUMNS, "parameter table")
-    for col in ("genes", "parameters"):
-        if not pd.api.types.is_integer_dtype(df[col]):
-            raise InputError(f"parameter table column {col!r} must be integer, got dtype {df[col].dtype}")
-    return df[PARAM_COLUMNS + [c for c in df.columns if c not in PARAM_COLUMNS]]
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_table(df: pd.DataFrame, path_without_suffix: str | os.PathLike) -> list[Path]:
-    """Write `df` as `<path>.parquet` and `<path>.csv`; returns both paths."""
-    base = Path(path_without_suffix)
-    parquet, csv = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".csv")
-    _atomic_write(parquet, lambda tmp: df.to_parquet(tmp, index=False))
-    _atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False))
-    return [parquet, csv]
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by write_table (given either file or the path without suffix)."""
-    p = Path(path)
-    if p.suffix == ".csv":
-        return pd.read_csv(p)
-    if p.suffix != ".parquet":
-        p = p.with_name(p.name + ".parquet")
-    if not p.exists():
-        raise InputError(f"table file {p} does not exist")
-    return pd.read_parquet(p)
 
 
 def analysis_hyperparameters(lmi_options: dict) -> list[dict]:

@@ -9,13 +9,8 @@ report) and ``history.csv`` (loss per epoch / evaluation).
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import atomic_directory
 from scaling_assets.models.budget import BUDGETS
 
 MODEL_JSON = "model.json"
@@ -66,30 +62,6 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; on success it replaces ``path``.
-
-    A crash leaves only a hidden ``.tmp-*`` sibling, never a half-written ``path``. An existing
-    ``path`` is moved aside first and deleted only after the new one is in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
@@ -218,27 +190,6 @@ class RepresentationModel(abc.ABC):
                 f"{self.algorithm}: the {what}'s genes are not the model's gene_ids "
                 "(same genes in the same order required for training)"
             )
-
-
-def save_embedding(path: str | os.PathLike, embedding: np.ndarray, cell_ids) -> Path:
-    """Write an embedding with the cell ids of its rows: ``embedding.npy`` + ``cell_ids.txt``
-    in a directory written atomically."""
-    embedding = np.asarray(embedding, dtype=np.float32)
-    cell_ids = [str(c) for c in cell_ids]
-    if embedding.ndim != 2 or embedding.shape[0] != len(cell_ids):
-        raise InputError(f"embedding of shape {embedding.shape} does not match {len(cell_ids)} cell ids")
-    with atomic_directory(path) as tmp:
-        np.save(tmp / "embedding.npy", embedding)
-        (tmp / "cell_ids.txt").write_text("".join(f"{c}\n" for c in cell_ids))
-    return Path(path)
-
-
-def load_embedding(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(path)
-    if not (path / "embedding.npy").is_file():
-        raise InputError(f"{path} is not an embedding directory (no embedding.npy)")
-    cell_ids = np.array((path / "cell_ids.txt").read_text().splitlines(), dtype=object)
-    return np.load(path / "embedding.npy"), cell_ids
 
 
 def iter_csr(source, chunk_size: int, columns: np.ndarray | None = None):

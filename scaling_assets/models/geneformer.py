@@ -38,7 +38,7 @@ from scaling_assets.models.spec import (
     MLM_PROBABILITY,
     geneformer_micro_batch,
 )
-from scaling_assets.tokenize import MASK_ID, PAD_ID, Corpus, TokenDictionary
+from scaling_assets.data.corpus import MASK_ID, PAD_ID, Corpus, TokenDictionary
 
 BERT_CONFIG, TRAINING = GENEFORMER_BERT, GENEFORMER_TRAINING  # the reference's settings (models/spec.py)
 # Cell embedding layer in Geneformer's `emb_layer` convention (0 = last layer, -1 = second-to-last),

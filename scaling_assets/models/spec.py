@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from scaling_assets.data.corpus import MAX_LEN as MAX_TOKENS  # tokens per cell: the corpus's limit
+
 # PCA: top highly variable genes, components kept (the embedding).
 PCA_HVG, PCA_COMPONENTS = 750, 16
 
@@ -30,7 +32,6 @@ SCVI_PLAN = dict(optimizer="Adam", lr=1e-3, weight_decay=1e-6, eps=0.01, reduce_
 SCVI_BATCH = 512
 
 # Geneformer: a 3-layer BERT over rank-value gene tokens (pad 0, mask 1, genes from 2).
-MAX_TOKENS = 512  # tokens per cell (the corpus keeps each cell's top-ranked genes)
 GENEFORMER_BERT = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads=4, intermediate_size=512,
                        max_position_embeddings=MAX_TOKENS, hidden_act="relu", attention_probs_dropout_prob=0.02,
                        hidden_dropout_prob=0.02, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0)

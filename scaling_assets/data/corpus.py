@@ -24,12 +24,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from scaling_assets.errors import InputError
-from scaling_assets.models.base import atomic_directory
-from scaling_assets.models.spec import MAX_TOKENS
+from scaling_assets.fs import atomic_directory
 
 PAD, MASK = "<pad>", "<mask>"
 PAD_ID, MASK_ID = 0, 1
-MAX_LEN = MAX_TOKENS  # tokens kept per cell (the BERT's positions)
+MAX_LEN = 512  # tokens kept per cell (DESIGN §4); models/spec.py sizes the BERT's positions from it
 TARGET_SUM = 1e4
 # Exact medians keep every nonzero normalised value in memory (12 bytes each). Above this many
 # values the computation switches to a log-spaced histogram (see gene_nonzero_medians).

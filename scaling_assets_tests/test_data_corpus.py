@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scaling_assets import tokenize as tk
+from scaling_assets.data import corpus as tk
+from scaling_assets.data.corpus import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians, rank_value_encode
 from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
 from scaling_assets.models.synthetic import simulate_counts
-from scaling_assets.tokenize import Corpus, TokenDictionary, build_corpus, gene_nonzero_medians, rank_value_encode
 
 
 def test_token_dictionary_ids_roundtrip_and_equality(tmp_path):

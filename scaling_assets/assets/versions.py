@@ -1,0 +1,80 @@
+"""Code versions of the assets, so that a change of settings marks their partitions stale.
+
+- ``model_<algorithm>``: the fingerprint of the algorithm's recorded hyperparameters and budget
+  section (``models.versions.settings_version``): changing the study's budget or a setting marks
+  every trained model of that algorithm stale, and through them their embeddings and MI.
+- ``mi_<algorithm>``: the study's LMI options.
+- every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
+  same inputs.
+
+Dagster shows a partition materialised under another code version as stale ("code version
+changed"); ``outdated_partitions`` lists them, and what depends on them, for the study run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
+from dagster._core.definitions.data_version import CODE_VERSION_TAG
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.events import DagsterEventType
+
+from scaling_assets.models.versions import settings_version
+
+DATA_VERSION = "1"
+
+
+def code_version(study, key: AssetKey) -> str:
+    name = key.path[-1]
+    for algorithm in study.algorithms:
+        if name == f"model_{algorithm}":
+            return settings_version(algorithm, study.budget)
+        if name == f"mi_{algorithm}":
+            lmi = json.dumps(study.lmi, sort_keys=True, default=str)
+            return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
+    return DATA_VERSION
+
+
+def with_code_versions(study, assets: list[AssetsDefinition]) -> list[AssetsDefinition]:
+    return [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=code_version(study, spec.key)))
+            for a in assets]
+
+
+def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyPartitionKey]:
+    """Materialised partitions recorded under another code version than their asset's current one,
+    and every partition downstream of them (redoing a model changes its embeddings and MI)."""
+    outdated = set()
+    for key in asset_graph.materializable_asset_keys:
+        current = asset_graph.get(key).code_version
+        outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded_code_versions(instance, key).items()
+                     if version is not None and version != current}
+    frontier = list(outdated)
+    while frontier:
+        node = frontier.pop()
+        for child in asset_graph.get_children_partitions(node.asset_key, node.partition_key):
+            if child not in outdated:
+                outdated.add(child)
+                frontier.append(child)
+    return outdated
+
+
+def recorded_code_versions(instance: DagsterInstance, key: AssetKey) -> dict[str | None, str | None]:
+    """Partition key (None: unpartitioned) -> code version of its latest materialisation; None for one
+    made before assets had code versions (Dagster then records the run id), which is kept: the settings
+    it was made with are unknown, and redoing a whole paper-scale study on upgrade is not wanted."""
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        key, DagsterEventType.ASSET_MATERIALIZATION)  # one query per asset, not one per partition
+    if latest:
+        ids = list(latest.values())
+        filters = [AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500])  # SQLite bounds a query's
+                   for i in range(0, len(ids), 500)]                                # variables
+    else:  # unpartitioned, or never materialised
+        filters = [AssetRecordsFilter(asset_key=key)]
+    versions = {}
+    for records_filter in filters:
+        for record in instance.fetch_materializations(records_filter, limit=500).records:
+            version = (record.asset_materialization.tags or {}).get(CODE_VERSION_TAG)
+            versions.setdefault(record.partition_key, None if version == record.run_id else version)
+    return versions
