@@ -27,7 +27,7 @@ def child(corpus_dir: Path, genes: int, one_pass: bool) -> dict:
 
     from scaling_assets.models import spec
     from scaling_assets.models.geneformer import GeneformerModel
-    from scaling_assets.tokenize import Corpus
+    from scaling_assets.data.corpus import Corpus
 
     if one_pass:
         spec.CPU_ACTIVATION_BUDGET_BYTES = float("inf")
@@ -59,7 +59,7 @@ def main() -> None:
     import numpy as np
 
     from scaling_assets.models.synthetic import simulate_counts
-    from scaling_assets.tokenize import TokenDictionary, build_corpus, gene_nonzero_medians
+    from scaling_assets.data.corpus import TokenDictionary, build_corpus, gene_nonzero_medians
 
     with tempfile.TemporaryDirectory() as tmp:
         src = simulate_counts(args.cells + 100, args.genes, seed=1)  # ~2,000 UMIs: hundreds of genes per cell

@@ -1,5 +1,5 @@
 """Geneformer (DESIGN §5): ``transformers.BertForMaskedLM`` pre-trained with the HF ``Trainer`` on
-a rank-value corpus (scaling_assets.tokenize), then cells embedded as the mean over non-padding
+a rank-value corpus (scaling_assets.data.corpus), then cells embedded as the mean over non-padding
 tokens of the second-to-last layer (Geneformer's ``emb_layer=-1``, as the reference ran it; 256-d).
 
 Data: training and validation are ``Corpus`` directories; cells are read from the memory-mapped
@@ -161,7 +161,7 @@ class GeneformerModel(RepresentationModel):
     def _check_corpus(self, corpus, what: str) -> Corpus:
         if not isinstance(corpus, Corpus):
             raise InputError(f"geneformer: the {what} must be a tokenized Corpus (see "
-                             f"scaling_assets.tokenize.build_corpus), got {type(corpus).__name__}")
+                             f"scaling_assets.data.corpus.build_corpus), got {type(corpus).__name__}")
         if corpus.token_dictionary != self.token_dictionary:
             raise InputError(
                 f"geneformer: the {what} at {corpus.directory} was built with a different token "
