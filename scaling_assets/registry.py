@@ -25,6 +25,9 @@ class ModelEntry:
     gpu_mib: dict[str, Callable[[int], int]] = field(default_factory=dict)
     parameters: Callable[[int], int] | None = None  # from the gene count
     resumable: bool = False  # keeps training checkpoints across attempts (hours of training)
+    # training cost rank: runs that train slower models are dequeued first, so the longest run does
+    # not start last and run alone at the end of a study
+    cost_rank: int = 0
     hvg_genes: bool = False  # fitted on the seed's highly variable genes (the pca_genes asset)
 
 
@@ -36,11 +39,11 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                "scikitlearn", 16, gpu_mib={"mi": spec.lmi_train_mib}, parameters=lambda genes: genes * 16),
     ModelEntry("scvi", "scaling_assets.models.scvi:SCVIModel", COUNTS, "pytorch", 16,
                gpu_mib={"model": spec.scvi_train_mib, "embeddings": spec.scvi_embed_mib, "mi": spec.lmi_train_mib},
-               parameters=spec.scvi_parameters),
+               parameters=spec.scvi_parameters, cost_rank=1),
     ModelEntry("geneformer", "scaling_assets.models.geneformer:GeneformerModel", CORPUS, "pytorch", 256,
                gpu_mib={"model": spec.geneformer_train_mib, "embeddings": spec.geneformer_embed_mib,
                         "mi": spec.lmi_train_mib},
-               parameters=spec.geneformer_parameters, resumable=True),
+               parameters=spec.geneformer_parameters, resumable=True, cost_rank=2),
 )}
 ALGORITHMS = tuple(MODELS)
 

@@ -344,6 +344,10 @@ def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_
     assert gpu.tags[TAG_GPU_NEED] == str(scvi_train_mib(123))  # sized from 123 genes, not default_n_genes
     assert gpu.tags[TAG_CPU_SLOT] == "gpu" and cpu.tags[TAG_CPU_SLOT] == "cpu"  # the fake NVML has a GPU
     assert gpu.tags[TAG_THREADS] == cpu.tags[TAG_THREADS] == "2"
+    # the slowest training runs dequeue first: Geneformer over SCVI over the rest (no priority tag)
+    geneformer = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_geneformer"]),
+                                                         AssetKey(["cite", "model_scvi"])})
+    assert (geneformer.tags[TAG_PRIORITY], gpu.tags[TAG_PRIORITY]) == ("2", "1") and TAG_PRIORITY not in cpu.tags
     limits = gate_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert {"key": TAG_CPU_SLOT, "value": "cpu", "limit": 3} in limits
     nvml.set_backend(FakeNvml([]))  # no GPU: GPU runs compute on CPU and take CPU slots

@@ -63,6 +63,7 @@ from scaling_assets.compute.needs import (
     TAG_STUDY,
     TAG_THREADS,
     gpu_need_mib,
+    run_priority,
 )
 from scaling_assets.compute.nvml import GpuInfo
 
@@ -217,6 +218,10 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             # parent's id would not match, a device pin would skip placement
             tags[TAG_GATE] = run.run_id
             tags[TAG_DEVICE] = DEVICE_PENDING
+        if TAG_PRIORITY not in run.tags and run.asset_selection:  # longest runs first
+            priority = run_priority(key.to_user_string() for key in run.asset_selection)
+            if priority:
+                tags[TAG_PRIORITY] = str(priority)
         tags[TAG_CPU_SLOT] = "gpu" if need > 0 and self._has_gpu() else "cpu"
         tags.setdefault(TAG_THREADS, run.tags.get(TAG_THREADS) or str(self.threads_per_run))
         self._instance.add_run_tags(run.run_id, tags)

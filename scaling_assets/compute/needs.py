@@ -35,6 +35,13 @@ def asset_need_mib(asset_name: str, n_genes: int, batch_size: int | None = None)
     return fn(n_genes) if batch_size is None else fn(n_genes, batch_size)
 
 
+def run_priority(asset_names: Iterable[str]) -> int:
+    """A run's queue priority (Dagster's ``dagster/priority``): the cost rank of the slowest model it
+    trains, so the longest runs start first (0: trains nothing)."""
+    names = {_short(name) for name in asset_names}
+    return max((m.cost_rank for m in MODELS.values() if f"model_{m.name}" in names), default=0)
+
+
 def gpu_need_mib(asset_names: Iterable[str], n_genes: int) -> int:
     """A run's GPU need: the max over its assets (0 when none needs a GPU)."""
     return max((asset_need_mib(name, n_genes) for name in asset_names), default=0)
