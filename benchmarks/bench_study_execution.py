@@ -47,6 +47,7 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=work / mode, stdout=log, stderr=subprocess.STDOUT)
     peak: dict[int, tuple[int, str]] = {}
+    cpu: dict[int, tuple[float, str]] = {}  # last CPU seconds seen per process: where the cores went
     most_workers = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -58,8 +59,10 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
         for p in tree:
             try:
                 rss, cmdline = p.memory_info().rss, " ".join(p.cmdline())
+                times = p.cpu_times()
             except psutil.Error:
                 continue
+            cpu[p.pid] = (times.user + times.system, cmdline)
             workers += _describe(cmdline) == "a run worker"
             if rss > peak.get(p.pid, (0, ""))[0]:
                 peak[p.pid] = (rss, cmdline)
@@ -68,7 +71,10 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
     wall = time.perf_counter() - start
     log.close()
     rss, cmdline = max(peak.values(), default=(0, ""))
-    return {"mode": mode, "exit": proc.returncode, "wall_s": wall, "peak_rss_gb": rss / 1e9,
+    cpu_by_role: dict[str, float] = {}
+    for seconds, line in cpu.values():
+        cpu_by_role[_describe(line)] = cpu_by_role.get(_describe(line), 0.0) + seconds
+    return {"cpu_by_role": cpu_by_role, "processes": len(cpu), "mode": mode, "exit": proc.returncode, "wall_s": wall, "peak_rss_gb": rss / 1e9,
             "largest": _describe(cmdline), "most_run_workers": most_workers, "log": work / f"{mode}.log"}
 
 
@@ -99,6 +105,9 @@ def main() -> None:
               f"{r['largest']:<30} {r['most_run_workers']:>20}")
     if len(results) == 2 and results[1]["wall_s"]:
         print(f"speed-up {results[0]['mode']} -> {results[1]['mode']}: {results[0]['wall_s'] / results[1]['wall_s']:.2f}x")
+    for r in results:
+        roles = ", ".join(f"{role} {s:.0f} s" for role, s in sorted(r["cpu_by_role"].items(), key=lambda kv: -kv[1]))
+        print(f"{r['mode']} CPU time by process ({r['processes']} processes, sampled every 0.5 s): {roles}")
     for r in results:
         print(f"log: {r['log']}")
     if not args.keep:
