@@ -23,23 +23,14 @@ from typing import Any
 import yaml
 
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
+from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.registry import ALGORITHMS
 
-TASKS = ("cite", "lineage", "spatial", "development")
-SOURCES = ("simulated", "h5ad", "larry", "cite", "merfish", "atlas")
+SOURCES = (SIMULATED, *FORMATS)
 BUDGETS = ("paper", "default", "test")
 STUDY_ENV = "SCALING_ASSETS_STUDY"
 HOME_ENV = "SCALING_ASSETS_HOME"
-
-# Which path options each real source needs (the loaders' keyword arguments).
-SOURCE_PATHS = {
-    "h5ad": ("path",),
-    "cite": ("path",),
-    "atlas": ("path",),
-    "merfish": ("cell_by_gene", "cell_metadata"),
-    "larry": ("counts", "genes", "metadata", "clones"),
-}
 
 
 def format_quality(q: float) -> str:
@@ -323,17 +314,20 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     task = d.get("task")
     if task not in TASKS:
         raise _err(path, f"{where}.task", f"{task!r} is not one of {list(TASKS)}")
-    source = d.get("source", "simulated")
+    source = d.get("source", SIMULATED)
     if source not in SOURCES:
         raise _err(path, f"{where}.source", f"{source!r} is not one of {list(SOURCES)}")
+    held = FORMATS[source].task if source in FORMATS else None
+    if held not in (None, task):
+        raise _err(path, f"{where}.task", f"source {source!r} holds {held!r} data, not {task!r}")
     cells = d.get("cells")
     cells = int(cells) if cells is not None else None
     paths = {k: str(Path(os.path.expandvars(str(v))).expanduser()) for k, v in (d.get("paths") or {}).items()}
-    if source == "simulated":
+    if source == SIMULATED:
         if not cells or not d.get("genes"):
             raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
     else:
-        for key in SOURCE_PATHS[source]:
+        for key in FORMATS[source].paths:
             if key not in paths:
                 raise _err(path, f"{where}.paths", f"source {source!r} needs path '{key}'")
             if check_paths and not Path(paths[key]).exists():

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from scaling_assets.data.h5ad_io import CsrReader
-from scaling_assets.data.simulate import TASKS, simulate
+from scaling_assets.data.simulate import simulate
+from scaling_assets.data.tasks import TASKS
 from scaling_assets.data.thinning import thin_counts
 from scaling_assets.errors import InputError
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", list(TASKS))
 def test_canonical_layout(tmp_path, task):
     path = tmp_path / f"{task}.h5ad"
     summary = simulate(task, 2500, 200, seed=3, out_path=path, chunk_size=1000)

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from scaling_assets.errors import InputError
-from scaling_assets.metrics.signals import SIGNALS, task_signals
+from scaling_assets.data.tasks import TASKS
+from scaling_assets.metrics.signals import task_signals
 
 
 def embeddings(n, d=4):
@@ -14,9 +15,14 @@ def embeddings(n, d=4):
 
 
 def test_signal_names_per_task():
-    assert SIGNALS == {
-        "cite": ["cell_type", "protein"], "lineage": ["clone"],
-        "spatial": ["neighbour"], "development": ["day", "cell_type"],
+    # the reference's signals: what the MI stage measures, and what an ingested file must carry
+    assert {name: t.mi_signals for name, t in TASKS.items()} == {
+        "cite": ("cell_type", "protein"), "lineage": ("clone",),
+        "spatial": ("neighbour",), "development": ("day", "cell_type"),
+    }
+    assert {name: t.stored_signals for name, t in TASKS.items()} == {
+        "cite": ["cell_type", "obsm:protein"], "lineage": ["clone", "day"],
+        "spatial": ["x", "y"], "development": ["day", "cell_type"],
     }
 
 

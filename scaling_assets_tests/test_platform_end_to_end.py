@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from scaling_assets.assets.results import result_paths
-from scaling_assets.metrics.signals import SIGNALS
+from scaling_assets.data.tasks import TASKS
 from scaling_assets.run_study import run_study
 from scaling_assets.study import load_study
 
@@ -58,7 +58,7 @@ def test_whole_study_materialises(study_run):
 def test_mi_table_has_one_row_per_partition_and_signal(study_run):
     study, _, _, _ = study_run
     mi = pd.read_parquet(result_paths(study)["mi_table"])
-    expected = sum(len(SIGNALS[d.task]) * len(study.settings(name, a))
+    expected = sum(len(TASKS[d.task].mi_signals) * len(study.settings(name, a))
                    for name, d in study.datasets.items() for a in study.algorithms)
     assert len(mi) == expected
     assert not mi.duplicated(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).any()

@@ -125,6 +125,9 @@ def test_missing_data_path_is_named(tmp_path):
     """)
     with pytest.raises(StudyConfigError, match=r"datasets.pbmc.paths.path: missing data path .*nope.h5ad"):
         load_study(path)
+    # a format that holds one task's data cannot feed another task
+    with pytest.raises(StudyConfigError, match=r"datasets.pbmc.task: source 'larry' holds 'lineage' data, not 'cite'"):
+        load_study(write(tmp_path, path.read_text().replace("source: cite", "source: larry")))
 
 
 def test_unknown_study_name_and_missing_file():

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, Output, asset
 
 from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, rounded, timed, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.data.tasks import SIMULATED
 
 
 def raw_counts_asset(ds: DatasetAssets):
@@ -21,7 +22,7 @@ def raw_counts_asset(ds: DatasetAssets):
         stage = new_stage(ds.study, "raw")
         out = stage / COUNTS_FILE
         with timed() as elapsed:
-            if cfg.source == "simulated":
+            if cfg.source == SIMULATED:
                 from scaling_assets.data.simulate import simulate
 
                 summary = simulate(

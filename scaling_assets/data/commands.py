@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from scaling_assets.data.loaders import FORMATS, ingest
-from scaling_assets.data.simulate import TASKS, simulate
+from scaling_assets.data.loaders import ingest
+from scaling_assets.data.simulate import simulate
+from scaling_assets.data.tasks import FORMATS, TASKS
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="simulate a task in the canonical layout")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--cells", type=int, required=True, help="number of cells")
     p.add_argument("--genes", type=int, default=2000, help="number of genes (default 2000)")
     p.add_argument("--seed", type=int, default=0)
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_simulate)
 
     p = subparsers.add_parser("ingest", help="convert a real dataset to the canonical layout")
-    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--path", help="input .h5ad (h5ad, cite, atlas)")
     p.add_argument("--task", help="h5ad: task whose signal columns must be present")
@@ -43,15 +44,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=_ingest)
 
 
-_OPTIONS = {
-    "h5ad": ["path", "task", "matrix"],
-    "larry": ["counts", "genes", "metadata", "clones", "allow_normalized"],
-    "cite": ["path", "level", "protein_key"],
-    "merfish": ["cell_by_gene", "cell_metadata"],
-    "atlas": ["path", "day_column", "cell_type_column", "matrix"],
-}
-
-
 def _simulate(args) -> int:
     summary = simulate(args.task, args.cells, args.genes, args.seed, args.out, chunk_size=args.chunk_size,
                        progress=not args.quiet, median_umis=args.median_umis)
@@ -60,9 +52,10 @@ def _simulate(args) -> int:
 
 
 def _ingest(args) -> int:
-    allowed = _OPTIONS[args.fmt]
+    allowed = FORMATS[args.fmt].options
     options = {k: getattr(args, k) for k in allowed}
-    unused = [k for k in {o for v in _OPTIONS.values() for o in v} - set(allowed) if getattr(args, k) is not None]
+    every = {o for f in FORMATS.values() for o in f.options}
+    unused = [k for k in every - set(allowed) if getattr(args, k) is not None]
     if unused:
         from scaling_assets.errors import InputError
 

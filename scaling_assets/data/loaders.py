@@ -20,16 +20,9 @@ import scipy.io
 import scipy.sparse as sp
 
 from scaling_assets.data.h5ad_io import CsrReader, CsrWriter
+from scaling_assets.data.tasks import FORMATS, TASKS
 from scaling_assets.errors import InputError
 
-FORMATS = ("h5ad", "larry", "cite", "merfish", "atlas")
-# obs columns (or "obsm:key") each task needs; each must have >= 2 classes / distinct values
-TASK_SIGNALS = {
-    "cite": ["cell_type"],
-    "lineage": ["clone", "day"],
-    "spatial": ["x", "y"],
-    "development": ["day", "cell_type"],
-}
 LARRY_COLUMNS = ["Time point", "Well", "Cell type annotation", "SPRING-x", "SPRING-y"]
 # LARRY recovery: a row is accepted if every value / row minimum is within this of an integer
 LARRY_TOLERANCE = 0.02
@@ -58,9 +51,9 @@ def check_signals(obs: pd.DataFrame, task: str | None, label: str) -> list[str]:
     """Raise unless ``obs`` has the task's signal columns with at least two distinct values."""
     if task is None:
         return []
-    if task not in TASK_SIGNALS:
-        raise InputError(f"{label}: unknown task {task!r}; expected one of {', '.join(TASK_SIGNALS)}")
-    for col in TASK_SIGNALS[task]:
+    if task not in TASKS:
+        raise InputError(f"{label}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    for col in TASKS[task].obs_columns:
         if col not in obs.columns:
             raise InputError(
                 f"{label}: missing signal column {col!r} needed for task {task!r} "
@@ -71,7 +64,7 @@ def check_signals(obs: pd.DataFrame, task: str | None, label: str) -> list[str]:
             raise InputError(
                 f"{label}: signal column {col!r} has {n_classes} distinct value(s); task {task!r} needs at least 2"
             )
-    return list(TASK_SIGNALS[task])
+    return list(TASKS[task].obs_columns)
 
 
 def _validate_counts(X: sp.csr_matrix, rows: np.ndarray, label: str, names: np.ndarray | None) -> None:
@@ -215,7 +208,7 @@ def ingest_h5ad(path, out_path, task: str | None = None, matrix: str = "auto", c
         task = task or (uns.get("task") if isinstance(uns.get("task"), str) else None)
         var = _check_genes(reader.var_names, f"{path}: var")
         columns = reader.obs_columns
-        signal_cols = [c for c in TASK_SIGNALS.get(task, []) if c in columns]
+        signal_cols = [c for c in (TASKS[task].obs_columns if task in TASKS else ()) if c in columns]
         signals = check_signals(reader.read_obs(columns=signal_cols), task, str(path))
         if task == "cite" and "protein" in reader.obsm_keys():
             signals.append("obsm:protein")

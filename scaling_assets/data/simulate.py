@@ -24,15 +24,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scaling_assets.data.h5ad_io import CsrWriter
+from scaling_assets.data.tasks import TASKS
 from scaling_assets.errors import InputError
 
-TASKS = ("cite", "lineage", "spatial", "development")
-SIGNALS = {
-    "cite": ["cell_type", "obsm:protein"],
-    "lineage": ["clone", "day"],
-    "spatial": ["x", "y"],
-    "development": ["day", "cell_type"],
-}
+TASK_ORDER = list(TASKS)  # a task's position keys its random stream
 BLOCK = 2048
 N_PROGRAMS = 12
 N_PROTEINS = 20
@@ -45,7 +40,7 @@ class _Model:
     """Global parameters of one simulated dataset (gene programs, cluster centres, fields)."""
 
     def __init__(self, task: str, n_genes: int, seed: int):
-        rng = np.random.default_rng([seed, TASKS.index(task), 0])
+        rng = np.random.default_rng([seed, TASK_ORDER.index(task), 0])
         K = N_PROGRAMS
         self.base = rng.normal(0.0, 1.2, n_genes).astype(np.float32)
         # sparse gene programs: each program moves ~5% of genes (at least 5)
@@ -112,7 +107,7 @@ def _latent(task: str, m: _Model, rng: np.random.Generator, n: int, block: int):
 
 
 def _block(task: str, m: _Model, seed: int, block: int, n: int, median_umis: float):
-    rng = np.random.default_rng([seed, TASKS.index(task), 1, block])
+    rng = np.random.default_rng([seed, TASK_ORDER.index(task), 1, block])
     start = block * BLOCK
     z, cols = _latent(task, m, rng, n, block)
     logits = m.base + z.astype(np.float32) @ m.W
@@ -175,5 +170,5 @@ def simulate(
     if bar is not None:
         bar.close()
     summary = writer.summary()
-    summary.update(task=task, signals=SIGNALS[task], cells_dropped=0)
+    summary.update(task=task, signals=TASKS[task].stored_signals, cells_dropped=0)
     return summary

@@ -12,14 +12,9 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
+from scaling_assets.data.tasks import TASKS
 from scaling_assets.errors import InputError
 
-SIGNALS: dict[str, list[str]] = {
-    "cite": ["cell_type", "protein"],
-    "lineage": ["clone"],
-    "spatial": ["neighbour"],
-    "development": ["day", "cell_type"],
-}
 EARLY_DAYS = (2, 4)
 LATE_DAY = 6
 SPATIAL_NEIGHBOURS = 4  # the partner is one of a cell's 4 nearest spatial neighbours, as the reference
@@ -42,8 +37,8 @@ def task_signals(
     k_neighbours: int = SPATIAL_NEIGHBOURS,
 ) -> list[SignalPairs]:
     """Build the (X, Y) pairs of every signal of `task` for a test set and its embeddings."""
-    if task not in SIGNALS:
-        raise InputError(f"unknown task {task!r}; expected one of {sorted(SIGNALS)}")
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 2:
         raise InputError(f"embeddings must be 2-d (cells x dims), got shape {emb.shape}")
@@ -57,7 +52,7 @@ def task_signals(
         "clone": lambda: _clone_pairs(obs, emb, seed),
         "neighbour": lambda: _neighbour_pairs(obs, emb, seed, k_neighbours),
     }
-    return [builders[signal]() for signal in SIGNALS[task]]
+    return [builders[signal]() for signal in TASKS[task].mi_signals]
 
 
 def _column(obs: pd.DataFrame, name: str) -> pd.Series:
