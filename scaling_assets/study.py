@@ -25,10 +25,10 @@ import yaml
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS
 from scaling_assets.errors import StudyConfigError
+from scaling_assets.models.budget import BUDGETS
 from scaling_assets.registry import ALGORITHMS
 
 SOURCES = (SIMULATED, *FORMATS)
-BUDGETS = ("paper", "default", "test")
 STUDY_ENV = "SCALING_ASSETS_STUDY"
 HOME_ENV = "SCALING_ASSETS_HOME"
 
