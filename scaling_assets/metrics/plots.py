@@ -18,22 +18,24 @@ from scaling_assets.fs import atomic_file  # noqa: E402
 from scaling_assets.metrics.laws import mi_value_column, noise_law, noise_x_column, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
+DPI, WIDTH_IN = 100, 4.4  # 440 px wide: shown in place, uncut, in the UI's narrowest metadata column
+
 
 def _save(fig, path) -> Path:
     """Save as PNG through a temporary file, then rename (no half-written images)."""
     path = Path(path)
     try:
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
 
 
 def _panels(n: int, title: str):
-    cols = min(n, 2)  # 2 x 5 in at 110 dpi stays under 1,200 px, readable in a 1,280 px window
-    rows = max(1, int(np.ceil(n / cols))) if n else 1
-    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(5.0 * max(cols, 1), 3.6 * rows), squeeze=False,
+    """One column of n panels: the UI shows images in place at their own size, and its narrowest
+    metadata column (the asset Overview in a 1,280 px window) is about 460 px wide."""
+    fig, axes = plt.subplots(max(n, 1), 1, figsize=(WIDTH_IN, 3.1 * max(n, 1)), squeeze=False,
                              layout="constrained")  # keeps panel titles clear of x labels
     fig.suptitle(title)
     return fig, axes.ravel()
@@ -102,7 +104,7 @@ def _budget_smoke(pts: pd.DataFrame) -> bool:
 
 def plot_dataset_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits_df: pd.DataFrame,
                       dataset: str, path) -> DatasetPlot:
-    """One dataset's figure, 2 panels a row; per signal: MI vs UMIs per cell at the signal's largest
+    """One dataset's figure, one panel a row; per signal: MI vs UMIs per cell at the signal's largest
     cell count, a series per algorithm with its noise-law curve, then MI vs training cells per
     algorithm, a series per quality with its size-law curve. Unfitted groups show their points
     without a curve."""
@@ -122,7 +124,7 @@ def plot_dataset_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fit
             panels.append((apts, size_fits_df, "cells", "quality", size_law, ["i_inf", "n0", "s"],
                            {"dataset": dataset, "signal": signal, "algorithm": algorithm}, "training cells",
                            f"{signal}: MI vs cells, {algorithm}{_grid_note(apts)}"))
-    fig, axes = _panels(len(panels), f"{dataset}: MI vs UMIs per cell (noise law) and vs cells (size law)")
+    fig, axes = _panels(len(panels), f"{dataset}: noise and size laws")
     points = {panel[-1]: _draw_law(ax, *panel) for ax, panel in zip(axes, panels)}
     for ax in axes[len(panels):]:
         ax.set_axis_off()
@@ -149,7 +151,7 @@ def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
     """Train and validation loss against step (or epoch), markers on every point (a fit with one
     evaluation is one point); ``empty_note`` is written on the axes when nothing was recorded."""
     x_col, series = loss_points(history)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.1), layout="constrained")
     drew = False
     for (col, pts), style in zip(series.items(), ("o-", "s--")):
         if len(pts):
