@@ -68,7 +68,7 @@ def _served_copy(context, png: Path) -> str | None:
     logs = context.instance.compute_log_manager
     if not isinstance(logs, LocalComputeLogManager):
         return None
-    key = [context.run_id, "images", *context.asset_key.path]
+    key = [context.run.run_id, "images", *context.asset_key.path]
     if context.has_partition_key:
         key.append(context.partition_key)
     key.append(png.stem)
