@@ -1,14 +1,17 @@
-"""Screenshots of the Dagster UI for a study that has materialisations, with Debian's headless chromium.
+"""Screenshots of the Dagster UI for a study that has materialisations, with Debian's chromium.
 
-Starts `dagster dev` on the given DAGSTER_HOME and study, waits until the webserver answers, takes one
-PNG per page (global asset lineage, a model partition, the MI table, the backfills, the runs timeline),
-and stops the process group it started, also on errors or Ctrl-C:
+Starts `dagster dev` on the given DAGSTER_HOME and study, waits until the webserver answers, drives
+the system chromium through Playwright (`pip install '.[screenshots]'`; no `playwright install`: it
+uses /usr/bin/chromium), takes one PNG per page, clicks where a view needs it, and stops the process
+group it started, also on errors or Ctrl-C:
 
     python benchmarks/screenshots.py --home /tmp/ui_study/home --study /tmp/ui_study/study.yaml \
         --out /tmp/screens [--model cite/model_scvi --partition n=400_q=1.0_s=42]
 
-Needs `chromium` (`apt-get install -y chromium`). Each page gets `--virtual-time-budget` of headless
-time so the UI's GraphQL queries finish before the capture.
+Pages: global asset lineage, a model partition (its loss curve in place), the MI table, the
+`scaling_plots` overview (its per-dataset figures in place), the backfills and the runs timeline.
+Where an image is embedded instead (no local compute logs), "[Show Markdown]" is clicked and the
+opened dialog captured (`*_dialog.png`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+WINDOW = {"width": 1280, "height": 1600}  # the UI scrolls inside its panes: full_page adds nothing
+DIALOG_LINK = "[Show Markdown]"  # how the UI shows a Markdown entry too long to render in place
 
 
 def free_port() -> int:
@@ -47,27 +52,40 @@ def wait_for(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def pages(model: str, partition: str) -> dict[str, str]:
+def pages(model: str, partition: str) -> dict[str, tuple[str, str | None]]:
+    """name -> (path, text that shows the page has loaded its data)."""
     part = urllib.parse.quote(partition, safe="")
     return {
-        "lineage": "/asset-groups",  # global asset lineage
-        "model_partition": f"/assets/{model}?view=partitions&partition={part}",
-        "mi_table": "/assets/results/mi_table",
-        "scaling_plots": "/assets/results/scaling_plots",
-        "backfills": "/overview/backfills",
-        "runs_timeline": "/overview/activity/timeline",
+        "lineage": ("/asset-groups", None),  # global asset lineage
+        "model_partition": (f"/assets/{model}?view=partitions&partition={part}", "loss_curve"),
+        "mi_table": ("/assets/results/mi_table", "preview"),
+        "scaling_plots": ("/assets/results/scaling_plots", "Metadata"),
+        "backfills": ("/overview/backfills", None),
+        "runs_timeline": ("/overview/activity/timeline", None),
     }
 
 
-def screenshot(chromium: str, url: str, png: Path, wait_ms: int) -> None:
-    profile = png.parent / f".profile-{png.stem}"
-    try:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", "--window-size=1280,900",
-                        f"--virtual-time-budget={wait_ms}", f"--screenshot={png}", url],
-                       check=True, capture_output=True, timeout=wait_ms / 1000 + 90)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+def capture(page, url: str, png: Path, ready_text: str | None, settle_ms: int) -> list[Path]:
+    """The page after its queries and images settle; plus each opened image dialog."""
+    page.goto(url, wait_until="networkidle")
+    if ready_text:
+        page.get_by_text(ready_text, exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(settle_ms)  # lazy Markdown renderer and images
+    page.screenshot(path=str(png))
+    shots = [png]
+    links = page.get_by_text(DIALOG_LINK, exact=True)
+    for i in range(links.count()):
+        links.nth(i).click()
+        dialog = page.get_by_role("dialog")
+        dialog.wait_for()
+        page.wait_for_timeout(settle_ms)
+        shot = png.with_name(f"{png.stem}_dialog{i + 1}.png")
+        page.screenshot(path=str(shot))
+        shots.append(shot)
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden")
+    return shots
 
 
 def main(argv=None) -> int:
@@ -77,9 +95,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/screens")
     ap.add_argument("--model", default="cite/model_scvi", help="asset key of the model page")
     ap.add_argument("--partition", default="n=400_q=1_s=42")
-    ap.add_argument("--wait-ms", type=int, default=20000, help="headless time per page to render")
+    ap.add_argument("--settle-ms", type=int, default=2000, help="wait after the network is idle")
     args = ap.parse_args(argv)
 
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sys.exit("playwright not installed: pip install '.[screenshots]' (uses the system chromium)")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("chromium not found: apt-get install -y chromium")
@@ -95,10 +117,15 @@ def main(argv=None) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/server_info", 180)
-        for name, path in pages(args.model, args.partition).items():
-            png = out / f"{name}.png"
-            screenshot(chromium, base + path, png, args.wait_ms)
-            print(f"{png}  {base}{path}")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport=WINDOW)
+                for name, (path, ready) in pages(args.model, args.partition).items():
+                    for png in capture(page, base + path, out / f"{name}.png", ready, args.settle_ms):
+                        print(f"{png}  {base}{path}")
+            finally:
+                browser.close()
     finally:  # the whole group: dagster dev, its webserver, daemon and code server
         try:
             os.killpg(server.pid, signal.SIGTERM)

@@ -6,7 +6,7 @@ import pytest
 
 from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
-from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_noise_laws, plot_size_laws
+from scaling_assets.metrics.plots import loss_points, plot_dataset_laws, plot_loss_curves
 from scaling_assets_tests.test_metrics_laws import grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -21,19 +21,31 @@ def assert_png(path):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
-def test_noise_and_size_plots_with_fitted_and_unfitted_groups(tmp_path):
+def two_datasets():
+    """The laws' test grid as dataset `sim`, plus a copy as dataset `other` with one signal only."""
     df = grid()
+    return pd.concat([df, df[df.signal == "cell_type"].assign(dataset="other")], ignore_index=True)
+
+
+def test_one_figure_per_dataset_with_points_in_every_panel(tmp_path):
+    df = two_datasets()
     noise, size = fit_noise_laws(df), fit_size_laws(df)
-    assert not noise.fitted.all() and not size.fitted.all()
-    out = plot_noise_laws(df, noise, tmp_path / "plots" / "noise.png")
-    assert_png(out)
-    assert_png(plot_size_laws(df, size, tmp_path / "size.png"))
-    assert_png(plot_size_laws(df, size, tmp_path / "size_scvi.png", algorithm="scvi"))
+    assert not noise.fitted.all() and not size.fitted.all()  # unfitted groups still plot their points
+    sim = plot_dataset_laws(df, noise, size, "sim", tmp_path / "plots" / "sim.png")
+    other = plot_dataset_laws(df, noise, size, "other", tmp_path / "plots" / "other.png")
+    assert_png(sim.path) and assert_png(other.path)
+    # per signal: MI vs UMIs (pca and scvi at the largest N: 5 qualities each), then MI vs cells per
+    # algorithm (4 sizes x 5 qualities; protein: 1 size x 2 qualities)
+    assert sim.points == {
+        "cell_type: MI vs UMIs, n = 1,000,000": 10, "cell_type: MI vs cells, pca": 20, "cell_type: MI vs cells, scvi": 20,
+        "protein: MI vs UMIs, n = 1,000": 2, "protein: MI vs cells, pca": 2}
+    assert set(other.points) == {"cell_type: MI vs UMIs, n = 1,000,000", "cell_type: MI vs cells, pca",
+                                 "cell_type: MI vs cells, scvi"}  # only its own signal
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left
-    # no fits at all (e.g. before the fit asset ran) still plots the points
-    assert_png(plot_noise_laws(df, noise.iloc[0:0], tmp_path / "bare.png"))
-    with pytest.raises(InputError, match="no MI rows for algorithm 'geneformer'"):
-        plot_size_laws(df, size, tmp_path / "x.png", algorithm="geneformer")
+    # no fits at all (e.g. before the fit assets ran) still plots the points
+    assert all(plot_dataset_laws(df, noise.iloc[0:0], size.iloc[0:0], "sim", tmp_path / "bare.png").points.values())
+    with pytest.raises(InputError, match="no rows for dataset 'missing'"):
+        plot_dataset_laws(df, noise, size, "missing", tmp_path / "x.png")
 
 
 def test_loss_curves_with_missing_values(tmp_path):
@@ -63,16 +75,18 @@ def test_loss_curves_use_the_axis_that_was_recorded(tmp_path):
     assert_png(plot_loss_curves(one, tmp_path / "one.png"))
 
 
-def test_scaling_plots_fit_a_1280_px_window_and_mark_budget_smoke(tmp_path):
+def test_images_fit_the_ui_metadata_column_and_mark_budget_smoke(tmp_path):
     import matplotlib.image
 
     df = grid()
     df["budget_smoke"] = df["algorithm"] == "scvi"  # as if SCVI had been capped by its budget
     noise = fit_noise_laws(df)
     assert set(noise.loc[noise.budget_smoke, "algorithm"]) == {"scvi"}  # fits inherit the marker
-    path = plot_noise_laws(df, noise, tmp_path / "noise.png")
+    path = plot_dataset_laws(df, noise, fit_size_laws(df), "sim", tmp_path / "sim.png").path
     width = matplotlib.image.imread(path).shape[1]
-    assert 600 < width <= 1200
+    assert 300 < width <= 460  # uncut in the asset Overview's metadata column in a 1,280 px window
+    loss = plot_loss_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0]}), tmp_path / "loss.png")
+    assert 300 < matplotlib.image.imread(loss).shape[1] <= 460
 
 
 def test_trained_below_rules_and_rounding():

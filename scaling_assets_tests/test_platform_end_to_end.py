@@ -98,9 +98,8 @@ def test_parameter_and_fit_tables(study_run):
     noise = pd.read_parquet(paths["noise_law_fits"])
     # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
     assert len(noise) > 0 and not noise["fitted"].any()
-    for algorithm in study.algorithms:  # a size-law figure per algorithm, and the noise-law figure
-        assert paths[f"mi_vs_cells_plot_{algorithm}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert paths["mi_vs_umis_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for dataset in study.datasets:  # one figure per dataset
+        assert paths[f"plot_{dataset}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
@@ -246,7 +245,9 @@ def test_every_asset_kind_carries_readable_metadata(study_run):
         assert "budget_smoke" in [c.name for c in meta["dagster/column_schema"].schema.columns]
         assert isinstance(meta["preview"], TableMetadataValue)
     plots = _latest_metadata(instance, AssetKey(["results", "scaling_plots"]))
-    assert "data:image/png;base64," in plots["mi_vs_umis"].value
+    images = {k: v.value for k, v in plots.items() if isinstance(v, MarkdownMetadataValue)}
+    assert set(images) == set(study.datasets)  # one image per dataset (embedded: no local compute logs here)
+    assert all("data:image/png;base64," in md for md in images.values())
     mi_table = pd.read_parquet(result_paths(study)["mi_table"])
     assert set(mi_table.loc[mi_table.budget_smoke, "algorithm"]) == {"scvi", "geneformer"}
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
+import urllib.parse
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 from dagster import MetadataValue
 
 from scaling_assets.assets.storage import SUMMARY_FILE, partition_dir, stage_dir, write_json_atomic
+from scaling_assets.fs import atomic_file
 
 # Partitioned asset checks (so the UI shows each check's partition) are a preview in Dagster 1.13;
 # we rely on them knowingly, so one warning per check spec is noise.
@@ -41,10 +44,39 @@ def show_progress() -> bool:
     return os.environ.get("SCALING_ASSETS_PROGRESS", "1") != "0"
 
 
-def image_metadata(png: Path, title: str = "plot") -> MetadataValue:
-    """A PNG shown inline in the Dagster UI's metadata panel."""
-    data = base64.b64encode(Path(png).read_bytes()).decode()
-    return MetadataValue.md(f"![{title}](data:image/png;base64,{data})")
+def image_metadata(context, png: Path, title: str = "plot") -> MetadataValue:
+    """A PNG shown in place in the UI's metadata tables (asset overview, partition, event).
+
+    Dagster 1.13 has no image metadata type (dagster#15468). Its UI renders a Markdown entry in place
+    only when it is under 1,000 characters (ui-core `MetadataEntry.tsx`, `expandSmallValues`), longer
+    ones behind "[Show Markdown]" in a dialog, and its Markdown sanitiser allows http(s) and data image
+    sources. So the PNG is copied next to the run's compute logs, which the webserver serves at
+    `/logs/<run id>/.../png` (its compute-log download route), and the entry is a short Markdown image
+    linking there. Where the instance's compute logs are not local files, the PNG is embedded as
+    base64 (opens in the dialog)."""
+    url = _served_copy(context, Path(png))
+    if url is None:
+        url = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
+    return MetadataValue.md(f"![{title}]({url})")
+
+
+def _served_copy(context, png: Path) -> str | None:
+    """Copy `png` under this run's compute-log folder; the URL the webserver serves it at, or None."""
+    # the webserver's /logs route serves files of exactly these managers (dagster_webserver/webserver.py)
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+    logs = context.instance.compute_log_manager
+    if not isinstance(logs, LocalComputeLogManager):
+        return None
+    key = [context.run.run_id, "images", *context.asset_key.path]
+    if context.has_partition_key:
+        key.append(context.partition_key)
+    key.append(png.stem)
+    target = Path(logs.get_captured_local_path(key, "png"))  # deleted with the run's logs
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(target) as tmp:
+        shutil.copyfile(png, tmp)
+    return "/logs/" + "/".join(urllib.parse.quote(part, safe="") for part in key) + "/png"
 
 
 def plain(value: Any) -> Any:

@@ -76,7 +76,7 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
         plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
                          empty_note=note if closed_form else "no loss values recorded",
                          note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
-        metadata["loss_curve"] = image_metadata(stage / LOSS_PLOT, "loss")
+        metadata["loss_curve"] = image_metadata(context, stage / LOSS_PLOT, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     context.log.info(
         f"{algorithm}: {record['parameters']:,} parameters, stop={record.get('stop_reason')} "

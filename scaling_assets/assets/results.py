@@ -16,11 +16,10 @@ from scaling_assets.assets.storage import partition_dir, read_record
 from scaling_assets.study import Study
 
 GROUP = "results"
-NOISE_PLOT = "mi_vs_umis.png"
 
 
-def size_plot_name(algorithm: str) -> str:
-    return f"mi_vs_cells_{algorithm}.png"
+def plot_name(dataset: str) -> str:
+    return f"scaling_{dataset}.png"
 
 
 def _partition_folders(study: Study, asset_prefix: str):
@@ -156,21 +155,19 @@ def results_assets(study: Study) -> list:
     @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
            ins={**mi_in, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
-           description="MI against UMIs per cell with noise-law curves; MI against cells with size-law curves, one "
-           "figure per algorithm, a panel per dataset and signal (PNG files in the asset's folder; open them "
-           "with [Show Markdown]). Hollow markers: budget smoke.")
+           description="One figure per dataset (an entry named after the dataset; PNG files in the asset's "
+           "folder), per signal: MI against UMIs per cell with noise-law curves, then MI against cells with "
+           "size-law curves per algorithm. Hollow markers: budget smoke.")
     def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
                       size_law_fits: pd.DataFrame):
-        from scaling_assets.metrics.plots import plot_noise_laws, plot_size_laws
+        from scaling_assets.metrics.plots import plot_dataset_laws
 
         stage = new_stage(study, "plots")
-        plot_noise_laws(mi_table, noise_law_fits, stage / NOISE_PLOT)
-        metadata = {"mi_vs_umis": image_metadata(stage / NOISE_PLOT, "MI vs UMIs per cell")}
-        for algorithm in sorted(mi_table["algorithm"].unique()):  # one size-law figure per algorithm
-            path = stage / size_plot_name(algorithm)
-            plot_size_laws(mi_table, size_law_fits, path, algorithm=algorithm)
-            metadata[f"mi_vs_cells_{algorithm}"] = image_metadata(path, f"MI vs cells, {algorithm}")
-        return Output(stage, metadata=metadata)
+        metadata = {}
+        for dataset in sorted(mi_table["dataset"].unique()):
+            path = plot_dataset_laws(mi_table, noise_law_fits, size_law_fits, dataset, stage / plot_name(dataset)).path
+            metadata[dataset] = image_metadata(context, path, f"{dataset}: MI vs UMIs and vs cells")
+        return Output(stage, metadata=metadata or {"plots": MetadataValue.text("no MI results yet")})
 
     return [mi_table, parameter_table, hyperparameter_table, noise_law_fits, size_law_fits, scaling_plots]
 
@@ -183,6 +180,5 @@ def result_paths(study: Study) -> dict[str, Path]:
         "hyperparameter_table": base / "hyperparameter_table" / "all" / "table.parquet",
         "noise_law_fits": base / "noise_law_fits" / "all" / "table.parquet",
         "size_law_fits": base / "size_law_fits" / "all" / "table.parquet",
-        "mi_vs_umis_plot": base / "scaling_plots" / "all" / NOISE_PLOT,
-        **{f"mi_vs_cells_plot_{a}": base / "scaling_plots" / "all" / size_plot_name(a) for a in study.algorithms},
+        **{f"plot_{d}": base / "scaling_plots" / "all" / plot_name(d) for d in study.datasets},
     }

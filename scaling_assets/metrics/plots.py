@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -17,7 +18,7 @@ from scaling_assets.fs import atomic_file  # noqa: E402
 from scaling_assets.metrics.laws import mi_value_column, noise_law, noise_x_column, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
-PANEL = ["dataset", "signal"]
+DPI, WIDTH_IN = 100, 4.4  # 440 px wide: shown in place, uncut, in the UI's narrowest metadata column
 
 
 def _save(fig, path) -> Path:
@@ -25,16 +26,16 @@ def _save(fig, path) -> Path:
     path = Path(path)
     try:
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
 
 
 def _panels(n: int, title: str):
-    cols = min(n, 2)  # 2 x 5 in at 110 dpi stays under 1,200 px, readable in a 1,280 px window
-    rows = max(1, int(np.ceil(n / cols))) if n else 1
-    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(5.0 * max(cols, 1), 3.6 * rows), squeeze=False,
+    """One column of n panels: the UI shows images in place at their own size, and its narrowest
+    metadata column (the asset Overview in a 1,280 px window) is about 460 px wide."""
+    fig, axes = plt.subplots(max(n, 1), 1, figsize=(WIDTH_IN, 3.1 * max(n, 1)), squeeze=False,
                              layout="constrained")  # keeps panel titles clear of x labels
     fig.suptitle(title)
     return fig, axes.ravel()
@@ -56,38 +57,38 @@ def _fit_lookup(fits: pd.DataFrame, keys: dict) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
-def _plot_law(mi_df, fits_df, path, x_col, series_col, law, params, fit_keys, xlabel, title):
-    y_col = mi_value_column(mi_df)  # the points the laws were fitted on
-    require_columns(mi_df, PANEL + [x_col, series_col, y_col], "MI table")
-    panels = list(mi_df.groupby(PANEL, sort=True)) if len(mi_df) else []
-    fig, axes = _panels(len(panels), title)
-    if not panels:
-        _empty(axes[0], "no MI results")
-    for ax, ((dataset, signal), panel) in zip(axes, panels):
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (series, pts) in enumerate(panel.groupby(series_col, sort=True)):
-            colour = colours[i % len(colours)]
-            means = pts.groupby(x_col)[y_col].agg(["mean", "std"]).reset_index()
-            keys = {"dataset": dataset, "signal": signal, series_col: series, **fit_keys(pts)}
-            fit = _fit_lookup(fits_df, keys)
-            fitted = fit is not None and bool(fit.get("fitted", False))
-            smoke = _budget_smoke(pts)
-            ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
-                        color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
-                        label=f"{series}{_grid_note(pts)}" + ("" if fitted else " (not fitted)")
-                        + (" (budget smoke)" if smoke else ""))
-            if fitted:
-                x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
-                ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # only decade labels: minor ones overlap
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("MI (bits)")
-        ax.set_title(f"{dataset} / {signal}", fontsize=10)
-        ax.legend(fontsize=7, title=series_col, title_fontsize=7)
-    for ax in axes[len(panels):]:
-        ax.set_axis_off()
-    return _save(fig, path)
+class DatasetPlot(NamedTuple):
+    path: Path
+    points: dict[str, int]  # panel title -> points drawn (means over seeds)
+
+
+def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel, title) -> int:
+    """One panel: a series per value of `series_col` (means over seeds with error bars) and its
+    fitted curve where the fit succeeded; returns the number of points drawn."""
+    y_col = mi_value_column(pts)  # the points the laws were fitted on
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
+    for i, (series, spts) in enumerate(pts.groupby(series_col, sort=True)):
+        colour = colours[i % len(colours)]
+        means = spts.groupby(x_col)[y_col].agg(["mean", "std"]).reset_index()
+        fit = _fit_lookup(fits_df, {series_col: series, **fit_keys})
+        fitted = fit is not None and bool(fit.get("fitted", False))
+        smoke = _budget_smoke(spts)
+        ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
+                    color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
+                    label=f"{series}{_grid_note(spts)}" + ("" if fitted else " (not fitted)")
+                    + (" (budget smoke)" if smoke else ""))
+        drawn += len(means)
+        if fitted:
+            x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
+            ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # only decade labels: minor ones overlap
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("MI (bits)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, title=series_col, title_fontsize=7)
+    return drawn
 
 
 def _grid_note(pts: pd.DataFrame) -> str:
@@ -101,41 +102,33 @@ def _budget_smoke(pts: pd.DataFrame) -> bool:
     return "budget_smoke" in pts.columns and bool(pts["budget_smoke"].fillna(False).astype(bool).any())
 
 
-def _single(pts: pd.DataFrame, col: str) -> dict:
-    """The panel's value of `col` when it is unique (fits are per cells / per quality)."""
-    vals = pts[col].unique() if col in pts.columns else []
-    return {col: vals[0]} if len(vals) == 1 else {}
-
-
-def plot_noise_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, path) -> Path:
-    """MI vs UMIs per cell (log x), one series per algorithm, panel per dataset/signal.
-
-    With several cell counts in the table, the largest is plotted (the noise law is per N).
-    Unfitted groups show their points without a curve.
-    """
-    require_columns(mi_df, ["cells"], "MI table")
-    if len(mi_df):
-        mi_df = mi_df[mi_df["cells"] == mi_df.groupby(PANEL)["cells"].transform("max")]
-    return _plot_law(mi_df, noise_fits_df, path, noise_x_column(mi_df), "algorithm", noise_law,
-                     ["i_max", "u_bar"], lambda pts: _single(pts, "cells"), "UMIs per cell (nominal, q x mean at q = 1)",
-                     "Information vs sequencing depth (noise law)")
-
-
-def plot_size_laws(mi_df: pd.DataFrame, size_fits_df: pd.DataFrame, path, algorithm: str | None = None) -> Path:
-    """MI vs training cells (log x), one series per quality, panel per dataset/signal.
-
-    One algorithm per figure (the first in sorted order unless `algorithm` is given).
-    """
-    require_columns(mi_df, ["algorithm"], "MI table")
-    if len(mi_df):
-        algorithm = algorithm or sorted(mi_df["algorithm"].unique())[0]
-        mi_df = mi_df[mi_df["algorithm"] == algorithm]
-        if mi_df.empty:
-            raise InputError(f"no MI rows for algorithm {algorithm!r}")
-    return _plot_law(mi_df, size_fits_df, path, "cells", "quality", size_law, ["i_inf", "n0", "s"],
-                     lambda pts: {"algorithm": algorithm}, "training cells",
-                     f"Information vs number of cells (size law){f', {algorithm}' if algorithm else ''}"
-                     f"{_grid_note(mi_df)}")
+def plot_dataset_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits_df: pd.DataFrame,
+                      dataset: str, path) -> DatasetPlot:
+    """One dataset's figure, one panel a row; per signal: MI vs UMIs per cell at the signal's largest
+    cell count, a series per algorithm with its noise-law curve, then MI vs training cells per
+    algorithm, a series per quality with its size-law curve. Unfitted groups show their points
+    without a curve."""
+    require_columns(mi_df, ["dataset", "signal", "algorithm", "cells", "quality", mi_value_column(mi_df)],
+                    "MI table")
+    rows = mi_df[mi_df["dataset"] == dataset]
+    if rows.empty:
+        raise InputError(f"MI table: no rows for dataset {dataset!r}")
+    noise_x = noise_x_column(rows)
+    panels = []  # (points, fits, x, series, law, params, fixed fit keys, x label, title)
+    for signal, pts in rows.groupby("signal", sort=True):
+        cells = pts["cells"].max()  # the noise law is per N: the largest N has the most information
+        panels.append((pts[pts["cells"] == cells], noise_fits_df, noise_x, "algorithm", noise_law,
+                       ["i_max", "u_bar"], {"dataset": dataset, "signal": signal, "cells": cells},
+                       "UMIs per cell (nominal, q x mean at q = 1)", f"{signal}: MI vs UMIs, n = {cells:,}"))
+        for algorithm, apts in pts.groupby("algorithm", sort=True):
+            panels.append((apts, size_fits_df, "cells", "quality", size_law, ["i_inf", "n0", "s"],
+                           {"dataset": dataset, "signal": signal, "algorithm": algorithm}, "training cells",
+                           f"{signal}: MI vs cells, {algorithm}{_grid_note(apts)}"))
+    fig, axes = _panels(len(panels), f"{dataset}: noise and size laws")
+    points = {panel[-1]: _draw_law(ax, *panel) for ax, panel in zip(axes, panels)}
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    return DatasetPlot(_save(fig, path), points)
 
 
 def loss_points(history: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:
@@ -158,7 +151,7 @@ def plot_loss_curves(history: pd.DataFrame, path, title: str | None = None,
     """Train and validation loss against step (or epoch), markers on every point (a fit with one
     evaluation is one point); ``empty_note`` is written on the axes when nothing was recorded."""
     x_col, series = loss_points(history)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.1), layout="constrained")
     drew = False
     for (col, pts), style in zip(series.items(), ("o-", "s--")):
         if len(pts):
