@@ -109,3 +109,18 @@ def test_closed_form_loss_point_carries_a_note(tmp_path):
     plain = plot_loss_curves(one, tmp_path / "plain.png").read_bytes()
     noted = plot_loss_curves(one, tmp_path / "noted.png", note="closed-form fit: one evaluation").read_bytes()
     assert plain != noted  # the note is drawn on the image
+
+
+def test_a_small_grid_is_labelled_with_its_own_values():
+    import matplotlib.pyplot as plt
+
+    from scaling_assets.metrics.plots import compact_number, label_log_axis
+
+    assert [compact_number(v) for v in (100, 400, 2709, 3000, 1e5, 1.5e6, 0.25)] == \
+        ["100", "400", "2.71k", "3k", "100k", "1.5M", "0.25"]
+    fig, ax = plt.subplots()
+    # one decade: matplotlib's log axis alone would label only 10^2
+    assert label_log_axis(ax, [100, 400, 400, 200, np.nan]) == ["100", "200", "400"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "200", "400"]
+    assert label_log_axis(ax, np.geomspace(10, 1e7, 7)) == []  # long grids keep decade labels
+    plt.close(fig)

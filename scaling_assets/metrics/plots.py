@@ -82,13 +82,33 @@ def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel
         if fitted:
             x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
             ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # only decade labels: minor ones overlap
+    label_log_axis(ax, pts[x_col])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("MI (bits)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, title=series_col, title_fontsize=7)
     return drawn
+
+
+def label_log_axis(ax, values, most_ticks: int = 6) -> list[str]:
+    """Log x axis; a grid of a few values gets its own values as tick labels (a grid within one decade
+    would otherwise show a single label, or none), a longer one decade labels. Returns the labels."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap at 440 px
+    grid = np.unique(np.asarray(values, dtype=float)[np.isfinite(values)])
+    if 1 <= len(grid) <= most_ticks:
+        labels = [compact_number(v) for v in grid]
+        ax.set_xticks(grid, labels)
+        return labels
+    return []
+
+
+def compact_number(v: float) -> str:
+    """Tick text for grid values: 400, 3k, 2.71k, 100k, 1.5M, 0.25."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(v) >= size:
+            return f"{v / size:.3g}{suffix}"
+    return f"{v:.3g}"
 
 
 def _grid_note(pts: pd.DataFrame) -> str:
