@@ -52,24 +52,27 @@ def wait_for(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def pages(model: str, partition: str) -> dict[str, tuple[str, str | None]]:
-    """name -> (path, text that shows the page has loaded its data)."""
+def pages(model: str, partition: str) -> dict[str, tuple[str, str | None, str | None]]:
+    """name -> (path, text that shows the page has loaded its data, text to click before the shot)."""
     part = urllib.parse.quote(partition, safe="")
     return {
-        "lineage": ("/asset-groups", None),  # global asset lineage
-        "model_partition": (f"/assets/{model}?view=partitions&partition={part}", "loss_curve"),
-        "mi_table": ("/assets/results/mi_table", "preview"),
-        "scaling_plots": ("/assets/results/scaling_plots", "Metadata"),
-        "backfills": ("/overview/backfills", None),
-        "runs_timeline": ("/overview/activity/timeline", None),
+        "lineage": ("/asset-groups", None, None),  # global asset lineage
+        "model_partition": (f"/assets/{model}?view=partitions&partition={part}", "loss_curve", None),
+        "mi_table": ("/assets/results/mi_table", "preview", None),
+        "scaling_plots": ("/assets/results/scaling_plots", "Metadata", None),
+        "backfills": ("/overview/backfills", None, None),
+        "runs": ("/runs", None, "Show runs within backfills"),  # every run: target, tags, duration
+        "runs_timeline": ("/overview/activity/timeline", None, "1hr"),  # a study is minutes long
     }
 
 
-def capture(page, url: str, png: Path, ready_text: str | None, settle_ms: int) -> list[Path]:
+def capture(page, url: str, png: Path, ready_text: str | None, click: str | None, settle_ms: int) -> list[Path]:
     """The page after its queries and images settle; plus each opened image dialog."""
     page.goto(url, wait_until="networkidle")
     if ready_text:
         page.get_by_text(ready_text, exact=True).first.wait_for(timeout=60_000)
+    if click:
+        page.get_by_text(click, exact=True).first.click()
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(settle_ms)  # lazy Markdown renderer and images
     page.screenshot(path=str(png))
@@ -121,8 +124,8 @@ def main(argv=None) -> int:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
             try:
                 page = browser.new_page(viewport=WINDOW)
-                for name, (path, ready) in pages(args.model, args.partition).items():
-                    for png in capture(page, base + path, out / f"{name}.png", ready, args.settle_ms):
+                for name, (path, ready, click) in pages(args.model, args.partition).items():
+                    for png in capture(page, base + path, out / f"{name}.png", ready, click, args.settle_ms):
                         print(f"{png}  {base}{path}")
             finally:
                 browser.close()
