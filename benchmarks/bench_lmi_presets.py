@@ -34,7 +34,7 @@ PRESET_NAMES = ("fast", "reference")
 
 def study_cases(root: Path, algorithms: list[str], max_cases: int) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     """(name, x, y, truth=nan) for materialised embeddings of a study root."""
-    from scaling_assets.assets.embeddings import load_embeddings
+    from scaling_assets.assets.common import load_embeddings
     from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.metrics.signals import task_signals
     from scaling_assets.study import parse_setting_key

@@ -26,7 +26,7 @@ from scaling_assets.data.splits import default_test_size, quality_grid, size_gri
 from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.models.budget import BUDGETS
-from scaling_assets.registry import ALGORITHMS
+from scaling_assets.models.registry import ALGORITHMS
 
 SOURCES = (SIMULATED, *FORMATS)
 STUDY_ENV = "SCALING_ASSETS_STUDY"

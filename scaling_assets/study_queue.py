@@ -38,8 +38,9 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-from scaling_assets.assets.results import GROUP
-from scaling_assets.assets.storage import partition_dir, sweep_staging
+from scaling_assets.assets.storage import sweep_staging
+from scaling_assets.layout import RESULTS as GROUP
+from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.compute.needs import TAG_STUDY
 from scaling_assets.daemon import BACKFILL_INTERVAL_ENV, DaemonProcess, daemon_alive
@@ -198,7 +199,7 @@ def run_failures(instance: DagsterInstance, backfill_id: str) -> dict[str, str]:
 @contextmanager
 def study_lock(study: Study):
     """Refuse a second ``study run`` of the same study while this one is running."""
-    path = Path(study.root) / ".study-run.lock"
+    path = Path(study.root) / STUDY_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     try:

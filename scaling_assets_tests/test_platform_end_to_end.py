@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from scaling_assets.assets.results import result_paths
+from scaling_assets.layout import result_paths
 from scaling_assets.data.tasks import TASKS
 from scaling_assets.run_study import run_study
 from scaling_assets.study import load_study
@@ -70,7 +70,7 @@ def test_mi_table_has_one_row_per_partition_and_signal(study_run):
     assert (mi["zero_umi_test_cells_dropped"] >= 0).all()
     # the noise law's x: round(q * the dataset's mean UMIs per cell at q = 1)
     from scaling_assets.assets.common import read_summary
-    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.layout import partition_dir
 
     for dataset, rows in mi.groupby("dataset"):
         mean = read_summary(partition_dir(study.root, [dataset, "raw_counts"], None))["umis_per_cell"]
@@ -103,8 +103,8 @@ def test_parameter_and_fit_tables(study_run):
 
 
 def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
-    from scaling_assets.assets.splits import load_split
-    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.assets.common import load_split
+    from scaling_assets.layout import partition_dir
     from scaling_assets.data.counts import TransformedCounts
     from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.data.thinning import thin_counts
@@ -126,7 +126,7 @@ def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
 
 def test_every_pca_model_of_a_seed_uses_the_genes_of_the_largest_full_quality_training_set(study_run):
     from scaling_assets.assets.common import read_summary
-    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.layout import partition_dir
     from scaling_assets.models import load_model
 
     study, _, _, _ = study_run
@@ -149,7 +149,7 @@ def test_second_run_skips_everything_but_the_tables(study_run):
 def test_failed_partition_leaves_others_intact_and_is_retried_alone(study_run):
     from dagster import materialize
 
-    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.layout import partition_dir
     from scaling_assets.definitions import build_definitions
 
     study, instance, _, _ = study_run
@@ -254,7 +254,7 @@ def test_every_asset_kind_carries_readable_metadata(study_run):
 
 def test_loss_images_plot_what_was_recorded(study_run):
     from scaling_assets.metrics.plots import loss_points
-    from scaling_assets.assets.storage import partition_dir
+    from scaling_assets.layout import partition_dir
 
     study, _, _, _ = study_run
     for algorithm in ("scvi", "geneformer"):

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, build_input_context, build_output_context
 
-from scaling_assets.assets.storage import StudyIOManager, partition_dir, replace_dir, stage_dir
+from scaling_assets.assets.storage import StudyIOManager, replace_dir, stage_dir
+from scaling_assets.layout import partition_dir
 
 
 def test_replace_dir_swaps_whole_folders(tmp_path):
@@ -49,6 +50,25 @@ def test_io_manager_round_trips_each_kind(tmp_path):
     io.handle_output(build_output_context(asset_key=tkey, partition_key="n=2_q=0.5_s=1"),
                      dict(handle.to_record(), umis_per_cell=3.0))
     assert io.load_input(build_input_context(asset_key=tkey, partition_key="n=2_q=0.5_s=1")) == handle
+
+
+def test_inputs_get_the_type_their_annotation_asks_for(tmp_path):
+    from pathlib import Path
+
+    from dagster._core.types.dagster_type import resolve_dagster_type
+
+    from scaling_assets.data.pools import CountsRange
+
+    io = StudyIOManager(root=str(tmp_path))
+    staged = stage_dir(tmp_path)
+    key = AssetKey(["cite", "pool_counts"])
+    io.handle_output(build_output_context(asset_key=key, partition_key="s=1"), staged)
+    as_path = build_input_context(asset_key=key, partition_key="s=1", dagster_type=resolve_dagster_type(Path))
+    assert io.load_input(as_path) == partition_dir(tmp_path, ["cite", "pool_counts"], "s=1")
+    # a folder read where a row range is expected: the mismatch is named, not passed on to the model
+    as_range = build_input_context(asset_key=key, partition_key="s=1", dagster_type=resolve_dagster_type(CountsRange))
+    with pytest.raises(TypeError, match=r"annotated CountsRange reads cite/pool_counts, which is stored as a \w*Path"):
+        io.load_input(as_range)
 
 
 def test_missing_upstream_partition_is_named(tmp_path):

@@ -15,14 +15,16 @@ from typing import Any
 
 from dagster import MetadataValue
 
-from scaling_assets.assets.storage import SUMMARY_FILE, partition_dir, stage_dir, write_json_atomic
+from scaling_assets.assets.storage import stage_dir, write_json_atomic
 from scaling_assets.fs import atomic_file
+from scaling_assets.layout import (DICTIONARY_FILE, EMBEDDINGS_FILE, MEDIANS_FILE, SPLIT_FILE, SUMMARY_FILE,
+                                   partition_dir)
+from scaling_assets.study import format_quality
 
 # Partitioned asset checks (so the UI shows each check's partition) are a preview in Dagster 1.13;
 # we rely on them knowingly, so one warning per check spec is noise.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 
-COUNTS_FILE = "counts.h5ad"
 SETTING_KEY_NOTE = (" Partition key `n=…_q=…_s=…`: n training cells, q the quality (fraction of UMIs kept by "
                     "binomial thinning; 1 = full depth), s the seed of the split and thinning.")
 
@@ -37,6 +39,37 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
 
 def read_summary(folder: Path) -> dict[str, Any]:
     return json.loads((folder / SUMMARY_FILE).read_text())
+
+
+def eval_summary(eval_counts: Path, quality: float) -> dict:
+    """One quality's entry of a seed's ``eval_counts`` summary (its test and validation sets)."""
+    return read_summary(eval_counts)[f"q={format_quality(quality)}"]
+
+
+def tokenize_source(source, out_dir: Path, gene_medians: Path, chunk_size: int) -> dict:
+    """Rank-value corpus of a count source (a file reader or a thinned pool range), chunk by chunk,
+    with the medians and token dictionary of a ``gene_medians`` partition."""
+    import numpy as np
+
+    from scaling_assets.data.corpus import TokenDictionary, build_corpus
+
+    medians = np.load(gene_medians / MEDIANS_FILE)
+    dictionary = TokenDictionary.load(gene_medians / DICTIONARY_FILE)
+    return build_corpus(source, out_dir, medians, dictionary, chunk_size=chunk_size, progress=show_progress())
+
+
+def load_split(folder: Path):
+    from scaling_assets.data.splits import Split
+
+    return Split.load(folder / SPLIT_FILE)
+
+
+def load_embeddings(folder: Path):
+    """(embeddings, cell ids) of an ``embeddings_*`` partition."""
+    import numpy as np
+
+    with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as f:
+        return f["embeddings"], f["cell_ids"].astype(str)
 
 
 def show_progress() -> bool:

@@ -7,20 +7,10 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 
 from scaling_assets.assets.common import SETTING_KEY_NOTE, new_stage, read_summary
 from scaling_assets.assets.devices import step_device
-from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir
-from scaling_assets.assets.models import MODEL_DIR
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.registry import reads_corpus
+from scaling_assets.layout import EMBEDDINGS_FILE, MODEL_DIR, eval_corpus_dir, eval_counts_file
+from scaling_assets.models.registry import reads_corpus
 from scaling_assets.study import parse_setting_key
-
-EMBEDDINGS_FILE = "embeddings.npz"
-
-
-def load_embeddings(folder: Path):
-    import numpy as np
-
-    with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as f:
-        return f["embeddings"], f["cell_ids"].astype(str)
 
 
 def embeddings_asset(ds: DatasetAssets, algorithm: str):
@@ -52,13 +42,13 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
             if reads_corpus(algorithm):
                 from scaling_assets.data.corpus import Corpus
 
-                test = Corpus(eval_data / "test")
+                test = Corpus(eval_corpus_dir(eval_data, "test"))
                 values, cell_ids = fitted.embed(test), np.asarray(test.cell_ids, dtype=str)
             else:
                 from scaling_assets.data.h5ad_io import CsrReader
 
                 quality = parse_setting_key(context.partition_key).quality
-                with CsrReader(eval_dir(eval_data, quality) / TEST_FILE) as test:
+                with CsrReader(eval_counts_file(eval_data, quality, "test")) as test:
                     values, cell_ids = fitted.embed(test), np.asarray(test.obs_names, dtype=str)
         values = np.asarray(values, dtype=np.float32)
         stage = new_stage(ds.study, name)

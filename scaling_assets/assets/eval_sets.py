@@ -19,30 +19,18 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, new_stage, read_summary, show_progress, rounded, timed, write_summary
+from scaling_assets.assets.common import (load_split, new_stage, rounded, show_progress, timed, tokenize_source,
+                                          write_summary)
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.assets.splits import load_split
-from scaling_assets.study import format_quality, parse_quality_seed_key, parse_seed_key
-
-TEST_FILE = "test.h5ad"
-VALIDATION_FILE = "validation.h5ad"
-MEDIANS_FILE = "medians.npy"
-DICTIONARY_FILE = "dictionary.json"
+from scaling_assets.layout import (COUNTS_FILE, DICTIONARY_FILE, EVAL_SETS, MEDIANS_FILE, eval_corpus_dir,
+                                   eval_counts_file, eval_dir)
+from scaling_assets.study import parse_quality_seed_key, parse_seed_key
 
 
 def thinning(quality: float, seed: int):
     from scaling_assets.data.thinning import thin_counts
 
     return None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
-
-
-def eval_dir(eval_counts: Path, quality: float) -> Path:
-    """The folder of one quality inside a seed's ``eval_counts`` partition."""
-    return Path(eval_counts) / f"q={format_quality(quality)}"
-
-
-def eval_summary(eval_counts: Path, quality: float) -> dict:
-    return read_summary(eval_counts)[f"q={format_quality(quality)}"]
 
 
 def eval_counts_asset(ds: DatasetAssets):
@@ -69,10 +57,10 @@ def eval_counts_asset(ds: DatasetAssets):
             for quality in ds.study.qualities_of(ds.name):
                 out = eval_dir(stage, quality)
                 test_rows = rows_with_counts(reader, sets.test, quality, seed, chunk_size=chunk)
-                test = write_rows(reader, test_rows, out / TEST_FILE, transform=thinning(quality, seed),
+                test = write_rows(reader, test_rows, eval_counts_file(stage, quality, "test"), transform=thinning(quality, seed),
                                   chunk_size=chunk, progress=show_progress())
                 test["zero_umi_cells_dropped"] = int(len(sets.test) - len(test_rows))
-                val = write_rows(reader, sets.validation, out / VALIDATION_FILE, transform=thinning(quality, seed),
+                val = write_rows(reader, sets.validation, eval_counts_file(stage, quality, "validation"), transform=thinning(quality, seed),
                                  chunk_size=chunk, progress=show_progress())
                 summary[out.name] = {"test": test, "validation": val, "quality": quality, "seed": seed}
         write_summary(stage, summary)
@@ -127,19 +115,7 @@ def tokenize_counts(ds: DatasetAssets, counts_file: Path, out_dir: Path, gene_me
     from scaling_assets.data.h5ad_io import CsrReader
 
     with CsrReader(counts_file) as reader:
-        return tokenize_source(ds, reader, out_dir, gene_medians)
-
-
-def tokenize_source(ds: DatasetAssets, source, out_dir: Path, gene_medians: Path) -> dict:
-    """Rank-value corpus of a count source (a file reader or a thinned pool range), chunk by chunk."""
-    import numpy as np
-
-    from scaling_assets.data.corpus import TokenDictionary, build_corpus
-
-    medians = np.load(gene_medians / MEDIANS_FILE)
-    dictionary = TokenDictionary.load(gene_medians / DICTIONARY_FILE)
-    return build_corpus(source, out_dir, medians, dictionary, chunk_size=ds.study.chunk_size,
-                        progress=show_progress())
+        return tokenize_source(reader, out_dir, gene_medians, ds.study.chunk_size)
 
 
 def eval_corpus_asset(ds: DatasetAssets):
@@ -156,10 +132,10 @@ def eval_corpus_asset(ds: DatasetAssets):
     def eval_corpus(context: AssetExecutionContext, eval_counts: Path, gene_medians: Path):
         quality, _ = parse_quality_seed_key(context.partition_key)
         stage = new_stage(ds.study, "eval-corpus")
-        folder = eval_dir(eval_counts, quality)
         summaries = {
-            name: tokenize_counts(ds, folder / file, stage / name, gene_medians)
-            for name, file in (("test", TEST_FILE), ("validation", VALIDATION_FILE))
+            name: tokenize_counts(ds, eval_counts_file(eval_counts, quality, name), eval_corpus_dir(stage, name),
+                                  gene_medians)
+            for name in EVAL_SETS
         }
         write_summary(stage, summaries)
         return Output(stage, metadata={

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import SETTING_KEY_NOTE, budget_smoke_of, read_summary, readable, timed
+from scaling_assets.assets.common import (SETTING_KEY_NOTE, budget_smoke_of, eval_summary, load_embeddings,
+                                          read_summary, readable, timed)
 from scaling_assets.assets.devices import step_device
-from scaling_assets.assets.embeddings import load_embeddings
-from scaling_assets.assets.eval_sets import TEST_FILE, eval_dir, eval_summary
 from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.layout import eval_counts_file
 from scaling_assets.study import parse_setting_key
 
 
@@ -40,7 +40,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
 
         setting = parse_setting_key(context.partition_key)
         values, cell_ids = load_embeddings(embeddings)
-        with CsrReader(eval_dir(eval_counts, setting.quality) / TEST_FILE) as test:
+        with CsrReader(eval_counts_file(eval_counts, setting.quality, "test")) as test:
             rows = embedded_test_rows(test.obs_names, cell_ids)
             obs = test.read_obs(rows)
             obsm = {"protein": test.read_obsm("protein", rows)} if ds.config.task == "cite" else None

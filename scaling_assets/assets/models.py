@@ -9,15 +9,12 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_
                                           show_progress, write_summary)
 from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.assets.training_sets import PCA_GENES_FILE
 from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.models.budget import trained_below_rules
-from scaling_assets.registry import MODELS, reads_corpus
+from scaling_assets.models.registry import MODELS, reads_corpus
+from scaling_assets.layout import HISTORY_FILE, LOSS_PLOT, MODEL_DIR, PCA_GENES_FILE, eval_corpus_dir, work_dir
 from scaling_assets.study import parse_setting_key
 
-MODEL_DIR = "model"
-HISTORY_FILE = "history.csv"
-LOSS_PLOT = "loss.png"
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
                "(epoch rule, early stopping), ended training: a smoke test of the code path, not a result.")
 
@@ -36,7 +33,7 @@ def fit_report_record(report, model, algorithm: str, setting, budget: str) -> di
 def checkpoint_dir(ds: DatasetAssets, name: str, partition_key: str) -> Path:
     """Training checkpoints of one partition, kept across attempts so a retry resumes (removed once
     the model is saved). Under the study root, so every node of a cluster sees it."""
-    return Path(ds.study.root) / ".work" / ds.name / name / partition_key
+    return work_dir(ds.study.root, [ds.name, name], partition_key)
 
 
 def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path, prepare=None):
@@ -104,7 +101,7 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             from scaling_assets.data.corpus import Corpus
 
             stage = new_stage(ds.study, name)
-            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus / "validation"), stage)
+            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus_dir(eval_corpus, "validation")), stage)
 
         return model
 

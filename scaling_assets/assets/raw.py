@@ -3,9 +3,10 @@
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, count_metadata, new_stage, show_progress, rounded, timed, write_summary
+from scaling_assets.assets.common import count_metadata, new_stage, show_progress, rounded, timed, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.tasks import SIMULATED
+from scaling_assets.layout import COUNTS_FILE
 
 
 def raw_counts_asset(ds: DatasetAssets):

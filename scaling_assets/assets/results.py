@@ -6,20 +6,15 @@ gives a table; missing partitions are listed in the metadata).
 """
 
 
-from pathlib import Path
 
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, asset
 
 from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_stage, read_summary
-from scaling_assets.assets.storage import partition_dir, read_record
+from scaling_assets.assets.storage import read_record
+from scaling_assets.layout import RESULTS as GROUP
+from scaling_assets.layout import partition_dir, plot_name
 from scaling_assets.study import Study
-
-GROUP = "results"
-
-
-def plot_name(dataset: str) -> str:
-    return f"scaling_{dataset}.png"
 
 
 def _partition_folders(study: Study, asset_prefix: str):
@@ -170,15 +165,3 @@ def results_assets(study: Study) -> list:
         return Output(stage, metadata=metadata or {"plots": MetadataValue.text("no MI results yet")})
 
     return [mi_table, parameter_table, hyperparameter_table, noise_law_fits, size_law_fits, scaling_plots]
-
-
-def result_paths(study: Study) -> dict[str, Path]:
-    base = Path(study.root) / GROUP
-    return {
-        "mi_table": base / "mi_table" / "all" / "table.parquet",
-        "parameter_table": base / "parameter_table" / "all" / "table.parquet",
-        "hyperparameter_table": base / "hyperparameter_table" / "all" / "table.parquet",
-        "noise_law_fits": base / "noise_law_fits" / "all" / "table.parquet",
-        "size_law_fits": base / "size_law_fits" / "all" / "table.parquet",
-        **{f"plot_{d}": base / "scaling_plots" / "all" / plot_name(d) for d in study.datasets},
-    }

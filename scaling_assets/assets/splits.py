@@ -5,17 +5,10 @@ from pathlib import Path
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, new_stage
+from scaling_assets.assets.common import new_stage
 from scaling_assets.assets.partitions import DatasetAssets
+from scaling_assets.layout import COUNTS_FILE, SPLIT_FILE
 from scaling_assets.study import parse_seed_key
-
-SPLIT_FILE = "split.npz"
-
-
-def load_split(folder: Path):
-    from scaling_assets.data.splits import Split
-
-    return Split.load(folder / SPLIT_FILE)
 
 
 def split_asset(ds: DatasetAssets):

@@ -1,12 +1,8 @@
-"""Storage layout of a study and the IO manager that owns it.
+"""The IO manager that stores every asset partition in its folder, and the staging it writes through.
 
-Layout under the study root (one folder per asset partition; the folder is the unit of replacement):
-
-    <root>/<dataset>/<asset>/<partition key>/      e.g. cite/model_scvi/n=300_q=0.1_s=42/model/
-    <root>/tables/<table>/                          mi.parquet, mi.csv, ... (unpartitioned tables)
-    <root>/.staging/                                work in progress, renamed into place when done;
-                                                    <folder>.owner names its writer, so folders of
-                                                    killed writers are swept when a run starts
+The folders and file names are ``scaling_assets.layout``'s (the tree is drawn there). Staging:
+``<root>/.staging/<label>-<id>/`` is work in progress, renamed into place when done; beside it
+``<label>-<id>.owner`` names its writer, so folders of killed writers are swept when a run starts.
 
 Assets write their files into a fresh staging folder (``stage_dir``) and return it as a ``Path``;
 the IO manager renames it to the partition folder, so a failed or interrupted step never leaves a
@@ -27,15 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import ConfigurableIOManager, DagsterInvariantViolationError, InputContext, MetadataValue, OutputContext
 
 from scaling_assets import fs
 from scaling_assets.fs import write_text_atomic
-
-RECORD_FILE = "record.json"
-TABLE_FILE = "table"
-SUMMARY_FILE = "summary.json"
-
+from scaling_assets.layout import RECORD_FILE, partition_dir, staging_root, table_file
 
 OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
 
@@ -46,7 +38,7 @@ def stage_dir(root: Path | str, label: str = "stage") -> Path:
     Its writer (host, pid, process start time) is recorded beside it *before* the folder exists, so
     every staging folder has an owner record and one left by a killed writer can be told apart from
     one a live run is still writing (``sweep_staging``)."""
-    staging = Path(root) / ".staging"
+    staging = staging_root(root)
     staging.mkdir(parents=True, exist_ok=True)
     folder = staging / f"{label}-{uuid.uuid4().hex[:12]}"
     write_text_atomic(_owner_file(folder), _writer_identity(os.getpid()))  # never seen half-written by a sweep
@@ -87,7 +79,7 @@ def sweep_staging(root: Path | str) -> list[Path]:
     the process recorded for it no longer exists (same host, pid and start time), or when it has no
     owner record at all (``stage_dir`` writes the record before creating the folder, so only a folder
     from an older version of the platform lacks one)."""
-    staging = Path(root) / ".staging"
+    staging = staging_root(root)
     if not staging.is_dir():
         return []
     removed = []
@@ -119,21 +111,14 @@ def replace_dir(src: Path, dst: Path) -> None:
     _owner_file(src).unlink(missing_ok=True)  # after the rename: the folder was owned until it was in place
 
 
-def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
-    """``<root>/<dataset>/<asset>/<partition>``; unpartitioned assets use the folder ``all``."""
-    return Path(root).joinpath(*asset_key_path, partition_key or "all")
-
-
-def dataset_gene_count(study, dataset: str) -> int | None:
-    """Genes of a dataset: the simulated count, else what its materialised raw_counts recorded."""
-    config = study.datasets[dataset]
-    if config.genes:
-        return config.genes
-    summary = partition_dir(study.root, [dataset, "raw_counts"], None) / SUMMARY_FILE
+def _annotated_type(context: InputContext) -> type | None:
+    """The class an input's annotation asks for (a folder ``Path``, a ``CountsRange``, a ``DataFrame``,
+    a ``dict``), or None for an unannotated input."""
     try:
-        return int(json.loads(summary.read_text())["genes"])
-    except (OSError, KeyError, ValueError):
-        return None  # not ingested yet
+        wanted = getattr(context.dagster_type, "typing_type", None)
+    except DagsterInvariantViolationError:  # a context built without a type (tests, direct loads)
+        return None
+    return wanted if isinstance(wanted, type) and wanted is not object else None
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -177,8 +162,8 @@ class StudyIOManager(ConfigurableIOManager):
             replace_dir(obj, folder)
         elif isinstance(obj, pd.DataFrame):
             stage = stage_dir(self.root, "table")
-            obj.to_parquet(stage / f"{TABLE_FILE}.parquet", index=False)
-            obj.to_csv(stage / f"{TABLE_FILE}.csv", index=False)
+            obj.to_parquet(table_file(stage), index=False)
+            obj.to_csv(table_file(stage, ".csv"), index=False)
             replace_dir(stage, folder)
         elif isinstance(obj, dict):
             stage = stage_dir(self.root, "record")
@@ -192,6 +177,16 @@ class StudyIOManager(ConfigurableIOManager):
         context.add_output_metadata({"path": MetadataValue.path(str(folder))})
 
     def load_input(self, context: InputContext) -> Any:
+        stored = self._load(context)
+        wanted = _annotated_type(context)
+        if wanted is not None and not isinstance(stored, wanted):
+            raise TypeError(
+                f"an input annotated {wanted.__name__} reads {context.asset_key.to_user_string()}, which is "
+                f"stored as a {type(stored).__name__} ({self._folder(context)}); annotate the input with the "
+                "type the asset stores (Path for a folder, DataFrame for a table, dict or a range handle for a record)")
+        return stored
+
+    def _load(self, context: InputContext) -> Any:
         if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: expected one upstream partition, got "
@@ -210,6 +205,6 @@ class StudyIOManager(ConfigurableIOManager):
             record = read_record(folder)
             handle = handle_from_record(record)  # a row-range handle (training counts / corpus) or a plain record
             return record if handle is None else handle
-        if (folder / f"{TABLE_FILE}.parquet").exists():
-            return pd.read_parquet(folder / f"{TABLE_FILE}.parquet")
+        if table_file(folder).exists():
+            return pd.read_parquet(table_file(folder))
         return folder

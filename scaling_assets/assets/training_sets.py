@@ -16,15 +16,12 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import COUNTS_FILE, SETTING_KEY_NOTE, count_metadata, new_stage, read_summary, show_progress, rounded, timed, write_summary
-from scaling_assets.assets.eval_sets import tokenize_source
+from scaling_assets.assets.common import (SETTING_KEY_NOTE, count_metadata, load_split, new_stage, read_summary,
+                                          rounded, show_progress, timed, tokenize_source, write_summary)
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.assets.splits import load_split
+from scaling_assets.layout import COUNTS_FILE, CORPUS_DIR, PCA_GENES_FILE
 from scaling_assets.study import parse_quality_seed_key, parse_seed_key, parse_setting_key
 
-CORPUS_DIR = "corpus"
-PCA_GENES_FILE = "genes.npy"
-CORPUS_FILES = ("tokens.bin", "offsets.npy", "lengths.npy", "rows.npy", "cell_ids.txt")
 
 
 def pool_counts_asset(ds: DatasetAssets):
@@ -39,7 +36,7 @@ def pool_counts_asset(ds: DatasetAssets):
     )
     def pool_counts(context: AssetExecutionContext, raw: Path, split: Path):
         from scaling_assets.data.h5ad_io import CsrReader
-        from scaling_assets.data.pools import write_pool
+        from scaling_assets.data.pools import POOL_FILE, write_pool
 
         seed = parse_seed_key(context.partition_key)
         stage = new_stage(ds.study, "pool")
@@ -47,7 +44,7 @@ def pool_counts_asset(ds: DatasetAssets):
             summary = write_pool(reader, load_split(split).pool_order, stage, chunk_size=ds.study.chunk_size,
                                  progress=show_progress())
         write_summary(stage, dict(summary, seed=seed))
-        return Output(stage, metadata={**count_metadata(summary), "bytes": summary["fingerprints"]["pool.h5ad"]["bytes"],
+        return Output(stage, metadata={**count_metadata(summary), "bytes": summary["fingerprints"][POOL_FILE]["bytes"],
                                        "wall_time_s": rounded("wall_time_s", elapsed())})
 
     return pool_counts
@@ -96,13 +93,14 @@ def pool_corpus_asset(ds: DatasetAssets):
         "setting's corpus is the cells of its first N pool rows.",
     )
     def pool_corpus(context: AssetExecutionContext, pool_counts: Path, gene_medians: Path):
+        from scaling_assets.data.corpus import CORPUS_FILES
         from scaling_assets.data.pools import CountsRange, record_fingerprints
 
         quality, seed = parse_quality_seed_key(context.partition_key)
         pool_cells = int(read_summary(pool_counts)["cells"])
         stage = new_stage(ds.study, "pool-corpus")
         with CountsRange(str(pool_counts), pool_cells, quality, seed).open() as source, timed() as elapsed:
-            summary = tokenize_source(ds, source, stage / CORPUS_DIR, gene_medians)
+            summary = tokenize_source(source, stage / CORPUS_DIR, gene_medians, ds.study.chunk_size)
         summary["fingerprints"] = record_fingerprints(stage, [f"{CORPUS_DIR}/{f}" for f in CORPUS_FILES])
         write_summary(stage, summary)
         return Output(stage, metadata={

@@ -233,7 +233,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         if TAG_STUDY in run.tags and TAG_N_GENES in run.tags:
             return tags
         try:
-            from scaling_assets.assets.storage import dataset_gene_count
+            from scaling_assets.layout import dataset_gene_count
             from scaling_assets.study import load_study
 
             study = load_study(None, check_paths=False)  # the code location's study ($SCALING_ASSETS_STUDY)

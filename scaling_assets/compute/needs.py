@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from scaling_assets.registry import MODELS
+from scaling_assets.models.registry import MODELS
 
 TAG_GPU_NEED = "scaling_assets/gpu_need_mib"
 TAG_DEVICE = "scaling_assets/device"

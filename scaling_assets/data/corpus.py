@@ -38,6 +38,9 @@ EXACT_MEDIAN_MAX_VALUES = 5_000_000
 HIST_LO, HIST_HI, HIST_BINS_PER_DECADE = -4.0, 4.0, 400  # normalised values 1e-4 .. 1e4
 
 
+CORPUS_FILES = ("tokens.bin", "offsets.npy", "lengths.npy", "rows.npy", "cell_ids.txt")  # a corpus folder
+
+
 class TokenDictionary:
     """``<pad>`` = 0, ``<mask>`` = 1, then the genes in var order from 2."""
 

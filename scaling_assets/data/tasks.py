@@ -2,7 +2,7 @@
 
 The study parser, the loaders, the simulator, the ``data`` commands and the MI stage all read it, so a
 new task or format starts here (its loader or signal builder is then the only other code to write).
-Models have their own table: ``scaling_assets.registry``.
+Models have their own table: ``scaling_assets.models.registry``.
 """
 
 from __future__ import annotations

@@ -11,12 +11,11 @@ import os
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, read_model_json
 from scaling_assets.models.budget import BUDGETS, geneformer_max_epochs, get_budget, scvi_max_epochs
+from scaling_assets.models.registry import MODELS
 
 
 
 def get_model_class(name: str) -> type[RepresentationModel]:
-    from scaling_assets.registry import MODELS  # the registry imports this package's spec module
-
     if name not in MODELS:
         raise InputError(f"unknown algorithm {name!r}; expected one of {list(MODELS)}")
     module, cls = MODELS[name].model_class.split(":")

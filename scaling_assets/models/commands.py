@@ -10,7 +10,7 @@ from scaling_assets.errors import InputError
 
 def params_table(n_genes: int, budget: str = "paper") -> dict:
     from scaling_assets.models import get_model_class
-    from scaling_assets.registry import ALGORITHMS
+    from scaling_assets.models.registry import ALGORITHMS
 
     if n_genes < 17:
         raise InputError(f"--genes must be at least 17 (PCA keeps 16 components), got {n_genes}")

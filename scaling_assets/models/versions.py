@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scaling_assets.models.budget import get_budget
+from scaling_assets.models.registry import MODELS
 
 PACKAGE = "scaling_assets."
 
@@ -82,8 +83,6 @@ def settings_source(module_source: str, class_name: str,
 
 def settings_version(algorithm: str, budget: str) -> str:
     """12 hex digits that change when the algorithm's recorded settings or its budget section change."""
-    from scaling_assets.registry import MODELS
-
     module_name, class_name = MODELS[algorithm].model_class.split(":")
     section = getattr(get_budget(budget), algorithm, None)  # PCA and random projection ignore the budget
     text = settings_source(_read_module(module_name), class_name)

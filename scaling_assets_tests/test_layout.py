@@ -1,0 +1,60 @@
+"""The layout module: the one place that names a study's folders and files, readable without Dagster."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, build_output_context
+
+import scaling_assets.layout as layout
+from scaling_assets.assets.storage import StudyIOManager
+from scaling_assets.study import load_study
+from scaling_assets_tests.test_study_config import MINIMAL, write
+
+
+def study(tmp_path):
+    return load_study(write(tmp_path, MINIMAL.format(root=tmp_path / "out")))
+
+
+def test_result_paths_are_where_the_io_manager_writes_the_tables(tmp_path):
+    s = study(tmp_path)
+    io = StudyIOManager(root=str(s.root))
+    io.handle_output(build_output_context(asset_key=AssetKey([layout.RESULTS, "mi_table"])), pd.DataFrame({"a": [1]}))
+    paths = layout.result_paths(s)
+    assert pd.read_parquet(paths["mi_table"])["a"].tolist() == [1]
+    assert set(paths) == {*layout.RESULT_TABLES, "plot_cite"}
+    assert paths["plot_cite"] == Path(s.root) / "results" / "scaling_plots" / "all" / "scaling_cite.png"
+
+
+def test_held_out_files_by_quality_and_set():
+    assert layout.eval_counts_file(Path("e"), 0.25, "validation") == Path("e/q=0.25/validation.h5ad")
+    assert layout.eval_counts_file(Path("e"), 1.0) == Path("e/q=1/test.h5ad")
+    assert layout.eval_corpus_dir(Path("c"), "validation") == Path("c/validation")
+    with pytest.raises(ValueError, match="held-out set 'train'"):
+        layout.eval_counts_file(Path("e"), 1.0, "train")
+    assert layout.work_dir("/r", ["cite", "model_geneformer"], "n=1_q=1_s=2") == \
+        Path("/r/.work/cite/model_geneformer/n=1_q=1_s=2")
+
+
+def test_gene_count_of_an_ingested_dataset_comes_from_its_raw_counts_summary(tmp_path):
+    s = study(tmp_path)
+    assert layout.dataset_gene_count(s, "cite") == 50  # simulated: the study says
+    ingested = study(tmp_path)
+    ingested.datasets["cite"] = dataclasses.replace(ingested.datasets["cite"], genes=None)  # as an ingested file
+    assert layout.dataset_gene_count(ingested, "cite") is None  # not ingested yet
+    summary = layout.partition_dir(ingested.root, ["cite", "raw_counts"], None) / layout.SUMMARY_FILE
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"genes": 1234}))
+    assert layout.dataset_gene_count(ingested, "cite") == 1234
+
+
+def test_the_layout_and_the_run_coordinator_import_no_dagster_asset_module():
+    tree = ast.parse(Path(layout.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and (m.startswith("dagster") or m.startswith("scaling_assets.assets"))]
