@@ -49,9 +49,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
-from scaling_assets.compute.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
-from scaling_assets.compute.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
-from scaling_assets.compute.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
+from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
+from scaling_assets.gpu.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
+from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.daemon import DaemonProcess, daemon_alive  # noqa: E402
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")

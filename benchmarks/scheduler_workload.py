@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 from dagster import Definitions, in_process_executor, job, op
 
-from scaling_assets.compute.leases import gpu_step
-from scaling_assets.compute.needs import TAG_GPU_NEED
+from scaling_assets.gpu.leases import gpu_step
+from scaling_assets.gpu.needs import TAG_GPU_NEED
 
 TAG_SLEEP = "bench/sleep_s"
 

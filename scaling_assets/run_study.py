@@ -20,7 +20,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import partition_dir, result_paths
 from scaling_assets.definitions import build_definitions
-from scaling_assets.compute.needs import TAG_STUDY
+from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.study import Study, parse_quality_seed_key
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -42,7 +42,7 @@ from scaling_assets.assets.storage import sweep_staging
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
-from scaling_assets.compute.needs import TAG_STUDY
+from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.daemon import BACKFILL_INTERVAL_ENV, DaemonProcess, daemon_alive
 from scaling_assets.definitions import build_definitions
 from scaling_assets.errors import InputError

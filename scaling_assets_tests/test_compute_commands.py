@@ -7,9 +7,9 @@ import json
 import pytest
 
 from scaling_assets.cli import main
-from scaling_assets.compute import nvml
-from scaling_assets.compute.leases import Ledger, gpu_step
-from scaling_assets.compute.nvml import FakeNvml
+from scaling_assets.gpu import nvml
+from scaling_assets.gpu.leases import Ledger, gpu_step
+from scaling_assets.gpu.nvml import FakeNvml
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from dagster import Definitions, job, op
 
-from scaling_assets.compute import nvml
+from scaling_assets.gpu import nvml
 from scaling_assets.compute.coordinator import (
     TAG_GATE,
     GpuAwareRunCoordinator,
@@ -20,9 +20,9 @@ from scaling_assets.compute.coordinator import (
     QueuedGpuRun,
     plan_queue,
 )
-from scaling_assets.compute.leases import Ledger, gpu_step
-from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY
-from scaling_assets.compute.nvml import FakeNvml, GpuInfo
+from scaling_assets.gpu.leases import Ledger, gpu_step
+from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY
+from scaling_assets.gpu.nvml import FakeNvml, GpuInfo
 
 INSTANCE_YAML = Path(__file__).parents[1] / "dagster.yaml"  # the instance the README uses
 
@@ -326,7 +326,7 @@ def test_promise_of_a_run_that_is_no_longer_active_is_dropped(gate_instance):
 def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_path, monkeypatch):
     from dagster import AssetKey
 
-    from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+    from scaling_assets.gpu.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
     from scaling_assets.models.spec import scvi_train_mib
 
     study = tmp_path / "s.yaml"

@@ -11,22 +11,21 @@ import time
 
 import pytest
 
-from scaling_assets.compute import nvml
-from scaling_assets.compute.leases import (
+from scaling_assets.gpu import nvml
+from scaling_assets.gpu.leases import (
     GpuUnavailableError,
     Ledger,
     gpu_step,
     is_oom,
-    oom_retry_policy,
 )
-from scaling_assets.compute.needs import (
+from scaling_assets.gpu.needs import (
     GPU_ASSETS,
     GPU_NEEDS,
     TAG_DEVICE,
     asset_need_mib,
     gpu_need_mib,
 )
-from scaling_assets.compute.nvml import FakeNvml, PynvmlBackend
+from scaling_assets.gpu.nvml import FakeNvml, PynvmlBackend
 from scaling_assets.models.spec import geneformer_train_mib, scvi_train_mib
 
 
@@ -87,7 +86,7 @@ def test_file_backed_fake_is_shared_through_env(tmp_path, monkeypatch):
     FakeNvml([{"total_mib": 4000, "free_mib": 2500}], path=tmp_path / "f.json")
     monkeypatch.setenv(nvml.FAKE_NVML_ENV, str(tmp_path / "f.json"))
     out = subprocess.run(
-        [sys.executable, "-c", "from scaling_assets.compute import nvml; print(nvml.list_gpus()[0].free_mib)"],
+        [sys.executable, "-c", "from scaling_assets.gpu import nvml; print(nvml.list_gpus()[0].free_mib)"],
         capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == "2500"
@@ -231,6 +230,8 @@ def test_need_larger_than_any_gpu_fails_fast(fake, lease_dir):
 
 
 def test_oom_helpers():
+    from scaling_assets.assets.devices import oom_retry_policy
+
     assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert not is_oom(ValueError("bad shape"))
     policy = oom_retry_policy(max_retries=3, delay_s=5)
@@ -240,7 +241,7 @@ def test_oom_helpers():
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from scaling_assets.compute.leases import gpu_step
+    from scaling_assets.gpu.leases import gpu_step
     with gpu_step({}, 8000, run_id="doomed", log=lambda m: None) as p:
         print(p.device, flush=True)
         time.sleep(60)

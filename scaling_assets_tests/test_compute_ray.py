@@ -18,7 +18,7 @@ import psutil
 import pytest
 from dagster import Definitions, job, op
 
-from scaling_assets.compute.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_THREADS
+from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_THREADS
 from scaling_assets.compute.ray_launcher import TAG_RAY_CONFIG, RunTooLargeError, ray_request
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")

@@ -58,3 +58,20 @@ def test_the_layout_and_the_run_coordinator_import_no_dagster_asset_module():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not [m for m in imported if m and (m.startswith("dagster") or m.startswith("scaling_assets.assets"))]
+
+
+def test_the_gpu_package_runs_without_dagster(tmp_path):
+    """scaling_assets.gpu (NVML, leases, needs) imports in a process where importing dagster fails."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class NoDagster:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'dagster' or name.startswith('dagster.') or name.startswith('dagster_'):\n"
+            "            raise ImportError('dagster blocked')\n"
+            "sys.meta_path.insert(0, NoDagster())\n"
+            "import scaling_assets.gpu.nvml, scaling_assets.gpu.leases, scaling_assets.gpu.needs, scaling_assets.layout\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

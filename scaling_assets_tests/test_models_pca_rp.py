@@ -8,7 +8,7 @@ from sklearn.random_projection import GaussianRandomProjection
 from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
 from scaling_assets.models import get_model_class, load_model
-from scaling_assets.compute.needs import GPU_NEEDS
+from scaling_assets.gpu.needs import GPU_NEEDS
 from scaling_assets.models.registry import ALGORITHMS, MODELS, reads_corpus
 from scaling_assets.models.base import normalise_log1p
 from scaling_assets.models.pca import PCAModel

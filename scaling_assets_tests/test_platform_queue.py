@@ -20,7 +20,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 from conftest import REPO, write_tiny_study
 
-from scaling_assets.compute.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+from scaling_assets.gpu.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
 from scaling_assets.models.registry import ALGORITHMS
 from scaling_assets.study import load_study
 from scaling_assets.study_queue import study_lock

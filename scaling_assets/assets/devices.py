@@ -13,8 +13,8 @@ def step_device(context, asset_name: str, n_genes: int):
     ``dagster asset materialize`` (no coordinator) pick a device with room through the same lease
     ledger, so concurrent runs cannot oversubscribe a GPU.
     """
-    from scaling_assets.compute.leases import gpu_step
-    from scaling_assets.compute.needs import asset_need_mib
+    from scaling_assets.gpu.leases import gpu_step
+    from scaling_assets.gpu.needs import asset_need_mib
 
     limit_threads(context)
     need = asset_need_mib(asset_name, n_genes)
@@ -36,7 +36,7 @@ def step_device(context, asset_name: str, n_genes: int):
 def limit_threads(context) -> None:
     """Use the run's share of the cores (tag set by the run coordinator), so concurrent runs do not
     oversubscribe them. Runs without the tag (in-process debugging) keep the libraries' defaults."""
-    from scaling_assets.compute.needs import TAG_THREADS
+    from scaling_assets.gpu.needs import TAG_THREADS
 
     threads = context.run.tags.get(TAG_THREADS)
     if not threads:
@@ -48,9 +48,16 @@ def limit_threads(context) -> None:
     threadpool_limits(int(threads))  # numpy/scipy/sklearn BLAS and OpenMP pools
 
 
+def oom_retry_policy(max_retries: int = 2, delay_s: float = 30.0):
+    """Dagster retry policy for GPU assets: bounded retries with exponential backoff and jitter.
+    The retried step re-enters ``gpu_step``, which avoids the GPU that ran out of memory."""
+    from dagster import Backoff, Jitter, RetryPolicy
+
+    return RetryPolicy(max_retries=max_retries, delay=delay_s, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+
+
 def retry_policy_for(asset_name: str):
     """Bounded retries for out-of-memory failures of GPU steps; None for CPU-only steps."""
-    from scaling_assets.compute.needs import GPU_ASSETS
-    from scaling_assets.compute.leases import oom_retry_policy
+    from scaling_assets.gpu.needs import GPU_ASSETS
 
     return oom_retry_policy() if asset_name in GPU_ASSETS else None

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dagster import AssetsDefinition, define_asset_job
 
 from scaling_assets.layout import dataset_gene_count
-from scaling_assets.compute.needs import TAG_N_GENES, TAG_STUDY
+from scaling_assets.gpu.needs import TAG_N_GENES, TAG_STUDY
 from scaling_assets.study import Study
 
 # partition-key shape -> job suffix

@@ -52,9 +52,9 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
 
-from scaling_assets.compute import nvml
-from scaling_assets.compute.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
-from scaling_assets.compute.needs import (
+from scaling_assets.gpu import nvml
+from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
+from scaling_assets.gpu.needs import (
     TAG_CPU_SLOT,
     TAG_DEVICE,
     TAG_GPU_NEED,
@@ -65,7 +65,7 @@ from scaling_assets.compute.needs import (
     gpu_need_mib,
     run_priority,
 )
-from scaling_assets.compute.nvml import GpuInfo
+from scaling_assets.gpu.nvml import GpuInfo
 
 log = logging.getLogger(__name__)
 

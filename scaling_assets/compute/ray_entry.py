@@ -16,7 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
-from scaling_assets.compute.needs import TAG_DEVICE
+from scaling_assets.gpu.needs import TAG_DEVICE
 from scaling_assets.compute.ray_launcher import MARKER_NAME, TAG_RAY_GPU, TAG_RAY_NODE
 
 

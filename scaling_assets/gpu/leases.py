@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from scaling_assets.compute import nvml
-from scaling_assets.compute.needs import TAG_DEVICE
-from scaling_assets.compute.nvml import GpuInfo
 from scaling_assets.fs import write_json_atomic
+from scaling_assets.gpu import nvml
+from scaling_assets.gpu.needs import TAG_DEVICE
+from scaling_assets.gpu.nvml import GpuInfo
 
 LEASE_DIR_ENV = "SCALING_ASSETS_LEASE_DIR"
 WAIT_ENV = "SCALING_ASSETS_GPU_WAIT_S"
@@ -325,7 +325,7 @@ def gpu_step(
     ``dagster asset materialize``) pick a GPU with room by the ledger, waiting (polling every
     ``poll_s``, up to ``timeout_s``, default ``$SCALING_ASSETS_GPU_WAIT_S`` or 6 h) while none has.
     No NVML / no healthy GPU -> "cpu", said in the log. On out-of-memory the GPU is recorded for
-    ``run_id`` so the retried step (``oom_retry_policy``) prefers another GPU. The lease is released
+    ``run_id`` so the retried step (``assets/devices.py: oom_retry_policy``) prefers another GPU. The lease is released
     at exit; if the process dies, the OS releases it.
     """
     if need_mib <= 0:
@@ -406,10 +406,3 @@ def _place(ledger, run_tags, need_mib, log, run_id, timeout_s, poll_s, headroom_
             raise GpuUnavailableError(f"no GPU had {need_mib} MiB free within {timeout_s:.0f} s")
         time.sleep(poll_s)
 
-
-def oom_retry_policy(max_retries: int = 2, delay_s: float = 30.0):
-    """Dagster retry policy for GPU assets: bounded retries with exponential backoff and jitter.
-    The retried step re-enters ``gpu_step``, which avoids the GPU that ran out of memory."""
-    from dagster import Backoff, Jitter, RetryPolicy
-
-    return RetryPolicy(max_retries=max_retries, delay=delay_s, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
 
 
 def gpu_report(lease_dir: str | None = None) -> list[dict]:
-    from scaling_assets.compute import nvml
-    from scaling_assets.compute.leases import Ledger
+    from scaling_assets.gpu import nvml
+    from scaling_assets.gpu.leases import Ledger
 
     gpus = nvml.list_gpus()
     if not gpus:
