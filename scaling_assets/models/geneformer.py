@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel
@@ -113,6 +116,55 @@ class _CorpusDataset(torch.utils.data.Dataset):
         return {"input_ids": x, "labels": y}
 
 
+class _LengthGroupedTrainer(Trainer):
+    """Batches of cells of similar length (less padding), with the lengths taken from the corpus index
+    rather than from a pass over the tokens."""
+
+    def __init__(self, *args, lengths: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lengths = lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        g = torch.Generator().manual_seed(self.args.data_seed)
+        return LengthGroupedSampler(self.args.train_batch_size, lengths=self._lengths, generator=g)
+
+
+class _MarkComplete(TrainerCallback):
+    """Marks each checkpoint once written in full, so a retry resumes only from a complete one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir():
+            (path / COMPLETE_MARKER).touch()
+
+
+def _length_grouping() -> dict:
+    """transformers 5 names the length-grouped sampler a strategy; 4.x has a boolean flag."""
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
+def _stop_reason(state, max_steps: int | None) -> str:
+    steps = int(state.global_step)
+    if steps < state.max_steps:
+        return "early_stopping"
+    return "max_steps" if max_steps is not None and steps == max_steps else "max_epochs"
+
+
+def _history_with_final_eval(trainer) -> pd.DataFrame:
+    """The logged losses; a run shorter than one evaluation interval gets its final validation loss."""
+    state = trainer.state
+    history = _history(state.log_history)
+    if history["validation_loss"].notna().sum() == 0:
+        final = trainer.evaluate()["eval_loss"]
+        history = pd.concat([history, pd.DataFrame(
+            {"epoch": [state.epoch], "step": [state.global_step],
+             "train_loss": [np.nan], "validation_loss": [final]})], ignore_index=True)
+    return history
+
+
 class GeneformerModel(RepresentationModel):
     algorithm = "geneformer"
     embedding_dim = 256
@@ -169,11 +221,35 @@ class GeneformerModel(RepresentationModel):
         return corpus
 
     def fit(self, train, validation=None, progress=False, checkpoint_dir=None) -> FitReport:
-        from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-        from transformers.trainer_callback import PrinterCallback
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         start = time.perf_counter()
+        self._check_fit_inputs(train, validation)
+        b = get_budget(self.budget).geneformer
+        self._num_train_epochs = b.max_epochs(len(train))
+        self._micro_batch = geneformer_micro_batch(int(np.max(train.lengths)), self.device)
+        own_ckpt = checkpoint_dir is None  # a caller's folder outlives a killed attempt: resume from it
+        ckpt = Path(tempfile.mkdtemp(prefix="geneformer-ckpt-") if own_ckpt else checkpoint_dir)
+        self.model = self._build()
+        resume = latest_complete_checkpoint(ckpt) if not own_ckpt else None
+        self.resumed_from_step = int(resume.name.split("-")[1]) if resume is not None else None
+        with _quiet_transformers():
+            trainer = self._trainer(train, validation, b, ckpt, progress)
+            if not progress:  # without tqdm the Trainer prints every log dict to stdout
+                trainer.remove_callback(PrinterCallback)
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+            history = _history_with_final_eval(trainer)
+        self.model = trainer.model.to(self.device if self.device.startswith("cuda") else "cpu").eval()
+        if own_ckpt:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        state = trainer.state
+        best = state.best_metric if state.best_metric is not None else history["validation_loss"].dropna().iloc[-1]
+        train_losses = history["train_loss"].dropna()
+        self.fit_report = FitReport(
+            float(state.epoch or 0), int(state.global_step), _stop_reason(state, b.max_steps),
+            float(train_losses.iloc[-1]) if len(train_losses) else None, float(best),
+            time.perf_counter() - start, self.device, self.budget, history)
+        return self.fit_report
+
+    def _check_fit_inputs(self, train, validation) -> None:
         self._check_corpus(train, "training corpus")
         if len(train) == 0:
             raise InputError("geneformer: the training corpus is empty (0 cells)")
@@ -183,13 +259,11 @@ class GeneformerModel(RepresentationModel):
         if len(validation) < 1:
             raise InputError("geneformer: the validation corpus has no cells with tokens; "
                              "at least 1 is needed to evaluate the masked-LM loss")
-        b = get_budget(self.budget).geneformer
-        self._num_train_epochs = b.max_epochs(len(train))
+
+    def _training_arguments(self, b, ckpt: Path, progress: bool) -> TrainingArguments:
+        """The reference's Trainer settings (models/spec.py) with the budget's length and this run's batch."""
         cuda = self.device.startswith("cuda")
-        self._micro_batch = geneformer_micro_batch(int(np.max(train.lengths)), self.device)
-        own_ckpt = checkpoint_dir is None
-        ckpt = Path(tempfile.mkdtemp(prefix="geneformer-ckpt-") if own_ckpt else checkpoint_dir)
-        args = dict(
+        return TrainingArguments(
             output_dir=str(ckpt), **{**TRAINING, "per_device_train_batch_size": self._micro_batch,
                                      "per_device_eval_batch_size": min(TRAINING["per_device_eval_batch_size"],
                                                                        4 * self._micro_batch)},
@@ -201,65 +275,18 @@ class GeneformerModel(RepresentationModel):
             report_to="none", seed=self.seed, data_seed=self.seed, use_cpu=not cuda,
             bf16=cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0,
             remove_unused_columns=False, disable_tqdm=not progress, save_only_model=False,
-            prediction_loss_only=True)  # never gather (cells × 512 × vocab) logits during eval
-        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-        # transformers 5 names the length-grouped sampler a strategy; 4.x has a boolean flag
-        args["train_sampling_strategy" if "train_sampling_strategy" in fields else "group_by_length"] = (
-            "group_by_length" if "train_sampling_strategy" in fields else True)
-        training_args = TrainingArguments(**args)
-        lengths = np.asarray(train.lengths).tolist()
+            prediction_loss_only=True,  # never gather (cells × 512 × vocab) logits during eval
+            **_length_grouping())
 
-        class _Trainer(Trainer):
-            def _get_train_sampler(self, train_dataset=None):
-                # lengths come from the corpus index: no pass over the tokens to infer them
-                g = torch.Generator().manual_seed(self.args.data_seed)
-                return LengthGroupedSampler(self.args.train_batch_size, lengths=lengths, generator=g)
-
-        class _MarkComplete(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if path.is_dir():
-                    (path / COMPLETE_MARKER).touch()
-
-        self.model = self._build()
-        resume = latest_complete_checkpoint(ckpt) if not own_ckpt else None
-        self.resumed_from_step = int(resume.name.split("-")[1]) if resume is not None else None
-        with _quiet_transformers():
-            trainer = _Trainer(
-                model=self.model, args=training_args,
-                train_dataset=_CorpusDataset(train),
-                eval_dataset=_CorpusDataset(validation, b.eval_max_cells, fixed_mask_seed=self.seed),
-                data_collator=MaskingCollator(len(self.token_dictionary), self.seed),
-                compute_loss_func=masked_lm_loss,
-                callbacks=[EarlyStoppingCallback(early_stopping_patience=b.early_stopping_patience),
-                           _MarkComplete()])
-            if not progress:  # without tqdm the Trainer prints every log dict to stdout
-                trainer.remove_callback(PrinterCallback)
-            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-            state = trainer.state
-            history = _history(state.log_history)
-            if history["validation_loss"].notna().sum() == 0:  # ran fewer steps than eval_steps
-                final = trainer.evaluate()["eval_loss"]
-                history = pd.concat([history, pd.DataFrame(
-                    {"epoch": [state.epoch], "step": [state.global_step],
-                     "train_loss": [np.nan], "validation_loss": [final]})], ignore_index=True)
-        self.model = trainer.model.to("cpu" if not cuda else self.device).eval()
-        if own_ckpt:
-            shutil.rmtree(ckpt, ignore_errors=True)
-        steps = int(state.global_step)
-        if steps < state.max_steps:
-            stop = "early_stopping"
-        elif b.max_steps is not None and steps == b.max_steps:
-            stop = "max_steps"
-        else:
-            stop = "max_epochs"
-        best = state.best_metric if state.best_metric is not None else history["validation_loss"].dropna().iloc[-1]
-        train_losses = history["train_loss"].dropna()
-        self.fit_report = FitReport(
-            float(state.epoch or 0), steps, stop,
-            float(train_losses.iloc[-1]) if len(train_losses) else None, float(best),
-            time.perf_counter() - start, self.device, self.budget, history)
-        return self.fit_report
+    def _trainer(self, train: Corpus, validation: Corpus, b, ckpt: Path, progress: bool) -> Trainer:
+        return _LengthGroupedTrainer(
+            model=self.model, args=self._training_arguments(b, ckpt, progress),
+            lengths=np.asarray(train.lengths).tolist(),
+            train_dataset=_CorpusDataset(train),
+            eval_dataset=_CorpusDataset(validation, b.eval_max_cells, fixed_mask_seed=self.seed),
+            data_collator=MaskingCollator(len(self.token_dictionary), self.seed),
+            compute_loss_func=masked_lm_loss,
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=b.early_stopping_patience), _MarkComplete()])
 
     @torch.no_grad()
     def embed(self, data, batch_size: int | None = None) -> np.ndarray:
