@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import lightning.pytorch as pl
 import torch
 
 from scaling_assets.errors import InputError
@@ -71,30 +72,25 @@ def split_rows(n_obs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return perm[:n_train], perm[n_train:]
 
 
-class StreamingDataModule:
-    """Lightning datamodule over a CountSource: shuffled blocks of rows, 512-cell batches."""
+class StreamingDataModule(pl.LightningDataModule):
+    """Lightning datamodule over a CountSource: shuffled blocks of rows, 512-cell batches, never the
+    whole source in memory. scvi-tools' training mixin reads ``n_train``, ``n_val``, ``n_obs`` and
+    ``n_vars`` from the datamodule it is given."""
 
     def __init__(self, source, seed: int, batch_size: int = BATCH_SIZE, block: int = STREAM_BLOCK_CELLS):
-        import lightning.pytorch as pl
-
+        super().__init__()
         self.source, self.seed, self.batch_size, self.block = source, seed, batch_size, block
         self.train_idx, self.val_idx = split_rows(source.n_obs, seed)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
         self.n_obs, self.n_vars = source.n_obs, source.n_vars
         self._epoch = 0
-        outer = self
 
-        class _DM(pl.LightningDataModule):
-            def train_dataloader(self):
-                outer._epoch += 1
-                return _Batches(outer, outer.train_idx, shuffle_epoch=outer._epoch)
+    def train_dataloader(self):
+        self._epoch += 1  # a new shuffle each epoch, reproducible from the seed
+        return _Batches(self, self.train_idx, shuffle_epoch=self._epoch)
 
-            def val_dataloader(self):
-                return _Batches(outer, outer.val_idx, shuffle_epoch=None)
-
-        self.lightning = _DM()
-        for k in ("n_train", "n_val", "n_obs", "n_vars"):
-            setattr(self.lightning, k, getattr(self, k))
+    def val_dataloader(self):
+        return _Batches(self, self.val_idx, shuffle_epoch=None)
 
 
 class _Batches:
@@ -192,7 +188,7 @@ class SCVIModel(RepresentationModel):
             early_stopping_min_delta=budget.early_stopping_min_delta,
             enable_progress_bar=progress, enable_model_summary=False)
         if streaming:
-            self.model.train(datamodule=datamodule.lightning, **train_kwargs)
+            self.model.train(datamodule=datamodule, **train_kwargs)
         else:
             # A one-cell last batch breaks BatchNorm in training: drop it (one random cell per
             # epoch) only in that case, as the streaming path does.
