@@ -313,3 +313,21 @@ def test_h5ad_zero_cells_duplicates_and_signals(tmp_path):
         ingest("h5ad", out, path=tmp_path / "missing.h5ad")
     with pytest.raises(InputError, match="unknown format 'loom'"):
         ingest("loom", out, path=tmp_path / "in.h5ad")
+
+
+def test_ingest_options_are_checked_against_the_format_table(tmp_path):
+    import inspect
+
+    from scaling_assets.data import loaders
+    from scaling_assets.data.tasks import FORMATS
+
+    # the table and the loaders agree: every option a loader takes, and no other
+    for name, source in FORMATS.items():
+        params = inspect.signature(getattr(loaders, f"ingest_{name}")).parameters
+        assert set(params) - {"out_path", "chunk_size", "progress"} == set(source.options), name
+        assert all(params[p].default is inspect.Parameter.empty for p in source.paths), name
+    with pytest.raises(InputError, match=r"--format larry: needs genes, metadata, clones"):
+        loaders.ingest("larry", tmp_path / "out.h5ad", counts=str(tmp_path / "c.mtx"))
+    with pytest.raises(InputError, match=r"--format cite: does not take clones; its options are path, level"):
+        loaders.ingest("cite", tmp_path / "out.h5ad", path=str(tmp_path / "x.h5ad"), clones="y")
+    assert not (tmp_path / "out.h5ad").exists()

@@ -504,11 +504,15 @@ def ingest(fmt: str, out_path, progress: bool = False, **options) -> dict:
     if fmt not in funcs:
         raise InputError(f"--format: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     options = {k: v for k, v in options.items() if v is not None}
-    try:
-        summary = funcs[fmt](out_path=out_path, progress=progress, **options)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc) or "required positional argument" in str(exc):
-            raise InputError(f"ingest --format {fmt}: {exc}") from exc
-        raise
+    source = FORMATS[fmt]
+    unknown = sorted(set(options) - set(source.options) - {"chunk_size"})
+    if unknown:
+        raise InputError(f"ingest --format {fmt}: does not take {', '.join(unknown)}; "
+                         f"its options are {', '.join(source.options)} (and chunk_size)")
+    missing = [p for p in source.paths if p not in options]
+    if missing:
+        raise InputError(f"ingest --format {fmt}: needs {', '.join(missing)} (the format's files: "
+                         f"{', '.join(source.paths)})")
+    summary = funcs[fmt](out_path=out_path, progress=progress, **options)
     summary["format"] = fmt
     return summary
