@@ -311,6 +311,34 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     where = f"datasets.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise _err(path, where, "dataset names may use letters, digits, '_' and '-' only")
+    task, source, paths = _parse_source(d, where, path, check_paths)
+    cells = int(d["cells"]) if d.get("cells") is not None else None
+    if source == SIMULATED and (not cells or not d.get("genes")):
+        raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
+    umis = float(d["umis_per_cell"]) if d.get("umis_per_cell") is not None else None
+    own_split = d.get("split") or {}
+    own_test, own_val = own_split.get("test_cells"), own_split.get("validation_cells")
+    test = int(own_test) if own_test is not None else n_test
+    n_val = int(own_val) if own_val is not None else n_val
+    if test is None and cells:
+        test = default_test_size(cells)
+    pool = cells - test - n_val if cells is not None and test is not None else None
+    if pool is not None and pool <= 0:
+        raise _err(path, where, f"{cells} cells leave no training pool after {test} test and {n_val} validation cells")
+    pool_note = None if pool is None else f"{pool} = {cells} cells - {test} test - {n_val} validation"
+    return DatasetConfig(
+        name=name, task=task, source=source, sizes=_parse_sizes(d.get("sizes", study_sizes), pool, pool_note,
+                                                                f"{where}.sizes", path),
+        qualities=_parse_qualities(d.get("qualities", study_qualities), umis, f"{where}.qualities", path),
+        cells=cells, genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
+        options=dict(d.get("options") or {}), umis_per_cell=umis,
+        test_cells=None if own_test is None else int(own_test),
+        validation_cells=None if own_val is None else int(own_val),
+    )
+
+
+def _parse_source(d, where: str, path, check_paths: bool) -> tuple[str, str, dict[str, str]]:
+    """The dataset's task, its source (simulated or a format of data/tasks.py) and the source's files."""
     task = d.get("task")
     if task not in TASKS:
         raise _err(path, f"{where}.task", f"{task!r} is not one of {list(TASKS)}")
@@ -320,64 +348,43 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     held = FORMATS[source].task if source in FORMATS else None
     if held not in (None, task):
         raise _err(path, f"{where}.task", f"source {source!r} holds {held!r} data, not {task!r}")
-    cells = d.get("cells")
-    cells = int(cells) if cells is not None else None
     paths = {k: str(Path(os.path.expandvars(str(v))).expanduser()) for k, v in (d.get("paths") or {}).items()}
-    if source == SIMULATED:
-        if not cells or not d.get("genes"):
-            raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
-    else:
-        for key in FORMATS[source].paths:
-            if key not in paths:
-                raise _err(path, f"{where}.paths", f"source {source!r} needs path '{key}'")
-            if check_paths and not Path(paths[key]).exists():
-                raise _err(path, f"{where}.paths.{key}", f"missing data path {paths[key]}")
-    umis = d.get("umis_per_cell")
-    umis = float(umis) if umis is not None else None
-    own_split = d.get("split") or {}
-    own_test = own_split.get("test_cells")
-    own_val = own_split.get("validation_cells")
-    n_test = int(own_test) if own_test is not None else n_test
-    n_val = int(own_val) if own_val is not None else n_val
+    for key in FORMATS[source].paths if source in FORMATS else ():
+        if key not in paths:
+            raise _err(path, f"{where}.paths", f"source {source!r} needs path '{key}'")
+        if check_paths and not Path(paths[key]).exists():
+            raise _err(path, f"{where}.paths.{key}", f"missing data path {paths[key]}")
+    return task, source, paths
 
-    test = n_test if n_test is not None else (default_test_size(cells) if cells else None)
-    pool = cells - test - n_val if cells is not None and test is not None else None
-    if pool is not None and pool <= 0:
-        raise _err(path, where, f"{cells} cells leave no training pool after {test} test and {n_val} validation cells")
 
-    sizes_spec = d.get("sizes", study_sizes)
-    if sizes_spec is None:
-        raise _err(path, f"{where}.sizes", "no sizes given (per dataset or at the top level)")
-    if isinstance(sizes_spec, dict):  # {grid: log, count: 10, smallest: 100}
+def _parse_sizes(spec, pool: int | None, pool_note: str | None, where: str, path) -> tuple[int, ...]:
+    """A list of cell counts, or a log grid {grid: log, count: 10, smallest: 100} up to the pool."""
+    if spec is None:
+        raise _err(path, where, "no sizes given (per dataset or at the top level)")
+    if isinstance(spec, dict):
         if pool is None:
-            raise _err(path, f"{where}.sizes", "a size grid needs the dataset's 'cells' to know the pool size")
-        sizes = size_grid(pool, int(sizes_spec.get("count", 10)), int(sizes_spec.get("smallest", 100)))
+            raise _err(path, where, "a size grid needs the dataset's 'cells' to know the pool size")
+        sizes = size_grid(pool, int(spec.get("count", 10)), int(spec.get("smallest", 100)))
     else:
-        sizes = sorted({int(s) for s in sizes_spec})
+        sizes = sorted({int(s) for s in spec})
     if not sizes or sizes[0] < 1:
-        raise _err(path, f"{where}.sizes", f"sizes must be positive integers, got {sizes_spec}")
+        raise _err(path, where, f"sizes must be positive integers, got {spec}")
     if pool is not None and sizes[-1] > pool:
-        raise _err(
-            path, f"{where}.sizes",
-            f"size {sizes[-1]} is larger than the training pool ({pool} = {cells} cells - {test} test - {n_val} validation)",
-        )
+        raise _err(path, where, f"size {sizes[-1]} is larger than the training pool ({pool_note})")
+    return tuple(sizes)
 
-    q_spec = d.get("qualities", study_qualities)
-    if q_spec is None:
-        raise _err(path, f"{where}.qualities", "no qualities given (per dataset or at the top level)")
-    if isinstance(q_spec, dict):  # {grid: log, count: 10, min_umis: 10}
+
+def _parse_qualities(spec, umis: float | None, where: str, path) -> tuple[float, ...]:
+    """A list of qualities in (0, 1], or a log grid {grid: log, count: 10, min_umis: 10} from the UMIs per cell."""
+    if spec is None:
+        raise _err(path, where, "no qualities given (per dataset or at the top level)")
+    if isinstance(spec, dict):
         if umis is None:
-            raise _err(path, f"{where}.qualities", "a quality grid needs the dataset's 'umis_per_cell'")
-        qualities = quality_grid(umis, int(q_spec.get("count", 10)), float(q_spec.get("min_umis", 10)))
+            raise _err(path, where, "a quality grid needs the dataset's 'umis_per_cell'")
+        qualities = quality_grid(umis, int(spec.get("count", 10)), float(spec.get("min_umis", 10)))
     else:
-        qualities = sorted({float(q) for q in q_spec}, reverse=True)
+        qualities = sorted({float(q) for q in spec}, reverse=True)
     for q in qualities:
         if not (0.0 < q <= 1.0) or math.isnan(q):
-            raise _err(path, f"{where}.qualities", f"quality {q} is outside (0, 1]")
-    return DatasetConfig(
-        name=name, task=task, source=source, sizes=tuple(sizes), qualities=tuple(qualities), cells=cells,
-        genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
-        options=dict(d.get("options") or {}), umis_per_cell=umis,
-        test_cells=None if own_test is None else int(own_test),
-        validation_cells=None if own_val is None else int(own_val),
-    )
+            raise _err(path, where, f"quality {q} is outside (0, 1]")
+    return tuple(qualities)
