@@ -350,7 +350,7 @@ def _materialise(tmp: Path, name: str, launcher: dict, monkeypatch) -> tuple[Pat
                                      ("cite_by_setting", study.setting_keys("cite"))]:
             # one torch/BLAS thread in both: a thread count can change float reduction order
             for run_id in [jobs.launch(job_name, p, tags={TAG_THREADS: "1"}) for p in partitions]:
-                run = poll_for_finished_run(instance, run_id, timeout=120)
+                run = poll_for_finished_run(instance, run_id, timeout=300)
                 assert run.status == DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(run_id)][-5:]
                 nodes.add(run.tags.get("scaling_assets/ray_node"))
         materialised = {k.to_user_string(): set(instance.get_materialized_partitions(k))
