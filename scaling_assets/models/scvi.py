@@ -119,6 +119,16 @@ class _Batches:
                 yield _tensors(piece)
 
 
+def _check_split(n: int) -> int:
+    """Training cells of the 80/20 split; refuses a source too small to leave a validation cell."""
+    n_train = int(np.ceil(TRAIN_SIZE * n))
+    if n - n_train < 1 or n_train < 2:
+        raise InputError(
+            f"scvi: {n} training cells leave {n - n_train} validation cells in the 80/20 split; "
+            "at least 3 cells are needed to evaluate the validation ELBO")
+    return n_train
+
+
 class SCVIModel(RepresentationModel):
     algorithm = "scvi"
     embedding_dim = 16
@@ -162,24 +172,29 @@ class SCVIModel(RepresentationModel):
         start = time.perf_counter()
         self._check_training_source(train)
         n = train.n_obs
-        n_train = int(np.ceil(TRAIN_SIZE * n))
-        n_val = n - n_train
-        if n_val < 1 or n_train < 2:
-            raise InputError(
-                f"scvi: {n} training cells leave {n_val} validation cells in the 80/20 split; "
-                "at least 3 cells are needed to evaluate the validation ELBO")
+        n_train = _check_split(n)
         budget = get_budget(self.budget).scvi
         self._max_epochs = budget.max_epochs(n)
         scvi.settings.seed = self.seed
-        streaming = n > self.in_memory_max_cells
-        if streaming:
-            adata, self.model = self._build(train.read_rows(0, min(n, 2)))
-            datamodule = StreamingDataModule(train, self.seed)
+        if n > self.in_memory_max_cells:
+            _, self.model = self._build(train.read_rows(0, min(n, 2)))
+            self.model.train(datamodule=StreamingDataModule(train, self.seed), **self._train_kwargs(budget, progress))
         else:
-            X = sp.vstack([X for _, X in iter_csr(train, 10_000)], format="csr")
-            adata, self.model = self._build(X)
+            _, self.model = self._build(sp.vstack([X for _, X in iter_csr(train, 10_000)], format="csr"))
+            # A one-cell last batch breaks BatchNorm in training: drop it (one random cell per
+            # epoch) only in that case, as the streaming path does.
+            self.model.train(train_size=TRAIN_SIZE, shuffle_set_split=True, batch_size=BATCH_SIZE,
+                             datasplitter_kwargs={"drop_last": n_train % BATCH_SIZE == 1},
+                             **self._train_kwargs(budget, progress))
+        # Keep no copy of the training cells: swap in a one-cell registered stand-in.
+        self.model.adata = _stand_in(self.gene_ids)
+        self.fit_report = self._fit_report(time.perf_counter() - start)
+        return self.fit_report
+
+    def _train_kwargs(self, budget, progress: bool) -> dict:
+        """Trainer settings shared by the in-memory and streaming paths."""
         gpu = self.device.startswith("cuda")
-        train_kwargs = dict(
+        return dict(
             max_epochs=self._max_epochs, accelerator="gpu" if gpu else "cpu",
             devices=[int(self.device.split(":")[1])] if gpu and ":" in self.device else 1,
             plan_kwargs=dict(PLAN_KWARGS), early_stopping=True,
@@ -187,26 +202,15 @@ class SCVIModel(RepresentationModel):
             early_stopping_patience=budget.early_stopping_patience,
             early_stopping_min_delta=budget.early_stopping_min_delta,
             enable_progress_bar=progress, enable_model_summary=False)
-        if streaming:
-            self.model.train(datamodule=datamodule, **train_kwargs)
-        else:
-            # A one-cell last batch breaks BatchNorm in training: drop it (one random cell per
-            # epoch) only in that case, as the streaming path does.
-            self.model.train(train_size=TRAIN_SIZE, shuffle_set_split=True, batch_size=BATCH_SIZE,
-                             datasplitter_kwargs={"drop_last": n_train % BATCH_SIZE == 1},
-                             **train_kwargs)
-        # Keep no copy of the training cells: swap in a one-cell registered stand-in.
-        self.model.adata = _stand_in(self.gene_ids)
+
+    def _fit_report(self, seconds: float) -> FitReport:
         history = self._history()
         epochs = len(history)
         stop = "early_stopping" if epochs < self._max_epochs else "max_epochs"
-        steps = int(self.model.trainer.global_step)
         val = history["validation_loss"].dropna()
-        self.fit_report = FitReport(
-            epochs, steps, stop, float(history["train_loss"].iloc[-1]),
-            float(val.iloc[-1]) if len(val) else None, time.perf_counter() - start,
-            self.device, self.budget, history)
-        return self.fit_report
+        return FitReport(
+            epochs, int(self.model.trainer.global_step), stop, float(history["train_loss"].iloc[-1]),
+            float(val.iloc[-1]) if len(val) else None, seconds, self.device, self.budget, history)
 
     def _history(self) -> pd.DataFrame:
         h = self.model.history
