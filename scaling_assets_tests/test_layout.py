@@ -61,7 +61,7 @@ def test_the_layout_and_the_run_coordinator_import_no_dagster_asset_module():
 
 
 def test_the_gpu_package_runs_without_dagster(tmp_path):
-    """scaling_assets.gpu (NVML, leases, needs) imports in a process where importing dagster fails."""
+    """Every module of scaling_assets.gpu (NVML, leases, needs, the gpus command) imports in a process where importing dagster fails."""
     import subprocess
     import sys
 
@@ -71,7 +71,11 @@ def test_the_gpu_package_runs_without_dagster(tmp_path):
             "        if name == 'dagster' or name.startswith('dagster.') or name.startswith('dagster_'):\n"
             "            raise ImportError('dagster blocked')\n"
             "sys.meta_path.insert(0, NoDagster())\n"
-            "import scaling_assets.gpu.nvml, scaling_assets.gpu.leases, scaling_assets.gpu.needs, scaling_assets.layout\n"
-            "print('ok')\n")
+            "import importlib, pkgutil, scaling_assets.gpu, scaling_assets.layout\n"
+            "names = sorted(m.name for m in pkgutil.iter_modules(scaling_assets.gpu.__path__))\n"
+            "for name in names:\n"
+            "    importlib.import_module('scaling_assets.gpu.' + name)\n"
+            "print(' '.join(names))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    # every module of the package, so a new one cannot slip in a Dagster import
+    assert done.returncode == 0 and done.stdout.strip() == "commands leases needs nvml", done.stderr[-2000:]
