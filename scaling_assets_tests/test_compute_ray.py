@@ -184,7 +184,7 @@ def test_small_runs_share_one_gpu_three_at_a_time_and_too_large_runs_are_refused
     (out / "go").write_text("")
     table = [(big[:8], "20000", "-", "refused", "-")]
     for rid in ids:
-        run = poll_for_finished_run(instance, rid, timeout=90)
+        run = poll_for_finished_run(instance, rid, timeout=300)
         assert run.status == DagsterRunStatus.SUCCESS
         assert run.tags["scaling_assets/ray_node"] == gpu_node.node_id
         assert run.tags["scaling_assets/ray_gpu"] == "0" and run.tags[TAG_DEVICE] == "cuda:0"
@@ -226,7 +226,7 @@ def test_a_lost_node_fails_its_run_and_the_retry_completes_on_the_remaining_node
 
         retry = launch(8000)
         (out / "go").write_text("")
-        run = poll_for_finished_run(instance, retry, timeout=90)
+        run = poll_for_finished_run(instance, retry, timeout=300)
         assert run.status == DagsterRunStatus.SUCCESS
         assert run.tags["scaling_assets/ray_node"] == survivor.node_id
         assert (out / "done" / retry).is_dir()
@@ -261,11 +261,11 @@ def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
 
     instance, launch, out, _ = ray_instance
     (out / "go").write_text("")
-    assert poll_for_finished_run(instance, launch(0), timeout=60).status == DagsterRunStatus.SUCCESS
+    assert poll_for_finished_run(instance, launch(0), timeout=300).status == DagsterRunStatus.SUCCESS
     # the node now sees another file system at that path: the submitter's token is not there
     (out / MARKER_NAME).write_text("another-volume")
     rid = launch(0)
-    run = poll_for_finished_run(instance, rid, timeout=60)
+    run = poll_for_finished_run(instance, rid, timeout=300)
     assert run.status == DagsterRunStatus.FAILURE
     messages = " ".join(e.message or "" for e in instance.all_logs(rid))
     assert f"study root {out} is not shared storage" in messages
@@ -311,13 +311,13 @@ def test_a_node_that_mounts_another_file_system_at_the_root_refuses_the_run(ray_
     instance, launch, out, _ = ray_instance
     (out / "go").write_text("")
     rid = launch(0, ray_resources={"blind": 1})
-    run = poll_for_finished_run(instance, rid, timeout=90)
+    run = poll_for_finished_run(instance, rid, timeout=300)
     assert run.status == DagsterRunStatus.FAILURE
     messages = " ".join(e.message or "" for e in instance.all_logs(rid))
     assert f"study root {out} is not shared storage" in messages and "FileNotFoundError" in messages, messages
     assert not (out / f"{rid}.started").exists()
     # the same run on a node that sees the root completes
-    assert poll_for_finished_run(instance, launch(0), timeout=60).status == DagsterRunStatus.SUCCESS
+    assert poll_for_finished_run(instance, launch(0), timeout=300).status == DagsterRunStatus.SUCCESS
 
 
 # -- a small study: the same results through Ray as through the local launcher ------------------
