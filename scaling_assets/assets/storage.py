@@ -29,7 +29,7 @@ from dagster import ConfigurableIOManager, DagsterInvariantViolationError, Input
 
 from scaling_assets import fs
 from scaling_assets.fs import write_text_atomic
-from scaling_assets.layout import RECORD_FILE, PartitionFolder, partition_dir, staging_root, table_file
+from scaling_assets.layout import RECORD_FILE, PartitionFolder, TableFolder, partition_dir, staging_root, table_file
 
 OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
 
@@ -164,8 +164,9 @@ class StudyIOManager(ConfigurableIOManager):
             replace_dir(obj, folder)
         elif isinstance(obj, pd.DataFrame):
             stage = stage_dir(self.root, "table")
-            obj.to_parquet(table_file(stage), index=False)
-            obj.to_csv(table_file(stage, ".csv"), index=False)
+            table = TableFolder(stage)
+            obj.to_parquet(table.parquet, index=False)
+            obj.to_csv(table.csv, index=False)
             replace_dir(stage, folder)
         elif isinstance(obj, dict):
             stage = stage_dir(self.root, "record")
