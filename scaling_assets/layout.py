@@ -30,6 +30,7 @@ folder are the data layer's and the models' own formats (``data/pools.py``, ``da
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from scaling_assets.study import Study, format_quality
@@ -60,6 +61,14 @@ RESULT_TABLES = ("mi_table", "parameter_table", "hyperparameter_table", "noise_l
 def partition_dir(root: Path | str, asset_key_path: list[str], partition_key: str | None) -> Path:
     """``<root>/<dataset>/<asset>/<partition>``; unpartitioned assets use the folder ``all``."""
     return Path(root).joinpath(*asset_key_path, partition_key or UNPARTITIONED)
+
+
+def parse_partition_dir(root: Path | str, folder: Path | str) -> tuple[list[str], str | None]:
+    """Inverse of ``partition_dir``: the asset key path and partition key (None when unpartitioned)."""
+    *key, partition = Path(folder).relative_to(root).parts
+    if not key:
+        raise ValueError(f"{folder}: not an asset partition folder under {root}")
+    return key, None if partition == UNPARTITIONED else partition
 
 
 def staging_root(root: Path | str) -> Path:
@@ -115,3 +124,63 @@ def dataset_gene_count(study: Study, dataset: str) -> int | None:
         return int(json.loads(summary.read_text())["genes"])
     except (OSError, KeyError, ValueError):
         return None  # not ingested yet
+
+
+# Typed handles of partition folders: an asset input annotated with one gets it from the IO manager
+# (assets/storage.py), and reads files through its properties instead of naming them.
+
+
+@dataclass(frozen=True)
+class PartitionFolder:
+    folder: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / SUMMARY_FILE
+
+
+@dataclass(frozen=True)
+class EvalCountsFolder(PartitionFolder):
+    """A seed's held-out counts, one subfolder per quality."""
+
+    def held_out(self, quality: float, which: str = "test") -> Path:
+        return eval_counts_file(self.folder, quality, which)
+
+
+@dataclass(frozen=True)
+class EvalCorpusFolder(PartitionFolder):
+    def held_out(self, which: str = "test") -> Path:
+        return eval_corpus_dir(self.folder, which)
+
+
+@dataclass(frozen=True)
+class ModelFolder(PartitionFolder):
+    @property
+    def model(self) -> Path:
+        return self.folder / MODEL_DIR
+
+    @property
+    def history(self) -> Path:
+        return self.folder / HISTORY_FILE
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.folder / LOSS_PLOT
+
+
+@dataclass(frozen=True)
+class EmbeddingsFolder(PartitionFolder):
+    @property
+    def embeddings(self) -> Path:
+        return self.folder / EMBEDDINGS_FILE
+
+
+@dataclass(frozen=True)
+class TableFolder(PartitionFolder):
+    @property
+    def parquet(self) -> Path:
+        return table_file(self.folder)
+
+    @property
+    def csv(self) -> Path:
+        return table_file(self.folder, ".csv")

@@ -79,3 +79,56 @@ def test_the_gpu_package_runs_without_dagster(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     # every module of the package, so a new one cannot slip in a Dagster import
     assert done.returncode == 0 and done.stdout.strip() == "commands leases needs nvml", done.stderr[-2000:]
+
+
+def test_a_partition_folder_parses_back_to_its_asset_and_partition_key(tmp_path):
+    folder = layout.partition_dir(tmp_path, ["cite", "model_scvi"], "n=300_q=0.1_s=42")
+    assert folder == tmp_path / "cite" / "model_scvi" / "n=300_q=0.1_s=42"
+    assert layout.parse_partition_dir(tmp_path, folder) == (["cite", "model_scvi"], "n=300_q=0.1_s=42")
+    table = layout.partition_dir(tmp_path, [layout.RESULTS, "mi_table"], None)
+    assert table.name == "all" and layout.parse_partition_dir(tmp_path, table) == ([layout.RESULTS, "mi_table"], None)
+    with pytest.raises(ValueError, match="not an asset partition folder"):
+        layout.parse_partition_dir(tmp_path, tmp_path / "cite")
+
+
+def test_handles_name_the_files_the_assets_write(tmp_path):
+    assert layout.EvalCountsFolder(tmp_path).held_out(0.1, "validation") == tmp_path / "q=0.1" / "validation.h5ad"
+    assert layout.EvalCorpusFolder(tmp_path).held_out() == tmp_path / "test"
+    model = layout.ModelFolder(tmp_path)
+    assert (model.model, model.history, model.loss_plot, model.summary) == (
+        tmp_path / "model", tmp_path / "history.csv", tmp_path / "loss.png", tmp_path / "summary.json")
+    assert layout.EmbeddingsFolder(tmp_path).embeddings == tmp_path / "embeddings.npz"
+    assert layout.TableFolder(tmp_path).csv == tmp_path / "table.csv"
+
+
+def _typed_input(asset_path, annotation):
+    from dagster import DagsterType, build_input_context
+
+    kind = DagsterType(lambda _, value: isinstance(value, annotation), name=annotation.__name__, typing_type=annotation)
+    return build_input_context(asset_key=AssetKey(asset_path), dagster_type=kind)
+
+
+def test_the_io_manager_hands_back_the_handle_the_annotation_asks_for(tmp_path):
+    io = StudyIOManager(root=str(tmp_path))
+    folder = layout.partition_dir(tmp_path, ["cite", "model_pca"], None)
+    folder.mkdir(parents=True)
+    handle = io.load_input(_typed_input(["cite", "model_pca"], layout.ModelFolder))
+    assert type(handle) is layout.ModelFolder and handle.folder == folder
+    assert io.load_input(_typed_input(["cite", "model_pca"], Path)) == folder
+    io.handle_output(build_output_context(asset_key=AssetKey(["cite", "table"])), pd.DataFrame({"a": [1]}))
+    table = io.load_input(_typed_input(["cite", "table"], layout.TableFolder))  # a table's folder, not the frame
+    assert pd.read_csv(table.csv)["a"].tolist() == [1]
+    with pytest.raises(FileNotFoundError, match="has not been materialised"):
+        io.load_input(_typed_input(["cite", "model_rp"], layout.ModelFolder))
+
+
+def test_staging_folders_are_under_the_single_study_root(tmp_path):
+    from scaling_assets.assets.common import new_stage
+
+    s = study(tmp_path)
+    stage = new_stage(s, "pool")
+    assert stage.parent == layout.staging_root(s.root) == Path(s.root) / ".staging"
+    from scaling_assets.definitions import build_definitions
+
+    io = build_definitions(s).resources["io_manager"]  # the IO manager's root is the same study root
+    assert layout.staging_root(io.root) == stage.parent

@@ -8,7 +8,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 from scaling_assets.assets.common import SETTING_KEY_NOTE, new_stage, read_summary
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.layout import EMBEDDINGS_FILE, MODEL_DIR, eval_corpus_dir, eval_counts_file
+from scaling_assets.layout import EmbeddingsFolder, ModelFolder, eval_corpus_dir, eval_counts_file
 from scaling_assets.models.registry import reads_corpus
 from scaling_assets.study import parse_setting_key
 
@@ -30,14 +30,14 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
                                     description="Every embedding value is finite (no NaN or inf).")],
         description=f"{algorithm} embeddings of the test cells (thinned at the setting's quality)." + SETTING_KEY_NOTE,
     )
-    def embeddings(context: AssetExecutionContext, model: Path, eval_data: Path):
+    def embeddings(context: AssetExecutionContext, model: ModelFolder, eval_data: Path):
         import numpy as np
 
         from scaling_assets.models import load_model
 
-        n_genes = read_summary(model)["genes"]
+        n_genes = read_summary(model.folder)["genes"]
         with step_device(context, name, n_genes) as device:
-            fitted = load_model(model / MODEL_DIR, algorithm=algorithm)
+            fitted = load_model(model.model, algorithm=algorithm)
             fitted.device = device  # embed on the leased device, whatever the model trained on
             if reads_corpus(algorithm):
                 from scaling_assets.data.corpus import Corpus
@@ -52,7 +52,7 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
                     values, cell_ids = fitted.embed(test), np.asarray(test.obs_names, dtype=str)
         values = np.asarray(values, dtype=np.float32)
         stage = new_stage(ds.study, name)
-        np.savez(stage / EMBEDDINGS_FILE, embeddings=values, cell_ids=cell_ids)
+        np.savez(EmbeddingsFolder(stage).embeddings, embeddings=values, cell_ids=cell_ids)
         bad = int((~np.isfinite(values)).sum())
         yield Output(stage, metadata={"cells": values.shape[0], "dimensions": values.shape[1], "device": device})
         yield AssetCheckResult(passed=bad == 0, severity=AssetCheckSeverity.ERROR,

@@ -6,8 +6,10 @@ The folders and file names are ``scaling_assets.layout``'s (the tree is drawn th
 
 Assets write their files into a fresh staging folder (``stage_dir``) and return it as a ``Path``;
 the IO manager renames it to the partition folder, so a failed or interrupted step never leaves a
-half-written partition, and re-materialising replaces the old folder whole. Downstream assets get
-the partition folder back and read what they need with the core readers (row-range CSR reads for
+half-written partition, and re-materialising replaces the old folder whole. Downstream an input gets
+what its annotation asks for: a layout handle (``ModelFolder``, ``EvalCountsFolder``, ...) of the
+partition folder, or what the folder stores (a record, a row-range handle, a DataFrame, else the
+folder as a ``Path``); assets read what they need with the core readers (row-range CSR reads for
 counts, memmapped corpora, ``.npz`` embeddings), never a whole dataset in memory. Small records
 (dicts) are stored as JSON and DataFrames as Parquet + CSV.
 """
@@ -27,7 +29,7 @@ from dagster import ConfigurableIOManager, DagsterInvariantViolationError, Input
 
 from scaling_assets import fs
 from scaling_assets.fs import write_text_atomic
-from scaling_assets.layout import RECORD_FILE, partition_dir, staging_root, table_file
+from scaling_assets.layout import RECORD_FILE, PartitionFolder, TableFolder, partition_dir, staging_root, table_file
 
 OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
 
@@ -162,8 +164,9 @@ class StudyIOManager(ConfigurableIOManager):
             replace_dir(obj, folder)
         elif isinstance(obj, pd.DataFrame):
             stage = stage_dir(self.root, "table")
-            obj.to_parquet(table_file(stage), index=False)
-            obj.to_csv(table_file(stage, ".csv"), index=False)
+            table = TableFolder(stage)
+            obj.to_parquet(table.parquet, index=False)
+            obj.to_csv(table.csv, index=False)
             replace_dir(stage, folder)
         elif isinstance(obj, dict):
             stage = stage_dir(self.root, "record")
@@ -177,16 +180,20 @@ class StudyIOManager(ConfigurableIOManager):
         context.add_output_metadata({"path": MetadataValue.path(str(folder))})
 
     def load_input(self, context: InputContext) -> Any:
-        stored = self._load(context)
+        folder = self._existing_folder(context)
         wanted = _annotated_type(context)
+        if wanted is not None and issubclass(wanted, PartitionFolder):
+            return wanted(folder)  # the layout handle the input's annotation asks for
+        stored = self._load(folder)
         if wanted is not None and not isinstance(stored, wanted):
             raise TypeError(
                 f"an input annotated {wanted.__name__} reads {context.asset_key.to_user_string()}, which is "
-                f"stored as a {type(stored).__name__} ({self._folder(context)}); annotate the input with the "
-                "type the asset stores (Path for a folder, DataFrame for a table, dict or a range handle for a record)")
+                f"stored as a {type(stored).__name__} ({folder}); annotate the input with the type the asset "
+                "stores (Path or a layout handle for a folder, DataFrame for a table, dict or a range handle "
+                "for a record)")
         return stored
 
-    def _load(self, context: InputContext) -> Any:
+    def _existing_folder(self, context: InputContext) -> Path:
         if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: expected one upstream partition, got "
@@ -199,6 +206,11 @@ class StudyIOManager(ConfigurableIOManager):
                 f"{context.asset_partition_key if context.has_asset_partitions else '(all)'} has not been "
                 f"materialised yet (no folder {folder}); materialise it first"
             )
+        return folder
+
+    @staticmethod
+    def _load(folder: Path) -> Any:
+        """What the folder stores: a record (or the row-range handle it describes), a table, else the folder."""
         if (folder / RECORD_FILE).exists():
             from scaling_assets.data.pools import handle_from_record
 
