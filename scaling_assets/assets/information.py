@@ -33,23 +33,17 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         + SETTING_KEY_NOTE,
     )
     def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: Path, raw: Path):
-        from scaling_assets.data.h5ad_io import CsrReader
         from scaling_assets.metrics.lmi import estimate_pointwise
-        from scaling_assets.metrics.signal_mi import embedded_test_rows, out_of_range, signal_estimates
-        from scaling_assets.metrics.signals import task_signals
+        from scaling_assets.metrics.signal_mi import out_of_range, signal_estimates
 
         setting = parse_setting_key(context.partition_key)
         values, cell_ids = load_embeddings(embeddings)
-        with CsrReader(eval_counts_file(eval_counts, setting.quality, "test")) as test:
-            rows = embedded_test_rows(test.obs_names, cell_ids)
-            obs = test.read_obs(rows)
-            obsm = {"protein": test.read_obsm("protein", rows)} if ds.config.task == "cite" else None
+        signals = _test_signals(ds, setting, values, cell_ids, eval_counts)
         test_summary = eval_summary(eval_counts, setting.quality)["test"]
         umis_per_cell = test_summary["umis_per_cell"]
         # The noise law's x: nominal UMIs per cell, round(q * u), u the dataset's mean at q = 1, the same
         # for every seed (so seeds average at each quality), as the reference.
         dataset_umis = float(read_summary(raw)["umis_per_cell"])
-        signals = task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
         lmi_preset = ds.study.lmi.get("preset", "fast")
         with step_device(context, name, values.shape[1]) as device, timed() as elapsed:
             results = signal_estimates(
@@ -67,15 +61,34 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         budget_smoke = budget_smoke_of(ds.study, ds.name, algorithm, context.partition_key)
         record["budget_smoke"] = budget_smoke
         bad = out_of_range(results)
-        yield Output(record, metadata=readable({
-            **{f"mi_{r['signal']}_bits": r["mi_bits"] for r in results},
-            **{f"mi_{r['signal']}_bits_se": r["mi_bits_se"] for r in results},
-            **{f"pairs_{r['signal']}": r["pairs"] for r in results},
-            "umis_per_cell": float(umis_per_cell), "wall_time_s": elapsed(), "device": device,
-            **({"budget_smoke": budget_smoke} if budget_smoke is not None else {}),
-        }))
+        yield Output(record, metadata=_mi_metadata(results, float(umis_per_cell), elapsed(), device, budget_smoke))
         yield AssetCheckResult(passed=not bad, severity=AssetCheckSeverity.ERROR,
                                description="MI outside [0, log2(pairs)] beyond estimation noise" if bad else None,
                                metadata={"out_of_range": str(bad) if bad else "none"})
 
     return mi
+
+
+def _test_signals(ds: DatasetAssets, setting, values, cell_ids, eval_counts: Path) -> list:
+    """The task's (embedding, signal) pairs over the embedded test cells, read in the embeddings' order."""
+    from scaling_assets.data.h5ad_io import CsrReader
+    from scaling_assets.data.tasks import TASKS
+    from scaling_assets.metrics.signal_mi import embedded_test_rows
+    from scaling_assets.metrics.signals import task_signals
+
+    with CsrReader(eval_counts_file(eval_counts, setting.quality, "test")) as test:
+        rows = embedded_test_rows(test.obs_names, cell_ids)
+        obs = test.read_obs(rows)
+        obsm = {key: test.read_obsm(key, rows) for key in TASKS[ds.config.task].obsm_keys}  # cite: proteins
+    return task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
+
+
+def _mi_metadata(results: list[dict], umis_per_cell: float, wall_time_s: float, device: str,
+                 budget_smoke: bool | None) -> dict:
+    return readable({
+        **{f"mi_{r['signal']}_bits": r["mi_bits"] for r in results},
+        **{f"mi_{r['signal']}_bits_se": r["mi_bits_se"] for r in results},
+        **{f"pairs_{r['signal']}": r["pairs"] for r in results},
+        "umis_per_cell": umis_per_cell, "wall_time_s": wall_time_s, "device": device,
+        **({"budget_smoke": budget_smoke} if budget_smoke is not None else {}),
+    })

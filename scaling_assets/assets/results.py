@@ -87,7 +87,34 @@ def _table_metadata(df: pd.DataFrame, missing: list[str] | None = None) -> dict:
     return meta
 
 
+def parameter_table_df(records: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, algorithm): the parameter count of the built models."""
+    return pd.DataFrame(
+        [{"dataset": r["dataset"], "genes": r["genes"], "algorithm": r["algorithm"], "parameters": r["parameters"]}
+         for r in records],
+        columns=["dataset", "genes", "algorithm", "parameters"],
+    ).drop_duplicates().sort_values(["dataset", "algorithm"]).reset_index(drop=True)
+
+
+def hyperparameter_table_df(study: Study, records: list[dict]) -> pd.DataFrame:
+    """The study-wide analysis choices, then each algorithm's recorded hyperparameters, with the budget."""
+    from scaling_assets.metrics.tables import analysis_hyperparameters
+
+    rows = [dict(r, budget=study.budget) for r in analysis_hyperparameters(study.lmi)]
+    for r in records:
+        for name, value in sorted(r["hyperparameters"].items()):
+            rows.append({"algorithm": r["algorithm"], "budget": r["budget"], "hyperparameter": name,
+                         "value": str(value)})
+    df = pd.DataFrame(rows, columns=["algorithm", "budget", "hyperparameter", "value"])
+    return df.drop_duplicates().sort_values(["algorithm", "hyperparameter", "value"]).reset_index(drop=True)
+
+
 def results_assets(study: Study) -> list:
+    """The study-wide tables, the scaling-law fits and the plots."""
+    return [*_table_assets(study), *_law_fit_assets(), _plots_asset(study)]
+
+
+def _table_assets(study: Study) -> list:
     mi_keys = [AssetKey([d, f"mi_{a}"]) for d in study.datasets for a in study.algorithms]
     model_keys = [AssetKey([d, f"model_{a}"]) for d in study.datasets for a in study.algorithms]
 
@@ -103,32 +130,25 @@ def results_assets(study: Study) -> list:
     @asset(key=[GROUP, "parameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
            kinds={"parquet"}, description="Parameter count of every algorithm per dataset (from the built models).")
     def parameter_table(context: AssetExecutionContext):
-        records = model_records(study)
-        df = pd.DataFrame(
-            [{"dataset": r["dataset"], "genes": r["genes"], "algorithm": r["algorithm"], "parameters": r["parameters"]}
-             for r in records],
-            columns=["dataset", "genes", "algorithm", "parameters"],
-        ).drop_duplicates().sort_values(["dataset", "algorithm"]).reset_index(drop=True)
+        df = parameter_table_df(model_records(study))
         return Output(df, metadata=_table_metadata(df))
 
     @asset(key=[GROUP, "hyperparameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
            kinds={"parquet"}, description="Hyperparameters each algorithm was trained with (and the budget), and "
            "the study-wide choices of the corpora, evaluation, signals, LMI and law fits.")
     def hyperparameter_table(context: AssetExecutionContext):
-        from scaling_assets.metrics.tables import analysis_hyperparameters
-
-        rows = [dict(r, budget=study.budget) for r in analysis_hyperparameters(study.lmi)]
-        for r in model_records(study):
-            for name, value in sorted(r["hyperparameters"].items()):
-                rows.append({"algorithm": r["algorithm"], "budget": r["budget"], "hyperparameter": name,
-                             "value": str(value)})
-        df = pd.DataFrame(rows, columns=["algorithm", "budget", "hyperparameter", "value"])
-        df = df.drop_duplicates().sort_values(["algorithm", "hyperparameter", "value"]).reset_index(drop=True)
+        df = hyperparameter_table_df(study, model_records(study))
         return Output(df, metadata=_table_metadata(df))
 
-    mi_in = {"mi_table": AssetIn(key=[GROUP, "mi_table"])}
+    return [mi_table, parameter_table, hyperparameter_table]
 
-    @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
+
+MI_IN = {"mi_table": AssetIn(key=[GROUP, "mi_table"])}
+
+
+def _law_fit_assets() -> list:
+
+    @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=MI_IN, kinds={"parquet"},
            description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
            "(dataset, signal, algorithm, cells), with standard errors, R^2 and `budget_smoke` (any point from a "
            "model trained below the study's stopping rules).")
@@ -138,7 +158,7 @@ def results_assets(study: Study) -> list:
         df = fit_noise_laws(mi_table)
         return Output(df, metadata=_table_metadata(df))
 
-    @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=mi_in, kinds={"parquet"},
+    @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=MI_IN, kinds={"parquet"},
            description="Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality), "
            "with standard errors, R^2 and `budget_smoke`.")
     def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
@@ -147,8 +167,12 @@ def results_assets(study: Study) -> list:
         df = fit_size_laws(mi_table)
         return Output(df, metadata=_table_metadata(df))
 
+    return [noise_law_fits, size_law_fits]
+
+
+def _plots_asset(study: Study):
     @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
-           ins={**mi_in, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
+           ins={**MI_IN, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
            description="One figure per dataset (an entry named after the dataset; PNG files in the asset's "
            "folder), per signal: MI against UMIs per cell with noise-law curves, then MI against cells with "
@@ -164,4 +188,4 @@ def results_assets(study: Study) -> list:
             metadata[dataset] = image_metadata(context, path, f"{dataset}: MI vs UMIs and vs cells")
         return Output(stage, metadata=metadata or {"plots": MetadataValue.text("no MI results yet")})
 
-    return [mi_table, parameter_table, hyperparameter_table, noise_law_fits, size_law_fits, scaling_plots]
+    return scaling_plots
