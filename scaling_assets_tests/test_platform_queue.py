@@ -42,8 +42,10 @@ def make_study(tmp_path: Path, name: str, datasets: dict | None = None) -> tuple
 
 def study_run(path: Path, env: dict, cwd: Path, **kwargs):
     cmd = [sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", str(path)]
+    # Ctrl-C as from a terminal: a suite started in the background by a shell without job control
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def instance_at(home: Path) -> DagsterInstance:
