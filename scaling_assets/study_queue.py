@@ -273,14 +273,14 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
                 backfill_id = joined.backfill_id
                 watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
             for stage in stages:
-                missing = missing_partitions(study, instance, asset_graph, False)
+                wanted = missing_partitions(study, instance, asset_graph, refresh)
                 datasets_blocked = frozenset()
                 if stage == SETTINGS:  # a dataset whose shared data failed: its settings cannot run
+                    missing = missing_partitions(study, instance, asset_graph, False) if refresh else wanted
                     shared_left = stage_target(missing, SHARED, asset_graph)
                     datasets_blocked = frozenset(k.path[0] for k in shared_left.asset_keys)
                     for name in sorted(datasets_blocked):
                         blocked[f"settings of {name}"] = "not run: the dataset's shared data is not materialised"
-                wanted = missing_partitions(study, instance, asset_graph, True) if refresh else missing
                 target = stage_target(wanted, stage, asset_graph, datasets_blocked)
                 if target.is_empty:
                     continue
