@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import (BertConfig, BertForMaskedLM, EarlyStoppingCallback, Trainer, TrainerCallback,
+                          TrainingArguments)
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.utils import logging as hf_logging
 
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel
@@ -178,13 +180,9 @@ class GeneformerModel(RepresentationModel):
         self.resumed_from_step: int | None = None  # set by fit when it resumed from a checkpoint
 
     def config(self):
-        from transformers import BertConfig
-
         return BertConfig(vocab_size=len(self.token_dictionary), **BERT_CONFIG)
 
     def _build(self):
-        from transformers import BertForMaskedLM
-
         torch.manual_seed(self.seed)
         return BertForMaskedLM(self.config())
 
@@ -318,8 +316,6 @@ class GeneformerModel(RepresentationModel):
 
     @classmethod
     def _load_native(cls, directory: Path, meta: dict) -> GeneformerModel:
-        from transformers import BertForMaskedLM
-
         model = cls(meta["gene_ids"], meta["budget"], meta["seed"])
         saved = TokenDictionary.load(directory / "dictionary.json")
         if saved != model.token_dictionary:
@@ -350,8 +346,6 @@ def latest_complete_checkpoint(checkpoint_dir) -> Path | None:
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
