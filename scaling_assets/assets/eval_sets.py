@@ -22,8 +22,8 @@ from dagster import AssetExecutionContext, Output, asset
 from scaling_assets.assets.common import (load_split, new_stage, rounded, show_progress, timed, tokenize_source,
                                           write_summary)
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.layout import (COUNTS_FILE, DICTIONARY_FILE, EVAL_SETS, MEDIANS_FILE, eval_corpus_dir,
-                                   eval_counts_file, eval_dir)
+from scaling_assets.layout import (COUNTS_FILE, DICTIONARY_FILE, EVAL_SETS, MEDIANS_FILE, EvalCountsFolder,
+                                   eval_corpus_dir, eval_counts_file, eval_dir)
 from scaling_assets.study import parse_quality_seed_key, parse_seed_key
 
 
@@ -129,11 +129,11 @@ def eval_corpus_asset(ds: DatasetAssets):
         description="Test and validation cells at the partition's quality (`q=…_s=…`) as Geneformer "
         "rank-value token corpora.",
     )
-    def eval_corpus(context: AssetExecutionContext, eval_counts: Path, gene_medians: Path):
+    def eval_corpus(context: AssetExecutionContext, eval_counts: EvalCountsFolder, gene_medians: Path):
         quality, _ = parse_quality_seed_key(context.partition_key)
         stage = new_stage(ds.study, "eval-corpus")
         summaries = {
-            name: tokenize_counts(ds, eval_counts_file(eval_counts, quality, name), eval_corpus_dir(stage, name),
+            name: tokenize_counts(ds, eval_counts.held_out(quality, name), eval_corpus_dir(stage, name),
                                   gene_medians)
             for name in EVAL_SETS
         }

@@ -9,7 +9,7 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, budget_smoke_of, eva
                                           read_summary, readable, timed)
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.layout import eval_counts_file
+from scaling_assets.layout import EvalCountsFolder
 from scaling_assets.study import parse_setting_key
 
 
@@ -32,14 +32,14 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         "(one value per signal; `budget_smoke` when the model trained below the study's stopping rules)."
         + SETTING_KEY_NOTE,
     )
-    def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: Path, raw: Path):
+    def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: EvalCountsFolder, raw: Path):
         from scaling_assets.metrics.lmi import estimate_pointwise
         from scaling_assets.metrics.signal_mi import out_of_range, signal_estimates
 
         setting = parse_setting_key(context.partition_key)
         values, cell_ids = load_embeddings(embeddings)
         signals = _test_signals(ds, setting, values, cell_ids, eval_counts)
-        test_summary = eval_summary(eval_counts, setting.quality)["test"]
+        test_summary = eval_summary(eval_counts.folder, setting.quality)["test"]
         umis_per_cell = test_summary["umis_per_cell"]
         # The noise law's x: nominal UMIs per cell, round(q * u), u the dataset's mean at q = 1, the same
         # for every seed (so seeds average at each quality), as the reference.
@@ -69,14 +69,14 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
     return mi
 
 
-def _test_signals(ds: DatasetAssets, setting, values, cell_ids, eval_counts: Path) -> list:
+def _test_signals(ds: DatasetAssets, setting, values, cell_ids, eval_counts: EvalCountsFolder) -> list:
     """The task's (embedding, signal) pairs over the embedded test cells, read in the embeddings' order."""
     from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.data.tasks import TASKS
     from scaling_assets.metrics.signal_mi import embedded_test_rows
     from scaling_assets.metrics.signals import task_signals
 
-    with CsrReader(eval_counts_file(eval_counts, setting.quality, "test")) as test:
+    with CsrReader(eval_counts.held_out(setting.quality, "test")) as test:
         rows = embedded_test_rows(test.obs_names, cell_ids)
         obs = test.read_obs(rows)
         obsm = {key: test.read_obsm(key, rows) for key in TASKS[ds.config.task].obsm_keys}  # cite: proteins

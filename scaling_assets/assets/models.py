@@ -12,7 +12,7 @@ from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.models.budget import trained_below_rules
 from scaling_assets.models.registry import MODELS, reads_corpus
-from scaling_assets.layout import HISTORY_FILE, LOSS_PLOT, MODEL_DIR, PCA_GENES_FILE, eval_corpus_dir, work_dir
+from scaling_assets.layout import HISTORY_FILE, LOSS_PLOT, MODEL_DIR, PCA_GENES_FILE, EvalCorpusFolder, work_dir
 from scaling_assets.study import parse_setting_key
 
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
@@ -69,9 +69,9 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     if history is not None and len(history):
         history.to_csv(stage / HISTORY_FILE, index=False)
         closed_form = report.stop_reason == "closed_form"
-        note = "closed-form fit: no iterative training, so no loss curve"
         plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
-                         empty_note=note if closed_form else "no loss values recorded",
+                         empty_note="closed-form fit: no iterative training, so no loss curve" if closed_form
+                         else "no loss values recorded",
                          note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
         metadata["loss_curve"] = image_metadata(context, stage / LOSS_PLOT, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
@@ -97,11 +97,11 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
             f"stopping on the validation corpus; budget `{ds.study.budget}`." + BUDGET_NOTE + SETTING_KEY_NOTE,
         )
-        def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: Path):
+        def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: EvalCorpusFolder):
             from scaling_assets.data.corpus import Corpus
 
             stage = new_stage(ds.study, name)
-            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus_dir(eval_corpus, "validation")), stage)
+            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus.held_out("validation")), stage)
 
         return model
 

@@ -29,7 +29,7 @@ from dagster import ConfigurableIOManager, DagsterInvariantViolationError, Input
 
 from scaling_assets import fs
 from scaling_assets.fs import write_text_atomic
-from scaling_assets.layout import RECORD_FILE, PartitionFolder, TableFolder, partition_dir, staging_root, table_file
+from scaling_assets.layout import RECORD_FILE, PartitionFolder, TableFolder, partition_dir, staging_root
 
 OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
 
@@ -217,6 +217,7 @@ class StudyIOManager(ConfigurableIOManager):
             record = read_record(folder)
             handle = handle_from_record(record)  # a row-range handle (training counts / corpus) or a plain record
             return record if handle is None else handle
-        if table_file(folder).exists():
-            return pd.read_parquet(table_file(folder))
+        table = TableFolder(folder)
+        if table.parquet.exists():
+            return pd.read_parquet(table.parquet)
         return folder
