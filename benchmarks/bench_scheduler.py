@@ -5,7 +5,7 @@
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
-a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one subprocess per run (``DefaultRunLauncher``),
+a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one process per run (forked by ``GpuAwareRunLauncher``; the figures in the README were taken when the code server spawned each run),
 and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
 estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).
 What is simulated: NVML (``FakeNvml``: 8 GPUs of 80 GB whose free memory stays at 80 GB, so memory

@@ -1,12 +1,16 @@
 """Wall time and peak memory of a whole study: the in-process path (`study run --serial`) against the
-main job (`study run`: an asset backfill executed by the daemon, the run queue and the launcher).
+main job (`study run`: an asset backfill executed by the daemon, the run queue and the launcher), whose
+run workers are forked from a server that has imported torch, scvi-tools, ... once (`queued`), or, as
+Dagster's DefaultRunLauncher does, spawned afresh by the code server (`queued-spawn`,
+launcher config `fork_workers: false`).
 
 Each mode runs on a fresh storage root and a fresh DAGSTER_HOME holding the repo's dagster.yaml. While
 it runs, every process of the command's tree (the CLI, the daemon, code servers, run workers) is
 sampled every 0.5 s; the report gives the wall time, the largest RSS any one process reached, and the
 most run workers alive at once.
 
-    .venv/bin/python benchmarks/bench_study_execution.py                   # default study, both modes
+    .venv/bin/python benchmarks/bench_study_execution.py                   # default study: serial, queued
+    .venv/bin/python benchmarks/bench_study_execution.py --modes serial,queued,queued-spawn
     .venv/bin/python benchmarks/bench_study_execution.py --study my.yaml --modes queued
     .venv/bin/python benchmarks/bench_study_execution.py --max-cpu-runs 3   # try another concurrency
 """
@@ -37,6 +41,8 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
         coordinator["max_cpu_runs"] = max_cpu_runs
     if threads:
         coordinator["threads_per_run"] = threads
+    if mode == "queued-spawn":  # Dagster's own way: the code server spawns a fresh interpreter per run
+        config["run_launcher"]["config"] = {"fork_workers": False}
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_HOME=str(work / mode), SCALING_ASSETS_PROGRESS="0")
     cmd = [sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", study]
@@ -47,7 +53,8 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=work / mode, stdout=log, stderr=subprocess.STDOUT)
     peak: dict[int, tuple[int, str]] = {}
-    cpu: dict[int, tuple[float, str]] = {}  # last CPU seconds seen per process: where the cores went
+    cpu: dict[int, float] = {}  # last CPU seconds seen per process: where the cores went
+    role: dict[int, str] = {}  # named at first sight (an exiting process has no command line)
     most_workers = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -55,33 +62,39 @@ def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, thread
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
             tree = []
-        workers = 0
         for p in tree:
             try:
-                rss, cmdline = p.memory_info().rss, " ".join(p.cmdline())
-                times = p.cpu_times()
+                if p.pid not in role:
+                    parent = p.parent()
+                    role[p.pid] = _describe(" ".join(p.cmdline()), " ".join(parent.cmdline()) if parent else "")
+                rss, times = p.memory_info().rss, p.cpu_times()
             except psutil.Error:
                 continue
-            cpu[p.pid] = (times.user + times.system, cmdline)
-            workers += _describe(cmdline) == "a run worker"
+            cpu[p.pid] = times.user + times.system
             if rss > peak.get(p.pid, (0, ""))[0]:
-                peak[p.pid] = (rss, cmdline)
-        most_workers = max(most_workers, workers)
+                peak[p.pid] = (rss, role[p.pid])
+        most_workers = max(most_workers, sum(role.get(p.pid) == WORKER and p.is_running() for p in tree))
         time.sleep(0.5)
     wall = time.perf_counter() - start
     log.close()
-    rss, cmdline = max(peak.values(), default=(0, ""))
+    rss, largest = max(peak.values(), default=(0, ""))
     cpu_by_role: dict[str, float] = {}
-    for seconds, line in cpu.values():
-        cpu_by_role[_describe(line)] = cpu_by_role.get(_describe(line), 0.0) + seconds
+    for pid, seconds in cpu.items():
+        cpu_by_role[role[pid]] = cpu_by_role.get(role[pid], 0.0) + seconds
     return {"cpu_by_role": cpu_by_role, "processes": len(cpu), "mode": mode, "exit": proc.returncode, "wall_s": wall, "peak_rss_gb": rss / 1e9,
-            "largest": _describe(cmdline), "most_run_workers": most_workers, "log": work / f"{mode}.log"}
+            "largest": largest, "most_run_workers": most_workers, "log": work / f"{mode}.log"}
 
 
-def _describe(cmdline: str) -> str:
-    # the code server starts each run's worker through multiprocessing's spawn
-    for marker, name in (("--serial", "the CLI (all steps in-process)"), ("multiprocessing.spawn", "a run worker"),
-                         ("execute_run", "a run worker"), ("daemon", "the daemon"), ("grpc", "a code server"),
+WORKER = "a run worker"
+
+
+def _describe(cmdline: str, parent: str) -> str:
+    # the launcher forks each run's worker from its forkserver (compute/run_workers.py); with
+    # fork_workers: false the code server spawns it (multiprocessing.spawn)
+    if "multiprocessing.forkserver" in cmdline:
+        return WORKER if "multiprocessing.forkserver" in parent else "the forkserver (imports)"
+    for marker, name in (("--serial", "the CLI (all steps in-process)"), ("multiprocessing.spawn", WORKER),
+                         ("execute_run", WORKER), ("daemon", "the daemon"), ("grpc", "a code server"),
                          ("study run", "the CLI")):
         if marker in cmdline:
             return name
@@ -103,8 +116,8 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']:<8} {r['exit']:>4} {r['wall_s'] / 60:>7.1f} m {r['peak_rss_gb']:>21.2f} GB  "
               f"{r['largest']:<30} {r['most_run_workers']:>20}")
-    if len(results) == 2 and results[1]["wall_s"]:
-        print(f"speed-up {results[0]['mode']} -> {results[1]['mode']}: {results[0]['wall_s'] / results[1]['wall_s']:.2f}x")
+    for r in results[1:]:
+        print(f"speed-up {results[0]['mode']} -> {r['mode']}: {results[0]['wall_s'] / r['wall_s']:.2f}x")
     for r in results:
         roles = ", ".join(f"{role} {s:.0f} s" for role, s in sorted(r["cpu_by_role"].items(), key=lambda kv: -kv[1]))
         print(f"{r['mode']} CPU time by process ({r['processes']} processes, sampled every 0.5 s): {roles}")

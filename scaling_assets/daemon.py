@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,7 +127,24 @@ def main() -> None:
         os.environ.get(BACKFILL_INTERVAL_ENV, DEFAULT_BACKFILL_INTERVAL_S)
     )
     sys.argv[0] = "dagster-daemon"
+    threading.Thread(target=_start_run_worker_server, name="run worker server", daemon=True).start()
     dagster_daemon_main()
+
+
+def _start_run_worker_server() -> None:
+    """Have the launcher's forkserver import its libraries while the daemon starts, not at the first run."""
+    from dagster import DagsterInstance
+
+    from scaling_assets.compute.coordinator import GpuAwareRunLauncher
+    from scaling_assets.compute.run_workers import start_server
+
+    try:
+        with DagsterInstance.get() as instance:
+            launcher = instance.run_launcher
+            if isinstance(launcher, GpuAwareRunLauncher) and launcher.fork_workers:
+                start_server(launcher.preload_modules)
+    except Exception as exc:  # the first launch starts it instead
+        print(f"run worker server not started early: {exc!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

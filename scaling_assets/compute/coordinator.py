@@ -13,8 +13,8 @@ and drops every queued run that its ``tag_concurrency_limits`` block, *before* i
    GPU runs go through the daemon's normal priority order and ``max_concurrent_runs``.
 3. ``GpuAwareRunLauncher.launch_run`` (called by the daemon for each dequeued run) picks the GPU
    under the ledger lock, writes a promise for it, tags the run ``TAG_DEVICE=cuda:N`` and launches
-   it as its own subprocess (``DefaultRunLauncher``). The run's ``gpu_step`` turns the promise into
-   a lease.
+   it as its own process, forked from a server with the heavy libraries imported (``run_workers``).
+   The run's ``gpu_step`` turns the promise into a lease.
 
 Queue order and starvation: the plan walks queued GPU runs in the daemon's order (``dagster/priority``
 descending, then oldest first). A run that does not fit is skipped, so smaller runs behind it may use
@@ -40,18 +40,20 @@ coordinator's limits, gate included; put tag limits in this coordinator's config
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dagster import Bool, Field, IntSource
-from dagster._core.launcher import LaunchRunContext
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
 
+from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml
 from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
 from scaling_assets.gpu.needs import (
@@ -358,7 +360,34 @@ def place_run(run_id: str, need_mib: int, headroom_mib: int = HEADROOM_MIB, ledg
 
 
 class GpuAwareRunLauncher(DefaultRunLauncher):
-    """``DefaultRunLauncher`` (one subprocess per run) that pins GPU runs to a device at launch."""
+    """Starts each run as its own process, pinning GPU runs to a device first.
+
+    By default the process is forked from a server that has imported torch, scikit-learn, scvi-tools
+    and transformers once (``run_workers``); ``fork_workers: false`` goes through the code server
+    instead, as ``DefaultRunLauncher`` does (a fresh interpreter per run)."""
+
+    def __init__(self, inst_data=None, fork_workers: bool = True, preload_modules: Sequence[str] | None = None):
+        super().__init__(inst_data=inst_data)
+        self.fork_workers = fork_workers
+        self.preload_modules = tuple(PRELOAD if preload_modules is None else preload_modules)
+
+    @classmethod
+    def config_type(cls):
+        return {
+            "fork_workers": Field(
+                Bool, is_required=False,
+                description="Fork each run from a process with the libraries imported (default true); "
+                "false: the code server spawns a fresh interpreter per run.",
+            ),
+            "preload_modules": Field(
+                [str], is_required=False,
+                description="Modules the fork server imports once (default: torch, scikit-learn, scvi-tools, ...).",
+            ),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, **config_value)
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
@@ -375,7 +404,51 @@ class GpuAwareRunLauncher(DefaultRunLauncher):
             run = self._instance.get_run_by_id(run.run_id) or run
             context = LaunchRunContext(dagster_run=run, workspace=context.workspace)
         try:
-            super().launch_run(context)
+            if self.fork_workers and run.job_code_origin is not None:
+                self._fork_worker(run)
+            else:
+                super().launch_run(context)
         except Exception:
             Ledger().drop_promise(run.run_id)  # never launched: its memory is free again
             raise
+
+    def _fork_worker(self, run: DagsterRun) -> None:
+        from dagster._grpc.types import ExecuteRunArgs
+        from dagster._serdes import serialize_value
+
+        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
+        worker = start_worker(serialize_value(args), run.run_id, self.preload_modules)
+        self._instance.add_run_tags(run.run_id, {TAG_WORKER: worker})
+        self._run_ids.add(run.run_id)
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        if TAG_WORKER not in run.tags:  # started by the code server
+            return super().terminate(run_id)
+        self._instance.report_run_canceling(run)
+        worker = find_worker(run.tags[TAG_WORKER])
+        if worker is None:
+            self._instance.report_engine_event(
+                f"Run worker ({run.tags[TAG_WORKER]}) is not running on this host: nothing to interrupt.",
+                run, cls=self.__class__,
+            )
+            return False
+        # what the code server sends its run on cancel: Dagster stops at the next step boundary or
+        # interrupt check, marks the run canceled and leaves no partition half-written
+        worker.send_signal(signal.SIGINT)
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return self.fork_workers
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        """Run monitoring: a run whose worker process is gone (OOM kill, kill -9) is marked failed."""
+        tag = run.tags.get(TAG_WORKER)
+        if tag is None or worker_on_other_host(tag):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by a forked worker on this host")
+        if find_worker(tag) is not None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {tag.split()[1]} is gone")

@@ -1,0 +1,98 @@
+"""Run workers forked from a process that has already imported the heavy libraries.
+
+Dagster's ``DefaultRunLauncher`` asks the code server to start each run, and the code server *spawns*
+a fresh interpreter for it (``multiprocessing`` "spawn", fixed in Dagster 1.13). That interpreter
+imports Dagster, then the run's first steps import torch, scikit-learn and scvi-tools again: ~8 CPU
+seconds per run, about a quarter of a default-study run (``benchmarks/bench_study_execution.py``),
+and ~10 CPU hours over the paper's 4,800 runs.
+
+Here each run is still its own process executing ``dagster api execute_run`` (the entry point
+Dagster's container launchers run), but it is forked from a ``multiprocessing`` forkserver that
+imported ``PRELOAD`` once. Our own package is not preloaded, so an edited asset reaches the next run
+as it did before. The forkserver belongs to the process that launches runs (the daemon); a worker
+survives that process, as a code server's runs do, and is found again by the pid and start time in
+its run's ``TAG_WORKER`` tag (termination, run monitoring).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import socket
+
+import psutil
+
+TAG_WORKER = "scaling_assets/run_worker"  # "<host> <pid> <process start time>"
+
+# Imported once by the forkserver. No CUDA is initialised by importing (a forked child could not use
+# it), and no thread pool runs yet; each run sets its own thread counts (assets/devices.py).
+PRELOAD = (
+    "dagster._cli.api",
+    "torch",
+    "numpy",
+    "scipy.sparse",
+    "h5py",
+    "anndata",
+    "sklearn.decomposition",
+    "sklearn.random_projection",
+    "scvi",
+    "transformers.models.bert.modeling_bert",
+    "transformers.trainer",
+)
+
+
+def start_server(preload: tuple[str, ...] = PRELOAD) -> None:
+    """Start the forkserver now rather than at the first launch (its imports take ~6 s)."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    forkserver.ensure_running()
+
+
+def start_worker(serialized_args: str, run_id: str, preload: tuple[str, ...] = PRELOAD) -> str:
+    """Fork a run worker for ``dagster api execute_run <serialized_args>``; returns its TAG_WORKER value.
+
+    The worker gets this process's current environment and working directory (the forkserver keeps
+    the ones it started with), as a subprocess would."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    worker = context.Process(
+        target=_execute_run, args=(serialized_args, dict(os.environ), os.getcwd()), name=f"dagster-run-{run_id}"
+    )
+    worker.start()
+    # the run outlives the launching process: multiprocessing must neither join nor kill it at exit
+    multiprocessing.process._children.discard(worker)
+    return f"{socket.gethostname()} {worker.pid} {psutil.Process(worker.pid).create_time():.3f}"
+
+
+def _execute_run(serialized_args: str, environ: dict[str, str], cwd: str) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    # as `dagster api execute_run` from a shell: Ctrl-C / SIGINT interrupts, SIGTERM too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from dagster._cli import cli
+    from dagster._utils.interrupts import setup_interrupt_handlers
+
+    setup_interrupt_handlers()
+    cli.main(args=["api", "execute_run", serialized_args], prog_name="dagster", auto_envvar_prefix="DAGSTER")
+
+
+def find_worker(tag: str | None) -> psutil.Process | None:
+    """The live worker a TAG_WORKER value names on this host, else None (gone, or its pid reused)."""
+    try:
+        host, pid, started = (tag or "").split()
+        if host != socket.gethostname():
+            return None
+        process = psutil.Process(int(pid))
+        if abs(process.create_time() - float(started)) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    except (ValueError, psutil.Error):
+        return None
+
+
+def worker_on_other_host(tag: str | None) -> bool:
+    return bool(tag) and tag.split()[0] != socket.gethostname()
