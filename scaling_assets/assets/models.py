@@ -12,7 +12,7 @@ from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.models.budget import trained_below_rules
 from scaling_assets.models.registry import MODELS, reads_corpus
-from scaling_assets.layout import HISTORY_FILE, LOSS_PLOT, MODEL_DIR, PCA_GENES_FILE, EvalCorpusFolder, work_dir
+from scaling_assets.layout import PCA_GENES_FILE, EvalCorpusFolder, ModelFolder, work_dir
 from scaling_assets.study import parse_setting_key
 
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
@@ -54,7 +54,8 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
         report = model.fit(train, validation=validation, progress=show_progress(), **options)
     if getattr(model, "resumed_from_step", None):
         context.log.info(f"{algorithm}: resumed from the checkpoint of step {model.resumed_from_step} in {work}")
-    model.save(stage / MODEL_DIR)
+    folder = ModelFolder(stage)
+    model.save(folder.model)
     if resumable:
         shutil.rmtree(work, ignore_errors=True)
     record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
@@ -67,13 +68,13 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     })
     history = getattr(report, "history", None)
     if history is not None and len(history):
-        history.to_csv(stage / HISTORY_FILE, index=False)
+        history.to_csv(folder.history, index=False)
         closed_form = report.stop_reason == "closed_form"
-        plot_loss_curves(history, stage / LOSS_PLOT, title=f"{ds.name} {algorithm} {context.partition_key}",
+        plot_loss_curves(history, folder.loss_plot, title=f"{ds.name} {algorithm} {context.partition_key}",
                          empty_note="closed-form fit: no iterative training, so no loss curve" if closed_form
                          else "no loss values recorded",
                          note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
-        metadata["loss_curve"] = image_metadata(context, stage / LOSS_PLOT, "loss")
+        metadata["loss_curve"] = image_metadata(context, folder.loss_plot, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     context.log.info(
         f"{algorithm}: {record['parameters']:,} parameters, stop={record.get('stop_reason')} "

@@ -29,6 +29,7 @@ from dagster import ConfigurableIOManager, DagsterInvariantViolationError, Input
 
 from scaling_assets import fs
 from scaling_assets.fs import write_text_atomic
+from scaling_assets.processes import identity_host, process_identity, running_process
 from scaling_assets.layout import RECORD_FILE, PartitionFolder, TableFolder, partition_dir, staging_root
 
 OWNER_SUFFIX = ".owner"  # beside each staging folder: "<host> <pid> <process start time>" of its writer
@@ -43,7 +44,7 @@ def stage_dir(root: Path | str, label: str = "stage") -> Path:
     staging = staging_root(root)
     staging.mkdir(parents=True, exist_ok=True)
     folder = staging / f"{label}-{uuid.uuid4().hex[:12]}"
-    write_text_atomic(_owner_file(folder), _writer_identity(os.getpid()))  # never seen half-written by a sweep
+    write_text_atomic(_owner_file(folder), process_identity(os.getpid()))  # never seen half-written by a sweep
     folder.mkdir()
     return folder
 
@@ -52,26 +53,15 @@ def _owner_file(folder: Path) -> Path:
     return folder.with_name(folder.name + OWNER_SUFFIX)
 
 
-def _writer_identity(pid: int) -> str:
-    """"<host> <pid> <start time>" of a live process (pids are reused; the start time is not), else ""."""
-    import psutil
-
-    try:
-        return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.3f}"
-    except psutil.Error:
-        return ""
-
-
 def _writer_alive(recorded: str) -> bool:
     """Is the recorded writer still running? A writer on another host (a Ray node sharing the study
     root) cannot be checked from here, so it counts as alive: only its own host sweeps it."""
-    parts = recorded.split()
-    if len(parts) != 3:
+    host = identity_host(recorded)
+    if host is None:
         return False  # unreadable record: no process can be writing under it
-    host, pid, _ = parts
     if host != socket.gethostname():
         return True
-    return _writer_identity(int(pid)) == recorded
+    return running_process(recorded) is not None
 
 
 def sweep_staging(root: Path | str) -> list[Path]:

@@ -24,7 +24,9 @@ import socket
 
 import psutil
 
-TAG_WORKER = "scaling_assets/run_worker"  # "<host> <pid> <process start time>"
+from scaling_assets.processes import process_identity, running_process
+
+TAG_WORKER = "scaling_assets/run_worker"  # the worker's process identity (processes.py)
 
 # Imported once by the forkserver. No CUDA is initialised by importing (a forked child could not use
 # it), and no thread pool runs yet; each run sets its own thread counts (assets/devices.py).
@@ -43,11 +45,18 @@ PRELOAD = (
 )
 
 
+def _forkserver(preload: tuple[str, ...]):
+    """This process's forkserver context; ``preload`` counts only until the server has started."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    return context
+
+
 def start_server(preload: tuple[str, ...] = PRELOAD) -> None:
     """Start the forkserver now rather than at the first launch (its imports take ~6 s)."""
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    _forkserver(preload)
     forkserver.ensure_running()
 
 
@@ -56,15 +65,13 @@ def start_worker(serialized_args: str, run_id: str, preload: tuple[str, ...] = P
 
     The worker gets this process's current environment and working directory (the forkserver keeps
     the ones it started with), as a subprocess would."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))
-    worker = context.Process(
+    worker = _forkserver(preload).Process(
         target=_execute_run, args=(serialized_args, dict(os.environ), os.getcwd()), name=f"dagster-run-{run_id}"
     )
     worker.start()
     # the run outlives the launching process: multiprocessing must neither join nor kill it at exit
     multiprocessing.process._children.discard(worker)
-    return f"{socket.gethostname()} {worker.pid} {psutil.Process(worker.pid).create_time():.3f}"
+    return process_identity(worker.pid)
 
 
 def _execute_run(serialized_args: str, environ: dict[str, str], cwd: str) -> None:
@@ -82,15 +89,10 @@ def _execute_run(serialized_args: str, environ: dict[str, str], cwd: str) -> Non
 
 def find_worker(tag: str | None) -> psutil.Process | None:
     """The live worker a TAG_WORKER value names on this host, else None (gone, or its pid reused)."""
+    process = running_process(tag)
     try:
-        host, pid, started = (tag or "").split()
-        if host != socket.gethostname():
-            return None
-        process = psutil.Process(int(pid))
-        if abs(process.create_time() - float(started)) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process
-    except (ValueError, psutil.Error):
+        return None if process is None or process.status() == psutil.STATUS_ZOMBIE else process
+    except psutil.Error:
         return None
 
 

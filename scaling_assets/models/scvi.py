@@ -65,9 +65,14 @@ def _tensors(X: sp.csr_matrix) -> dict[str, torch.Tensor]:
             "batch": torch.zeros(n, 1), "labels": torch.zeros(n, 1)}
 
 
+def train_count(n_obs: int) -> int:
+    """Training cells of the 80/20 split, as scvi's DataSplitter sizes it: ceil(0.8 n)."""
+    return int(np.ceil(TRAIN_SIZE * n_obs))
+
+
 def split_rows(n_obs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded shuffled 80/20 split, sized like scvi's DataSplitter (n_train = ceil(0.8 n))."""
-    n_train = int(np.ceil(TRAIN_SIZE * n_obs))
+    """Seeded shuffled 80/20 split, sized like scvi's DataSplitter (``train_count``)."""
+    n_train = train_count(n_obs)
     perm = np.random.default_rng(seed).permutation(n_obs)
     return perm[:n_train], perm[n_train:]
 
@@ -121,7 +126,7 @@ class _Batches:
 
 def _check_split(n: int) -> int:
     """Training cells of the 80/20 split; refuses a source too small to leave a validation cell."""
-    n_train = int(np.ceil(TRAIN_SIZE * n))
+    n_train = train_count(n)
     if n - n_train < 1 or n_train < 2:
         raise InputError(
             f"scvi: {n} training cells leave {n - n_train} validation cells in the 80/20 split; "
