@@ -7,14 +7,18 @@ process. This module only chooses what to submit (every partition of the study t
 materialised, or all of them with ``refresh``), keeps a daemon running meanwhile
 (``scaling_assets.daemon``), shows progress, cancels on Ctrl-C, and reports the outcome.
 
-The study goes in as two backfills, one after the other: the shared data (raw counts, the per-seed
-pools and evaluation sets, the per-quality corpora), then every setting's chain and the results. In
-one backfill the daemon requests a dataset's settings as soon as its own shared data is written,
-while the run writing the other datasets' shared data is still going; those settings then miss the
-tick in which their siblings were grouped and every step of their chain becomes a run of its own
-(measured on the default study: 90 runs instead of 20). Submitted second, every setting finds its
-inputs materialised, so Dagster puts each setting's whole chain (training set, models, embeddings,
-MI) into one run.
+The study goes in as two backfills, one after the other: the shared data every algorithm reads (raw
+counts, the per-seed split, pools and evaluation sets), then the rest: the per-quality corpora only
+Geneformer reads, every setting's chain and the results. In one backfill the daemon requests a
+dataset's settings as soon as its own shared data is written, while the run writing the other
+datasets' shared data is still going; those settings then miss the tick in which their siblings were
+grouped and every step of their chain becomes a run of its own (measured on the default study: 90
+runs instead of 20). Submitted second, every setting finds its inputs materialised, so Dagster puts
+each setting's whole chain (training set, models, embeddings, MI) into one run; Geneformer's chains
+follow their corpora in the same backfill (the coordinator queues a corpus run ahead of the runs of
+cheaper models, so the longest chain is not left for last). The second backfill goes in as soon as
+every shared partition is written, without waiting for the daemon's next evaluation to mark the first
+one complete.
 
 One ``study run`` per study at a time: a lock beside the study root refuses a second one; an
 unfinished backfill of the study (its ``study run`` was killed) is joined instead of duplicated.
@@ -43,11 +47,11 @@ from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.gpu.needs import TAG_STUDY
-from scaling_assets.daemon import BACKFILL_INTERVAL_ENV, DaemonProcess, daemon_alive
+from scaling_assets.daemon import DaemonProcess, daemon_alive
 from scaling_assets.definitions import build_definitions
 from scaling_assets.errors import InputError
 from scaling_assets.run_study import print_summary, root_cause
-from scaling_assets.study import STUDY_ENV, Study, parse_setting_key
+from scaling_assets.study import STUDY_ENV, Study, parse_seed_key
 
 ACTIVE_BACKFILL = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
 QUEUED = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED}
@@ -116,16 +120,18 @@ def missing_partitions(study: Study, instance: DagsterInstance, asset_graph, ref
 
 
 def stage_of(key, asset_graph) -> str:
-    """SETTINGS for assets partitioned by setting (``n=…_q=…_s=…``) and the study-wide results."""
+    """SHARED for a dataset's data that every algorithm reads (unpartitioned, or partitioned by seed
+    ``s=…``); SETTINGS for the rest: the per-quality corpora, each setting's chain, the results."""
     if key.path[0] == GROUP:
         return SETTINGS
     partitions_def = asset_graph.get(key).partitions_def
-    first = partitions_def.get_partition_keys()[0] if partitions_def is not None else None
-    try:
-        parse_setting_key(first or "")
-    except ValueError:
+    if partitions_def is None:
         return SHARED
-    return SETTINGS
+    try:
+        parse_seed_key(partitions_def.get_partition_keys()[0])
+    except ValueError:
+        return SETTINGS
+    return SHARED
 
 
 def stage_target(target: AssetGraphSubset, stage: str, asset_graph, blocked_datasets=frozenset()) -> AssetGraphSubset:
@@ -228,7 +234,6 @@ def daemon_env(study: Study, instance: DagsterInstance) -> dict[str, str]:
     env = dict(os.environ)
     env[STUDY_ENV] = str(study.source_file or study.name)
     env.setdefault("SCALING_ASSETS_HOME", os.getcwd())
-    env.setdefault(BACKFILL_INTERVAL_ENV, os.environ.get(BACKFILL_INTERVAL_ENV, "5"))
     threads = getattr(instance.run_coordinator, "threads_per_run", None)
     if threads:  # BLAS/OpenMP read these at import, before a step can limit its pools
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -287,7 +292,9 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
                 backfill_id = submit_backfill(study, instance, target, stage)
                 print(f"backfill {backfill_id}: {stage} ({target.num_partitions_and_non_partitioned_assets} "
                       "partitions)", file=out, flush=True)
-                watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
+                watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
+                                      hand_off=stage != stages[-1]))
+            _await_daemon_verdicts(instance, watched, daemon, poll_s)
         except KeyboardInterrupt:
             result = _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
         else:
@@ -299,16 +306,25 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
     return result
 
 
-def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s) -> dict:
-    """Follow one backfill to its end, printing progress; returns its outcome."""
+def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s, hand_off: bool = False) -> dict:
+    """Follow one backfill to its end, printing progress; returns its outcome.
+
+    ``hand_off``: end as soon as every run of the backfill succeeded and every partition it targets
+    is materialised, rather than when the daemon's next evaluation (up to one backfill interval later)
+    marks it complete; the next stage can go in that much sooner. Its status is read again at the end
+    (``_await_daemon_verdicts``)."""
     start = time.perf_counter()
     backfill = instance.get_backfill(backfill_id)
     first = progress(instance, backfill, asset_graph)
     last_state, last_print = None, 0.0
+    if hand_off:
+        poll_s = min(poll_s, 1.0)  # a short stage: notice its end promptly
     while True:
         backfill = instance.get_backfill(backfill_id)
         finished = backfill.status not in ACTIVE_BACKFILL
         now = progress(instance, backfill, asset_graph, final=finished)
+        if hand_off and not finished and _all_written(instance, backfill, asset_graph, now):
+            finished, now = True, progress(instance, backfill, asset_graph, final=True)
         elapsed = time.perf_counter() - start
         if (now.done, now.failed) != last_state or elapsed - last_print >= PROGRESS_EVERY_S or finished:
             print(now.line(elapsed, first.done + first.failed), file=out, flush=True)
@@ -327,6 +343,28 @@ def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s) -> dict:
         failed["backfill"] = backfill.error.message.strip().splitlines()[-1]
     return {"backfill_id": backfill_id, "stage": backfill.tags.get(TAG_STAGE, SETTINGS), "status": backfill.status,
             "runs": now.runs[DagsterRunStatus.SUCCESS], "failed": failed, "done": now.done, "target": now.target}
+
+
+def _all_written(instance, backfill, asset_graph, now: Progress) -> bool:
+    """Every run of the backfill succeeded and every partition it targets is materialised (the
+    daemon may not have seen it yet)."""
+    if not now.runs or set(now.runs) != {DagsterRunStatus.SUCCESS} or now.failed:
+        return False
+    target = backfill.get_asset_backfill_data(asset_graph).target_subset
+    return len(materialised_in(instance, target)) == target.num_partitions_and_non_partitioned_assets
+
+
+def _await_daemon_verdicts(instance, watched: list[dict], daemon, poll_s: float, timeout_s: float = 120) -> None:
+    """Wait for the daemon to mark the backfills handed off before their end complete, and take its
+    status: a backfill left in progress would be joined by the next ``study run``."""
+    deadline = time.time() + timeout_s
+    for w in watched:
+        while w["status"] in ACTIVE_BACKFILL and time.time() < deadline:
+            w["status"] = instance.get_backfill(w["backfill_id"]).status
+            if w["status"] in ACTIVE_BACKFILL:
+                if daemon is not None and not daemon.running():
+                    break
+                time.sleep(poll_s)
 
 
 def _report(study, watched: list[dict], blocked: dict[str, str], wall: float, out) -> dict:

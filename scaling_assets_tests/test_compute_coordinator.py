@@ -348,6 +348,9 @@ def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_
     geneformer = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_geneformer"]),
                                                          AssetKey(["cite", "model_scvi"])})
     assert (geneformer.tags[TAG_PRIORITY], gpu.tags[TAG_PRIORITY]) == ("2", "1") and TAG_PRIORITY not in cpu.tags
+    # a run writing Geneformer's corpora gates its chain: it goes ahead of SCVI's runs too
+    corpora = _submit(gate_instance, asset_selection={AssetKey(["cite", "pool_corpus"]), AssetKey(["cite", "eval_corpus"])})
+    assert corpora.tags[TAG_PRIORITY] == "2"
     limits = gate_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert {"key": TAG_CPU_SLOT, "value": "cpu", "limit": 3} in limits
     nvml.set_backend(FakeNvml([]))  # no GPU: GPU runs compute on CPU and take CPU slots

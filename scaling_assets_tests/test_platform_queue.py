@@ -5,6 +5,7 @@ process), and the command watches it. Faults: a killed daemon (resume without re
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -28,14 +29,14 @@ from scaling_assets.study_queue import study_lock
 CITE = {"task": "cite", "source": "simulated", "cells": 500, "genes": 40, "seed": 1}
 
 
-def make_study(tmp_path: Path, name: str, datasets: dict | None = None) -> tuple[Path, Path, dict]:
-    """A study file (the cite dataset and ``datasets``), a fresh DAGSTER_HOME holding the repo's
-    dagster.yaml, and the CLI environment."""
+def make_study(tmp_path: Path, name: str, datasets: dict | None = None, **fields) -> tuple[Path, Path, dict]:
+    """A study file (the cite dataset and ``datasets``; ``fields``: other top-level keys), a fresh
+    DAGSTER_HOME holding the repo's dagster.yaml, and the CLI environment."""
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     path = write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", name, sizes=[100, 200], lmi={"epochs": 10},
-                            datasets={"cite": CITE, **(datasets or {})})
+                            datasets={"cite": CITE, **(datasets or {})}, **fields)
     env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_PROGRESS="0", SCALING_ASSETS_HOME=str(tmp_path))
     return path, home, env
 
@@ -191,3 +192,74 @@ def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagst
         out, _ = run.communicate(timeout=60)
     assert run.returncode == 2
     assert "is already being run by" in out and f"pid {os.getpid()}" in out, out
+
+
+def test_the_settings_go_in_once_the_shared_data_is_written_not_when_the_daemon_marks_it(tmp_path,
+                                                                                         restore_dagster_home):
+    """The shared-data stage hands off as soon as its runs succeeded and every partition it targets is
+    materialised, while its backfill is still marked in progress (the daemon marks it one evaluation
+    later); not before. The end of the command takes the daemon's verdict."""
+    from dagster import materialize
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.study_queue import (SHARED, SETTINGS, _all_written, _await_daemon_verdicts, _watch,
+                                            missing_partitions, progress, stage_of, stage_target, submit_backfill)
+
+    path, home, _ = make_study(tmp_path, "handoff", algorithms=["pca", "geneformer"])
+    study = load_study(path)
+    instance = instance_at(home)
+    defs = build_definitions(study)
+    graph = defs.resolve_asset_graph()
+    target = stage_target(missing_partitions(study, instance, graph, refresh=False), SHARED, graph)
+    # the shared data is what every algorithm reads; Geneformer's per-quality corpora go with the settings
+    assert {k.path[-1] for k in target.asset_keys} == {"raw_counts", "split", "pool_counts", "eval_counts",
+                                                       "gene_medians", "pca_genes"}
+    assert stage_of(AssetKey(["cite", "pool_corpus"]), graph) == SETTINGS
+    backfill_id = submit_backfill(study, instance, target, SHARED)
+
+    def write(keys, partition=None):  # as the daemon's runs of this backfill would
+        assert materialize(list(defs.assets), selection=keys, partition_key=partition, instance=instance,
+                           resources=dict(defs.resources), tags={BACKFILL_ID_TAG: backfill_id}).success
+
+    raw = [k for k in target.asset_keys if k.path[-1] == "raw_counts"]
+    write(raw)
+    backfill = instance.get_backfill(backfill_id)
+    assert not _all_written(instance, backfill, graph, progress(instance, backfill, graph))  # per-seed data missing
+    write([k for k in target.asset_keys if k not in raw], "s=42")
+    outcome = _watch(instance, backfill_id, graph, None, io.StringIO(), poll_s=0.1, hand_off=True)
+    assert outcome["status"] == BulkActionStatus.REQUESTED  # handed off before the daemon's mark
+    assert outcome["done"] == outcome["target"] == target.num_partitions_and_non_partitioned_assets
+    assert outcome["runs"] == 2 and not outcome["failed"]
+    instance.update_backfill(instance.get_backfill(backfill_id).with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    _await_daemon_verdicts(instance, [outcome], None, poll_s=0.1)
+    assert outcome["status"] == BulkActionStatus.COMPLETED_SUCCESS
+
+
+def test_the_study_daemon_reloads_its_code_location_every_ten_minutes_not_every_minute(monkeypatch):
+    """Dagster's daemon restarts its code server (a fresh import of the package and a new repository
+    snapshot) whenever the workspace is older than RELOAD_WORKSPACE_INTERVAL; the daemon a study starts
+    sets it (and the backfill interval) from the environment, and Dagster's own check obeys it."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from dagster._daemon import controller
+
+    from scaling_assets.daemon import configure_controller
+
+    for name in ("DEFAULT_DAEMON_INTERVAL_SECONDS", "RELOAD_WORKSPACE_INTERVAL"):
+        monkeypatch.setattr(controller, name, getattr(controller, name))  # restored after the test
+    assert controller.RELOAD_WORKSPACE_INTERVAL == 60  # Dagster's default, which this changes
+
+    def reloads(workspace_age_s: float) -> bool:
+        context = SimpleNamespace(_grpc_server_registry=None, _workspace_process_context=mock.Mock(),
+                                  _logger=mock.Mock())
+        controller.DagsterDaemonController.check_workspace_freshness(context, time.time() - workspace_age_s)
+        return context._workspace_process_context.refresh_workspace.called
+
+    configure_controller({})
+    assert (controller.DEFAULT_DAEMON_INTERVAL_SECONDS, controller.RELOAD_WORKSPACE_INTERVAL) == (5, 600)
+    assert not reloads(120) and reloads(601)
+    configure_controller({"SCALING_ASSETS_BACKFILL_INTERVAL": "2", "SCALING_ASSETS_CODE_RELOAD_INTERVAL": "30"})
+    assert (controller.DEFAULT_DAEMON_INTERVAL_SECONDS, controller.RELOAD_WORKSPACE_INTERVAL) == (2, 30)
+    assert reloads(31)

@@ -18,6 +18,7 @@ TAG_N_GENES = "scaling_assets/n_genes"  # optional: lets the coordinator size a 
 TAG_STUDY = "scaling_assets/study"
 TAG_CPU_SLOT = "scaling_assets/cpu_slot"  # "cpu": counts against the coordinator's max_cpu_runs
 TAG_THREADS = "scaling_assets/threads"  # torch/BLAS threads of the run's steps
+INPUT_PARTS = ("pool", "train", "eval")  # <part>_<what a model reads>: the assets that feed a model
 
 
 GPU_NEEDS: dict[str, Callable[..., int]] = {
@@ -37,9 +38,12 @@ def asset_need_mib(asset_name: str, n_genes: int, batch_size: int | None = None)
 
 def run_priority(asset_names: Iterable[str]) -> int:
     """A run's queue priority (Dagster's ``dagster/priority``): the cost rank of the slowest model it
-    trains, so the longest runs start first (0: trains nothing)."""
+    trains or writes the training input of (``pool_|train_|eval_`` + what the model reads, e.g.
+    Geneformer's corpora), so the longest chains start first (0: neither)."""
     names = {_short(name) for name in asset_names}
-    return max((m.cost_rank for m in MODELS.values() if f"model_{m.name}" in names), default=0)
+    return max((m.cost_rank for m in MODELS.values()
+                if f"model_{m.name}" in names or any(f"{part}_{m.reads}" in names for part in INPUT_PARTS)),
+               default=0)
 
 
 def gpu_need_mib(asset_names: Iterable[str], n_genes: int) -> int:
