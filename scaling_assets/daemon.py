@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from scaling_assets.processes import identity_host, process_identity, running_process
 
 BACKFILL_INTERVAL_ENV = "SCALING_ASSETS_BACKFILL_INTERVAL"
 DEFAULT_BACKFILL_INTERVAL_S = 5
@@ -40,32 +43,21 @@ REQUIRED = ("BACKFILL", "QUEUED_RUN_COORDINATOR")
 
 
 def pid_file(instance) -> Path:
-    """Where a daemon started by ``study run`` records its pid, while it runs."""
+    """Where a daemon started by ``study run`` records its process identity (host, pid, start time:
+    ``scaling_assets/processes.py``), while it runs."""
     return Path(instance.root_directory) / ".scaling_assets" / "daemon.pid"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def daemon_alive(instance, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
     """True when a daemon running the backfill and run-queue loops heart-beat recently.
 
     A daemon that a ``study run`` started and that was since killed leaves fresh-looking heartbeats
-    for up to a minute; its pid file tells that it is gone."""
+    for up to a minute; its pid file tells that it is gone (a reused pid does not pass for it). A
+    daemon on another host sharing this DAGSTER_HOME is judged by its heartbeats alone."""
     recorded = pid_file(instance)
     if recorded.exists():
-        try:
-            pid = int(recorded.read_text().strip())
-        except ValueError:
-            pid = -1
-        if not _pid_alive(pid):
+        holder = recorded.read_text().strip()
+        if identity_host(holder) == socket.gethostname() and running_process(holder) is None:
             recorded.unlink(missing_ok=True)
             return False
     heartbeats = instance.get_daemon_heartbeats()
@@ -103,7 +95,7 @@ class DaemonProcess:
         )
         log.close()
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_path.write_text(str(self.process.pid))
+        self.pid_path.write_text(process_identity(self.process.pid))
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

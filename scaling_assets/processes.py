@@ -2,8 +2,8 @@
 
 A pid alone may name another process once the first one exits; with the host and the process start
 time it names one process only. Recorded for the writer of each staging folder
-(``assets/storage.py``) and for each forked run worker (``compute/run_workers.py``), so either can be
-found again, or known gone, from another process.
+(``assets/storage.py``), for each forked run worker (``compute/run_workers.py``) and for the daemon a
+``study run`` starts (``daemon.py``), so each can be found again, or known gone, from another process.
 """
 
 from __future__ import annotations

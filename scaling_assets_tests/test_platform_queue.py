@@ -98,7 +98,7 @@ def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tm
     first = study_run(path, env, tmp_path)
     mi = AssetKey(["cite", "mi_pca"])
     wait_for(lambda: instance.get_materialized_partitions(mi), 240, "a first MI partition")
-    daemon_pid = int((home / ".scaling_assets" / "daemon.pid").read_text())
+    daemon_pid = int((home / ".scaling_assets" / "daemon.pid").read_text().split()[1])  # "<host> <pid> <start>"
     os.kill(daemon_pid, signal.SIGKILL)  # the daemon dies mid-study
     out1, _ = first.communicate(timeout=60)
     assert first.returncode != 0, out1
@@ -263,3 +263,37 @@ def test_the_study_daemon_reloads_its_code_location_every_ten_minutes_not_every_
     configure_controller({"SCALING_ASSETS_BACKFILL_INTERVAL": "2", "SCALING_ASSETS_CODE_RELOAD_INTERVAL": "30"})
     assert (controller.DEFAULT_DAEMON_INTERVAL_SECONDS, controller.RELOAD_WORKSPACE_INTERVAL) == (2, 30)
     assert reloads(31)
+
+
+def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
+    """The daemon a ``study run`` started records its process identity; with fresh heartbeats left by a
+    killed daemon, a pid file naming a gone process, or a live process that reused its pid, says
+    "no daemon" (and is removed); the live process itself, or a daemon on another host, is judged by
+    its heartbeats."""
+    from types import SimpleNamespace
+
+    from scaling_assets.daemon import daemon_alive, pid_file
+    from scaling_assets.processes import process_identity
+
+    fresh = {kind: SimpleNamespace(timestamp=time.time()) for kind in ("BACKFILL", "QUEUED_RUN_COORDINATOR")}
+    instance = SimpleNamespace(root_directory=str(tmp_path), get_daemon_heartbeats=lambda: fresh,
+                               get_required_daemon_types=lambda: ["BACKFILL", "QUEUED_RUN_COORDINATOR"])
+    recorded = pid_file(instance)
+    recorded.parent.mkdir(parents=True)
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    identity = process_identity(gone.pid)
+    gone.wait()
+    host, pid, started = identity.split()
+    live = process_identity(os.getpid())
+    reused = f"{host} {os.getpid()} {float(live.split()[2]) - 100:.3f}"  # our pid, another start time
+    for dead in (identity, reused):
+        recorded.write_text(dead)
+        assert not daemon_alive(instance), dead
+        assert not recorded.exists()
+    for judged_by_heartbeats in (live, f"another-host {pid} {started}"):
+        recorded.write_text(judged_by_heartbeats)
+        assert daemon_alive(instance)
+        assert recorded.exists()
+    fresh.pop("BACKFILL")
+    assert not daemon_alive(instance)  # no backfill loop heart-beating
