@@ -2,10 +2,11 @@
 
 Each dataset has its own asset group, so each can have its own size and quality grid. Inside a group:
 
-    raw_counts                       unpartitioned
-    split, gene_medians              seed             s=42
-    eval_counts, eval_corpus         quality x seed   q=0.1_s=42
-    train_counts, model_*, mi_* ...  setting          n=300_q=0.1_s=42
+    raw_counts                                      unpartitioned
+    split, pool_counts, eval_counts, gene_medians,
+    pca_genes                                       seed             s=42
+    pool_corpus, eval_corpus (Geneformer's grid)    quality x seed   q=0.1_s=42
+    train_counts, train_corpus, model_*, mi_* ...   setting          n=300_q=0.1_s=42
 
 Upstream partitions map to downstream ones with ``StaticPartitionMapping`` only (custom
 mapping classes are dropped from the snapshot the webserver and daemon use).
