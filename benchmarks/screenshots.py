@@ -9,7 +9,8 @@ group it started, also on errors or Ctrl-C:
         --out /tmp/screens [--model cite/model_scvi --partition n=400_q=1.0_s=42]
 
 Pages: global asset lineage, a model partition (its loss curve in place), the MI table, the
-`scaling_plots` overview (its per-dataset figures in place), the backfills and the runs timeline.
+`scaling_plots` overview (its per-dataset figures in place), the backfills, the runs list and the runs
+timeline (also with its chip of overlapping runs opened, which lists them).
 Where an image is embedded instead (no local compute logs), "[Show Markdown]" is clicked and the
 opened dialog captured (`*_dialog.png`).
 """
@@ -52,28 +53,35 @@ def wait_for(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def pages(model: str, partition: str) -> dict[str, tuple[str, str | None, str | None]]:
-    """name -> (path, text that shows the page has loaded its data, text to click before the shot)."""
+# the timeline draws runs too close to tell apart as one chip with their count; clicked, it lists them
+TIMELINE_BATCH = "css=[class^='RunTimeline_batchCount']"
+
+
+def pages(model: str, partition: str) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
+    """name -> (path, text that shows the page has loaded its data, what to click before the shot: a
+    text, or a ``css=`` selector)."""
     part = urllib.parse.quote(partition, safe="")
     return {
-        "lineage": ("/asset-groups", None, None),  # global asset lineage
-        "model_partition": (f"/assets/{model}?view=partitions&partition={part}", "loss_curve", None),
-        "mi_table": ("/assets/results/mi_table", "preview", None),
-        "scaling_plots": ("/assets/results/scaling_plots", "Metadata", None),
-        "backfills": ("/overview/backfills", None, None),
-        "runs": ("/runs", None, "Show runs within backfills"),  # every run: target, tags, duration
-        "runs_timeline": ("/overview/activity/timeline", None, "1hr"),  # a study is minutes long
+        "lineage": ("/asset-groups", None, ()),  # global asset lineage
+        "model_partition": (f"/assets/{model}?view=partitions&partition={part}", "loss_curve", ()),
+        "mi_table": ("/assets/results/mi_table", "preview", ()),
+        "scaling_plots": ("/assets/results/scaling_plots", "Metadata", ()),
+        "backfills": ("/overview/backfills", None, ()),
+        "runs": ("/runs", None, ("Show runs within backfills",)),  # every run: target, tags, duration
+        "runs_timeline": ("/overview/activity/timeline", None, ("1hr",)),  # a study is minutes long
+        "runs_timeline_batch": ("/overview/activity/timeline", None, ("1hr", TIMELINE_BATCH)),
     }
 
 
-def capture(page, url: str, png: Path, ready_text: str | None, click: str | None, settle_ms: int) -> list[Path]:
+def capture(page, url: str, png: Path, ready_text: str | None, clicks: tuple[str, ...], settle_ms: int) -> list[Path]:
     """The page after its queries and images settle; plus each opened image dialog."""
     page.goto(url, wait_until="networkidle")
     if ready_text:
         page.get_by_text(ready_text, exact=True).first.wait_for(timeout=60_000)
-    if click:
-        page.get_by_text(click, exact=True).first.click()
-    page.wait_for_load_state("networkidle")
+    for click in clicks:
+        target = page.locator(click) if click.startswith("css=") else page.get_by_text(click, exact=True)
+        target.first.click()
+        page.wait_for_load_state("networkidle")
     page.wait_for_timeout(settle_ms)  # lazy Markdown renderer and images
     page.screenshot(path=str(png))
     shots = [png]
@@ -124,8 +132,8 @@ def main(argv=None) -> int:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
             try:
                 page = browser.new_page(viewport=WINDOW)
-                for name, (path, ready, click) in pages(args.model, args.partition).items():
-                    for png in capture(page, base + path, out / f"{name}.png", ready, click, args.settle_ms):
+                for name, (path, ready, clicks) in pages(args.model, args.partition).items():
+                    for png in capture(page, base + path, out / f"{name}.png", ready, clicks, args.settle_ms):
                         print(f"{png}  {base}{path}")
             finally:
                 browser.close()
