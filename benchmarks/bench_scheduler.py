@@ -1,11 +1,11 @@
 """Simulate the GPU-aware run queue on an 8 x 80 GB GPU box (no GPU needed).
 
-    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~9 min on 2 cores
     .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
-a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one process per run (forked by ``GpuAwareRunLauncher``; the figures in the README were taken when the code server spawned each run),
+a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one process per run (forked by ``GpuAwareRunLauncher``; the README also gives the figures of 2026-11-25, when the code server spawned each run),
 and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
 estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).
 What is simulated: NVML (``FakeNvml``: 8 GPUs of 80 GB whose free memory stays at 80 GB, so memory
