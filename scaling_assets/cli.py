@@ -11,6 +11,7 @@ from scaling_assets.errors import InputError
 _COMMAND_MODULES = [
     "scaling_assets.data.commands",
     "scaling_assets.models.commands",
+    "scaling_assets.metrics.commands",
     "scaling_assets.gpu.commands",
     "scaling_assets.study_commands",
 ]

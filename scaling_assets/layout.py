@@ -17,7 +17,7 @@ staged folder into place, ``assets/storage.py``)::
     <root>/<dataset>/embeddings_<algorithm>/<setting>/  embeddings.npz
     <root>/<dataset>/mi_<algorithm>/<setting>/     record.json
     <root>/results/<table>/all/                    table.parquet, table.csv
-    <root>/results/scaling_plots/all/              scaling_<dataset>.png
+    <root>/results/scaling_plots/all/              scaling_<dataset>_<signal>.png
     <root>/.staging/                               work in progress (assets/storage.py: stage_dir)
     <root>/.work/<dataset>/<asset>/<setting>/      training checkpoints kept across a step's attempts
     <root>/.study-run.lock                         held by the running ``study run`` of this study
@@ -103,15 +103,18 @@ def table_file(folder: Path, suffix: str = ".parquet") -> Path:
     return Path(folder) / f"{TABLE_FILE}{suffix}"
 
 
-def plot_name(dataset: str) -> str:
-    return f"scaling_{dataset}.png"
+def plot_name(dataset: str, signal: str) -> str:
+    return f"scaling_{dataset}_{signal}.png"
 
 
 def result_paths(study: Study) -> dict[str, Path]:
-    """The study's tables (Parquet; a CSV beside each) and its plots, one per dataset."""
+    """The study's tables (Parquet; a CSV beside each) and its plots, one per (dataset, signal)."""
+    from scaling_assets.data.tasks import TASKS
+
     results = lambda name: partition_dir(study.root, [RESULTS, name], None)  # noqa: E731
     return {**{name: table_file(results(name)) for name in RESULT_TABLES},
-            **{f"plot_{d}": results("scaling_plots") / plot_name(d) for d in study.datasets}}
+            **{f"plot_{d}_{signal}": results("scaling_plots") / plot_name(d, signal)
+               for d, config in study.datasets.items() for signal in TASKS[config.task].mi_signals}}
 
 
 def dataset_gene_count(study: Study, dataset: str) -> int | None:

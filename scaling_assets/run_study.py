@@ -170,12 +170,28 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
             table.columns = [f"q={c:g}" for c in table.columns]
             print("MI (bits) at the largest training size, by quality:", file=out)
             print(table.round(3).to_string(), file=out)
+    if paths["noise_law_fits"].exists() and paths["size_law_fits"].exists():
+        print_law_counts(pd.read_parquet(paths["noise_law_fits"]), pd.read_parquet(paths["size_law_fits"]), out)
     width = max(len(name) for name in paths)
     for name, path in paths.items():
         print(f"{name:>{width}}: {path}{'' if path.exists() else '  (not written)'}", file=out)
     for label, message in failed.items():
         print(f"FAILED {label}: {message}", file=out)
     print("Browse the assets, lineage and metadata: dagster dev -w workspace.yaml", file=out, flush=True)
+
+
+def print_law_counts(noise, size, out) -> None:
+    """Per law and algorithm: how many fits are identified (the laws the plots draw), and with R^2 >= 0.9."""
+    import pandas as pd
+
+    from scaling_assets.metrics.law_report import summary_table
+
+    counts = summary_table(noise, size).groupby(["law", "algorithm"])[
+        ["fits", "identified", "identified_r2_ge_0_9"]].sum()
+    if len(counts):
+        rules = ", ".join(sorted(set(noise.get("fit_rules", pd.Series(["?"])).dropna())))
+        print(f"Scaling-law fits identified ({rules} fit rules; the plots draw only these):", file=out)
+        print(counts.rename(columns={"identified_r2_ge_0_9": "identified, R^2 >= 0.9"}).to_string(), file=out)
 
 
 def ensure_dagster_home() -> Path:

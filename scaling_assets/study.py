@@ -25,6 +25,7 @@ import yaml
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS
 from scaling_assets.errors import StudyConfigError
+from scaling_assets.metrics.laws import DEFAULT_FIT_RULES, FIT_RULES
 from scaling_assets.models.budget import BUDGETS
 from scaling_assets.models.registry import ALGORITHMS
 
@@ -134,6 +135,7 @@ class Study:
     source_file: Path | None = None
     # An algorithm's own smaller grid (a subset of every dataset's): {algorithm: AlgorithmGrid}
     algorithm_grids: dict[str, AlgorithmGrid] = field(default_factory=dict)
+    fit_rules: str = DEFAULT_FIT_RULES  # the scaling-law fit rules (metrics/laws.py): reference or wide
 
     # -- the grid -------------------------------------------------------------------------------
     def settings(self, dataset: str, algorithm: str | None = None) -> list[Setting]:
@@ -235,7 +237,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         raise _err(path, "top level", "expected a mapping with 'name', 'datasets', ...")
     unknown = set(raw) - {
         "name", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "datasets",
-        "split", "chunk_size", "lmi", "description", "algorithm_grids",
+        "split", "chunk_size", "lmi", "description", "algorithm_grids", "fit_rules",
     }
     if unknown:
         raise _err(path, "top level", f"unknown keys {sorted(unknown)}")
@@ -264,6 +266,9 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
             str(dname), draw or {}, study_sizes, study_qualities, n_test, n_validation, path, check_paths
         )
     algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path)
+    fit_rules = raw.get("fit_rules", DEFAULT_FIT_RULES)
+    if fit_rules not in FIT_RULES:
+        raise _err(path, "fit_rules", f"{fit_rules!r} is not one of {list(FIT_RULES)}")
     return Study(
         name=name,
         root=_resolve_root(raw.get("root", f"study_runs/{name}")),
@@ -277,6 +282,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         lmi=dict(raw.get("lmi") or {}),
         source_file=path,
         algorithm_grids=algorithm_grids,
+        fit_rules=fit_rules,
     )
 
 

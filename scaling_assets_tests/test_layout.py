@@ -27,8 +27,9 @@ def test_result_paths_are_where_the_io_manager_writes_the_tables(tmp_path):
     io.handle_output(build_output_context(asset_key=AssetKey([layout.RESULTS, "mi_table"])), pd.DataFrame({"a": [1]}))
     paths = layout.result_paths(s)
     assert pd.read_parquet(paths["mi_table"])["a"].tolist() == [1]
-    assert set(paths) == {*layout.RESULT_TABLES, "plot_cite"}
-    assert paths["plot_cite"] == Path(s.root) / "results" / "scaling_plots" / "all" / "scaling_cite.png"
+    # one figure per (dataset, signal): the cite task measures cell type and proteins
+    assert set(paths) == {*layout.RESULT_TABLES, "plot_cite_cell_type", "plot_cite_protein"}
+    assert paths["plot_cite_protein"] == Path(s.root) / "results" / "scaling_plots" / "all" / "scaling_cite_protein.png"
 
 
 def test_held_out_files_by_quality_and_set():

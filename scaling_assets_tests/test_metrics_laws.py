@@ -107,9 +107,10 @@ def test_laws_are_fitted_on_the_raw_estimates_not_the_clipped_ones():
     df = pd.DataFrame(rows)
     fit = fit_noise_laws(df).iloc[0]
     assert fit.mi_column == "mi_bits_raw"
+    # least squares on every seed's estimate = on the seed means when each point has the same seeds
     means = df.groupby("umis_per_cell")["mi_bits_raw"].mean()
     expected = fit_noise_law(means.index, means.to_numpy())
-    assert fit.i_max == pytest.approx(expected.params["i_max"])
+    assert fit.i_max == pytest.approx(expected.params["i_max"], rel=1e-4) and fit.n_rows == 36
     clipped = fit_noise_laws(df.drop(columns="mi_bits_raw")).iloc[0]  # a table without raw estimates
     assert clipped.mi_column == "mi_bits" and clipped.i_max != pytest.approx(fit.i_max)
 
@@ -136,7 +137,85 @@ def test_size_law_exponent_is_bounded_by_10_as_the_reference():
 
     assert S_MAX == 10.0
     cells = np.array([100, 120, 150, 200, 300, 500])
-    steep = fit_size_law(cells, size_law(cells, 3.0, 90.0, 7.0))  # beyond the former bound of 5
+    steep = fit_size_law(cells, size_law(cells, 3.0, 90.0, 7.0), algorithm="scvi")  # beyond the former bound of 5
     assert steep.fitted and steep.params["s"] == pytest.approx(7.0, rel=0.02)
-    step = fit_size_law(cells, np.where(cells > 110, 3.0, 1.0))  # a step wants s -> infinity
+    step = fit_size_law(cells, np.where(cells > 110, 3.0, 1.0), algorithm="scvi")  # a step wants s -> infinity
     assert step.params["s"] <= S_MAX
+    assert not step.identified and "s at its upper bound 10" in step.reason
+
+
+CELLS = np.array([100, 200, 400, 800, 1600, 3200])
+
+
+def test_reference_bounds_for_the_linear_models_tie_i_inf_to_the_data():
+    # rising and still rising at the largest size: I_inf strictly inside [max MI, 1.5 max MI]
+    mi = size_law(CELLS, 3.0, 40.0, 0.5) + np.array([0.01, -0.01, 0.0, 0.01, -0.01, 0.0])
+    fit = fit_size_law(CELLS, mi, algorithm="pca")
+    assert fit.identified and fit.reason == "" and fit.bounds.startswith("reference (linear)")
+    assert mi.max() < fit.params["i_inf"] <= 1.5 * mi.max()
+    assert fit.params["i_inf"] == pytest.approx(3.0, abs=0.2) and fit.params["s"] == pytest.approx(0.5, rel=0.3)
+    # flat at the top (a step then a plateau): I_inf sits on max MI, reported, never called a law
+    plateau = np.minimum(size_law(CELLS, 3.0, 40.0, 1.5), 2.9)
+    pinned = fit_size_law(CELLS, plateau, algorithm="pca")
+    assert pinned.fitted and not pinned.identified
+    assert "i_inf at its lower bound max MI 2.9" in pinned.reason
+    # the same data under the learned models' box: N_0 >= 10 and I_inf <= 10 hold it elsewhere
+    assert "reference (learned)" in fit_size_law(CELLS, mi, algorithm="scvi").bounds
+
+
+def test_learned_models_bounds_and_unidentified_parameters():
+    # N_0 = 3 lies below the reference's lower bound of 10 for SCVI: the fit stops there and says so
+    fit = fit_size_law(CELLS, size_law(CELLS, 2.0, 3.0, 0.3), algorithm="scvi")
+    assert fit.fitted and not fit.identified and "n0 at its lower bound 10" in fit.reason
+    # too little curvature to tell I_inf from s: standard errors above half their values
+    rng = np.random.default_rng(3)
+    noisy = 1.0 + 0.1 * np.log10(CELLS) + rng.normal(0, 0.05, len(CELLS))
+    loose = fit_size_law(CELLS, noisy, algorithm="scvi")
+    assert not loose.identified and ("standard error" in loose.reason or "bound" in loose.reason)
+
+
+def test_a_series_that_does_not_depend_on_n_is_not_fitted():
+    # random projection: the same projection at every N; MI moves only by estimation noise
+    rng = np.random.default_rng(4)
+    mi = 1.2 + rng.normal(0, 0.01, len(CELLS))
+    flat = fit_size_law(CELLS, mi, algorithm="random_projection", mi_se=np.full(len(CELLS), 0.03))
+    assert not flat.fitted and flat.reason.startswith("no dependence on N") and np.isnan(flat.r2)
+    # identical values (the same projection and the same test cells) need no standard errors
+    assert fit_size_law(CELLS, np.full(len(CELLS), 1.2), algorithm="random_projection").reason.startswith(
+        "no dependence on N")
+    # the same spread with tiny standard errors is a dependence, and gets fitted
+    rising = size_law(CELLS, 1.3, 20.0, 0.8)
+    assert fit_size_law(CELLS, rising, algorithm="pca", mi_se=np.full(len(CELLS), 1e-4)).fitted
+    # seeds' scatter counts as standard error too: a 0.05-bit rise under 0.3 bits of seed noise is none
+    cells = np.repeat(CELLS, 3)
+    seeds = np.tile([-0.3, 0.0, 0.3], len(CELLS)) + np.repeat(np.linspace(0, 0.05, len(CELLS)), 3)
+    assert fit_size_law(cells, 1.0 + seeds, algorithm="scvi").reason.startswith("no dependence on N")
+
+
+def test_wide_rules_are_the_earlier_fit_for_comparison():
+    from scaling_assets.errors import InputError
+    from scaling_assets.metrics.laws import fit_size_laws
+
+    mi = size_law(CELLS, 3.0, 40.0, 0.5)
+    wide = fit_size_law(CELLS, mi, algorithm="pca", rules="wide")
+    assert wide.fitted and wide.bounds.startswith("wide") and wide.params["i_inf"] == pytest.approx(3.0, abs=1e-3)
+    df = pd.DataFrame(dict(dataset="d", signal="s", algorithm="pca", quality=1.0, cells=CELLS, mi_bits=mi))
+    assert fit_size_laws(df, rules="wide").fit_rules.tolist() == ["wide"]
+    with pytest.raises(InputError, match="unknown fit rules 'tight'"):
+        fit_size_laws(df, rules="tight")
+
+
+def test_bad_groups_are_named_and_the_others_still_fitted():
+    from scaling_assets.errors import InputError
+    from scaling_assets.metrics.laws import fit_size_laws
+
+    good = pd.DataFrame(dict(dataset="d", signal="s", algorithm="scvi", quality=1.0, cells=CELLS,
+                             mi_bits=size_law(CELLS, 3.0, 40.0, 0.5)))
+    bad = good.assign(quality=0.1, mi_bits=["1.0", "n/a", "2", "2.1", "2.2", "2.3"])
+    few = good.head(3).assign(quality=0.01)
+    fits = fit_size_laws(pd.concat([good, bad, few], ignore_index=True)).set_index("quality")
+    assert fits.loc[1.0, "identified"]
+    assert not fits.loc[0.1, "fitted"] and fits.loc[0.1, "reason"] == "1 non-numeric value(s) in mi_bits"
+    assert not fits.loc[0.01, "fitted"] and "too few points: 3 distinct cell counts" in fits.loc[0.01, "reason"]
+    with pytest.raises(InputError, match=r"missing column\(s\) \['cells'\]"):
+        fit_size_laws(good.drop(columns="cells"))

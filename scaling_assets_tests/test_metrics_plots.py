@@ -6,7 +6,7 @@ import pytest
 
 from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
-from scaling_assets.metrics.plots import loss_points, plot_dataset_laws, plot_loss_curves
+from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_signal_laws
 from scaling_assets_tests.test_metrics_laws import grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,25 +27,56 @@ def two_datasets():
     return pd.concat([df, df[df.signal == "cell_type"].assign(dataset="other")], ignore_index=True)
 
 
-def test_one_figure_per_dataset_with_points_in_every_panel(tmp_path):
+def test_one_figure_per_dataset_and_signal_with_points_in_every_panel(tmp_path):
     df = two_datasets()
     noise, size = fit_noise_laws(df), fit_size_laws(df)
     assert not noise.fitted.all() and not size.fitted.all()  # unfitted groups still plot their points
-    sim = plot_dataset_laws(df, noise, size, "sim", tmp_path / "plots" / "sim.png")
-    other = plot_dataset_laws(df, noise, size, "other", tmp_path / "plots" / "other.png")
-    assert_png(sim.path) and assert_png(other.path)
-    # per signal: MI vs UMIs (pca and scvi at the largest N: 5 qualities each), then MI vs cells per
-    # algorithm (4 sizes x 5 qualities; protein: 1 size x 2 qualities)
-    assert sim.points == {
-        "cell_type: MI vs UMIs, n = 1,000,000": 10, "cell_type: MI vs cells, pca": 20, "cell_type: MI vs cells, scvi": 20,
-        "protein: MI vs UMIs, n = 1,000": 2, "protein: MI vs cells, pca": 2}
-    assert set(other.points) == {"cell_type: MI vs UMIs, n = 1,000,000", "cell_type: MI vs cells, pca",
-                                 "cell_type: MI vs cells, scvi"}  # only its own signal
+    cell_type = plot_signal_laws(df, noise, size, "sim", "cell_type", tmp_path / "plots" / "sim_cell_type.png")
+    protein = plot_signal_laws(df, noise, size, "sim", "protein", tmp_path / "plots" / "sim_protein.png")
+    assert_png(cell_type.path) and assert_png(protein.path)
+    # MI vs UMIs (pca and scvi at the largest N: 5 qualities each), then MI vs cells per algorithm
+    # (4 sizes x 5 qualities); protein has one size: no size-law panel
+    assert cell_type.points == {"noise law at n = 1,000,000": 10, "size law, pca": 20, "size law, scvi": 20}
+    assert protein.points == {"noise law at n = 1,000": 2}
+    assert protein.curves == {"noise law at n = 1,000": 0}  # 2 qualities: not fitted, no curve
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left
-    # no fits at all (e.g. before the fit assets ran) still plots the points
-    assert all(plot_dataset_laws(df, noise.iloc[0:0], size.iloc[0:0], "sim", tmp_path / "bare.png").points.values())
-    with pytest.raises(InputError, match="no rows for dataset 'missing'"):
-        plot_dataset_laws(df, noise, size, "missing", tmp_path / "x.png")
+    # no fits at all (e.g. before the fit assets ran) still plots the points, and draws no law
+    bare = plot_signal_laws(df, noise.iloc[0:0], size.iloc[0:0], "sim", "cell_type", tmp_path / "bare.png")
+    assert all(bare.points.values()) and not any(bare.curves.values())
+    with pytest.raises(InputError, match="no rows for dataset 'missing', signal 'cell_type'"):
+        plot_signal_laws(df, noise, size, "missing", "cell_type", tmp_path / "x.png")
+
+
+def test_only_identified_fits_are_drawn_and_the_others_say_why(tmp_path):
+    from scaling_assets.metrics.plots import short_reason
+
+    df = grid()
+    size = fit_size_laws(df)
+    pca = size[(size.signal == "cell_type") & (size.algorithm == "pca") & size.identified]
+    assert len(pca) >= 2
+    size.loc[pca.index[0], "identified"] = False  # as if one quality's fit were not identified
+    size.loc[pca.index[0], "reason"] = "n0 at its lower bound 10"
+    drawn = plot_signal_laws(df, fit_noise_laws(df), size, "sim", "cell_type", tmp_path / "p.png")
+    assert drawn.curves["size law, pca"] == len(pca) - 1
+    assert short_reason(size.loc[pca.index[0]]) == "n0 at bound"
+    assert short_reason(pd.Series({"fitted": True, "reason": "s standard error 0.4 not below half its value 0.3"})) \
+        == "s uncertain"
+    assert short_reason(pd.Series({"fitted": False, "reason": "no dependence on N: MI spread ..."})) == "no N dependence"
+    assert short_reason(None) == "not fitted"
+
+
+def test_law_report_writes_tables_and_a_figure_per_signal(tmp_path):
+    from scaling_assets.metrics.law_report import read_mi_table, write_law_report
+
+    df = two_datasets()
+    df.to_csv(tmp_path / "mi.csv", index=False)
+    report = write_law_report(read_mi_table(tmp_path / "mi.csv"), tmp_path / "out", "wide")
+    assert pd.read_parquet(report.paths["size_law_fits.parquet"]).fit_rules.eq("wide").all()
+    assert pd.read_csv(report.paths["noise_law_fits.csv"]).shape[0] == len(report.noise)
+    assert sorted(p for p in report.paths if p.startswith("plot_")) == [
+        "plot_other_cell_type", "plot_sim_cell_type", "plot_sim_protein"]
+    summary = report.summary.set_index(["law", "dataset", "algorithm"])
+    assert summary.loc[("noise", "sim", "pca"), "fits"] == 5  # 4 sizes of cell_type, 1 of protein
 
 
 def test_loss_curves_with_missing_values(tmp_path):
@@ -82,11 +113,11 @@ def test_images_fit_the_ui_metadata_column_and_mark_budget_smoke(tmp_path):
     df["budget_smoke"] = df["algorithm"] == "scvi"  # as if SCVI had been capped by its budget
     noise = fit_noise_laws(df)
     assert set(noise.loc[noise.budget_smoke, "algorithm"]) == {"scvi"}  # fits inherit the marker
-    path = plot_dataset_laws(df, noise, fit_size_laws(df), "sim", tmp_path / "sim.png").path
+    path = plot_signal_laws(df, noise, fit_size_laws(df), "sim", "cell_type", tmp_path / "sim.png").path
     width = matplotlib.image.imread(path).shape[1]
-    assert 300 < width <= 460  # uncut in the asset Overview's metadata column in a 1,280 px window
+    assert 300 < width <= 408  # uncut in the asset Overview's value column (~408 px) in a 1,280 px window
     loss = plot_loss_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0]}), tmp_path / "loss.png")
-    assert 300 < matplotlib.image.imread(loss).shape[1] <= 460
+    assert 300 < matplotlib.image.imread(loss).shape[1] <= 408
 
 
 def test_trained_below_rules_and_rounding():

@@ -98,8 +98,11 @@ def test_parameter_and_fit_tables(study_run):
     noise = pd.read_parquet(paths["noise_law_fits"])
     # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
     assert len(noise) > 0 and not noise["fitted"].any()
-    for dataset in study.datasets:  # one figure per dataset
-        assert paths[f"plot_{dataset}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"identified", "reason", "fit_rules"} <= set(noise.columns) and (noise["fit_rules"] == "reference").all()
+    plots = [p for name, p in paths.items() if name.startswith("plot_")]
+    assert len(plots) == sum(len(TASKS[d.task].mi_signals) for d in study.datasets.values())  # per (dataset, signal)
+    for path in plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_corpora_at_every_quality_use_the_full_quality_pool_medians(study_run):
@@ -246,7 +249,10 @@ def test_every_asset_kind_carries_readable_metadata(study_run):
         assert isinstance(meta["preview"], TableMetadataValue)
     plots = _latest_metadata(instance, AssetKey(["results", "scaling_plots"]))
     images = {k: v.value for k, v in plots.items() if isinstance(v, MarkdownMetadataValue)}
-    assert set(images) == set(study.datasets)  # one image per dataset (embedded: no local compute logs here)
+    # one image per (dataset, signal) (embedded: no local compute logs here)
+    assert set(images) == {f"{d}/{s}" for d, c in study.datasets.items() for s in TASKS[c.task].mi_signals}
+    fits = _latest_metadata(instance, AssetKey(["results", "size_law_fits"]))
+    assert all(f"identified_{d}" in fits for d in study.datasets)  # identified fits per dataset
     assert all("data:image/png;base64," in md for md in images.values())
     mi_table = pd.read_parquet(result_paths(study)["mi_table"])
     assert set(mi_table.loc[mi_table.budget_smoke, "algorithm"]) == {"scvi", "geneformer"}

@@ -13,7 +13,7 @@ from dagster import AssetDep, AssetExecutionContext, AssetIn, AssetKey, Metadata
 from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_stage, read_summary
 from scaling_assets.assets.storage import read_record
 from scaling_assets.layout import RESULTS as GROUP
-from scaling_assets.layout import partition_dir, plot_name
+from scaling_assets.layout import partition_dir
 from scaling_assets.study import Study
 
 
@@ -100,7 +100,7 @@ def hyperparameter_table_df(study: Study, records: list[dict]) -> pd.DataFrame:
     """The study-wide analysis choices, then each algorithm's recorded hyperparameters, with the budget."""
     from scaling_assets.metrics.tables import analysis_hyperparameters
 
-    rows = [dict(r, budget=study.budget) for r in analysis_hyperparameters(study.lmi)]
+    rows = [dict(r, budget=study.budget) for r in analysis_hyperparameters(study.lmi, study.fit_rules)]
     for r in records:
         for name, value in sorted(r["hyperparameters"].items()):
             rows.append({"algorithm": r["algorithm"], "budget": r["budget"], "hyperparameter": name,
@@ -111,7 +111,7 @@ def hyperparameter_table_df(study: Study, records: list[dict]) -> pd.DataFrame:
 
 def results_assets(study: Study) -> list:
     """The study-wide tables, the scaling-law fits and the plots."""
-    return [*_table_assets(study), *_law_fit_assets(), _plots_asset(study)]
+    return [*_table_assets(study), *_law_fit_assets(study), _plots_asset(study)]
 
 
 def _table_assets(study: Study) -> list:
@@ -146,26 +146,41 @@ def _table_assets(study: Study) -> list:
 MI_IN = {"mi_table": AssetIn(key=[GROUP, "mi_table"])}
 
 
-def _law_fit_assets() -> list:
+def _fit_metadata(fits: pd.DataFrame) -> dict:
+    """The table's metadata, and per dataset how many fits are identified (and with R^2 >= 0.9)."""
+    from scaling_assets.metrics.laws import identified_counts
+
+    meta = _table_metadata(fits)
+    if len(fits):
+        for row in identified_counts(fits, ["dataset"]).itertuples():
+            meta[f"identified_{row.dataset}"] = MetadataValue.text(
+                f"{row.identified} of {row.fits} ({row.identified_r2_ge_0_9} with R^2 >= 0.9)")
+    return meta
+
+
+def _law_fit_assets(study: Study) -> list:
+    rules = study.fit_rules
 
     @asset(key=[GROUP, "noise_law_fits"], group_name=GROUP, ins=MI_IN, kinds={"parquet"},
            description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
-           "(dataset, signal, algorithm, cells), with standard errors, R^2 and `budget_smoke` (any point from a "
-           "model trained below the study's stopping rules).")
+           f"(dataset, signal, algorithm, cells) under the `{rules}` fit rules, with standard errors, R^2, "
+           "`identified` (no parameter at a bound, each standard error below half its value) and its reason, "
+           "and `budget_smoke` (any point from a model trained below the study's stopping rules).")
     def noise_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_noise_laws
 
-        df = fit_noise_laws(mi_table)
-        return Output(df, metadata=_table_metadata(df))
+        df = fit_noise_laws(mi_table, rules)
+        return Output(df, metadata=_fit_metadata(df))
 
     @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=MI_IN, kinds={"parquet"},
-           description="Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality), "
-           "with standard errors, R^2 and `budget_smoke`.")
+           description=f"Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality) under the "
+           f"`{rules}` fit rules, with standard errors, R^2, `identified` and its reason (a series whose MI does "
+           "not depend on N, such as random projection's, is not fitted), and `budget_smoke`.")
     def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_size_laws
 
-        df = fit_size_laws(mi_table)
-        return Output(df, metadata=_table_metadata(df))
+        df = fit_size_laws(mi_table, rules)
+        return Output(df, metadata=_fit_metadata(df))
 
     return [noise_law_fits, size_law_fits]
 
@@ -174,18 +189,18 @@ def _plots_asset(study: Study):
     @asset(key=[GROUP, "scaling_plots"], group_name=GROUP, kinds={"png"},
            ins={**MI_IN, "noise_law_fits": AssetIn(key=[GROUP, "noise_law_fits"]),
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
-           description="One figure per dataset (an entry named after the dataset; PNG files in the asset's "
-           "folder), per signal: MI against UMIs per cell with noise-law curves, then MI against cells with "
-           "size-law curves per algorithm. Hollow markers: budget smoke.")
+           description="One figure per (dataset, signal) (an entry named `<dataset>/<signal>`; PNG files in the "
+           "asset's folder): MI against UMIs per cell with the noise laws, then MI against cells with the size "
+           "laws per algorithm. Only identified fits are drawn as curves; the others are points with the reason "
+           "in the legend. Hollow markers: budget smoke.")
     def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
                       size_law_fits: pd.DataFrame):
-        from scaling_assets.metrics.plots import plot_dataset_laws
+        from scaling_assets.metrics.law_report import plot_laws
 
         stage = new_stage(study, "plots")
-        metadata = {}
-        for dataset in sorted(mi_table["dataset"].unique()):
-            path = plot_dataset_laws(mi_table, noise_law_fits, size_law_fits, dataset, stage / plot_name(dataset)).path
-            metadata[dataset] = image_metadata(context, path, f"{dataset}: MI vs UMIs and vs cells")
+        metadata = {f"{dataset}/{signal}": image_metadata(context, path, f"{dataset}, {signal}: MI vs UMIs and vs cells")
+                    for (dataset, signal), path in (plot_laws(mi_table, noise_law_fits, size_law_fits, stage).items()
+                                                     if len(mi_table) else [])}
         return Output(stage, metadata=metadata or {"plots": MetadataValue.text("no MI results yet")})
 
     return scaling_plots

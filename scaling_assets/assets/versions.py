@@ -4,6 +4,7 @@
   section (``models.versions.settings_version``): changing the study's budget or a setting marks
   every trained model of that algorithm stale, and through them their embeddings and MI.
 - ``mi_<algorithm>``: the study's LMI options.
+- the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
   same inputs.
 
@@ -24,6 +25,9 @@ from dagster._core.events import DagsterEventType
 from scaling_assets.models.versions import settings_version
 
 DATA_VERSION = "1"
+# The law fits and their plots: the fit rules, and LAWS_VERSION bumped when the fits change.
+LAW_ASSETS = ("noise_law_fits", "size_law_fits", "scaling_plots")
+LAWS_VERSION = "laws2"
 
 
 def code_version(study, key: AssetKey) -> str:
@@ -34,6 +38,8 @@ def code_version(study, key: AssetKey) -> str:
         if name == f"mi_{algorithm}":
             lmi = json.dumps(study.lmi, sort_keys=True, default=str)
             return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
+    if name in LAW_ASSETS:
+        return f"{DATA_VERSION}-{LAWS_VERSION}-{study.fit_rules}"
     return DATA_VERSION
 
 

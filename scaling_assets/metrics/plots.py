@@ -18,27 +18,26 @@ from scaling_assets.fs import atomic_file  # noqa: E402
 from scaling_assets.metrics.laws import mi_value_column, noise_law, noise_x_column, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
-DPI, WIDTH_IN = 100, 4.4  # 440 px wide: shown in place, uncut, in the UI's narrowest metadata column
+DPI, WIDTH_IN = 100, 4.0  # 400 px wide: shown in place, uncut, in the asset Overview's value column (~408 px
+# in a 1,280 px window)
 
 
 def _save(fig, path) -> Path:
-    """Save as PNG through a temporary file, then rename (no half-written images)."""
+    """Save as PNG through a temporary file, then rename (no half-written images). The figure keeps its
+    own width (no tight bounding box), so every image fits the UI's metadata column."""
     path = Path(path)
     try:
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=DPI)
     finally:
         plt.close(fig)
     return path
 
 
-def _panels(n: int, title: str):
-    """One column of n panels: the UI shows images in place at their own size, and its narrowest
-    metadata column (the asset Overview in a 1,280 px window) is about 460 px wide."""
-    fig, axes = plt.subplots(max(n, 1), 1, figsize=(WIDTH_IN, 3.1 * max(n, 1)), squeeze=False,
-                             layout="constrained")  # keeps panel titles clear of x labels
-    fig.suptitle(title)
-    return fig, axes.ravel()
+# Type sizes for images shown at their own size in a ~408 px column: 9 pt labels and ticks.
+LEGIBLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
+           "legend.fontsize": 7.5, "legend.title_fontsize": 7.5, "figure.titlesize": 10}
+PANEL_IN = 2.9  # height of one panel
 
 
 def _empty(ax, message: str) -> None:
@@ -57,37 +56,61 @@ def _fit_lookup(fits: pd.DataFrame, keys: dict) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
-class DatasetPlot(NamedTuple):
+def short_reason(fit: pd.Series | None) -> str:
+    """A legend-sized reason why a series has no curve (the fit table has the whole reason)."""
+    if fit is None:
+        return "not fitted"
+    reason = str(fit.get("reason") or "")
+    if not bool(fit.get("fitted", False)):
+        for start, short in (("no dependence on N", "no N dependence"), ("too few points", "too few points"),
+                             ("no information", "no information")):
+            if reason.startswith(start):
+                return short
+        return "not fitted"
+    first = reason.split(";")[0].strip()
+    name = first.split(" ")[0] if first else ""
+    if " at its " in first:
+        return f"{name} at bound"
+    if "standard error" in first:
+        return f"{name} uncertain"
+    return "not identified"
+
+
+class SignalPlot(NamedTuple):
     path: Path
     points: dict[str, int]  # panel title -> points drawn (means over seeds)
+    curves: dict[str, int]  # panel title -> law curves drawn (identified fits only)
 
 
-def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel, title) -> int:
-    """One panel: a series per value of `series_col` (means over seeds with error bars) and its
-    fitted curve where the fit succeeded; returns the number of points drawn."""
+def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel, title) -> tuple[int, int]:
+    """One panel: a series per value of `series_col` (means over seeds with error bars) and its law
+    where the fit is identified; other series are points, the reason in their legend entry.
+    Returns (points drawn, curves drawn)."""
     y_col = mi_value_column(pts)  # the points the laws were fitted on
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    drawn = 0
+    drawn = curves = 0
     for i, (series, spts) in enumerate(pts.groupby(series_col, sort=True)):
         colour = colours[i % len(colours)]
         means = spts.groupby(x_col)[y_col].agg(["mean", "std"]).reset_index()
         fit = _fit_lookup(fits_df, {series_col: series, **fit_keys})
-        fitted = fit is not None and bool(fit.get("fitted", False))
+        identified = fit is not None and bool(fit.get("identified", False))
         smoke = _budget_smoke(spts)
-        ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=4,
+        name = f"q={series:g}" if series_col == "quality" else str(series)
+        ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=3.5,
                     color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
-                    label=f"{series}{_grid_note(spts)}" + ("" if fitted else " (not fitted)")
-                    + (" (budget smoke)" if smoke else ""))
+                    label=f"{name}{_grid_note(spts)}" + ("" if identified else f" ({short_reason(fit)})")
+                    + (" (smoke)" if smoke else ""))
         drawn += len(means)
-        if fitted:
+        if identified:
             x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
             ax.plot(x, law(x, *[float(fit[p]) for p in params]), "-", color=colour, lw=1.3)
+            curves += 1
     label_log_axis(ax, pts[x_col])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("MI (bits)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, title=series_col, title_fontsize=7)
-    return drawn
+    ax.set_title(title)
+    ax.legend(ncols=2 if pts[series_col].nunique() > 4 else 1)
+    return drawn, curves
 
 
 def label_log_axis(ax, values, most_ticks: int = 6) -> list[str]:
@@ -122,33 +145,32 @@ def _budget_smoke(pts: pd.DataFrame) -> bool:
     return "budget_smoke" in pts.columns and bool(pts["budget_smoke"].fillna(False).astype(bool).any())
 
 
-def plot_dataset_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits_df: pd.DataFrame,
-                      dataset: str, path) -> DatasetPlot:
-    """One dataset's figure, one panel a row; per signal: MI vs UMIs per cell at the signal's largest
-    cell count, a series per algorithm with its noise-law curve, then MI vs training cells per
-    algorithm, a series per quality with its size-law curve. Unfitted groups show their points
-    without a curve."""
+def plot_signal_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits_df: pd.DataFrame,
+                     dataset: str, signal: str, path) -> SignalPlot:
+    """One (dataset, signal) figure, one panel a row: MI vs UMIs per cell at the largest cell count, a
+    series per algorithm with its noise law; then, per algorithm trained at two sizes or more, MI vs
+    training cells, a series per quality with its size law. Only identified fits are drawn as laws."""
     require_columns(mi_df, ["dataset", "signal", "algorithm", "cells", "quality", mi_value_column(mi_df)],
                     "MI table")
-    rows = mi_df[mi_df["dataset"] == dataset]
-    if rows.empty:
-        raise InputError(f"MI table: no rows for dataset {dataset!r}")
-    noise_x = noise_x_column(rows)
-    panels = []  # (points, fits, x, series, law, params, fixed fit keys, x label, title)
-    for signal, pts in rows.groupby("signal", sort=True):
-        cells = pts["cells"].max()  # the noise law is per N: the largest N has the most information
-        panels.append((pts[pts["cells"] == cells], noise_fits_df, noise_x, "algorithm", noise_law,
-                       ["i_max", "u_bar"], {"dataset": dataset, "signal": signal, "cells": cells},
-                       "UMIs per cell (nominal, q x mean at q = 1)", f"{signal}: MI vs UMIs, n = {cells:,}"))
-        for algorithm, apts in pts.groupby("algorithm", sort=True):
+    pts = mi_df[(mi_df["dataset"] == dataset) & (mi_df["signal"] == signal)]
+    if pts.empty:
+        raise InputError(f"MI table: no rows for dataset {dataset!r}, signal {signal!r}")
+    cells = pts["cells"].max()  # the noise law is per N: the largest N has the most information
+    panels = [(pts[pts["cells"] == cells], noise_fits_df, noise_x_column(pts), "algorithm", noise_law,
+               ["i_max", "u_bar"], {"dataset": dataset, "signal": signal, "cells": cells},
+               "UMIs per cell (nominal)", f"noise law at n = {cells:,}")]
+    for algorithm, apts in pts.groupby("algorithm", sort=True):
+        if apts["cells"].nunique() >= 2:
             panels.append((apts, size_fits_df, "cells", "quality", size_law, ["i_inf", "n0", "s"],
                            {"dataset": dataset, "signal": signal, "algorithm": algorithm}, "training cells",
-                           f"{signal}: MI vs cells, {algorithm}{_grid_note(apts)}"))
-    fig, axes = _panels(len(panels), f"{dataset}: noise and size laws")
-    points = {panel[-1]: _draw_law(ax, *panel) for ax, panel in zip(axes, panels)}
-    for ax in axes[len(panels):]:
-        ax.set_axis_off()
-    return DatasetPlot(_save(fig, path), points)
+                           f"size law, {algorithm}{_grid_note(apts)}"))
+    with plt.rc_context(LEGIBLE):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(WIDTH_IN, PANEL_IN * len(panels)), squeeze=False,
+                                 layout="constrained")
+        fig.suptitle(f"{dataset}: {signal}")
+        drawn = {panel[-1]: _draw_law(ax, *panel) for ax, panel in zip(axes.ravel(), panels)}
+        path = _save(fig, path)
+    return SignalPlot(path, {t: d[0] for t, d in drawn.items()}, {t: d[1] for t, d in drawn.items()})
 
 
 def loss_points(history: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:

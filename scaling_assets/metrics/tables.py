@@ -21,11 +21,10 @@ def require_columns(df: pd.DataFrame, columns: list[str], table: str = "table") 
         raise InputError(f"{table} is missing column(s) {missing}; expected at least {columns}")
 
 
-def analysis_hyperparameters(lmi_options: dict) -> list[dict]:
+def analysis_hyperparameters(lmi_options: dict, fit_rules: str = "reference") -> list[dict]:
     """The study-wide choices outside the models, as hyperparameter-table rows (algorithm = the stage)."""
     from dataclasses import asdict
 
-    from scaling_assets.metrics.laws import RAW_MI, S_MAX
     from scaling_assets.metrics.lmi import resolve_options
     from scaling_assets.metrics.signals import SPATIAL_NEIGHBOURS
 
@@ -37,8 +36,10 @@ def analysis_hyperparameters(lmi_options: dict) -> list[dict]:
         ("evaluation", "zero_umi_test_cells", "dropped for every algorithm at that quality"),
         ("signals", "protein", "raw protein counts (no log)"),
         ("signals", "spatial_neighbours", SPATIAL_NEIGHBOURS),
-        ("laws", "fitted_on", RAW_MI),
+        ("laws", "fitted_on", "mi_bits_raw of every seed (least squares)"),
         ("laws", "noise_law_x", "umis_nominal = round(q * mean UMIs per cell at q = 1)"),
-        ("laws", "size_law_s_max", S_MAX),
+        ("laws", "fit_rules", fit_rules),
+        ("laws", "identified", "no parameter at a bound and each standard error below half its value"),
+        ("laws", "size_law_needs", "MI depending on N beyond 2 standard errors"),
     ]
     return [{"algorithm": stage, "hyperparameter": name, "value": str(value)} for stage, name, value in rows]
