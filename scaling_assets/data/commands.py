@@ -1,4 +1,5 @@
-"""``scaling-assets simulate`` and ``scaling-assets ingest``: write a canonical raw h5ad."""
+"""``scaling-assets simulate``, ``scaling-assets ingest`` and ``scaling-assets data fetch``: write a
+canonical raw h5ad."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def register(subparsers) -> None:
                    help="larry: recover integer counts from per-cell normalised values (default: on)")
     p.add_argument("--level", help="cite: cell-type level l1, l2 or l3 (default l2)")
     p.add_argument("--protein-key", help="cite: obsm key of protein counts (default protein_counts)")
+    p.add_argument("--reference-filters", action=argparse.BooleanOptionalAction, default=None,
+                   help="cite: keep the cells and proteins scvi-tools' pbmc_seurat_v4_cite_seq(apply_filters=True, "
+                        "aggregate_proteins=True) keeps (default: on); --no-reference-filters reads the file as it is")
     p.add_argument("--cell-by-gene", help="merfish: cell_by_gene.csv")
     p.add_argument("--cell-metadata", help="merfish: cell_metadata.csv")
     p.add_argument("--day-column", help="atlas: obs column with the developmental day")
@@ -42,6 +46,26 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=10_000)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_ingest)
+
+    data = subparsers.add_parser("data", help="the paper's datasets: fetch them from their public sources")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "fetch", help="download one of the paper's datasets (resumable, checksummed) and convert it",
+        description="Download a dataset of the reference study from where it was published (HTTP Range resume, "
+                    "SHA-256 recorded in DIR/SHA256SUMS and verified on later runs), convert it to the canonical "
+                    "h5ad with the loaders, and print the study YAML lines that read it. Files already in DIR are "
+                    "used without downloading.")
+    p.add_argument("name", nargs="?", choices=["cite", "lineage", "spatial", "development"])
+    p.add_argument("--dir", help="folder for the downloads and the converted file (cite: scvi-tools' save_path)")
+    p.add_argument("--mirror", help="base URL replacing the sources: files at MIRROR/<name>/<file> "
+                                    "(default: $SCALING_ASSETS_DATA_MIRROR, else the public sources)")
+    p.add_argument("--no-convert", action="store_true", help="download and verify only")
+    p.add_argument("--retries", type=int, default=3, help="resumed attempts after a dropped connection (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry (default 60)")
+    p.add_argument("--chunk-size", type=int, default=10_000)
+    p.add_argument("--list", action="store_true", help="print the sources, checksums and licences and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_fetch)
 
 
 def _simulate(args) -> int:
@@ -66,6 +90,25 @@ def _ingest(args) -> int:
     return 0
 
 
+def _fetch(args) -> int:
+    from scaling_assets.data.fetch import describe_sources, fetch, progress_enabled
+    from scaling_assets.errors import InputError
+
+    if args.list:
+        print(describe_sources())
+        return 0
+    if args.name is None or args.dir is None:
+        raise InputError("data fetch: give a dataset (cite, lineage, spatial, development) and --dir DIR")
+    result = fetch(args.name, args.dir, mirror=args.mirror, convert=not args.no_convert,
+                   progress=progress_enabled(args.quiet), retries=args.retries, timeout=args.timeout,
+                   chunk_size=args.chunk_size)
+    if "summary" in result:
+        print_summary(result["summary"])
+        print(f"converted in {result['summary']['seconds']:.1f} s. Study YAML (under datasets:):")
+        print(result["yaml"])
+    return 0
+
+
 def print_summary(s: dict) -> None:
     lines = [
         f"wrote      {s['path']}",
@@ -77,6 +120,8 @@ def print_summary(s: dict) -> None:
     ]
     if "cells_dropped_zero" in s:
         lines.append(f"dropped    {s['cells_dropped_zero']:,} cells with zero counts (of {s['cells_input']:,})")
+    if "cells_filtered_reference" in s:
+        lines.append(f"filtered   {s['cells_filtered_reference']:,} cells by scvi-tools' reference filters")
     if "cells_rejected_non_integer" in s:
         lines.append(f"rejected   {s['cells_rejected_non_integer']:,} cells whose counts did not recover to integers")
     print("\n".join(lines))

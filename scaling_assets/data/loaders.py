@@ -229,9 +229,62 @@ def _is_dense_obsm(reader: CsrReader, key: str) -> bool:
         return False
 
 
+# scvi-tools' loader reads its file under this name from ``save_path`` (no download when it is there)
+SCVI_CITE_FILE = "pbmc_seurat_v4.h5ad"
+
+
+def scvi_reference_filters(path, protein_key: str = "protein_counts", aggregate_proteins: bool = True,
+                           apply_filters: bool = True, chunk_size: int = 10_000) -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows kept and proteins as ``scvi.data.pbmc_seurat_v4_cite_seq`` leaves them, for a local file.
+
+    scvi-tools' own function runs (its filters and protein aggregation are not re-implemented here),
+    but on a proxy of the file so memory stays bounded: the proxy keeps every cell's obs and protein
+    counts, and replaces the RNA matrix by two columns per cell, the UMIs of ``MT-`` genes and of the
+    rest, streamed chunk by chunk. Those are all scvi-tools' filters read from the RNA (total counts,
+    mitochondrial counts), so its mask equals the one it computes on the whole file (a test checks
+    this against the function on the file itself). Returns (kept row positions, protein DataFrame of
+    the kept rows).
+    """
+    import anndata as ad
+    import scvi
+
+    path = Path(path)
+    with CsrReader(path, "X") as reader:
+        obs = reader.read_obs()
+        if not obs.index.is_unique:
+            raise InputError(f"{path}: obs names are not unique; the reference filters match cells by name")
+        if protein_key not in reader.obsm_keys():
+            raise InputError(f"{path}: missing protein counts obsm[{protein_key!r}] (obsm keys: {reader.obsm_keys()})")
+        if "celltype.l2" not in obs.columns:
+            raise InputError(f"{path}: missing obs column 'celltype.l2' (scvi-tools' filters drop its 'Doublet' cells)")
+        names = reader.obsm_columns(protein_key) or [f"protein_{j}" for j in range(reader.read_obsm(protein_key, np.array([0])).shape[1])]
+        protein = pd.DataFrame(reader.read_obsm(protein_key), index=obs.index, columns=names)
+        mito = np.array([str(g).startswith("MT-") for g in reader.var_names])
+        sums = np.zeros((reader.n_obs, 2))
+        for rows, X in reader.iter_chunks(chunk_size):
+            sums[rows, 0] = np.asarray(X[:, ~mito].sum(axis=1)).ravel()
+            sums[rows, 1] = np.asarray(X[:, mito].sum(axis=1)).ravel()
+    proxy = ad.AnnData(sp.csr_matrix(sums.astype(np.float64)), obs=obs,
+                       var=pd.DataFrame(index=["non-mitochondrial UMIs", "MT-UMIs"]))
+    proxy.obsm["protein_counts"] = protein
+    with tempfile.TemporaryDirectory(prefix="scvi-cite-") as tmp:
+        proxy.write_h5ad(Path(tmp) / SCVI_CITE_FILE)
+        del proxy
+        out = scvi.data.pbmc_seurat_v4_cite_seq(save_path=tmp, apply_filters=apply_filters,
+                                                aggregate_proteins=aggregate_proteins)
+    position = pd.Series(np.arange(len(obs)), index=obs.index)
+    kept = position.loc[out.obs_names].to_numpy()
+    return kept, pd.DataFrame(out.obsm["protein_counts"]).loc[out.obs_names]
+
+
 def ingest_cite(path, out_path, level: str = "l2", protein_key: str = "protein_counts",
-                chunk_size: int = 10_000, progress: bool = False) -> dict:
-    """PBMC CITE-seq h5ad: counts in X, ``obs['celltype.<level>']``, ``obsm[protein_key]``."""
+                reference_filters: bool = True, chunk_size: int = 10_000, progress: bool = False) -> dict:
+    """PBMC CITE-seq h5ad: counts in X, ``obs['celltype.<level>']``, ``obsm[protein_key]``.
+
+    ``reference_filters`` (default): keep the cells and proteins the reference kept, i.e. what
+    ``scvi.data.pbmc_seurat_v4_cite_seq(apply_filters=True, aggregate_proteins=True)`` returns
+    (``scvi_reference_filters``); False reads the file as it is.
+    """
     path = _require_file(path, "CITE-seq h5ad")
     level = level if level.startswith("l") else f"l{level}"
     column = f"celltype.{level}"
@@ -241,7 +294,22 @@ def ingest_cite(path, out_path, level: str = "l2", protein_key: str = "protein_c
             raise InputError(f"{path}: missing signal column {column!r} in obs (columns present: {reader.obs_columns})")
         if protein_key not in reader.obsm_keys():
             raise InputError(f"{path}: missing protein counts obsm[{protein_key!r}] (obsm keys: {reader.obsm_keys()})")
+        n_file = reader.n_obs
+    kept = None
+    if reference_filters:
+        kept, protein = scvi_reference_filters(path, protein_key, chunk_size=chunk_size)
+        if kept.size == 0:
+            raise InputError(f"{path}: no cell passes scvi-tools' reference filters (protein library size, "
+                             f"proteins detected, percent mito, doublets); reference_filters=False reads all cells")
+        slot = np.full(max(int(kept.max()) + 1, 1), -1, dtype=np.int64)
+        slot[kept] = np.arange(kept.size)
+        protein_values = protein.to_numpy()
+        if np.all(protein_values == np.rint(protein_values)):
+            protein_values = protein_values.astype(np.int32)
+    with CsrReader(path, "X") as reader:
         labels = reader.read_obs(columns=[column])[column]
+        if kept is not None:
+            labels = labels.iloc[np.sort(kept)]
         check_signals(pd.DataFrame({"cell_type": labels}), "cite", f"{path}: obs[{column!r}]")
         extra = [c for c in ("celltype.l1", "celltype.l2", "celltype.l3") if c in reader.obs_columns]
 
@@ -250,13 +318,27 @@ def ingest_cite(path, out_path, level: str = "l2", protein_key: str = "protein_c
             obs.insert(0, "cell_type", pd.Categorical(obs[column]) if column in obs else None)
             return obs
 
-        uns = {"task": "cite", "source": {"format": "cite", "path": str(path), "cell_type_level": level}}
-        names = reader.obsm_columns(protein_key)
+        uns = {"task": "cite", "source": {"format": "cite", "path": str(path), "cell_type_level": level,
+                                          "reference_filters": bool(reference_filters)}}
+        if kept is None:
+            names = reader.obsm_columns(protein_key)
+            chunks = _reader_chunks(reader, chunk_size)
+            obsm_for = _dense_obsm(reader, [protein_key], {protein_key: "protein"})
+        else:
+            import scvi
+
+            uns["source"]["scvi_tools"] = scvi.__version__
+            names = [str(c) for c in protein.columns]
+            chunks = reader.iter_chunks(chunk_size, rows=np.sort(kept))
+
+            def obsm_for(rows):
+                return {"protein": protein_values[slot[rows]]}
         if names:
             uns["protein_names"] = np.array(names, dtype=object)
-        summary = _convert(out_path, var, _reader_chunks(reader, chunk_size), obs_for,
-                           _dense_obsm(reader, [protein_key], {protein_key: "protein"}), uns, str(path),
-                           reader.n_obs, progress=progress)
+        summary = _convert(out_path, var, chunks, obs_for, obsm_for, uns, str(path),
+                           reader.n_obs if kept is None else int(kept.size), progress=progress)
+    if kept is not None:
+        summary.update(cells_input=n_file, cells_filtered_reference=n_file - int(kept.size))
     summary.update(task="cite", signals=["cell_type", "obsm:protein"])
     return summary
 
@@ -496,7 +578,8 @@ def ingest(fmt: str, out_path, progress: bool = False, **options) -> dict:
     """Convert a dataset in format ``fmt`` to the canonical raw h5ad at ``out_path``.
 
     Options per format: h5ad(path, task, matrix); larry(counts, genes, metadata, clones,
-    allow_normalized); cite(path, level, protein_key); merfish(cell_by_gene, cell_metadata);
+    allow_normalized); cite(path, level, protein_key,
+    reference_filters); merfish(cell_by_gene, cell_metadata);
     atlas(path, day_column, cell_type_column, matrix). All accept chunk_size.
     """
     funcs = {"h5ad": ingest_h5ad, "larry": ingest_larry, "cite": ingest_cite,
