@@ -395,3 +395,13 @@ def test_cite_preplaced_file_goes_through_scvi_tools_own_loader(tmp_path):
     off = ingest("cite", tmp_path / "all.h5ad", path=tmp_path / "pbmc_seurat_v4.h5ad", reference_filters=False)
     assert off["cells"] == raw.n_obs
     assert ad.read_h5ad(tmp_path / "all.h5ad").obsm["protein"].shape[1] == raw.obsm["protein_counts"].shape[1]
+
+
+def test_corrupt_download_is_removed(server, tmp_path):
+    good = gzip.compress(b"line\n" * 1000)
+    server.files["/lineage/x.txt.gz"] = good[:-8] + b"\0" * 8  # whole length, bad gzip trailer
+    url = server.base + "/lineage/x.txt.gz"
+    with pytest.raises(F.DownloadError, match=r"x\.txt\.gz: truncated or corrupt gzip file .*all [\d,]+ bytes "
+                                              r"announced by .*x\.txt\.gz arrived, so the download was removed"):
+        F.download(url, tmp_path / "x.txt.gz")
+    assert _leftovers(tmp_path) == []

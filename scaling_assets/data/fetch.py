@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -291,7 +290,14 @@ def download(url: str, dest, sha256: str | None = None, size: int | None = None,
                                 f"{url}; run again to resume from byte {got:,}. {hint}")
     if bar is not None:
         bar.close()
-    check_complete(part, str(dest))
+    try:
+        check_complete(part, str(dest))
+    except InputError as exc:
+        if total is None:  # length unknown: the server may have stopped early, keep the part to resume
+            raise DownloadError(f"{exc}; {part} is kept: run again to resume. {hint}") from exc
+        part.unlink(missing_ok=True)  # every announced byte arrived, so the file itself is bad
+        raise DownloadError(f"{exc}; all {total:,} bytes announced by {url} arrived, so the download was "
+                            f"removed. {hint}") from exc
     digest = sha256_of(part)
     if sha256 is not None and digest != sha256.lower():
         part.unlink(missing_ok=True)
