@@ -32,6 +32,7 @@ class _Files:
         self.files: dict[str, bytes] = {}
         self.drop_once: set[str] = set()  # first GET sends half the body, then closes
         self.truncate: set[str] = set()  # every GET sends half the body, then closes
+        self.no_range: set[str] = set()  # Range ignored: always 200 and the whole body
         self.requests: list[tuple[str, str | None]] = []
 
 
@@ -50,7 +51,7 @@ def _handler(state: _Files):
                 self.send_error(404)
                 return
             start = 0
-            if rng:
+            if rng and self.path not in state.no_range:
                 start = int(re.match(r"bytes=(\d+)-", rng).group(1))
                 if start >= len(body):
                     self.send_response(416)
@@ -295,6 +296,37 @@ def test_fetch_lineage_downloads_and_converts(server, tmp_path):
     server.requests.clear()
     F.fetch("lineage", tmp_path, mirror=server.base, progress=False, convert=False)
     assert server.requests == []
+    # ... and a file changed in place no longer matches what was recorded
+    (tmp_path / "stateFate_inVitro_gene_names.txt.gz").write_bytes(_gz("GeneX\n"))
+    with pytest.raises(F.DownloadError, match=r"stateFate_inVitro_gene_names\.txt\.gz: SHA-256 [0-9a-f]{64} does not "
+                                              r"match [0-9a-f]{64} \(.*SHA256SUMS\); the file is not the published one"):
+        F.fetch("lineage", tmp_path, mirror=server.base, progress=False, convert=False)
+
+
+def test_server_ignoring_range_restarts_the_part(server, tmp_path):
+    body = bytes(range(256)) * 64
+    server.files["/x/a.bin"] = body
+    server.no_range.add("/x/a.bin")
+    (tmp_path / "a.bin.part").write_bytes(b"stale bytes from elsewhere")
+    r = F.download(server.base + "/x/a.bin", tmp_path / "a.bin")
+    assert server.requests == [("/x/a.bin", "bytes=26-")]
+    assert (tmp_path / "a.bin").read_bytes() == body and r["downloaded"] == len(body)
+
+
+def test_sources_match_scvi_tools_and_progress_switch(monkeypatch):
+    import inspect
+
+    from scvi.data._built_in_data import _cite_seq
+
+    code = inspect.getsource(_cite_seq._load_pbmc_seurat_v4_cite_seq)
+    cite = F.SOURCES["cite"].file("path")
+    assert f'url = "{cite.url}"' in code and f'save_fn = "{cite.name}"' in code  # the file scvi-tools reads
+    assert {s.task for s in F.SOURCES.values()} == {"cite", "lineage", "spatial", "development"}
+    assert all(f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256) for s in F.SOURCES.values() for f in s.files)
+    monkeypatch.setenv("SCALING_ASSETS_PROGRESS", "0")
+    assert not F.progress_enabled()
+    monkeypatch.setenv("SCALING_ASSETS_PROGRESS", "1")
+    assert F.progress_enabled() and not F.progress_enabled(quiet=True)
 
 
 def test_fetch_spatial_cli_prints_the_study_lines(server, tmp_path, capsys):
@@ -309,6 +341,16 @@ def test_fetch_spatial_cli_prints_the_study_lines(server, tmp_path, capsys):
     a = ad.read_h5ad(entry["paths"]["path"])
     assert a.n_vars == 15 and {"x", "y"} <= set(a.obs.columns)  # Blank-* columns dropped
     assert main(["data", "fetch", "spatial"]) == 2
+    # the printed lines are a dataset a study loads as they are
+    from scaling_assets.study import load_study
+
+    lines = out.split("Study YAML (under datasets:):\n")[1]
+    study_file = tmp_path / "real.yaml"
+    study_file.write_text(f"name: real\nroot: {tmp_path / 'runs'}\nbudget: test\nseeds: [42]\nalgorithms: [pca]\n"
+                          f"split: {{test_cells: 20, validation_cells: 10}}\nsizes: [40]\nqualities: [1.0]\n"
+                          f"datasets:\n{lines}")
+    study = load_study(study_file)
+    assert study.datasets["spatial"].source == "h5ad" and study.datasets["spatial"].task == "spatial"
 
 
 def test_fetch_development_merges_the_parts_and_converts(server, tmp_path):
