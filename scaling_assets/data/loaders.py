@@ -9,6 +9,7 @@ Output goes through ``CsrWriter`` (temporary file + rename), so a failure leaves
 from __future__ import annotations
 
 import gzip
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -257,8 +258,9 @@ def scvi_reference_filters(path, protein_key: str = "protein_counts", aggregate_
             raise InputError(f"{path}: missing protein counts obsm[{protein_key!r}] (obsm keys: {reader.obsm_keys()})")
         if "celltype.l2" not in obs.columns:
             raise InputError(f"{path}: missing obs column 'celltype.l2' (scvi-tools' filters drop its 'Doublet' cells)")
-        names = reader.obsm_columns(protein_key) or [f"protein_{j}" for j in range(reader.read_obsm(protein_key, np.array([0])).shape[1])]
-        protein = pd.DataFrame(reader.read_obsm(protein_key), index=obs.index, columns=names)
+        values = reader.read_obsm(protein_key)
+        names = reader.obsm_columns(protein_key) or [f"protein_{j}" for j in range(values.shape[1])]
+        protein = pd.DataFrame(values, index=obs.index, columns=names)
         mito = np.array([str(g).startswith("MT-") for g in reader.var_names])
         sums = np.zeros((reader.n_obs, 2))
         for rows, X in reader.iter_chunks(chunk_size):
@@ -267,11 +269,17 @@ def scvi_reference_filters(path, protein_key: str = "protein_counts", aggregate_
     proxy = ad.AnnData(sp.csr_matrix(sums.astype(np.float64)), obs=obs,
                        var=pd.DataFrame(index=["non-mitochondrial UMIs", "MT-UMIs"]))
     proxy.obsm["protein_counts"] = protein
+    download_log = logging.getLogger("scvi.data._download")  # its "already downloaded" names the proxy
+    level = download_log.level
     with tempfile.TemporaryDirectory(prefix="scvi-cite-") as tmp:
         proxy.write_h5ad(Path(tmp) / SCVI_CITE_FILE)
         del proxy
-        out = scvi.data.pbmc_seurat_v4_cite_seq(save_path=tmp, apply_filters=apply_filters,
-                                                aggregate_proteins=aggregate_proteins)
+        download_log.setLevel(logging.WARNING)
+        try:
+            out = scvi.data.pbmc_seurat_v4_cite_seq(save_path=tmp, apply_filters=apply_filters,
+                                                    aggregate_proteins=aggregate_proteins)
+        finally:
+            download_log.setLevel(level)
     position = pd.Series(np.arange(len(obs)), index=obs.index)
     kept = position.loc[out.obs_names].to_numpy()
     return kept, pd.DataFrame(out.obsm["protein_counts"]).loc[out.obs_names]
@@ -578,8 +586,8 @@ def ingest(fmt: str, out_path, progress: bool = False, **options) -> dict:
     """Convert a dataset in format ``fmt`` to the canonical raw h5ad at ``out_path``.
 
     Options per format: h5ad(path, task, matrix); larry(counts, genes, metadata, clones,
-    allow_normalized); cite(path, level, protein_key,
-    reference_filters); merfish(cell_by_gene, cell_metadata);
+    allow_normalized); cite(path, level, protein_key, reference_filters); merfish(cell_by_gene,
+    cell_metadata);
     atlas(path, day_column, cell_type_column, matrix). All accept chunk_size.
     """
     funcs = {"h5ad": ingest_h5ad, "larry": ingest_larry, "cite": ingest_cite,
