@@ -240,7 +240,8 @@ def _wait_gone(daemon: DaemonProcess, timeout_s: float) -> None:
 
 
 # -- which daemon runs a study --------------------------------------------------------------------
-def _another_study(record: DaemonRecord, study, home: Path, owner_running: bool) -> str:
+def _another_study(record: DaemonRecord, study, home: Path, owner_running: bool) -> Exception:
+    """The refusal of a `study run` of another study than the one whose daemon holds this home."""
     from scaling_assets.errors import InputError
 
     who = (f"the `study run` of study {record.study!r} (pid {record.owner.split()[1]})" if owner_running else
@@ -289,7 +290,8 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
         me = process_identity(os.getpid())
         record = read_record(path)
         daemon = None
-        if record is not None and identity_host(record.daemon) == socket.gethostname() \
+        # a record without a study is an older version's: its daemon is judged by heartbeats as before
+        if record is not None and record.root and identity_host(record.daemon) == socket.gethostname() \
                 and _running_here(record.daemon) is not None and record.stopped_at is None:
             if not record.serves(study):
                 raise _another_study(record, study, home, owner_running=False)
