@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     show = sub.add_parser("show", help="print the study's datasets and grid")
     show.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
     show.add_argument("--remove-stale", action="store_true", help="delete the folders under the study root "
-                      "that the study no longer has (grid points, assets or datasets removed from the study file)")
+                      "that the study no longer has (grid points, assets or datasets removed from the study file); not for a "
+                      "root that another study shares: its folders would count as stale")
     show.set_defaults(func=_show)
 
     plan = sub.add_parser("plan", help="what the study costs before it runs: training runs, cells read, bytes "
