@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -174,6 +175,20 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
         key = AssetKey(["cite", folder.parent.name])
         recorded = materialisations_per_partition(instance, key)
         assert (None if folder.name == "all" else folder.name) in recorded, folder
+
+    # rerun at once (issue 26 item 4): the stopped daemon's heartbeats are still fresh-looking, but its
+    # record says it stopped, so the rerun starts its own instead of waiting on a dead one
+    again = study_run(path, env, tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(again.stdout), daemon=True)
+    reader.start()
+    wait_for(lambda: any("dagster-daemon" in line for line in lines), 120, "the rerun's daemon line")
+    again.send_signal(signal.SIGINT)
+    again.wait(timeout=240)
+    reader.join(timeout=10)
+    out_again = "".join(lines)
+    assert "started dagster-daemon" in out_again and "already running" not in out_again, out_again
+    assert not alive(started_daemon_pid(out_again))
 
 
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
