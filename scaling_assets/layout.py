@@ -71,6 +71,31 @@ def parse_partition_dir(root: Path | str, folder: Path | str) -> tuple[list[str]
     return key, None if partition == UNPARTITIONED else partition
 
 
+def stale_folders(root: Path | str, expected: dict[tuple[str, ...], set[str | None]]) -> list[Path]:
+    """Folders under the study root of asset partitions the study no longer has (grid points, assets
+    or datasets removed from the study file): an asset folder or a whole dataset folder when none of
+    it is expected, else the partition folders; training checkpoints under ``.work`` likewise.
+    ``expected``: asset key path -> its partition keys (None: unpartitioned)."""
+    root = Path(root)
+    groups = {key[0] for key in expected}
+    stale: list[Path] = []
+    for base in (root, root / WORK):
+        if not base.is_dir():
+            continue
+        for group in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if group.name not in groups:
+                stale.append(group)
+                continue
+            for asset in sorted(p for p in group.iterdir() if p.is_dir()):
+                keys = expected.get((group.name, asset.name))
+                if keys is None:
+                    stale.append(asset)
+                    continue
+                stale += [part for part in sorted(asset.iterdir()) if part.is_dir()
+                          and (None if part.name == UNPARTITIONED and base == root else part.name) not in keys]
+    return stale
+
+
 def staging_root(root: Path | str) -> Path:
     return Path(root) / STAGING
 

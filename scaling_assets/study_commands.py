@@ -11,6 +11,9 @@ def register(subparsers) -> None:
 
     show = sub.add_parser("show", help="print the study's datasets and grid")
     show.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
+    show.add_argument("--remove-stale", action="store_true", help="delete the folders under the study root "
+                      "that the study no longer has (grid points, assets or datasets removed from the study file); not for a "
+                      "root that another study shares: its folders would count as stale")
     show.set_defaults(func=_show)
 
     plan = sub.add_parser("plan", help="what the study costs before it runs: training runs, cells read, bytes "
@@ -44,7 +47,44 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
     print(f"{s.n_training_runs()} training runs")
+    _show_stale(s, remove=args.remove_stale)
     return 0
+
+
+def _show_stale(study, remove: bool, shown: int = 20) -> None:
+    """List (or remove) the folders under the study root that the study no longer has."""
+    import shutil
+    from pathlib import Path
+
+    from scaling_assets.layout import stale_folders
+
+    if not Path(study.root).is_dir():
+        return
+    from scaling_assets.definitions import build_definitions
+
+    graph = build_definitions(study).resolve_asset_graph()
+    expected = {}
+    for key in graph.materializable_asset_keys:
+        partitions_def = graph.get(key).partitions_def
+        expected[tuple(key.path)] = set(partitions_def.get_partition_keys()) if partitions_def else {None}
+    stale = stale_folders(study.root, expected)
+    if not stale:
+        return
+    size = sum(f.stat().st_size for folder in stale for f in folder.rglob("*") if f.is_file())
+    what = f"{len(stale)} folder(s), {size / 1e6:.1f} MB, under {study.root} that the study no longer has"
+    if not remove:
+        print(f"stale: {what} (--remove-stale deletes them):")
+        for folder in stale[:shown]:
+            print(f"  {folder.relative_to(study.root)}")
+        if len(stale) > shown:
+            print(f"  ... {len(stale) - shown} more")
+        return
+    from scaling_assets.study_queue import study_lock
+
+    with study_lock(study):  # never under a running `study run` of this study
+        for folder in stale:
+            shutil.rmtree(folder)
+    print(f"removed {what}")
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -40,14 +40,14 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
-from dagster._core.storage.tags import BACKFILL_ID_TAG
+from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
 
 from scaling_assets.assets.storage import sweep_staging
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.gpu.needs import TAG_STUDY
-from scaling_assets.daemon import DaemonProcess, daemon_alive
+from scaling_assets.daemon import daemon_alive, study_daemon
 from scaling_assets.definitions import build_definitions
 from scaling_assets.errors import InputError
 from scaling_assets.run_study import print_summary, root_cause
@@ -59,6 +59,8 @@ STARTING = {DagsterRunStatus.STARTING}  # launched; its process is starting (imp
 RUNNING = {DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING}
 PROGRESS_EVERY_S = 30.0
 TAG_STAGE = "scaling_assets/stage"
+# the backfill's title as a tag: Dagster's UI lists a backfill's tags (on its runs too), not its title
+TAG_TITLE = "scaling_assets/backfill"
 SHARED, SETTINGS = "shared data", "settings"
 
 
@@ -145,9 +147,11 @@ def stage_target(target: AssetGraphSubset, stage: str, asset_graph, blocked_data
 
 def submit_backfill(study: Study, instance: DagsterInstance, target: AssetGraphSubset, stage: str) -> str:
     backfill_id = uuid.uuid4().hex[:8]
+    title = f"study {study.name}: {stage}"
     backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id=backfill_id, backfill_timestamp=time.time(), tags={TAG_STUDY: study.name, TAG_STAGE: stage},
-        dynamic_partitions_store=instance, asset_graph_subset=target, title=f"study {study.name}: {stage}",
+        backfill_id=backfill_id, backfill_timestamp=time.time(),
+        tags={TAG_STUDY: study.name, TAG_STAGE: stage, TAG_TITLE: title},
+        dynamic_partitions_store=instance, asset_graph_subset=target, title=title,
         description=f"scaling-assets study run --study {study.source_file or study.name}", run_config=None,
     )
     instance.add_backfill(backfill)
@@ -165,7 +169,8 @@ def progress(instance: DagsterInstance, backfill: PartitionBackfill, asset_graph
     """Counts from the backfill's own bookkeeping; at the end, materialisations are read from the
     instance (the daemon closes a backfill without folding in its last runs' materialisations)."""
     data = backfill.get_asset_backfill_data(asset_graph)
-    runs = instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill.backfill_id}))
+    runs = [r for r in instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill.backfill_id}))
+            if not retried(r)]
     done = data.materialized_subset & data.target_subset
     if final:
         done = AssetGraphSubset.from_asset_partition_set(materialised_in(instance, data.target_subset), asset_graph)
@@ -191,10 +196,18 @@ def materialised_in(instance: DagsterInstance, subset: AssetGraphSubset) -> set[
     return found
 
 
+def retried(run) -> bool:
+    """A failed run that Dagster's run retries re-execute from its failure (a killed run worker,
+    ``dagster.yaml``'s run_retries): its retry, another run of the backfill, stands for it."""
+    return run.status == DagsterRunStatus.FAILURE and run.tags.get(WILL_RETRY_TAG) == "true"
+
+
 def run_failures(instance: DagsterInstance, backfill_id: str) -> dict[str, str]:
-    """``{"run <id> (<assets>)": root cause}`` for every failed run of the backfill."""
+    """``{"run <id> (<assets>)": root cause}`` for every failed run of the backfill (not retried)."""
     failures = {}
     for run in instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}, statuses=[DagsterRunStatus.FAILURE])):
+        if retried(run):
+            continue
         events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
         assets = sorted(k.to_user_string() for k in run.asset_selection or ())
         label = f"run {run.run_id[:8]} ({', '.join(assets[:3])}{', ...' if len(assets) > 3 else ''})"
@@ -259,51 +272,45 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
             print(f"study {study.name!r}: every partition is already materialised (--refresh redoes them)", file=out)
             print_summary(study, out, 0.0, 0, 0, {})
             return {"materialised": 0, "skipped": 0, "failed": {}, "wall_time_s": 0.0, "backfill_id": None}
-        daemon = None
-        if not daemon_alive(instance):
-            daemon = DaemonProcess.for_instance(instance, daemon_env(study, instance))
-            daemon.start()
-            print(f"started dagster-daemon (pid {daemon.process.pid}; log {daemon.log_path}); it stops at the end",
-                  file=out)
-        else:
-            print("using the dagster-daemon already running for this DAGSTER_HOME", file=out)
-        print(f"study {study.name!r}: {study.n_training_runs()} training runs in the grid; storage {study.root}; "
-              f"Dagster home {instance.root_directory}. Ctrl-C cancels.", file=out, flush=True)
-        start = time.perf_counter()
-        watched: list[dict] = []
-        blocked: dict[str, str] = {}
-        backfill_id = None
-        try:
-            if joined is not None:
-                backfill_id = joined.backfill_id
-                watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
-            for stage in stages:
-                wanted = missing_partitions(study, instance, asset_graph, refresh)
-                datasets_blocked = frozenset()
-                if stage == SETTINGS:  # a dataset whose shared data failed: its settings cannot run
-                    missing = missing_partitions(study, instance, asset_graph, False) if refresh else wanted
-                    shared_left = stage_target(missing, SHARED, asset_graph)
-                    datasets_blocked = frozenset(k.path[0] for k in shared_left.asset_keys)
-                    for name in sorted(datasets_blocked):
-                        blocked[f"settings of {name}"] = "not run: the dataset's shared data is not materialised"
-                target = stage_target(wanted, stage, asset_graph, datasets_blocked)
-                if target.is_empty:
-                    continue
-                backfill_id = submit_backfill(study, instance, target, stage)
-                print(f"backfill {backfill_id}: {stage} ({target.num_partitions_and_non_partitioned_assets} "
-                      "partitions)", file=out, flush=True)
-                watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
-                                      hand_off=stage != stages[-1]))
-            _await_daemon_verdicts(instance, watched, daemon, poll_s)
-        except KeyboardInterrupt:
-            result = _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
-        else:
-            result = _report(study, watched, blocked, time.perf_counter() - start, out)
-        finally:
-            if daemon is not None:
-                daemon.stop()
+        with study_daemon(instance, study, daemon_env(study, instance), out) as daemon:
+            result = _run_stages(study, instance, asset_graph, joined, stages, refresh, daemon, out, poll_s)
         sweep_staging(study.root)
     return result
+
+
+def _run_stages(study, instance, asset_graph, joined, stages, refresh, daemon, out, poll_s) -> dict:
+    """Join the unfinished backfill, submit the remaining stages, watch each to its end, report."""
+    print(f"study {study.name!r}: {study.n_training_runs()} training runs in the grid; storage {study.root}; "
+          f"Dagster home {instance.root_directory}. Ctrl-C cancels.", file=out, flush=True)
+    start = time.perf_counter()
+    watched: list[dict] = []
+    blocked: dict[str, str] = {}
+    backfill_id = None
+    try:
+        if joined is not None:
+            backfill_id = joined.backfill_id
+            watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
+        for stage in stages:
+            wanted = missing_partitions(study, instance, asset_graph, refresh)
+            datasets_blocked = frozenset()
+            if stage == SETTINGS:  # a dataset whose shared data failed: its settings cannot run
+                missing = missing_partitions(study, instance, asset_graph, False) if refresh else wanted
+                shared_left = stage_target(missing, SHARED, asset_graph)
+                datasets_blocked = frozenset(k.path[0] for k in shared_left.asset_keys)
+                for name in sorted(datasets_blocked):
+                    blocked[f"settings of {name}"] = "not run: the dataset's shared data is not materialised"
+            target = stage_target(wanted, stage, asset_graph, datasets_blocked)
+            if target.is_empty:
+                continue
+            backfill_id = submit_backfill(study, instance, target, stage)
+            print(f"backfill {backfill_id}: {stage} ({target.num_partitions_and_non_partitioned_assets} "
+                  "partitions)", file=out, flush=True)
+            watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
+                                  hand_off=stage != stages[-1]))
+        _await_daemon_verdicts(instance, watched, daemon, poll_s)
+    except KeyboardInterrupt:
+        return _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
+    return _report(study, watched, blocked, time.perf_counter() - start, out)
 
 
 def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s, hand_off: bool = False) -> dict:

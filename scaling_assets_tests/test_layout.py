@@ -133,3 +133,40 @@ def test_staging_folders_are_under_the_single_study_root(tmp_path):
 
     io = build_definitions(s).resources["io_manager"]  # the IO manager's root is the same study root
     assert layout.staging_root(io.root) == stage.parent
+
+
+def test_folders_of_grid_points_removed_from_the_study_are_listed_and_removed(tmp_path, capsys):
+    """Issue 26 item 8: ``study show`` lists the partition folders (and checkpoints) the study no longer
+    has: a size or dataset dropped from the study file; ``--remove-stale`` deletes exactly those."""
+    from conftest import write_tiny_study
+
+    from scaling_assets.cli import main
+
+    root = tmp_path / "root"
+    path = write_tiny_study(tmp_path / "study.yaml", root, "shrunk", sizes=[100])
+    s = load_study(path, check_paths=False)
+    kept = [layout.partition_dir(root, ["cite", "mi_pca"], "n=100_q=1_s=42"),
+            layout.partition_dir(root, ["cite", "raw_counts"], None),
+            layout.partition_dir(root, ["results", "mi_table"], None),
+            layout.work_dir(root, ["cite", "model_pca"], "n=100_q=1_s=42"),
+            root / layout.STAGING / "stage-x"]
+    stale = [layout.partition_dir(root, ["cite", "mi_pca"], "n=200_q=1_s=42"),  # a size dropped
+             root / "pbmc",  # a dataset dropped
+             layout.work_dir(root, ["cite", "model_pca"], "n=200_q=1_s=42")]
+    assert set(s.setting_keys("cite")) >= {"n=100_q=1_s=42"} and "n=200_q=1_s=42" not in s.setting_keys("cite")
+    for folder in kept + [stale[0], stale[1] / "raw_counts" / "all", stale[2]]:
+        folder.mkdir(parents=True)
+        (folder / "f.bin").write_bytes(b"x" * 1000)
+
+    assert main(["study", "show", "--study", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stale: 3 folder(s)" in out and "--remove-stale deletes them" in out, out
+    for folder in stale:
+        assert f"  {folder.relative_to(root)}\n" in out
+    assert all(folder.exists() for folder in stale)
+
+    assert main(["study", "show", "--study", str(path), "--remove-stale"]) == 0
+    assert "removed 3 folder(s)" in capsys.readouterr().out
+    assert not any(folder.exists() for folder in stale) and all(folder.exists() for folder in kept)
+    assert main(["study", "show", "--study", str(path)]) == 0
+    assert "stale" not in capsys.readouterr().out

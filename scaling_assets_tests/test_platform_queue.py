@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,6 +69,12 @@ def started_daemon_pid(output: str) -> int:
     return int(re.search(r"started dagster-daemon \(pid (\d+)", output).group(1))
 
 
+def recorded_daemon_pid(home: Path) -> int:
+    from scaling_assets.daemon import read_record
+
+    return read_record(home / ".scaling_assets" / "daemon.json").pid
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,7 +105,7 @@ def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tm
     first = study_run(path, env, tmp_path)
     mi = AssetKey(["cite", "mi_pca"])
     wait_for(lambda: instance.get_materialized_partitions(mi), 240, "a first MI partition")
-    daemon_pid = int((home / ".scaling_assets" / "daemon.pid").read_text().split()[1])  # "<host> <pid> <start>"
+    daemon_pid = recorded_daemon_pid(home)
     os.kill(daemon_pid, signal.SIGKILL)  # the daemon dies mid-study
     out1, _ = first.communicate(timeout=60)
     assert first.returncode != 0, out1
@@ -168,6 +175,20 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
         key = AssetKey(["cite", folder.parent.name])
         recorded = materialisations_per_partition(instance, key)
         assert (None if folder.name == "all" else folder.name) in recorded, folder
+
+    # rerun at once (issue 26 item 4): the stopped daemon's heartbeats are still fresh-looking, but its
+    # record says it stopped, so the rerun starts its own instead of waiting on a dead one
+    again = study_run(path, env, tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(again.stdout), daemon=True)
+    reader.start()
+    wait_for(lambda: any("dagster-daemon" in line for line in lines), 120, "the rerun's daemon line")
+    again.send_signal(signal.SIGINT)
+    again.wait(timeout=240)
+    reader.join(timeout=10)
+    out_again = "".join(lines)
+    assert "started dagster-daemon" in out_again and "already running" not in out_again, out_again
+    assert not alive(started_daemon_pid(out_again))
 
 
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
@@ -265,22 +286,35 @@ def test_the_study_daemon_reloads_its_code_location_every_ten_minutes_not_every_
     assert reloads(31)
 
 
-def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
-    """The daemon a ``study run`` started records its process identity; with fresh heartbeats left by a
-    killed daemon, a pid file naming a gone process, or a live process that reused its pid, says
-    "no daemon" (and is removed); the live process itself, or a daemon on another host, is judged by
-    its heartbeats."""
+def fake_instance(tmp_path: Path, heartbeats: dict | None = None):
+    """What ``daemon_alive`` and ``study_daemon`` read of an instance: its home and daemon heartbeats."""
     from types import SimpleNamespace
 
-    from scaling_assets.daemon import daemon_alive, pid_file
+    beats = {kind: SimpleNamespace(timestamp=time.time()) for kind in ("BACKFILL", "QUEUED_RUN_COORDINATOR")} \
+        if heartbeats is None else heartbeats
+    return SimpleNamespace(root_directory=str(tmp_path), get_daemon_heartbeats=lambda: beats,
+                           get_required_daemon_types=lambda: ["BACKFILL", "QUEUED_RUN_COORDINATOR"])
+
+
+def sleeper(*extra: str) -> subprocess.Popen:
+    """A process standing in for a daemon (own session, as a started daemon has) or a `study run`."""
+    return subprocess.Popen([sys.executable, "-c", "import sys, time\n" + "\n".join(extra) + "\ntime.sleep(120)"],
+                            start_new_session=True)
+
+
+def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
+    """The daemon a ``study run`` started records its process identity; with fresh heartbeats left by a
+    killed daemon, a record naming a gone process, or a live process that reused its pid, says
+    "no daemon" (and notes when it was found gone: later heartbeats are another daemon's); the live
+    process itself, or a daemon on another host, is judged by its heartbeats."""
+    from types import SimpleNamespace
+
+    from scaling_assets.daemon import DaemonRecord, daemon_alive, read_record, record_file, write_record
     from scaling_assets.processes import process_identity
 
-    fresh = {kind: SimpleNamespace(timestamp=time.time()) for kind in ("BACKFILL", "QUEUED_RUN_COORDINATOR")}
-    instance = SimpleNamespace(root_directory=str(tmp_path), get_daemon_heartbeats=lambda: fresh,
-                               get_required_daemon_types=lambda: ["BACKFILL", "QUEUED_RUN_COORDINATOR"])
-    recorded = pid_file(instance)
-    recorded.parent.mkdir(parents=True)
-
+    instance = fake_instance(tmp_path)
+    fresh = instance.get_daemon_heartbeats()
+    recorded = record_file(instance)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     identity = process_identity(gone.pid)
     gone.wait()
@@ -288,12 +322,287 @@ def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
     live = process_identity(os.getpid())
     reused = f"{host} {os.getpid()} {float(live.split()[2]) - 100:.3f}"  # our pid, another start time
     for dead in (identity, reused):
-        recorded.write_text(dead)
+        write_record(recorded, DaemonRecord(dead, study="s", root=str(tmp_path)))
         assert not daemon_alive(instance), dead
-        assert not recorded.exists()
+        assert read_record(recorded).stopped_at is not None  # found gone: its heartbeats no longer count
+    for kind in fresh:
+        fresh[kind] = SimpleNamespace(timestamp=time.time() + 1)
+    assert daemon_alive(instance)  # heart-beating since: another daemon
     for judged_by_heartbeats in (live, f"another-host {pid} {started}"):
-        recorded.write_text(judged_by_heartbeats)
+        write_record(recorded, DaemonRecord(judged_by_heartbeats))
         assert daemon_alive(instance)
-        assert recorded.exists()
+    recorded.write_text(live)  # a record of an older version: a bare identity
+    assert daemon_alive(instance)
     fresh.pop("BACKFILL")
     assert not daemon_alive(instance)  # no backfill loop heart-beating
+
+
+def test_a_rerun_right_after_a_stopped_daemon_does_not_take_its_heartbeats_for_a_live_daemon(tmp_path):
+    """Issue 26 item 4: the daemon's heartbeats stay fresh-looking for up to 75 s after ``study run``
+    stopped it; the record it leaves (identity, stop time) says it is gone, so the rerun starts a
+    daemon instead of waiting 60 s on a dead one and exiting 2."""
+    from scaling_assets.daemon import DaemonProcess, DaemonRecord, daemon_alive, read_record, record_file, write_record
+    from scaling_assets.processes import process_identity
+
+    instance = fake_instance(tmp_path)  # heartbeats written a moment ago, by the daemon about to stop
+    path = record_file(instance)
+    process = sleeper()
+    write_record(path, DaemonRecord(process_identity(process.pid), study="s", root=str(tmp_path)))
+    daemon = DaemonProcess({}, tmp_path / "daemon.log", path, identity=process_identity(process.pid))
+    assert daemon.running() and daemon_alive(instance)
+    daemon.stop(timeout_s=5)
+    assert process.wait(timeout=5) is not None
+    assert read_record(path).stopped_at is not None
+    assert not daemon_alive(instance)
+
+
+def test_a_second_study_on_the_same_home_is_refused_naming_the_study_that_holds_it(tmp_path):
+    """Issue 26 item 2: one daemon loads one study's definitions. While another study's ``study run``
+    owns the daemon of this DAGSTER_HOME, or its daemon is still finishing that study after its
+    command was killed, ``study run`` of another study is refused at once, naming both roots."""
+    from types import SimpleNamespace
+
+    from scaling_assets.daemon import DaemonRecord, owner_lock_file, record_file, study_daemon, write_record
+    from scaling_assets.errors import InputError
+    from scaling_assets.processes import process_identity
+
+    instance = fake_instance(tmp_path)
+    path = record_file(instance)
+    path.parent.mkdir(parents=True)
+    lock = owner_lock_file(path)
+    owner = sleeper("import fcntl", f"f = open({str(lock)!r}, 'a+')", "fcntl.flock(f, fcntl.LOCK_EX)",
+                    f"open({str(tmp_path / 'locked')!r}, 'w').close()")
+    daemon = sleeper()
+    try:
+        wait_for(lambda: (tmp_path / "locked").exists(), 30, "the other study run to take the lock")
+        write_record(path, DaemonRecord(process_identity(daemon.pid), owner=process_identity(owner.pid),
+                                        study="first", root=str(tmp_path / "first")))
+        second = SimpleNamespace(name="second", root=tmp_path / "second")
+        t0 = time.time()
+        with pytest.raises(InputError) as refused, study_daemon(instance, second, {}, io.StringIO()):
+            pass
+        message = str(refused.value)
+        assert time.time() - t0 < 5
+        assert f"is in use by the `study run` of study 'first' (pid {owner.pid})" in message
+        assert str(tmp_path / "first") in message and "export DAGSTER_HOME" in message
+
+        owner.kill()  # its command killed; its daemon finishes the first study's work
+        owner.wait()
+        with pytest.raises(InputError) as refused, study_daemon(instance, second, {}, io.StringIO()):
+            pass
+        assert f"the dagster-daemon (pid {daemon.pid}) of study 'first', whose `study run` stopped" in str(refused.value)
+        assert daemon.poll() is None  # not ours to stop
+    finally:
+        for process in (owner, daemon):
+            process.kill()
+            process.wait()
+
+
+def test_the_rerun_of_a_killed_study_run_adopts_its_daemon_and_stops_it_at_the_end(tmp_path):
+    """Issue 26 item 3: ``kill -9`` of ``study run`` leaves its daemon running; the rerun of the same
+    study takes it over (it becomes the owner) and stops it when it ends."""
+    from types import SimpleNamespace
+
+    from scaling_assets.daemon import DaemonRecord, read_record, record_file, study_daemon, write_record
+    from scaling_assets.processes import process_identity
+
+    instance = fake_instance(tmp_path)
+    path = record_file(instance)
+    killed_cli = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed_identity = process_identity(killed_cli.pid)
+    killed_cli.wait()
+    daemon = sleeper()
+    try:
+        write_record(path, DaemonRecord(process_identity(daemon.pid), owner=killed_identity, study="same",
+                                        root=str(tmp_path / "root")))
+        out = io.StringIO()
+        with study_daemon(instance, SimpleNamespace(name="same", root=tmp_path / "root"), {}, out) as adopted:
+            assert f"adopting the dagster-daemon (pid {daemon.pid})" in out.getvalue()
+            assert adopted.running()
+            assert read_record(path).owner == process_identity(os.getpid())
+        assert daemon.wait(timeout=10) is not None  # stopped with the study
+        assert read_record(path).stopped_at is not None
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_a_daemon_whose_study_run_is_gone_stops_once_nothing_is_left_to_run(tmp_path):
+    """Issue 26 item 3, inside the daemon: it stops itself only when its owner's lock is free (the
+    command died) and the instance has no backfill in progress and no unfinished run."""
+    from dagster import DagsterRun
+
+    from scaling_assets.daemon import DaemonRecord, owner_gone_and_idle, owner_lock_file, record_file, write_record
+    from scaling_assets.processes import process_identity
+
+    instance = DagsterInstance.ephemeral()
+    home = fake_instance(tmp_path)
+    path = record_file(home)
+    me = process_identity(os.getpid())
+    write_record(path, DaemonRecord(me, owner="", study="s", root=str(tmp_path)))
+    lock_path = owner_lock_file(path)
+    owner = sleeper("import fcntl", f"f = open({str(lock_path)!r}, 'a+')", "fcntl.flock(f, fcntl.LOCK_EX)",
+                    f"open({str(tmp_path / 'locked')!r}, 'w').close()")
+    lock = open(lock_path, "a+")
+    try:
+        wait_for(lambda: (tmp_path / "locked").exists(), 30, "the owner to take the lock")
+        assert not owner_gone_and_idle(lock, path, me, instance)  # its study run is there
+        owner.kill()
+        owner.wait()
+        run = instance.add_run(DagsterRun(job_name="j", run_id="r" * 32, status=DagsterRunStatus.STARTED))
+        assert not owner_gone_and_idle(lock, path, me, instance)  # a run still going
+        instance.report_run_failed(run)
+        assert owner_gone_and_idle(lock, path, me, instance)
+    finally:
+        owner.kill()
+        owner.wait()
+        lock.close()
+
+
+def test_the_run_label_and_the_instance_settings_for_killed_run_workers():
+    """Issue 26 items 7 and 8: the label the coordinator gives each run; run monitoring polls every
+    5 s and a run whose worker died is retried once from its failure, a failed step is not."""
+    from scaling_assets.compute.coordinator import run_label
+
+    assert run_label(["cite/mi_pca", "cite/train_counts", "cite/model_pca", "cite/embeddings_pca"],
+                     "n=200_q=1_s=42") == "cite n=200_q=1_s=42: train_counts, model_pca, embeddings_pca, mi_pca"
+    assert run_label(["cite/raw_counts"], None) == "cite: raw_counts"
+    assert len(run_label([f"cite/mi_{i}" for i in range(100)], "s=1")) == 200
+    import yaml
+
+    for config in (REPO / "dagster.yaml", REPO / "deploy" / "postgres" / "dagster.yaml"):
+        settings = yaml.safe_load(config.read_text())
+        assert settings["run_monitoring"]["poll_interval_seconds"] <= 5, config
+        assert settings["run_retries"] == {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False}
+
+
+def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_path, restore_dagster_home):
+    """Issue 26, on real daemons and runs, in the order a user meets them:
+
+    - a run worker killed by ``kill -9`` mid-chain is marked failed within seconds (run monitoring polls
+      every 5 s) and re-executed from its failure in the same backfill: the steps it finished stay;
+    - a second study on the same DAGSTER_HOME is refused at once, naming the study that holds it, and
+      writes nothing;
+    - the ``study run`` killed by ``kill -9``: the rerun adopts its daemon and stops it at the end;
+    - a rerun seconds after a finished one starts a fresh daemon (the stopped one's heartbeats are
+      not taken for a live daemon) and finishes;
+    - the ``study run`` killed and not rerun: its daemon finishes the submitted work and exits;
+    - every run belongs to the code location ``scaling_assets`` (as in workspace.yaml) and carries a
+      readable label; the backfills carry their title as a tag."""
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG
+
+    from scaling_assets.compute.coordinator import TAG_RUN
+    from scaling_assets.compute.run_workers import TAG_WORKER
+    from scaling_assets.study_queue import TAG_TITLE
+
+    path, home, env = make_study(tmp_path, "owned")
+    other = write_tiny_study(tmp_path / "other.yaml", tmp_path / "other_root", "other", sizes=[100])
+    study = load_study(path)
+    instance = instance_at(home)
+    first = study_run(path, env, tmp_path)
+    started_pids = []
+    try:
+        # -- a run worker killed after its chain's first step --------------------------------------
+        train = AssetKey(["cite", "train_counts"])
+
+        def chain_run_past_its_first_step():
+            written = {r.run_id for r in instance.fetch_materializations(train, limit=100).records}
+            for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                names = {k.path[-1] for k in run.asset_selection or ()}
+                if {"train_counts", "mi_pca"} <= names and run.run_id in written and TAG_WORKER in run.tags:
+                    return run
+            return None
+
+        killed = None
+        while killed is None:
+            run = wait_for(chain_run_past_its_first_step, 300, "a setting chain run past train_counts")
+            os.kill(int(run.tags[TAG_WORKER].split()[1]), signal.SIGKILL)
+            killed_at = time.time()
+            if instance.get_run_by_id(run.run_id).status != DagsterRunStatus.SUCCESS:
+                killed = run
+        wait_for(lambda: instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE, 60,
+                 "the killed run marked failed")
+        marked_failed_s = time.time() - killed_at
+        retry = wait_for(lambda: instance.get_runs(RunsFilter(tags={PARENT_RUN_ID_TAG: killed.run_id})), 60,
+                         "the killed run's retry")[0]
+        print(f"killed run worker marked failed after {marked_failed_s:.1f} s; retry {retry.run_id[:8]} runs "
+              f"steps {sorted(retry.step_keys_to_execute or [])}")
+        assert marked_failed_s < 30
+        assert retry.step_keys_to_execute and "cite__train_counts" not in retry.step_keys_to_execute
+
+        # -- a second study on the same home -------------------------------------------------------
+        t0 = time.time()
+        second = study_run(other, env, tmp_path)
+        out_other, _ = second.communicate(timeout=120)
+        print(f"second study refused after {time.time() - t0:.1f} s:\n{out_other}")
+        assert second.returncode == 2, out_other
+        assert "is in use by the `study run` of study 'owned'" in out_other and "DAGSTER_HOME" in out_other
+        assert not any(p.is_dir() for p in (tmp_path / "other_root").glob("*/*")), "the other study wrote data"
+
+        # -- kill -9 of the `study run`, rerun at once ---------------------------------------------
+        assert first.poll() is None, "the study finished before its command could be killed"
+        first_daemon = recorded_daemon_pid(home)
+        started_pids.append(first_daemon)
+        first.kill()
+        first.communicate()
+        rerun = study_run(path, env, tmp_path)
+        out_rerun, _ = rerun.communicate(timeout=400)
+        assert rerun.returncode == 0, out_rerun
+        assert f"adopting the dagster-daemon (pid {first_daemon})" in out_rerun, out_rerun
+        assert re.search(r"COMPLETED_SUCCESS, (\d+)/\1 partitions", out_rerun), out_rerun
+        assert not alive(first_daemon), "the adopted daemon outlived the study"
+        for key in instance.get_asset_keys():  # nothing the killed run had finished was redone
+            counts = materialisations_per_partition(instance, key)
+            assert counts and set(counts.values()) == {1}, (key, counts)
+        assert killed.run_id[:8] not in str(run_failures_of(instance))  # its retry stands for it
+
+        # -- a rerun seconds after the daemon stopped ----------------------------------------------
+        mi_folder = next((Path(study.root) / "cite" / "mi_pca").iterdir())
+        shutil.rmtree(mi_folder)
+        t0 = time.time()
+        again = study_run(path, env, tmp_path)
+        out_again, _ = again.communicate(timeout=300)
+        print(f"immediate rerun: exit {again.returncode} after {time.time() - t0:.1f} s")
+        assert again.returncode == 0, out_again
+        assert "started dagster-daemon" in out_again and "COMPLETED_SUCCESS" in out_again, out_again
+        started_pids.append(started_daemon_pid(out_again))
+        assert mi_folder.is_dir()
+
+        # -- kill -9 of the `study run`, no rerun: the daemon finishes and exits -------------------
+        shutil.rmtree(mi_folder)
+        last = study_run(path, env, tmp_path)
+        backfills_before = {b.backfill_id for b in instance.get_backfills()}
+        new_backfill = wait_for(lambda: [b for b in instance.get_backfills() if b.backfill_id not in backfills_before],
+                                120, "the rerun's backfill")[0]
+        orphan = recorded_daemon_pid(home)
+        started_pids.append(orphan)
+        last.kill()
+        last.communicate()
+        t0 = time.time()
+        wait_for(lambda: not alive(orphan), 240, "the orphaned daemon to finish the study and exit")
+        print(f"orphaned daemon exited {time.time() - t0:.1f} s after its `study run` was killed")
+        assert instance.get_backfill(new_backfill.backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+        assert mi_folder.is_dir()
+
+        # -- what the UI shows ---------------------------------------------------------------------
+        runs = instance.get_runs(RunsFilter(tags={TAG_STUDY: "owned"}))
+        assert {r.remote_job_origin.repository_origin.code_location_origin.location_name for r in runs} == \
+            {"scaling_assets"}
+        assert all(r.tags.get(TAG_RUN) for r in runs)
+        assert any(r.tags[TAG_RUN].startswith("cite n=") and r.tags[TAG_RUN].endswith("mi_pca") for r in runs)
+        assert {b.tags[TAG_TITLE] for b in instance.get_backfills()} == {"study owned: shared data",
+                                                                         "study owned: settings"}
+    finally:
+        for pid in started_pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if first.poll() is None:
+            first.kill()
+
+
+def run_failures_of(instance: DagsterInstance) -> dict:
+    from scaling_assets.study_queue import run_failures
+
+    return {k: v for b in instance.get_backfills() for k, v in run_failures(instance, b.backfill_id).items()}
