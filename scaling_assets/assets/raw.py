@@ -29,7 +29,7 @@ def raw_counts_asset(ds: DatasetAssets):
             summary, seconds = _write_raw(ds, out)
         except InputError as exc:  # the stage folder is never renamed into place (swept as abandoned)
             out.unlink(missing_ok=True)
-            raise InputError(f"dataset {ds.name!r}: {exc}") from exc
+            raise InputError(f"dataset {ds.name!r}: {exc}") from None  # the message is the cause
         summary = dict(summary, source=cfg.source, task=cfg.task, signals=summary.get("signals"),
                        signal_specs=[describe_signal(s) for s in cfg.signals])
         write_summary(stage, summary)

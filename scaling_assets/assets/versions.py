@@ -7,9 +7,9 @@
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
   same inputs.
-- a dataset that declares signals other than its task's preset: its raw counts, split and MI carry a
-  fingerprint of the signal list too (changing a signal re-checks the file, re-splits and re-measures);
-  a task's preset adds nothing, so studies of the four tasks keep their versions.
+- a dataset whose signals are not exactly a task's preset (it declares its own): its raw counts, split
+  and MI carry a fingerprint of the signal list too (changing a signal re-checks the file, re-splits and
+  re-measures); a preset adds nothing, so studies of the four tasks keep their versions.
 
 Dagster shows a partition materialised under another code version as stale ("code version
 changed"); ``outdated_partitions`` lists them, and what depends on them, for the study run.
@@ -40,7 +40,7 @@ def code_version(study, key: AssetKey) -> str:
     version = _code_version(study, key)
     config = study.datasets.get(key.path[0]) if len(key.path) > 1 else None
     if config is not None and key.path[-1] in SIGNAL_ASSETS + tuple(f"mi_{a}" for a in study.algorithms):
-        if config.task is None or config.signals != TASKS[config.task].signals:
+        if config.signals not in [t.signals for t in TASKS.values()]:
             specs = json.dumps([dataclasses.astuple(s) for s in config.signals], default=str)
             version += f"-signals-{hashlib.sha256(specs.encode()).hexdigest()[:8]}"
     return version

@@ -77,7 +77,7 @@ def build_signals(
         except InputError as exc:
             if not prefix:
                 raise
-            raise InputError(f"{prefix}{exc}") from exc
+            raise InputError(f"{prefix}{exc}") from None  # one message: where, then what
     return out
 
 
