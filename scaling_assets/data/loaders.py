@@ -2,7 +2,8 @@
 
 Every loader validates counts (integers >= 0, no NaN; LARRY may recover integers from its
 per-cell normalised values), drops cells with zero counts (counted in the summary), rejects
-duplicate gene ids, and checks that the task's signal columns exist and hold at least two classes.
+duplicate gene ids, and checks that the task's signal columns exist and hold at least two classes
+(``check_signal_specs``: every signal a study dataset declares, obs columns and obsm matrices alike).
 Output goes through ``CsrWriter`` (temporary file + rename), so a failure leaves nothing behind.
 """
 
