@@ -405,7 +405,8 @@ def _data_path(value, study_file: Path | None) -> str:
     """A dataset file: ``$VARS`` and ``~`` expanded; a relative path is relative to the study file's folder
     (so a study beside its data runs from any working directory)."""
     p = Path(os.path.expandvars(str(value))).expanduser()
-    if not p.is_absolute() and study_file is not None:
+    unset_variable = "$" in str(p)  # kept as written, so a missing-path error names the variable
+    if not p.is_absolute() and study_file is not None and not unset_variable:
         p = (Path(study_file).resolve().parent / p).resolve()
     return str(p)
 

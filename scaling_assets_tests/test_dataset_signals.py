@@ -113,6 +113,10 @@ def test_relative_data_paths_are_relative_to_the_study_file(tmp_path):
     (tmp_path / "sub").mkdir()
     path = write_study(tmp_path / "sub", "d: {source: h5ad, cells: 300, paths: {path: ../data/x.h5ad}, signals: [a]}\n")
     assert load_study(path, check_paths=False).datasets["d"].paths["path"] == str(tmp_path / "data" / "x.h5ad")
+    unset = write_study(tmp_path, "d: {source: h5ad, cells: 300, paths: {path: '${NO_SUCH_VARIABLE}/x.h5ad'}, signals: [a]}\n",
+                        name="unset")
+    with pytest.raises(StudyConfigError, match=r"datasets\.d\.paths\.path: missing data path \$\{NO_SUCH_VARIABLE\}/x"):
+        load_study(unset)
 
 
 def test_own_signals_change_the_code_versions_a_preset_does_not(tmp_path):
