@@ -5,14 +5,14 @@ than 150,000 cells. Default validation size: ``min(1_000, n_obs // 10)``.
 
 Signal-aware rules (every row index refers to the raw file), chosen by the dataset's signals
 (data/tasks.py; a task name stands for its preset):
-- sister-pair signal (lineage): whole clones of its clone column go to test (drawn in a seeded random order until at least ``n_test``
-  cells), then whole clones or clone-less cells go to validation; so test, validation and pool
-  clones are pairwise disjoint. Cells without a clone never enter the test set.
-- neighbour signal (spatial): the plane of its two coordinate columns is cut into square tiles; test = all cells of tiles drawn in a seeded random
-  order until at least ``n_test`` cells. Guarantee: no training or validation cell lies inside a
-  test tile, so a test pair (a test cell and its nearest spatial neighbours among test cells) never
-  involves a training cell, and for test cells away from a tile edge those neighbours are their
-  true nearest neighbours in the tissue.
+- sister-pair signal (lineage): whole clones of its clone column go to test (drawn in a seeded random
+  order until at least ``n_test`` cells), then whole clones or clone-less cells go to validation; so
+  test, validation and pool clones are pairwise disjoint. Cells without a clone never enter the test set.
+- neighbour signal (spatial): the plane of its two coordinate columns is cut into square tiles; test =
+  all cells of tiles drawn in a seeded random order until at least ``n_test`` cells. Guarantee: no
+  training or validation cell lies inside a test tile, so a test pair (a test cell and its nearest
+  spatial neighbours among test cells) never involves a training cell, and for test cells away from a
+  tile edge those neighbours are their true nearest neighbours in the tissue.
 - otherwise: uniform random cells.
 A dataset with both a sister and a neighbour signal holds out clones (the first such signal rules).
 Lineage and spatial test sets may exceed ``n_test`` by less than one clone / one tile.
