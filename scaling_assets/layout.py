@@ -134,12 +134,10 @@ def plot_name(dataset: str, signal: str) -> str:
 
 def result_paths(study: Study) -> dict[str, Path]:
     """The study's tables (Parquet; a CSV beside each) and its plots, one per (dataset, signal)."""
-    from scaling_assets.data.tasks import TASKS
-
     results = lambda name: partition_dir(study.root, [RESULTS, name], None)  # noqa: E731
     return {**{name: table_file(results(name)) for name in RESULT_TABLES},
             **{f"plot_{d}_{signal}": results("scaling_plots") / plot_name(d, signal)
-               for d, config in study.datasets.items() for signal in TASKS[config.task].mi_signals}}
+               for d, config in study.datasets.items() for signal in config.signal_names}}
 
 
 def dataset_gene_count(study: Study, dataset: str) -> int | None:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
-from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS
+from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS, SignalSpec, parse_signals
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.metrics.laws import DEFAULT_FIT_RULES, FIT_RULES
 from scaling_assets.models.budget import BUDGETS
@@ -97,7 +97,7 @@ def parse_seed_key(key: str) -> int:
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str
-    task: str
+    task: str | None  # a preset of signals (data/tasks.py); None: the dataset declares its own signals
     source: str
     sizes: tuple[int, ...]
     qualities: tuple[float, ...]
@@ -109,6 +109,16 @@ class DatasetConfig:
     umis_per_cell: float | None = None
     test_cells: int | None = None  # overrides the study's split.test_cells for this dataset
     validation_cells: int | None = None  # overrides the study's split.validation_cells
+    # What the split, MI, results and plots read: the task's preset, then the dataset's own signals
+    signals: tuple[SignalSpec, ...] = ()
+
+    def __post_init__(self):
+        if not self.signals and self.task in TASKS:
+            object.__setattr__(self, "signals", TASKS[self.task].signals)
+
+    @property
+    def signal_names(self) -> list[str]:
+        return [s.name for s in self.signals]
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise _err(path, where, "dataset names may use letters, digits, '_' and '-' only")
     task, source, paths = _parse_source(d, where, path, check_paths)
+    signals = _parse_signals(d, task, source, where, path)
     cells = int(d["cells"]) if d.get("cells") is not None else None
     if source == SIMULATED and (not cells or not d.get("genes")):
         raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
@@ -339,28 +350,65 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
         cells=cells, genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
         options=dict(d.get("options") or {}), umis_per_cell=umis,
         test_cells=None if own_test is None else int(own_test),
-        validation_cells=None if own_val is None else int(own_val),
+        validation_cells=None if own_val is None else int(own_val), signals=signals,
     )
 
 
+def _parse_signals(d, task: str | None, source: str, where: str, path) -> tuple[SignalSpec, ...]:
+    """The task's preset signals, then the dataset's own ``signals:`` (at least one signal in all)."""
+    preset = TASKS[task].signals if task else ()
+    if d.get("signals") is None:
+        if not preset:
+            raise _err(path, where, f"expected a task (one of {list(TASKS)}) or signals (obs columns / obsm "
+                                    "keys to measure), or both")
+        return preset
+    if source == SIMULATED:
+        raise _err(path, f"{where}.signals", "a simulated dataset has its task's signals only; declare "
+                                             "signals on a real source")
+    try:
+        own = parse_signals(d["signals"])
+    except ValueError as exc:
+        field_name, message = exc.args
+        raise _err(path, f"{where}.signals" + (f".{field_name}" if field_name else ""), message) from None
+    names = [s.name for s in (*preset, *own)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise _err(path, f"{where}.signals", f"signal name(s) {repeated} given twice"
+                   + (f" (task {task!r} already measures {list(TASKS[task].mi_signals)})" if task else ""))
+    return (*preset, *own)
+
+
 def _parse_source(d, where: str, path, check_paths: bool) -> tuple[str, str, dict[str, str]]:
-    """The dataset's task, its source (simulated or a format of data/tasks.py) and the source's files."""
-    task = d.get("task")
-    if task not in TASKS:
-        raise _err(path, f"{where}.task", f"{task!r} is not one of {list(TASKS)}")
+    """The dataset's task (None: only its own signals), its source (simulated or a format of
+    data/tasks.py) and the source's files."""
     source = d.get("source", SIMULATED)
     if source not in SOURCES:
         raise _err(path, f"{where}.source", f"{source!r} is not one of {list(SOURCES)}")
     held = FORMATS[source].task if source in FORMATS else None
+    task = d.get("task", held)
+    if task is None and source == SIMULATED:
+        raise _err(path, f"{where}.task", f"a simulated dataset needs a task, one of {list(TASKS)}")
+    if task is not None and task not in TASKS:
+        raise _err(path, f"{where}.task", f"{task!r} is not one of {list(TASKS)}")
     if held not in (None, task):
         raise _err(path, f"{where}.task", f"source {source!r} holds {held!r} data, not {task!r}")
-    paths = {k: str(Path(os.path.expandvars(str(v))).expanduser()) for k, v in (d.get("paths") or {}).items()}
+    paths = {k: _data_path(v, path) for k, v in (d.get("paths") or {}).items()}
     for key in FORMATS[source].paths if source in FORMATS else ():
         if key not in paths:
             raise _err(path, f"{where}.paths", f"source {source!r} needs path '{key}'")
         if check_paths and not Path(paths[key]).exists():
             raise _err(path, f"{where}.paths.{key}", f"missing data path {paths[key]}")
     return task, source, paths
+
+
+def _data_path(value, study_file: Path | None) -> str:
+    """A dataset file: ``$VARS`` and ``~`` expanded; a relative path is relative to the study file's folder
+    (so a study beside its data runs from any working directory)."""
+    p = Path(os.path.expandvars(str(value))).expanduser()
+    unset_variable = "$" in str(p)  # kept as written, so a missing-path error names the variable
+    if not p.is_absolute() and study_file is not None and not unset_variable:
+        p = (Path(study_file).resolve().parent / p).resolve()
+    return str(p)
 
 
 def _parse_sizes(spec, pool: int | None, pool_note: str | None, where: str, path) -> tuple[int, ...]:

@@ -41,7 +41,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     for name, d in s.datasets.items():
-        print(f"  {name}: task {d.task}, source {d.source}, cells {d.cells}, sizes {list(d.sizes)}, "
+        print(f"  {name}: task {d.task or '-'} (signals {', '.join(d.signal_names)}), source {d.source}, "
+              f"cells {d.cells}, sizes {list(d.sizes)}, "
               f"qualities {list(d.qualities)}")
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "

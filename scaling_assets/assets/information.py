@@ -28,7 +28,8 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True, partitions_def=ds.settings_of(algorithm),
                                     description="Every MI estimate lies in [0, log2(pairs)] bits, allowing estimation noise below 0 "
                                     "(0.1 bits or 3 standard errors).")],
-        description=f"Latent MI (bits) between {algorithm} test embeddings and the `{ds.config.task}` signals "
+        description=f"Latent MI (bits) between {algorithm} test embeddings and each signal of `{ds.name}` "
+        f"({', '.join(ds.config.signal_names)}) "
         "(one value per signal; `budget_smoke` when the model trained below the study's stopping rules)."
         + SETTING_KEY_NOTE,
     )
@@ -70,17 +71,19 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
 
 
 def _test_signals(ds: DatasetAssets, setting, values, cell_ids, eval_counts: EvalCountsFolder) -> list:
-    """The task's (embedding, signal) pairs over the embedded test cells, read in the embeddings' order."""
+    """The dataset's (embedding, signal) pairs over the embedded test cells, read in the embeddings' order."""
     from scaling_assets.data.h5ad_io import CsrReader
-    from scaling_assets.data.tasks import TASKS
+    from scaling_assets.data.tasks import signal_columns, signal_obsm_keys
     from scaling_assets.metrics.signal_mi import embedded_test_rows
-    from scaling_assets.metrics.signals import task_signals
+    from scaling_assets.metrics.signals import build_signals
 
-    with CsrReader(eval_counts.held_out(setting.quality, "test")) as test:
+    signals = ds.config.signals
+    path = eval_counts.held_out(setting.quality, "test")
+    with CsrReader(path) as test:
         rows = embedded_test_rows(test.obs_names, cell_ids)
-        obs = test.read_obs(rows)
-        obsm = {key: test.read_obsm(key, rows) for key in TASKS[ds.config.task].obsm_keys}  # cite: proteins
-    return task_signals(ds.config.task, obs, values, obsm=obsm, seed=setting.seed)
+        obs = test.read_obs(rows, columns=signal_columns(signals))
+        obsm = {key: test.read_obsm(key, rows) for key in signal_obsm_keys(signals)}  # cite: proteins
+    return build_signals(signals, obs, values, obsm=obsm, seed=setting.seed, where=f"dataset {ds.name!r}: {path}")
 
 
 def _mi_metadata(results: list[dict], umis_per_cell: float, wall_time_s: float, device: str,

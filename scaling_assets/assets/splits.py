@@ -23,7 +23,7 @@ def split_asset(ds: DatasetAssets):
         check_specs=[AssetCheckSpec("disjoint_sets", asset=key, blocking=True, partitions_def=ds.seeds,
                                     description="No test or validation cell is in the training pool.")],
         description="Held-out test set, validation set and the training pool in a seeded order "
-        "(signal-aware: whole clones for lineage, spatial tiles for spatial).",
+        "(signal-aware: whole clones for a sister-pair signal, spatial tiles for a neighbour signal).",
     )
     def split(context: AssetExecutionContext, raw: Path):
         import numpy as np
@@ -33,7 +33,7 @@ def split_asset(ds: DatasetAssets):
 
         seed = parse_seed_key(context.partition_key)
         with CsrReader(raw / COUNTS_FILE) as reader:
-            result = make_split(reader, ds.config.task, seed, n_test=ds.study.test_size(ds.name),
+            result = make_split(reader, ds.config.signals, seed, n_test=ds.study.test_size(ds.name),
                                 n_val=ds.study.validation_size(ds.name))
         stage = new_stage(ds.study, "split")
         result.save(stage / SPLIT_FILE)

@@ -7,6 +7,9 @@
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
   same inputs.
+- a dataset whose signals are not exactly a task's preset (it declares its own): its raw counts, split
+  and MI carry a fingerprint of the signal list too (changing a signal re-checks the file, re-splits and
+  re-measures); a preset adds nothing, so studies of the four tasks keep their versions.
 
 Dagster shows a partition materialised under another code version as stale ("code version
 changed"); ``outdated_partitions`` lists them, and what depends on them, for the study run.
@@ -14,6 +17,7 @@ changed"); ``outdated_partitions`` lists them, and what depends on them, for the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -22,15 +26,27 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.events import DagsterEventType
 
+from scaling_assets.data.tasks import TASKS
 from scaling_assets.models.versions import settings_version
 
 DATA_VERSION = "1"
 # The law fits and their plots: the fit rules, and LAWS_VERSION bumped when the fits change.
 LAW_ASSETS = ("noise_law_fits", "size_law_fits", "scaling_plots")
 LAWS_VERSION = "laws2"
+SIGNAL_ASSETS = ("raw_counts", "split")  # with mi_<algorithm>: what a dataset's own signals change
 
 
 def code_version(study, key: AssetKey) -> str:
+    version = _code_version(study, key)
+    config = study.datasets.get(key.path[0]) if len(key.path) > 1 else None
+    if config is not None and key.path[-1] in SIGNAL_ASSETS + tuple(f"mi_{a}" for a in study.algorithms):
+        if config.signals not in [t.signals for t in TASKS.values()]:
+            specs = json.dumps([dataclasses.astuple(s) for s in config.signals], default=str)
+            version += f"-signals-{hashlib.sha256(specs.encode()).hexdigest()[:8]}"
+    return version
+
+
+def _code_version(study, key: AssetKey) -> str:
     name = key.path[-1]
     for algorithm in study.algorithms:
         if name == f"model_{algorithm}":

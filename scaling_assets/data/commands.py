@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--path", help="input .h5ad (h5ad, cite, atlas)")
     p.add_argument("--task", help="h5ad: task whose signal columns must be present")
+    p.add_argument("--signals", help="h5ad: comma-separated obs columns (labels) and obsm:<key> matrices "
+                   "the file must carry as signals, e.g. cell_type,obsm:protein")
     p.add_argument("--matrix", choices=["auto", "X", "raw/X"], help="h5ad/atlas: which matrix holds counts")
     p.add_argument("--counts", help="larry: stateFate_inVitro_normed_counts.mtx(.gz)")
     p.add_argument("--genes", help="larry: stateFate_inVitro_gene_names.txt(.gz)")
@@ -78,6 +80,14 @@ def _simulate(args) -> int:
 def _ingest(args) -> int:
     allowed = FORMATS[args.fmt].options
     options = {k: getattr(args, k) for k in allowed}
+    if options.get("signals"):
+        from scaling_assets.data.tasks import parse_signals
+        from scaling_assets.errors import InputError
+
+        try:
+            options["signals"] = parse_signals([c.strip() for c in options["signals"].split(",") if c.strip()])
+        except ValueError as exc:
+            raise InputError(f"--signals: {exc.args[1]}") from None
     every = {o for f in FORMATS.values() for o in f.options}
     unused = [k for k in every - set(allowed) if getattr(args, k) is not None]
     if unused:

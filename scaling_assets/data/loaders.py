@@ -2,7 +2,8 @@
 
 Every loader validates counts (integers >= 0, no NaN; LARRY may recover integers from its
 per-cell normalised values), drops cells with zero counts (counted in the summary), rejects
-duplicate gene ids, and checks that the task's signal columns exist and hold at least two classes.
+duplicate gene ids, and checks that the task's signal columns exist and hold at least two classes
+(``check_signal_specs``: every signal a study dataset declares, obs columns and obsm matrices alike).
 Output goes through ``CsrWriter`` (temporary file + rename), so a failure leaves nothing behind.
 """
 
@@ -21,7 +22,7 @@ import scipy.io
 import scipy.sparse as sp
 
 from scaling_assets.data.h5ad_io import CsrReader, CsrWriter
-from scaling_assets.data.tasks import FORMATS, TASKS
+from scaling_assets.data.tasks import FORMATS, LABEL, MATRIX, NEIGHBOURS, SISTERS, TASKS, SignalSpec, signal_columns
 from scaling_assets.errors import InputError
 
 LARRY_COLUMNS = ["Time point", "Well", "Cell type annotation", "SPRING-x", "SPRING-y"]
@@ -61,11 +62,101 @@ def check_signals(obs: pd.DataFrame, task: str | None, label: str) -> list[str]:
                 f"(columns present: {list(obs.columns)})"
             )
         n_classes = obs[col].dropna().nunique()
+        if n_classes == 0:
+            raise InputError(f"{label}: signal column {col!r} is entirely missing (NaN); task {task!r} needs "
+                             "at least 2 distinct values")
         if n_classes < 2:
             raise InputError(
                 f"{label}: signal column {col!r} has {n_classes} distinct value(s); task {task!r} needs at least 2"
             )
     return list(TASKS[task].obs_columns)
+
+
+def check_signal_specs(source, specs, label: str, chunk_size: int = 10_000) -> list[str]:
+    """Raise unless ``source`` (a reader: read_obs, obsm_keys, read_obsm, n_obs) carries every signal of
+    ``specs`` in a form the split and MI stages can use; returns what the file carries for them.
+
+    label: at least 2 distinct values; neighbours: numeric coordinates for every cell, each axis with
+    at least 2 distinct values; sisters: at least 2 clones and 2 numeric times (and the early and late
+    times it names); matrix: a numeric, finite obsm matrix with one row per cell. An entirely missing
+    column is named as such. Reads the signal columns and the matrices chunk by chunk, never X."""
+    present = list(source.obs_columns)
+    for spec in specs:
+        for column in spec.columns:
+            if column not in present:
+                raise InputError(f"{label}: missing signal column {column!r} needed for signal {spec.name!r} "
+                                 f"({spec.kind}) (columns present: {present})")
+    obs = source.read_obs(columns=signal_columns(specs)) if signal_columns(specs) else None
+    for spec in specs:
+        def fail(column, msg):
+            raise InputError(f"{label}: signal column {column!r} {msg}; signal {spec.name!r} ({spec.kind}) "
+                             f"needs {_NEEDS[spec.kind]}")
+        if spec.kind == LABEL:
+            _distinct(obs[spec.columns[0]], spec.columns[0], fail)
+        elif spec.kind == NEIGHBOURS:
+            for column in spec.columns:
+                values = _numeric(obs[column], column, fail)
+                if np.isnan(values).any():
+                    fail(column, f"has no value for {int(np.isnan(values).sum())} of {len(values)} cells")
+                _distinct(pd.Series(values), column, fail)
+        elif spec.kind == SISTERS:
+            clone, time = spec.columns
+            _distinct(obs[clone], clone, fail)
+            days = _numeric(obs[time], time, fail)
+            _distinct(pd.Series(days), time, fail)
+            for option in ("early", "late"):
+                wanted = getattr(spec, option)
+                if wanted is not None and not np.isin(days, wanted).any():
+                    fail(time, f"has no cell at the {option} time(s) {list(wanted)} (values: "
+                               f"{sorted(set(days[np.isfinite(days)].tolist()))[:10]})")
+        elif spec.kind == MATRIX:
+            _check_matrix(source, spec, label, chunk_size)
+    return [*signal_columns(specs), *(f"obsm:{s.key}" for s in specs if s.kind == MATRIX)]
+
+
+_NEEDS = {LABEL: "at least 2 distinct values", NEIGHBOURS: "numeric coordinates for every cell",
+          SISTERS: "at least 2 clones and numeric times", MATRIX: "a numeric matrix"}
+
+
+def _distinct(values: pd.Series, column: str, fail) -> None:
+    n = values.dropna().nunique()
+    if n == 0:
+        fail(column, "is entirely missing (NaN)")
+    if n < 2:
+        fail(column, f"has {n} distinct value(s), expected at least 2")
+
+
+def _numeric(values: pd.Series, column: str, fail) -> np.ndarray:
+    numbers = pd.to_numeric(values.astype(object) if values.dtype.kind not in "iufb" else values, errors="coerce")
+    numbers = np.asarray(numbers, dtype=np.float64)
+    bad = np.isnan(numbers) & values.notna().to_numpy()
+    if bad.any():
+        fail(column, f"has the non-numeric value {values[bad].iloc[0]!r}, expected numbers")
+    if np.isnan(numbers).all():
+        fail(column, "is entirely missing (NaN)")
+    return numbers
+
+
+def _check_matrix(source, spec: SignalSpec, label: str, chunk_size: int) -> None:
+    where = f"{label}: obsm[{spec.key!r}] (signal {spec.name!r})"
+    keys = list(source.obsm_keys())
+    if spec.key not in keys:
+        raise InputError(f"{where}: missing; expected a numeric matrix with one row per cell (obsm keys: {keys})")
+    n, finite_rows = source.n_obs, 0
+    for start in range(0, n, chunk_size):
+        block = np.asarray(source.read_obsm(spec.key, np.arange(start, min(start + chunk_size, n))))
+        if block.dtype.kind not in "biuf":
+            raise InputError(f"{where}: holds {block.dtype} values; expected a numeric matrix")
+        if block.ndim not in (1, 2) or len(block) != min(chunk_size, n - start):
+            raise InputError(f"{where}: shape {block.shape} does not give one row per cell")
+        finite = np.isfinite(block.astype(np.float64)).reshape(len(block), -1)
+        if not finite.all():
+            if finite.any() or finite_rows:
+                raise InputError(f"{where}: has NaN or infinite values (first in row "
+                                 f"{start + int(np.flatnonzero(~finite.all(1))[0])}); expected finite numbers")
+        finite_rows += int(finite.all(1).sum())
+    if finite_rows == 0:
+        raise InputError(f"{where}: is entirely missing (NaN); expected finite numbers")
 
 
 def _validate_counts(X: sp.csr_matrix, rows: np.ndarray, label: str, names: np.ndarray | None) -> None:
@@ -201,18 +292,27 @@ def _dense_obsm(reader: CsrReader, keys: list[str], rename: dict[str, str] | Non
 
 
 def ingest_h5ad(path, out_path, task: str | None = None, matrix: str = "auto", chunk_size: int = 10_000,
-                progress: bool = False) -> dict:
-    """Any h5ad in (or close to) the canonical layout: copies all obs columns and obsm arrays."""
+                progress: bool = False, signals=None) -> dict:
+    """Any h5ad in (or close to) the canonical layout: copies all obs columns and obsm arrays.
+
+    ``signals`` (a study dataset's resolved SignalSpec list) are checked in full before anything is
+    written (an entirely missing column, a one-valued label, a non-numeric matrix are refused); without
+    them, the task's obs columns are."""
     path = _require_file(path, "h5ad file")
     with CsrReader(path, matrix) as reader:
         uns = reader.read_uns()
         task = task or (uns.get("task") if isinstance(uns.get("task"), str) else None)
         var = _check_genes(reader.var_names, f"{path}: var")
         columns = reader.obs_columns
-        signal_cols = [c for c in (TASKS[task].obs_columns if task in TASKS else ()) if c in columns]
-        signals = check_signals(reader.read_obs(columns=signal_cols), task, str(path))
-        if task == "cite" and "protein" in reader.obsm_keys():
-            signals.append("obsm:protein")
+        label = str(path)
+        if signals:
+            specs, signals = list(signals), check_signal_specs(reader, signals, label, chunk_size)
+        else:
+            specs = None
+            signal_cols = [c for c in (TASKS[task].obs_columns if task in TASKS else ()) if c in columns]
+            signals = check_signals(reader.read_obs(columns=signal_cols), task, label)
+            if task == "cite" and "protein" in reader.obsm_keys():
+                signals.append("obsm:protein")
         keys = [k for k in reader.obsm_keys() if _is_dense_obsm(reader, k)]
         out_uns = {"task": task} if task else {}
         out_uns["source"] = {"format": "h5ad", "path": str(path)}

@@ -3,16 +3,18 @@
 Default test size: ``min(30_000, n_obs // 5)`` -- 30,000 cells, or 20% of a dataset smaller
 than 150,000 cells. Default validation size: ``min(1_000, n_obs // 10)``.
 
-Signal-aware rules (every row index refers to the raw file):
-- lineage: whole clones go to test (drawn in a seeded random order until at least ``n_test``
-  cells), then whole clones or clone-less cells go to validation; so test, validation and pool
-  clones are pairwise disjoint. Cells without a clone never enter the test set.
-- spatial: the plane is cut into square tiles; test = all cells of tiles drawn in a seeded random
-  order until at least ``n_test`` cells. Guarantee: no training or validation cell lies inside a
-  test tile, so a test pair (a test cell and its nearest spatial neighbours among test cells) never
-  involves a training cell, and for test cells away from a tile edge those neighbours are their
-  true nearest neighbours in the tissue.
+Signal-aware rules (every row index refers to the raw file), chosen by the dataset's signals
+(data/tasks.py; a task name stands for its preset):
+- sister-pair signal (lineage): whole clones of its clone column go to test (drawn in a seeded random
+  order until at least ``n_test`` cells), then whole clones or clone-less cells go to validation; so
+  test, validation and pool clones are pairwise disjoint. Cells without a clone never enter the test set.
+- neighbour signal (spatial): the plane of its two coordinate columns is cut into square tiles; test =
+  all cells of tiles drawn in a seeded random order until at least ``n_test`` cells. Guarantee: no
+  training or validation cell lies inside a test tile, so a test pair (a test cell and its nearest
+  spatial neighbours among test cells) never involves a training cell, and for test cells away from a
+  tile edge those neighbours are their true nearest neighbours in the tissue.
 - otherwise: uniform random cells.
+A dataset with both a sister and a neighbour signal holds out clones (the first such signal rules).
 Lineage and spatial test sets may exceed ``n_test`` by less than one clone / one tile.
 """
 
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from scaling_assets.data.tasks import NEIGHBOURS, SISTERS, TASKS, SignalSpec
 from scaling_assets.errors import InputError
 from scaling_assets.fs import atomic_file
 
@@ -78,8 +82,23 @@ def _source_name(source) -> str:
     return str(getattr(source, "path", "dataset"))
 
 
-def make_split(source, task: str, seed: int, n_test: int | None = None, n_val: int | None = None) -> Split:
-    """Seeded, signal-aware split of ``source`` (see module docstring for the rules)."""
+def held_out_unit(signals: str | Sequence[SignalSpec]) -> SignalSpec | None:
+    """The signal whose units (clones, tiles) the split holds out whole; None: cells at random."""
+    specs = TASKS[signals].signals if isinstance(signals, str) else signals
+    for kind in (SISTERS, NEIGHBOURS):
+        for spec in specs:
+            if spec.kind == kind:
+                return spec
+    return None
+
+
+def make_split(source, signals: str | Sequence[SignalSpec], seed: int, n_test: int | None = None,
+               n_val: int | None = None) -> Split:
+    """Seeded, signal-aware split of ``source`` (see module docstring for the rules); ``signals`` is the
+    dataset's resolved signal list, or a task name for its preset."""
+    if isinstance(signals, str) and signals not in TASKS:
+        raise InputError(f"unknown task {signals!r}; expected one of {list(TASKS)} or a list of signals")
+    unit = held_out_unit(signals)
     n_obs = source.n_obs
     n_test, n_val = default_sizes(n_obs, n_test, n_val)
     name = _source_name(source)
@@ -91,10 +110,10 @@ def make_split(source, task: str, seed: int, n_test: int | None = None, n_val: i
             f"of {n_obs} cells"
         )
     rng = np.random.default_rng([seed, 7])
-    if task == "lineage":
-        test, val, pool = _split_lineage(source, rng, n_test, n_val, name)
-    elif task == "spatial":
-        test, val, pool = _split_spatial(source, rng, n_test, n_val, name)
+    if unit is not None and unit.kind == SISTERS:
+        test, val, pool = _split_lineage(source, rng, n_test, n_val, name, unit.columns[0])
+    elif unit is not None:
+        test, val, pool = _split_spatial(source, rng, n_test, n_val, name, unit.columns)
     else:
         perm = rng.permutation(n_obs)
         test, val, pool = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
@@ -118,13 +137,14 @@ def _take_units(units: list[np.ndarray], order: np.ndarray, target: int) -> tupl
     return taken, total
 
 
-def _split_lineage(source, rng, n_test, n_val, name):
-    clone = source.read_obs(columns=["clone"])["clone"]
+def _split_lineage(source, rng, n_test, n_val, name, clone_column="clone"):
+    clone = source.read_obs(columns=[clone_column])[clone_column]
     codes, _ = pd.factorize(clone.astype(object), use_na_sentinel=True)
     cloned = np.flatnonzero(codes >= 0)
     if cloned.size < n_test:
         raise InputError(
-            f"{name}: test set of {n_test} cells requested but only {cloned.size} cells have a clone"
+            f"{name}: test set of {n_test} cells requested but only {cloned.size} cells have a clone "
+            f"(obs[{clone_column!r}])"
         )
     order = np.argsort(codes[cloned], kind="stable")
     bounds = np.flatnonzero(np.diff(codes[cloned][order])) + 1
@@ -142,9 +162,9 @@ def _split_lineage(source, rng, n_test, n_val, name):
     return test, val, pool
 
 
-def _split_spatial(source, rng, n_test, n_val, name):
-    obs = source.read_obs(columns=["x", "y"])
-    xy = obs[["x", "y"]].to_numpy(dtype=np.float64)
+def _split_spatial(source, rng, n_test, n_val, name, columns=("x", "y")):
+    obs = source.read_obs(columns=list(columns))
+    xy = obs[list(columns)].to_numpy(dtype=np.float64)
     n = xy.shape[0]
     # tiles sized to hold ~n_test/10 cells on average (at least ~20), so test = ~10+ regions
     per_tile = max(20.0, n_test / 10.0)

@@ -1,23 +1,28 @@
-"""Task signals: the (X, Y) pairs whose mutual information measures what an embedding knows.
+"""Signals: the (X, Y) pairs whose mutual information measures what an embedding knows.
 
-Canonical obs columns (written by the data layer): `cell_type`, `day`, `clone`, `x`, `y`;
-CITE-seq proteins in obsm["protein"] (raw counts, used as they are: the reference takes no log).
+A dataset's signals are a list of ``SignalSpec`` (data/tasks.py): a task's preset, the study's own
+``signals:`` or both. One builder per kind:
+- label: the embedding against the one-hot code of a categorical obs column (unlabelled cells left out);
+- matrix: the embedding against the rows of an obsm matrix, as they are (CITE-seq proteins: raw
+  counts, the reference takes no log);
+- neighbours: each cell's embedding against that of one of its k nearest cells in two coordinate columns;
+- sisters: per clone, the embedding of one early cell against that of one late cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-from scaling_assets.data.tasks import TASKS
+from scaling_assets.data.tasks import LABEL, MATRIX, NEIGHBOURS, SISTERS, SPATIAL_NEIGHBOURS, TASKS, SignalSpec
 from scaling_assets.errors import InputError
 
-EARLY_DAYS = (2, 4)
-LATE_DAY = 6
-SPATIAL_NEIGHBOURS = 4  # the partner is one of a cell's 4 nearest spatial neighbours, as the reference
+EARLY_DAYS = TASKS["lineage"].signals[0].early
+LATE_DAY = TASKS["lineage"].signals[0].late[0]
 
 
 @dataclass
@@ -34,30 +39,52 @@ def task_signals(
     embeddings: np.ndarray,
     obsm: dict[str, np.ndarray] | None = None,
     seed: int = 0,
-    k_neighbours: int = SPATIAL_NEIGHBOURS,
+    k_neighbours: int | None = None,
 ) -> list[SignalPairs]:
-    """Build the (X, Y) pairs of every signal of `task` for a test set and its embeddings."""
+    """Build the (X, Y) pairs of every signal of a task preset for a test set and its embeddings."""
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    specs = TASKS[task].signals
+    if k_neighbours is not None:
+        specs = tuple(replace(s, k=k_neighbours) if s.kind == NEIGHBOURS else s for s in specs)
+    return build_signals(specs, obs, embeddings, obsm, seed)
+
+
+def build_signals(
+    specs: Sequence[SignalSpec],
+    obs: pd.DataFrame,
+    embeddings: np.ndarray,
+    obsm: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    where: str = "",
+) -> list[SignalPairs]:
+    """The (X, Y) pairs of each signal in ``specs``, in order; ``where`` prefixes errors (dataset, file)."""
     emb = np.asarray(embeddings, dtype=np.float64)
+    prefix = f"{where}: " if where else ""
     if emb.ndim != 2:
-        raise InputError(f"embeddings must be 2-d (cells x dims), got shape {emb.shape}")
+        raise InputError(f"{prefix}embeddings must be 2-d (cells x dims), got shape {emb.shape}")
     if len(emb) != len(obs):
-        raise InputError(f"embeddings have {len(emb)} rows but obs has {len(obs)} cells; expected one row per cell")
+        raise InputError(f"{prefix}embeddings have {len(emb)} rows but obs has {len(obs)} cells; "
+                         "expected one row per cell")
     obsm = obsm or {}
-    builders = {
-        "cell_type": lambda: _label_pairs("cell_type", obs, emb),
-        "day": lambda: _label_pairs("day", obs, emb),
-        "protein": lambda: _protein_pairs(obsm, emb),
-        "clone": lambda: _clone_pairs(obs, emb, seed),
-        "neighbour": lambda: _neighbour_pairs(obs, emb, seed, k_neighbours),
-    }
-    return [builders[signal]() for signal in TASKS[task].mi_signals]
+    builders = {LABEL: _label_pairs, MATRIX: _matrix_pairs, NEIGHBOURS: _neighbour_pairs, SISTERS: _sister_pairs}
+    out = []
+    for spec in specs:
+        if spec.kind not in builders:
+            raise InputError(f"{prefix}signal {spec.name!r}: unknown kind {spec.kind!r}; expected one of {list(builders)}")
+        try:
+            out.append(builders[spec.kind](spec, obs, obsm, emb, seed))
+        except InputError as exc:
+            if not prefix:
+                raise
+            raise InputError(f"{prefix}{exc}") from None  # one message: where, then what
+    return out
 
 
-def _column(obs: pd.DataFrame, name: str) -> pd.Series:
+def _column(obs: pd.DataFrame, name: str, spec: SignalSpec) -> pd.Series:
     if name not in obs.columns:
-        raise InputError(f"obs has no column {name!r} (columns: {list(obs.columns)}); the signal needs it")
+        raise InputError(f"obs has no column {name!r} (columns: {list(obs.columns)}); "
+                         f"signal {spec.name!r} ({spec.kind}) needs it")
     return obs[name]
 
 
@@ -69,58 +96,82 @@ def one_hot(labels: pd.Series) -> np.ndarray:
     return out
 
 
-def _label_pairs(column: str, obs: pd.DataFrame, emb: np.ndarray) -> SignalPairs:
-    labels = _column(obs, column)
+def _label_pairs(spec: SignalSpec, obs: pd.DataFrame, obsm, emb: np.ndarray, seed: int) -> SignalPairs:
+    (column,) = spec.columns
+    labels = _column(obs, column, spec)
     keep = labels.notna().to_numpy()  # unlabelled cells carry no signal
     if not keep.any():
-        raise InputError(f"obs[{column!r}] has no non-missing values")
+        raise InputError(f"obs[{column!r}] has no non-missing values; signal {spec.name!r} needs labelled cells")
     y = one_hot(labels[keep])
-    return SignalPairs(column, emb[keep], y, int(keep.sum()))
+    return SignalPairs(spec.name, emb[keep], y, int(keep.sum()))
 
 
-def _protein_pairs(obsm: dict[str, np.ndarray], emb: np.ndarray) -> SignalPairs:
-    if "protein" not in obsm:
-        raise InputError(f"obsm has no 'protein' matrix (keys: {sorted(obsm)}); the cite protein signal needs it")
-    protein = np.asarray(obsm["protein"], dtype=np.float64)
-    if protein.ndim != 2 or len(protein) != len(emb):
-        raise InputError(f"obsm['protein'] must have one row per cell ({len(emb)}), got shape {protein.shape}")
-    if (protein < 0).any():
-        raise InputError("obsm['protein'] must hold non-negative counts")
-    return SignalPairs("protein", emb, protein, len(emb))  # raw counts, as the reference (no log)
+def _matrix_pairs(spec: SignalSpec, obs, obsm: dict[str, np.ndarray], emb: np.ndarray, seed: int) -> SignalPairs:
+    key = spec.key
+    if key not in obsm:
+        raise InputError(f"obsm has no {key!r} matrix (keys: {sorted(obsm)}); signal {spec.name!r} needs it")
+    raw = np.asarray(obsm[key])
+    if raw.dtype.kind not in "biuf":
+        raise InputError(f"obsm[{key!r}] holds {raw.dtype} values; signal {spec.name!r} needs a numeric matrix")
+    matrix = raw.astype(np.float64).reshape(len(raw), -1) if raw.ndim == 1 else raw.astype(np.float64)
+    if matrix.ndim != 2 or len(matrix) != len(emb):
+        raise InputError(f"obsm[{key!r}] must have one row per cell ({len(emb)}), got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise InputError(f"obsm[{key!r}] has NaN or infinite values; signal {spec.name!r} needs finite numbers")
+    return SignalPairs(spec.name, emb, matrix, len(emb))  # as they are (cite proteins: raw counts, no log)
 
 
-def _clone_pairs(obs: pd.DataFrame, emb: np.ndarray, seed: int) -> SignalPairs:
-    """One seeded (early, late) sister pair per clone: early = day 2 or 4, late = day 6."""
-    clone = _column(obs, "clone")
-    day = pd.to_numeric(_column(obs, "day"), errors="coerce").to_numpy()
+def _sister_pairs(spec: SignalSpec, obs: pd.DataFrame, obsm, emb: np.ndarray, seed: int) -> SignalPairs:
+    """One seeded (early, late) sister pair per clone that has both an early and a late cell."""
+    clone_column, time_column = spec.columns
+    clone = _column(obs, clone_column, spec)
+    day = pd.to_numeric(_column(obs, time_column, spec), errors="coerce").to_numpy()
     has_clone = clone.notna().to_numpy() & (clone.astype(str).str.len() > 0).to_numpy()
+    early_times, late_times = _sister_times(spec, day[has_clone])
     frame = pd.DataFrame({"clone": clone.to_numpy(), "row": np.arange(len(obs))})[has_clone]
-    early = frame[np.isin(day[has_clone], EARLY_DAYS)]
-    late = frame[day[has_clone] == LATE_DAY]
+    early = frame[np.isin(day[has_clone], early_times)]
+    late = frame[np.isin(day[has_clone], late_times)]
     early_rows = early.groupby("clone", sort=True)["row"].apply(np.asarray)
     late_rows = late.groupby("clone", sort=True)["row"].apply(np.asarray)
     clones = early_rows.index.intersection(late_rows.index).sort_values()
     if len(clones) == 0:
         raise InputError(
-            f"lineage test set has no clone with both an early cell (day {' or '.join(map(str, EARLY_DAYS))}) "
-            f"and a late cell (day {LATE_DAY}) in obs['clone']/obs['day']; no sister pairs to measure"
+            f"test set has no clone with both an early cell ({time_column} {' or '.join(map(_fmt, early_times))}) "
+            f"and a late cell ({time_column} {' or '.join(map(_fmt, late_times))}) in "
+            f"obs[{clone_column!r}]/obs[{time_column!r}]; no sister pairs to measure for signal {spec.name!r}"
         )
     rng = np.random.default_rng(seed)
     pairs = np.array([(rng.choice(early_rows[c]), rng.choice(late_rows[c])) for c in clones])
-    return SignalPairs("clone", emb[pairs[:, 0]], emb[pairs[:, 1]], len(pairs))
+    return SignalPairs(spec.name, emb[pairs[:, 0]], emb[pairs[:, 1]], len(pairs))
 
 
-def _neighbour_pairs(obs: pd.DataFrame, emb: np.ndarray, seed: int, k: int) -> SignalPairs:
+def _fmt(t: float) -> str:
+    return f"{t:g}"
+
+
+def _sister_times(spec: SignalSpec, days: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The spec's early and late times; by default the last time seen is late and every other is early."""
+    if spec.early is not None and spec.late is not None:
+        return tuple(spec.early), tuple(spec.late)
+    seen = np.unique(days[np.isfinite(days)])
+    late = tuple(spec.late) if spec.late is not None else tuple(seen[-1:])
+    early = tuple(spec.early) if spec.early is not None else tuple(t for t in seen if t not in late)
+    return early, late
+
+
+def _neighbour_pairs(spec: SignalSpec, obs: pd.DataFrame, obsm, emb: np.ndarray, seed: int) -> SignalPairs:
     """Each cell paired with one of its k nearest spatial neighbours (seeded choice)."""
-    xy = np.column_stack([pd.to_numeric(_column(obs, c), errors="coerce") for c in ("x", "y")])
+    k = spec.k
+    xy = np.column_stack([pd.to_numeric(_column(obs, c, spec), errors="coerce") for c in spec.columns])
     if not np.isfinite(xy).all():
-        raise InputError("obs['x'] and obs['y'] must be finite numbers for every cell")
+        names = " and ".join(f"obs[{c!r}]" for c in spec.columns)
+        raise InputError(f"{names} must be finite numbers for every cell (signal {spec.name!r})")
     if len(xy) < k + 1:
-        raise InputError(f"spatial signal needs more than k={k} cells to find neighbours, got {len(xy)}")
+        raise InputError(f"signal {spec.name!r} needs more than k={k} cells to find neighbours, got {len(xy)}")
     # k + 1 neighbours: the first is (usually) the cell itself; drop self wherever it appears.
     _, nbrs = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy)
     rows = np.arange(len(xy))
     others = np.array([r[r != i][:k] for i, r in zip(rows, nbrs)])
     pick = np.random.default_rng(seed).integers(0, k, size=len(xy))
     partner = others[rows, pick]
-    return SignalPairs("neighbour", emb, emb[partner], len(xy))
+    return SignalPairs(spec.name, emb, emb[partner], len(xy))
