@@ -30,6 +30,14 @@ def register(subparsers) -> None:
                      "one partition group after another, bypassing the run queue")
     run.set_defaults(func=_run)
 
+    verify = sub.add_parser("verify", help="check every file of the study against the bytes and BLAKE2b recorded "
+                            "at write (pools, corpora, models, embeddings); bad partitions, and what was made from "
+                            "them since they changed, are marked for rebuilding by the next `study run`")
+    verify.add_argument("--study", default=None, help="study name (default, paper) or YAML path; "
+                        "default: $SCALING_ASSETS_STUDY, else 'default'")
+    verify.add_argument("--dry-run", action="store_true", help="report only: mark nothing")
+    verify.set_defaults(func=_verify)
+
 
 def _show(args: argparse.Namespace) -> int:
     from scaling_assets.study import load_study
@@ -88,3 +96,18 @@ def _run(args: argparse.Namespace) -> int:
         else:
             result = run_study_queued(study, instance, refresh=args.refresh)
     return 1 if result["failed"] else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from scaling_assets.run_study import ensure_dagster_home
+    from scaling_assets.study import load_study
+    from scaling_assets.study_verify import verify_study
+
+    study = load_study(args.study, check_paths=False)  # the stored partitions are checked, not the sources
+    if args.dry_run:
+        return 1 if verify_study(study, None, mark=False)["bad"] else 0
+    ensure_dagster_home()
+    with DagsterInstance.get() as instance:
+        return 1 if verify_study(study, instance)["bad"] else 0
