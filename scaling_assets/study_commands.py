@@ -40,9 +40,10 @@ def register(subparsers) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from scaling_assets.study import load_study
+    from scaling_assets.study import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
+    check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     for name, d in s.datasets.items():
@@ -80,13 +81,15 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+    from scaling_assets.study import STUDY_ENV, check_sources, load_study
+
+    study = load_study(args.study)
+    check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
+
     from dagster import DagsterInstance
 
     from scaling_assets.run_study import ensure_dagster_home, run_study
-    from scaling_assets.study import STUDY_ENV, load_study
     from scaling_assets.study_queue import run_study_queued
-
-    study = load_study(args.study)
     if args.study:
         os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
     ensure_dagster_home()
