@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from scaling_assets.errors import InputError
 FINGERPRINT_FILE = "fingerprint.json"
 ROW_BLOCKS = "row_blocks"  # a count file's entry in fingerprint.json: {"rows": block rows, "blake2b": [...]}
 _HASH_BLOCK = 8 << 20
-MAX_BLOCK_ROWS = 4096  # ~2,500 digests (90 KB of JSON) for a 10M-cell pool
+MAX_BLOCK_ROWS = 1024  # ~10,000 digests (350 KB of JSON) for a 10M-cell pool; blocks of a few MB to hash
 MIN_BLOCKS = 256  # a small pool still gets blocks small enough for a prefix [0, N) to cover most of it
 
 
@@ -201,7 +203,14 @@ class RowDigestCheck:
     """Checks the blocks of a count file that a reader reads through in order against the digests
     recorded at write. Reads may come in any chunk size; a read that does not continue the previous
     one restarts at the next block boundary, and a block is hashed at most once per open (PCA's second
-    pass costs nothing). Rows read out of order (a model's shuffled minibatches) are not checked."""
+    pass costs nothing). Rows read out of order (a model's shuffled minibatches) are not checked.
+
+    Each block read whole is hashed on a worker thread (hashlib releases the GIL) over copies of its
+    rows, so hashing overlaps the stage's own work, the stage may change its chunks in place, and blocks
+    hash in parallel; at most ``2 * HASH_WORKERS`` blocks wait (bounded memory). A mismatch is raised by
+    the next ``feed`` or by ``finish``, which the reader calls before the stage's output is kept."""
+
+    HASH_WORKERS = min(2, os.cpu_count() or 1)
 
     def __init__(self, path: Path, folder: Path, recorded: dict, n_rows: int):
         self.path, self.folder, self.n_rows = Path(path), Path(folder), int(n_rows)
@@ -211,13 +220,16 @@ class RowDigestCheck:
             raise CorruptFileError(f"{self.path}: {len(self.expected)} recorded row blocks of {self.block_rows} rows "
                                    f"for {self.n_rows} rows; {rebuild_hint(self.folder)}")
         self.verified = np.zeros(len(self.expected), dtype=bool)
-        self._next = None  # the row the block being hashed continues at
-        self._block = None
+        self._next = None  # the row the block being gathered continues at
+        self._pieces: list = []  # copies of the rows read so far of the block being gathered
+        self._worker = None
+        self._pending: deque = deque()
 
     @property
     def rows_verified(self) -> int:
-        ends = np.minimum((np.flatnonzero(self.verified) + 1) * self.block_rows, self.n_rows)
-        return int((ends - np.flatnonzero(self.verified) * self.block_rows).sum())
+        self._drain(0)
+        done = np.flatnonzero(self.verified)
+        return int((np.minimum((done + 1) * self.block_rows, self.n_rows) - done * self.block_rows).sum())
 
     def feed(self, start: int, X) -> None:
         """Rows [start, start + X.shape[0]) as stored in the file (before any thinning)."""
@@ -225,29 +237,56 @@ class RowDigestCheck:
         r = start
         if start != self._next:  # a jump: start afresh at the next block boundary
             r = -(-start // self.block_rows) * self.block_rows
-            self._block = None
+            self._pieces = []
         while r < stop:
             b = r // self.block_rows
-            end = min(stop, (b + 1) * self.block_rows, self.n_rows)
+            block_end = min((b + 1) * self.block_rows, self.n_rows)
+            end = min(stop, block_end)
             if not self.verified[b]:
-                if self._block is None:
-                    self._block = _BlockHasher()
-                self._block.update(*_rows_of(X, r - start, end - start))
+                lengths, indices, data = _rows_of(X, r - start, end - start)
+                self._pieces.append((lengths, indices.copy(), data.copy()))
             r = end
-            if r == min((b + 1) * self.block_rows, self.n_rows):
-                if not self.verified[b]:
-                    self._close(b)
-                self._block = None
+            if r == block_end:
+                if self._pieces:
+                    self._submit(b, self._pieces)
+                self._pieces = []
         self._next = stop
 
-    def _close(self, b: int) -> None:
-        if self._block.hexdigest() != self.expected[b]:
+    def _submit(self, b: int, pieces: list) -> None:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(self.HASH_WORKERS, thread_name_prefix="row-digests")
+        self._drain(2 * self.HASH_WORKERS - 1)
+        self._pending.append(self._worker.submit(self._check_block, b, pieces))
+
+    def _check_block(self, b: int, pieces: list) -> None:
+        block = _BlockHasher()
+        for piece in pieces:
+            block.update(*piece)
+        if block.hexdigest() != self.expected[b]:
             lo, hi = b * self.block_rows, min((b + 1) * self.block_rows, self.n_rows)
             raise CorruptFileError(
                 f"{self.path}: the counts of rows {lo}..{hi - 1} differ from those written there (their "
                 f"BLAKE2b, recorded at write, does not match): the file changed after it was written; "
                 f"{rebuild_hint(self.folder)}")
         self.verified[b] = True
+
+    def _drain(self, keep: int) -> None:
+        while len(self._pending) > keep or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # raises a mismatch found by a worker
+
+    def finish(self) -> None:
+        """Wait for the hashing of what was read; raises if a block differed."""
+        try:
+            self._drain(0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+        self._pending.clear()
+        self._pieces = []
 
 
 def changed_at(path: Path) -> float:

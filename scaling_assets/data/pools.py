@@ -147,7 +147,15 @@ class CountsRange:
         with CsrReader(folder / POOL_FILE) as reader:
             blocks = recorded.get(POOL_FILE, {}).get(ROW_BLOCKS)  # None for a pool written before they were
             check = None if blocks is None else RowDigestCheck(reader.path, folder, blocks, reader.n_obs)
-            yield ThinnedRange(reader, raw_rows, self.cells, self.quality, self.seed, check)
+            source = ThinnedRange(reader, raw_rows, self.cells, self.quality, self.seed, check)
+            try:
+                yield source
+            except BaseException:
+                if source.check is not None:
+                    source.check.close()
+                raise
+            if source.check is not None:
+                source.check.finish()  # the blocks read are all hashed before the stage's output is kept
 
     def to_record(self) -> dict:
         return asdict(self)
