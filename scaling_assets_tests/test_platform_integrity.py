@@ -36,6 +36,7 @@ def tiny(tmp_path):
 
     assert run(["raw_counts"])[0]
     assert run(["split", "pool_counts", "eval_counts", "pca_genes"], SEED)[0]
+    run.study_file = path
     yield study, instance, run
     instance.dispose()
 
@@ -46,7 +47,8 @@ def _flip_pool_count(folder, row: int) -> None:
     _flip_count(folder, row)
 
 
-def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny):
+def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny, capsys, monkeypatch):
+    from scaling_assets.cli import main
     from scaling_assets.study_queue import missing_partitions
     from scaling_assets.study_verify import verify_study
 
@@ -69,11 +71,15 @@ def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny):
 
     stamp = (pool / "summary.json").stat().st_mtime  # bytes rotted in place keep the file's write time:
     os.utime(pool / "pool.h5ad", (stamp, stamp))   # then everything made from it since is suspect
-    out = io.StringIO()
-    found = verify_study(study, instance, out=out)
-    assert ("cite/train_counts", SETTING) in found["marked"], out.getvalue()
-    assert ("cite/pool_counts", SEED) in found["marked"]
+    monkeypatch.setenv("DAGSTER_HOME", str(instance.root_directory))
+    assert main(["study", "verify", "--study", str(run.study_file)]) == 1  # found (and marked): not a clean bill
+    out = capsys.readouterr().out
+    assert "BAD cite/pool_counts s=42:" in out and "pool.h5ad: BLAKE2b differs" in out
+    made = out.split("made from it since it changed (2): ")[1].splitlines()[0]
+    assert set(made.split(", ")) == {"cite/train_counts n=100_q=1_s=42", "cite/pca_genes s=42"}, out
+    assert "marked 3 partition(s) for rebuilding" in out
     assert not pool.exists() and not partition_dir(study.root, ["cite", "train_counts"], SETTING).exists()
+    assert not partition_dir(study.root, ["cite", "pca_genes"], SEED).exists()
     observed = instance.fetch_observations(AssetKey(["cite", "pool_counts"]), limit=1).records[0]
     assert observed.partition_key == SEED  # the UI's partition page says why it was marked
     assert "BLAKE2b differs" in observed.asset_observation.metadata["marked_for_rebuild"].value
@@ -83,10 +89,11 @@ def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny):
     wanted = missing_partitions(study, instance, build_definitions(study).resolve_asset_graph(), refresh=False)
     assert SEED in wanted.get_partitions_subset(AssetKey(["cite", "pool_counts"])).get_partition_keys()
     assert SETTING in wanted.get_partitions_subset(AssetKey(["cite", "train_counts"])).get_partition_keys()
-    assert run(["pool_counts"], SEED)[0]
+    assert run(["pool_counts", "pca_genes"], SEED)[0]
     assert (pool / "pool.h5ad").read_bytes() == written  # rebuilt as first written
     assert run(["train_counts"], OTHER)[0] and run(["train_counts"], SETTING)[0]
-    assert verify_study(study, instance, out=io.StringIO())["bad"] == []
+    assert main(["study", "verify", "--study", str(run.study_file)]) == 0
+    assert "every file matches what was written" in capsys.readouterr().out
 
 
 def test_damaged_model_and_embeddings_name_the_partition_to_rebuild(tiny):
