@@ -83,7 +83,8 @@ def seal_folder(stage: Path) -> None:
     and ``scaling-assets study verify`` can tell a changed or damaged file from the one written."""
     from scaling_assets.data.integrity import FINGERPRINT_FILE, record_fingerprints
 
-    names = sorted(str(p.relative_to(stage)) for p in Path(stage).rglob("*") if p.is_file() and p.name != FINGERPRINT_FILE)
+    names = sorted(str(p.relative_to(stage)) for p in Path(stage).rglob("*")
+                   if p.is_file() and p.name != FINGERPRINT_FILE)
     record_fingerprints(stage, names)
 
 

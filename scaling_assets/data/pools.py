@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+# fingerprint, record_fingerprints, verify_folder and FINGERPRINT_FILE lived here first: still importable
 from scaling_assets.data.integrity import (FINGERPRINT_FILE, ROW_BLOCKS, RowDigestCheck, RowDigests,  # noqa: F401
                                            block_rows_for, fingerprint, read_verified_bytes, record_fingerprints,
                                            verify_folder)
