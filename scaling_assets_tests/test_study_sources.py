@@ -21,6 +21,7 @@ from scaling_assets.data.loaders import sample_rows
 
 CELLS, GENES = 3_000, 20
 LATE_ROW = int(sample_rows(CELLS)[-3])  # a sampled row near the end of the file, far past its head
+UNSAMPLED_ROW = int(np.setdiff1d(np.arange(CELLS), sample_rows(CELLS))[-1])
 
 
 def write_h5ad(path: Path, *, dtype=np.int32, bad: tuple[int, float] | None = None, obs_column="cell_type",
@@ -124,3 +125,15 @@ def test_study_run_refuses_in_seconds_from_the_command_line(tmp_path):
     assert f"datasets.pbmc.paths.path: {data}" in proc.stderr and "negative count" in proc.stderr
     assert wall < 30, wall  # imports dominate (a few seconds); no Dagster run is started
     print(f"study run refused in {wall:.1f} s")
+
+
+def test_a_bad_row_outside_the_sample_is_left_to_the_ingest(tmp_path):
+    """The check at load reads a sample; the ingest (raw_counts) checks every row."""
+    from scaling_assets.data.loaders import ingest
+    from scaling_assets.errors import InputError
+    from scaling_assets.study import check_sources, load_study
+
+    data = write_h5ad(tmp_path / "pbmc.h5ad", bad=(UNSAMPLED_ROW, -1))
+    check_sources(load_study(study_file(tmp_path, data)))
+    with pytest.raises(InputError, match=f"negative count \\(cell c{UNSAMPLED_ROW},"):
+        ingest("h5ad", tmp_path / "raw.h5ad", path=str(data), task="cite")
