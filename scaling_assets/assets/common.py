@@ -71,6 +71,15 @@ def load_split(folder: Path):
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 
+def _unreadable_errors() -> tuple:
+    """``UNREADABLE`` and, where installed, the safetensors reader's error (Geneformer's weights)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return UNREADABLE
+    return (*UNREADABLE, SafetensorError)
+
+
 def unreadable(folder: Path, path: Path, exc: BaseException):
     """The error for a file of ``folder`` that cannot be read: names the file and the partition to rebuild."""
     from scaling_assets.data.integrity import CorruptFileError, rebuild_hint
@@ -126,7 +135,7 @@ def load_trained_model(folder: Path, algorithm: str):
         return load_model(folder / MODEL_DIR, algorithm=algorithm)
     except CorruptFileError:
         raise
-    except UNREADABLE as exc:
+    except _unreadable_errors() as exc:
         raise unreadable(folder, folder / MODEL_DIR, exc) from None  # as a cause, `study run` reports the bare error
 
 
