@@ -137,3 +137,32 @@ def test_a_bad_row_outside_the_sample_is_left_to_the_ingest(tmp_path):
     check_sources(load_study(study_file(tmp_path, data)))
     with pytest.raises(InputError, match=f"negative count \\(cell c{UNSAMPLED_ROW},"):
         ingest("h5ad", tmp_path / "raw.h5ad", path=str(data), task="cite")
+
+
+def _study_with(tmp_path: Path, dataset: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "headers", "root": str(tmp_path / "root"), "budget": "test",
+                                    "algorithms": ["pca"], "sizes": [100], "qualities": [1.0],
+                                    "split": {"validation_cells": 50}, "datasets": {"d": dataset}}))
+    return path
+
+
+def test_larry_and_merfish_headers_are_checked_at_load(tmp_path, capsys):
+    cbg, meta = tmp_path / "cell_by_gene.csv", tmp_path / "cell_metadata.csv"
+    cbg.write_text("cell,g1,g2,Blank-1\nc1,1,0,0\n")
+    meta.write_text("cell,center_x,fov\nc1,0.5,1\n")
+    merfish = {"task": "spatial", "source": "merfish", "cells": 3000,
+               "paths": {"cell_by_gene": str(cbg), "cell_metadata": str(meta)}}
+    err = refused(capsys, "study", "show", "--study", str(_study_with(tmp_path, merfish)))
+    assert f"datasets.d.paths.cell_metadata: {meta}: missing signal column(s) ['center_y']" in err, err
+
+    files = {name: tmp_path / name for name in ("counts.mtx", "genes.txt", "metadata.txt", "clones.mtx")}
+    files["counts.mtx"].write_text("%%MatrixMarket matrix array real general\n2 2\n1\n2\n3\n4\n")
+    files["genes.txt"].write_text("g1\ng2\n")
+    files["metadata.txt"].write_text("Time point\tWell\tCell type annotation\tSPRING-x\tSPRING-y\n2\t0\tA\t0\t0\n")
+    files["clones.mtx"].write_text("%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 1\n")
+    larry = {"task": "lineage", "source": "larry", "cells": 3000,
+             "paths": {"counts": str(files["counts.mtx"]), "genes": str(files["genes.txt"]),
+                       "metadata": str(files["metadata.txt"]), "clones": str(files["clones.mtx"])}}
+    err = refused(capsys, "study", "run", "--study", str(_study_with(tmp_path, larry)))
+    assert f"datasets.d.paths.counts: {files['counts.mtx']}: MatrixMarket 'array' format is not supported" in err

@@ -380,6 +380,8 @@ def _mtx_header(path: Path) -> tuple[int, int, int, int, bool]:
                 if not line.startswith("%"):
                     r, c, nnz = (int(x) for x in line.split())
                     return r, c, nnz, n_header, pattern
+    except InputError:
+        raise  # already names the file and the problem
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: cannot read MatrixMarket header: {exc}") from exc
     raise InputError(f"{path}: MatrixMarket file has no size line")
@@ -515,8 +517,13 @@ def check_source(fmt: str, options: dict, task: str | None = None) -> dict:
     """The header and a sample of a source h5ad (formats h5ad, cite, atlas), in well under a second, so
     that a bad file is refused when the study is loaded rather than minutes into its first run: an
     HDF5 file with cells, genes and unique gene ids; the obs columns (and obsm) its task needs; integer
-    counts >= 0 and no NaN in the sampled rows (``sample_rows``). Returns {"cells", "genes"} ({} for the
-    other formats, whose loaders check as they convert). The full check is the ingest's."""
+    counts >= 0 and no NaN in the sampled rows (``sample_rows``). LARRY and MERFISH sources get their
+    headers checked (MatrixMarket size lines, CSV columns). Returns {"cells", "genes"} where the header
+    gives them. The full check is the ingest's."""
+    if fmt == "larry":
+        return _check_larry_headers(options)
+    if fmt == "merfish":
+        return _check_merfish_headers(options)
     if fmt not in ("h5ad", "cite", "atlas"):
         return {}
     path = Path(options["path"])
@@ -563,6 +570,51 @@ def check_source(fmt: str, options: dict, task: str | None = None) -> dict:
         except InputError as exc:
             raise SourceCheckError(str(exc)) from None
         return {"cells": reader.n_obs, "genes": reader.n_vars}
+
+
+def _csv_columns(path: Path, field: str, sep: str = ",") -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SourceCheckError(f"{path}: cannot read its header line ({exc})", field) from None
+
+
+def _check_larry_headers(options: dict) -> dict:
+    counts, metadata = Path(options["counts"]), Path(options["metadata"])
+    try:
+        rows, cols, _, _, _ = _mtx_header(counts)
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.counts") from None
+    try:
+        _mtx_header(Path(options["clones"]))
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.clones") from None
+    columns = _csv_columns(metadata, "paths.metadata", sep="\t")
+    missing = [c for c in LARRY_COLUMNS if c not in columns]
+    if missing:
+        raise SourceCheckError(f"{metadata}: missing column(s) {missing} (columns present: {columns})",
+                               "paths.metadata")
+    if rows == 0 or cols == 0:
+        raise SourceCheckError(f"{counts}: the matrix is {rows} x {cols}; expected cells x genes", "paths.counts")
+    return {"cells": rows, "genes": cols}
+
+
+def _check_merfish_headers(options: dict) -> dict:
+    cbg, meta = Path(options["cell_by_gene"]), Path(options["cell_metadata"])
+    genes = [c for c in _csv_columns(cbg, "paths.cell_by_gene")[1:] if not c.startswith("Blank-")]
+    if not genes:
+        raise SourceCheckError(f"{cbg}: no gene columns in the header (expected cell id, then one column per gene)",
+                               "paths.cell_by_gene")
+    try:
+        _check_genes(genes, f"{cbg}: header")
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.cell_by_gene") from None
+    columns = _csv_columns(meta, "paths.cell_metadata")
+    missing = [c for c in ("center_x", "center_y") if c not in columns]
+    if missing:
+        raise SourceCheckError(f"{meta}: missing signal column(s) {missing} (columns present: {columns[:20]})",
+                               "paths.cell_metadata")
+    return {"genes": len(genes)}
 
 
 # -- dispatcher -----------------------------------------------------------------------------------
