@@ -33,11 +33,20 @@ def register(subparsers) -> None:
                      "one partition group after another, bypassing the run queue")
     run.set_defaults(func=_run)
 
+    verify = sub.add_parser("verify", help="check every file of the study against the bytes and BLAKE2b recorded "
+                            "at write (pools, corpora, models, embeddings); bad partitions, and what was made from "
+                            "them since they changed, are marked for rebuilding by the next `study run`")
+    verify.add_argument("--study", default=None, help="study name (default, paper) or YAML path; "
+                        "default: $SCALING_ASSETS_STUDY, else 'default'")
+    verify.add_argument("--dry-run", action="store_true", help="report only: mark nothing")
+    verify.set_defaults(func=_verify)
+
 
 def _show(args: argparse.Namespace) -> int:
-    from scaling_assets.study import load_study
+    from scaling_assets.study import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
+    check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     for name, d in s.datasets.items():
@@ -113,13 +122,15 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+    from scaling_assets.study import STUDY_ENV, check_sources, load_study
+
+    study = load_study(args.study)
+    check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
+
     from dagster import DagsterInstance
 
     from scaling_assets.run_study import ensure_dagster_home, run_study
-    from scaling_assets.study import STUDY_ENV, load_study
     from scaling_assets.study_queue import run_study_queued
-
-    study = load_study(args.study)
     if args.study:
         os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
     ensure_dagster_home()
@@ -129,3 +140,18 @@ def _run(args: argparse.Namespace) -> int:
         else:
             result = run_study_queued(study, instance, refresh=args.refresh)
     return 1 if result["failed"] else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from scaling_assets.run_study import ensure_dagster_home
+    from scaling_assets.study import load_study
+    from scaling_assets.study_verify import verify_study
+
+    study = load_study(args.study, check_paths=False)  # the stored partitions are checked, not the sources
+    if args.dry_run:
+        return 1 if verify_study(study, None, mark=False)["bad"] else 0
+    ensure_dagster_home()
+    with DagsterInstance.get() as instance:
+        return 1 if verify_study(study, instance)["bad"] else 0

@@ -117,3 +117,63 @@ def test_corpus_range_is_the_corpus_of_the_first_n_pool_cells(pool, tmp_path):
     with pytest.raises(InputError, match="tokens.bin: .* bytes, expected"):
         CorpusRange(str(tmp_path / "pool" / "corpus"), 120).open()
     assert json.loads((tmp_path / "pool" / "fingerprint.json").read_text())["corpus/rows.npy"]["bytes"] > 0
+
+
+def _flip_count(folder, row: int) -> None:
+    """Change one stored count of pool row ``row`` in place: same size, same HDF5 structure."""
+    import h5py
+
+    path = folder / "pool.h5ad"
+    with h5py.File(path, "r") as f:
+        data = f["X/data"]
+        entry = int(f["X/indptr"][row])
+        chunk = data.chunks[0]
+        offset = data.id.get_chunk_info_by_coord((entry // chunk * chunk,)).byte_offset
+        offset += (entry % chunk) * data.dtype.itemsize
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        value = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([value[0] ^ 0x04]))
+    assert path.stat().st_size == size
+
+
+def test_flipped_counts_are_refused_by_an_in_order_read_naming_rows_and_partition(pool, tmp_path):
+    import shutil
+
+    from scaling_assets.data.integrity import CorruptFileError
+
+    _, _, folder = pool
+    bad = tmp_path / "cite" / "pool_counts" / "s=42"
+    shutil.copytree(folder, bad)
+    with CountsRange(str(bad), 200, 1.0, 42).open() as src:  # intact: every whole block read is checked
+        _dense(src, chunk_size=7)
+        assert src.check.rows_verified >= 200 - src.check.block_rows
+    _flip_count(bad, 60)
+    with CountsRange(str(bad), 50, 0.3, 42).open() as src:  # rows [0, 50) do not read the changed row
+        _dense(src, chunk_size=16)
+    for q, chunk in [(1.0, 64), (0.3, 5)]:
+        with pytest.raises(CorruptFileError, match=r"pool.h5ad: the counts of rows \d+\.\.\d+ differ") as err:
+            with CountsRange(str(bad), 200, q, 42).open() as src:
+                _dense(src, chunk_size=chunk)
+        lo, hi = (int(x) for x in str(err.value).split("rows ")[1].split(" differ")[0].split(".."))
+        assert lo <= 60 <= hi
+        assert "partition cite/pool_counts s=42 must be rebuilt" in str(err.value)
+        assert "scaling-assets study verify" in str(err.value)
+
+
+def test_changed_raw_row_indices_are_refused_at_open(pool, tmp_path):
+    import shutil
+
+    from scaling_assets.data.integrity import CorruptFileError
+
+    _, _, folder = pool
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    data = bytearray((bad / "raw_rows.npy").read_bytes())
+    data[-3] ^= 1
+    (bad / "raw_rows.npy").write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="raw_rows.npy: BLAKE2b differs"):
+        with CountsRange(str(bad), 10, 1.0, 42).open():
+            pass

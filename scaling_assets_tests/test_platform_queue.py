@@ -192,8 +192,10 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
 
 
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
-    broken = tmp_path / "broken.h5ad"
-    broken.write_text("not an HDF5 file")
+    from test_study_sources import UNSAMPLED_ROW, write_h5ad
+
+    # passes the sampled check at study load (a file that is not HDF5 is refused there); the ingest fails it
+    broken = write_h5ad(tmp_path / "broken.h5ad", bad=(UNSAMPLED_ROW, -1))
     broken_dataset = {"task": "cite", "source": "h5ad", "paths": {"path": str(broken)}, "cells": 500}
     path, home, env = make_study(tmp_path, "failing", {"broken": broken_dataset})
     run = study_run(path, env, tmp_path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
+import pickle
 import shutil
 import time
 import urllib.parse
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,12 +67,76 @@ def load_split(folder: Path):
     return Split.load(folder / SPLIT_FILE)
 
 
+# What reading a damaged saved file raises (zip, pickle, JSON, torch and HDF5 readers), besides our own errors.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def _unreadable_errors() -> tuple:
+    """``UNREADABLE`` and, where installed, the safetensors reader's error (Geneformer's weights)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return UNREADABLE
+    return (*UNREADABLE, SafetensorError)
+
+
+def unreadable(folder: Path, path: Path, exc: BaseException):
+    """The error for a file of ``folder`` that cannot be read: names the file and the partition to rebuild."""
+    from scaling_assets.data.integrity import CorruptFileError, rebuild_hint
+
+    return CorruptFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); {rebuild_hint(folder)}")
+
+
+def seal_folder(stage: Path) -> None:
+    """Record the bytes and BLAKE2b of every file of a staged partition (its last write), so that a reader
+    and ``scaling-assets study verify`` can tell a changed or damaged file from the one written."""
+    from scaling_assets.data.integrity import FINGERPRINT_FILE, record_fingerprints
+
+    names = sorted(str(p.relative_to(stage)) for p in Path(stage).rglob("*")
+                   if p.is_file() and p.name != FINGERPRINT_FILE)
+    record_fingerprints(stage, names)
+
+
 def load_embeddings(folder: Path):
-    """(embeddings, cell ids) of an ``embeddings_*`` partition."""
+    """(embeddings, cell ids) of an ``embeddings_*`` partition, its file's BLAKE2b checked on the bytes read
+    (a partition written before fingerprints were recorded is read unchecked)."""
     import numpy as np
 
-    with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as f:
-        return f["embeddings"], f["cell_ids"].astype(str)
+    from scaling_assets.data.integrity import CorruptFileError, read_verified_bytes, recorded_fingerprints
+
+    path = folder / EMBEDDINGS_FILE
+    try:
+        data = read_verified_bytes(folder, EMBEDDINGS_FILE, recorded_fingerprints(folder) or {})
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return f["embeddings"], f["cell_ids"].astype(str)
+    except CorruptFileError:
+        raise
+    except UNREADABLE as exc:
+        raise unreadable(folder, path, exc) from None  # as a cause, `study run` reports the bare error
+
+
+def verify_partition(folder: Path) -> None:
+    """Check every file of a partition read whole anyway (a model) against its recorded bytes and BLAKE2b;
+    a partition written before fingerprints were recorded passes unchecked."""
+    from scaling_assets.data.integrity import recorded_fingerprints, verify_folder
+
+    if recorded_fingerprints(folder) is not None:
+        verify_folder(folder, full_hash=True)
+
+
+def load_trained_model(folder: Path, algorithm: str):
+    """The model saved in a ``model_*`` partition (``verify_partition`` it first); a file that cannot be
+    read names the partition to rebuild instead of surfacing as the reader's bare error."""
+    from scaling_assets.data.integrity import CorruptFileError
+    from scaling_assets.layout import MODEL_DIR
+    from scaling_assets.models import load_model
+
+    try:
+        return load_model(folder / MODEL_DIR, algorithm=algorithm)
+    except CorruptFileError:
+        raise
+    except _unreadable_errors() as exc:
+        raise unreadable(folder, folder / MODEL_DIR, exc) from None  # as a cause, `study run` reports the bare error
 
 
 def show_progress() -> bool:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Output, asset
 
-from scaling_assets.assets.common import SETTING_KEY_NOTE, new_stage, read_summary
+from scaling_assets.assets.common import (SETTING_KEY_NOTE, load_trained_model, new_stage, read_summary, seal_folder,
+                                          verify_partition)
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import EmbeddingsFolder, ModelFolder, eval_corpus_dir, eval_counts_file
@@ -33,11 +34,10 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
     def embeddings(context: AssetExecutionContext, model: ModelFolder, eval_data: Path):
         import numpy as np
 
-        from scaling_assets.models import load_model
-
+        verify_partition(model.folder)  # the model's files against their fingerprints, before reading any
         n_genes = read_summary(model.folder)["genes"]
         with step_device(context, name, n_genes) as device:
-            fitted = load_model(model.model, algorithm=algorithm)
+            fitted = load_trained_model(model.folder, algorithm)
             fitted.device = device  # embed on the leased device, whatever the model trained on
             if reads_corpus(algorithm):
                 from scaling_assets.data.corpus import Corpus
@@ -53,6 +53,7 @@ def embeddings_asset(ds: DatasetAssets, algorithm: str):
         values = np.asarray(values, dtype=np.float32)
         stage = new_stage(ds.study, name)
         np.savez(EmbeddingsFolder(stage).embeddings, embeddings=values, cell_ids=cell_ids)
+        seal_folder(stage)
         bad = int((~np.isfinite(values)).sum())
         yield Output(stage, metadata={"cells": values.shape[0], "dimensions": values.shape[1], "device": device})
         yield AssetCheckResult(passed=bad == 0, severity=AssetCheckSeverity.ERROR,

@@ -90,12 +90,15 @@ def gene_medians_asset(ds: DatasetAssets):
     def gene_medians(context: AssetExecutionContext, pool_counts: Path):
         import numpy as np
 
-        from scaling_assets.data.h5ad_io import CsrReader
-        from scaling_assets.data.pools import POOL_FILE
+        from scaling_assets.assets.common import read_summary
+        from scaling_assets.data.pools import CountsRange
         from scaling_assets.data.corpus import TokenDictionary, gene_nonzero_medians
 
         stage = new_stage(ds.study, "medians")
-        with CsrReader(pool_counts / POOL_FILE) as reader, timed() as elapsed:  # the pool, read in order
+        pool_cells = int(read_summary(pool_counts)["cells"])
+        # the whole pool at q = 1, read in order: its row blocks are checked against their digests
+        with CountsRange(str(pool_counts), pool_cells, 1.0, parse_seed_key(context.partition_key)).open() as reader, \
+                timed() as elapsed:
             pool = np.arange(reader.n_obs)
             medians = gene_nonzero_medians(reader, chunk_size=ds.study.chunk_size)
             dictionary = TokenDictionary(reader.var_names)

@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_stage, plain, read_summary, readable,
-                                          show_progress, write_summary)
+                                          seal_folder, show_progress, write_summary)
 from scaling_assets.assets.devices import retry_policy_for, step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.pools import CorpusRange, CountsRange
@@ -76,6 +76,7 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
                          note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
         metadata["loss_curve"] = image_metadata(context, folder.loss_plot, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
+    seal_folder(stage)  # last: fingerprints of the model files, checked when the embeddings load them
     context.log.info(
         f"{algorithm}: {record['parameters']:,} parameters, stop={record.get('stop_reason')} "
         f"after {record.get('epochs')} epochs / {record.get('steps')} steps on {record.get('device')}"

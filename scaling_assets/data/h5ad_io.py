@@ -552,8 +552,10 @@ class CsrWriter:
         compression: str | None = None,
         uns: dict | None = None,
         chunk_elements: int = 1 << 16,
+        row_digests=None,
     ):
         self.path = Path(path)
+        self.row_digests = row_digests  # an integrity.RowDigests fed the counts exactly as stored
         var_names = np.asarray([str(v) for v in var_names], dtype=object)
         if len(set(var_names)) != var_names.size:
             dup = pd.Index(var_names)[pd.Index(var_names).duplicated()][:5].tolist()
@@ -625,10 +627,14 @@ class CsrWriter:
         data = X.data
         if self._data.dtype.kind in "iu" and data.dtype.kind == "f":
             data = np.rint(data)
+        data = data.astype(self._data.dtype, copy=False)
+        indices = X.indices.astype(np.int32, copy=False)
         self._data.resize((self.nnz + nnz,))
-        self._data[self.nnz :] = data.astype(self._data.dtype, copy=False)
+        self._data[self.nnz :] = data
         self._indices.resize((self.nnz + nnz,))
-        self._indices[self.nnz :] = X.indices.astype(np.int32, copy=False)
+        self._indices[self.nnz :] = indices
+        if self.row_digests is not None:
+            self.row_digests.update(sp.csr_matrix((data, indices, X.indptr), shape=X.shape))
         self._indptr.resize((self.n_obs + n + 1,))
         self._indptr[self.n_obs + 1 :] = X.indptr[1:].astype(np.int64) + self.nnz
         self.total_counts += float(data.sum(dtype=np.float64))
@@ -712,10 +718,12 @@ def write_rows(
     uns: dict | None = None,
     progress: bool = False,
     compression: str | None = None,
+    row_digests=None,
 ) -> dict:
     """Stream rows of ``source`` (all rows if None) with their obs and obsm rows to a new h5ad.
 
-    ``transform(csr_chunk, row_indices)`` rewrites each chunk (e.g. thinning). Returns a summary.
+    ``transform(csr_chunk, row_indices)`` rewrites each chunk (e.g. thinning). ``row_digests`` (an
+    ``integrity.RowDigests``) is fed the counts as written. Returns a summary.
     """
     rows = np.arange(source.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
     base_uns = dict(source.read_uns()) if hasattr(source, "read_uns") else {}
@@ -726,7 +734,8 @@ def write_rows(
         from tqdm import tqdm
 
         bar = tqdm(total=rows.size, unit="cells", desc=f"write {Path(out_path).name}")
-    with CsrWriter(out_path, source.var_names, uns=base_uns, compression=compression) as writer:
+    with CsrWriter(out_path, source.var_names, uns=base_uns, compression=compression,
+                   row_digests=row_digests) as writer:
         for chunk_rows, X in source.iter_chunks(chunk_size, rows=rows):
             if transform is not None:
                 X = transform(X, chunk_rows)

@@ -570,6 +570,8 @@ def _mtx_header(path: Path) -> tuple[int, int, int, int, bool]:
                 if not line.startswith("%"):
                     r, c, nnz = (int(x) for x in line.split())
                     return r, c, nnz, n_header, pattern
+    except InputError:
+        raise  # already names the file and the problem
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: cannot read MatrixMarket header: {exc}") from exc
     raise InputError(f"{path}: MatrixMarket file has no size line")
@@ -677,6 +679,132 @@ def ingest_larry(counts, genes, metadata, clones, out_path, allow_normalized: bo
                            larry=allow_normalized, progress=progress)
     summary.update(task="lineage", signals=["clone", "day"])
     return summary
+
+
+# -- checks before ingesting ----------------------------------------------------------------------
+
+SAMPLE_HEAD = 1_000  # the first rows, then SAMPLE_RUNS runs of SAMPLE_RUN rows spread over the file
+SAMPLE_RUNS, SAMPLE_RUN = 20, 50
+
+
+class SourceCheckError(InputError):
+    """A source file refused before ingesting; ``field`` is the dataset's study field at fault
+    (``paths.path``, ``options.level``, ...)."""
+
+    def __init__(self, message: str, field: str = "paths.path"):
+        super().__init__(message)
+        self.field = field
+
+
+def sample_rows(n: int) -> np.ndarray:
+    """Rows read by ``check_source``: the head of the file and short runs spread over the rest."""
+    starts = np.linspace(SAMPLE_HEAD, max(SAMPLE_HEAD, n - SAMPLE_RUN), SAMPLE_RUNS).astype(np.int64)
+    runs = (starts[:, None] + np.arange(SAMPLE_RUN)).ravel()
+    return np.unique(np.concatenate([np.arange(min(n, SAMPLE_HEAD)), runs[runs < n]]))
+
+
+def check_source(fmt: str, options: dict, task: str | None = None) -> dict:
+    """The header and a sample of a source h5ad (formats h5ad, cite, atlas), in well under a second, so
+    that a bad file is refused when the study is loaded rather than minutes into its first run: an
+    HDF5 file with cells, genes and unique gene ids; the obs columns (and obsm) its task needs; integer
+    counts >= 0 and no NaN in the sampled rows (``sample_rows``). LARRY and MERFISH sources get their
+    headers checked (MatrixMarket size lines, CSV columns). Returns {"cells", "genes"} where the header
+    gives them. The full check is the ingest's."""
+    if fmt == "larry":
+        return _check_larry_headers(options)
+    if fmt == "merfish":
+        return _check_merfish_headers(options)
+    if fmt not in ("h5ad", "cite", "atlas"):
+        return {}
+    path = Path(options["path"])
+    if not path.is_file():
+        raise SourceCheckError(f"{path}: file not found (expected an .h5ad file)")
+    if path.stat().st_size == 0:
+        raise SourceCheckError(f"{path}: empty file (0 bytes); expected an .h5ad file written by anndata")
+    matrix = "X" if fmt == "cite" else options.get("matrix", "auto")
+    if fmt == "atlas" and matrix == "auto":
+        with CsrReader(path, "auto") as probe:
+            matrix = "raw/X" if probe.has("raw/X") else "X"
+    try:
+        reader = CsrReader(path, matrix)
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "options.matrix" if "matrix must be" in str(exc) else "paths.path") from None
+    with reader:
+        if reader.n_obs == 0 or reader.n_vars == 0:
+            raise SourceCheckError(f"{path}: {reader.matrix} has {reader.n_obs} cells x {reader.n_vars} genes; "
+                                   "expected a non-empty count matrix")
+        try:
+            _check_genes(reader.var_names, f"{path}: var")
+        except InputError as exc:
+            raise SourceCheckError(str(exc)) from None
+        columns = reader.obs_columns
+        if fmt == "cite":
+            level = str(options.get("level", "l2"))
+            needed = [(f"celltype.{level if level.startswith('l') else 'l' + level}", "options.level")]
+            protein_key = options.get("protein_key", "protein_counts")
+            if protein_key not in reader.obsm_keys():
+                raise SourceCheckError(f"{path}: no protein counts obsm[{protein_key!r}] (obsm keys: "
+                                       f"{reader.obsm_keys()})", "options.protein_key")
+        elif fmt == "atlas":
+            needed = [(options.get("day_column", "day"), "options.day_column"),
+                      (options.get("cell_type_column", "cell_type"), "options.cell_type_column")]
+        else:
+            needed = [(c, "paths.path") for c in (TASKS[task].obs_columns if task in TASKS else ())]
+        for column, field in needed:
+            if column not in columns:
+                raise SourceCheckError(f"{path}: no obs column {column!r}, which task {task!r} needs as a signal "
+                                       f"(columns present: {columns[:20]}{' ...' if len(columns) > 20 else ''})", field)
+        rows = sample_rows(reader.n_obs)
+        try:
+            _validate_counts(reader.read_subset(rows), rows, f"{path} ({reader.matrix}, sampled rows)", None)
+        except InputError as exc:
+            raise SourceCheckError(str(exc)) from None
+        return {"cells": reader.n_obs, "genes": reader.n_vars}
+
+
+def _csv_columns(path: Path, field: str, sep: str = ",") -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SourceCheckError(f"{path}: cannot read its header line ({exc})", field) from None
+
+
+def _check_larry_headers(options: dict) -> dict:
+    counts, metadata = Path(options["counts"]), Path(options["metadata"])
+    try:
+        rows, cols, _, _, _ = _mtx_header(counts)
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.counts") from None
+    try:
+        _mtx_header(Path(options["clones"]))
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.clones") from None
+    columns = _csv_columns(metadata, "paths.metadata", sep="\t")
+    missing = [c for c in LARRY_COLUMNS if c not in columns]
+    if missing:
+        raise SourceCheckError(f"{metadata}: missing column(s) {missing} (columns present: {columns})",
+                               "paths.metadata")
+    if rows == 0 or cols == 0:
+        raise SourceCheckError(f"{counts}: the matrix is {rows} x {cols}; expected cells x genes", "paths.counts")
+    return {"cells": rows, "genes": cols}
+
+
+def _check_merfish_headers(options: dict) -> dict:
+    cbg, meta = Path(options["cell_by_gene"]), Path(options["cell_metadata"])
+    genes = [c for c in _csv_columns(cbg, "paths.cell_by_gene")[1:] if not c.startswith("Blank-")]
+    if not genes:
+        raise SourceCheckError(f"{cbg}: no gene columns in the header (expected cell id, then one column per gene)",
+                               "paths.cell_by_gene")
+    try:
+        _check_genes(genes, f"{cbg}: header")
+    except InputError as exc:
+        raise SourceCheckError(str(exc), "paths.cell_by_gene") from None
+    columns = _csv_columns(meta, "paths.cell_metadata")
+    missing = [c for c in ("center_x", "center_y") if c not in columns]
+    if missing:
+        raise SourceCheckError(f"{meta}: missing signal column(s) {missing} (columns present: {columns[:20]})",
+                               "paths.cell_metadata")
+    return {"genes": len(genes)}
 
 
 # -- dispatcher -----------------------------------------------------------------------------------

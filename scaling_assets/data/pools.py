@@ -7,15 +7,16 @@ index (not the pool row), so a cell looks exactly as it did when every setting w
 copy: sizes stay nested (a prefix of one order) and qualities nested and consistent
 (``scaling_assets.data.thinning``).
 
-Files written here carry a fingerprint (bytes and BLAKE2b) recorded at write time; a reader checks
-the size on every open (a truncated file from a killed writer is refused) and the hash on request.
+Files written here carry a fingerprint (bytes and BLAKE2b) recorded at write time, and the pool the
+BLAKE2b of the counts of every block of rows (``scaling_assets.data.integrity``). A reader checks the
+sizes on every open (a truncated file from a killed writer is refused), the raw row indices' hash on
+the bytes it loads, the blocks of counts it reads in order as it reads them, and everything on request.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import io
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -24,47 +25,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+# fingerprint, record_fingerprints, verify_folder and FINGERPRINT_FILE lived here first: still importable
+from scaling_assets.data.integrity import (FINGERPRINT_FILE, ROW_BLOCKS, RowDigestCheck, RowDigests,  # noqa: F401
+                                           block_rows_for, fingerprint, read_verified_bytes, record_fingerprints,
+                                           verify_folder)
 from scaling_assets.data.thinning import thin_counts
 from scaling_assets.errors import InputError
 
 POOL_FILE = "pool.h5ad"
 RAW_ROWS_FILE = "raw_rows.npy"
-FINGERPRINT_FILE = "fingerprint.json"
-_HASH_BLOCK = 8 << 20
-
-
-def fingerprint(path: Path) -> dict:
-    """Bytes and BLAKE2b of a file, streamed in 8 MiB blocks (bounded memory)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return {"bytes": Path(path).stat().st_size, "blake2b": digest.hexdigest()}
-
-
-def record_fingerprints(folder: Path, names: list[str]) -> dict:
-    """Fingerprint ``names`` inside ``folder`` and store them beside the files."""
-    prints = {name: fingerprint(folder / name) for name in names}
-    (folder / FINGERPRINT_FILE).write_text(json.dumps(prints, indent=2, sort_keys=True))
-    return prints
-
-
-def verify_folder(folder: Path, full_hash: bool = False) -> None:
-    """Refuse a folder whose files are missing, or whose size (or hash) differs from the recorded one."""
-    folder = Path(folder)
-    recorded = folder / FINGERPRINT_FILE
-    if not recorded.is_file():
-        raise InputError(f"{folder}: no {FINGERPRINT_FILE}; the writer did not finish; rebuild this partition")
-    for name, expected in json.loads(recorded.read_text()).items():
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"{path}: missing (recorded {expected['bytes']} bytes at write); rebuild this partition")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise InputError(f"{path}: {size} bytes, expected {expected['bytes']} recorded at write "
-                             "(truncated or overwritten); rebuild this partition")
-        if full_hash and fingerprint(path)["blake2b"] != expected["blake2b"]:
-            raise InputError(f"{path}: BLAKE2b differs from the one recorded at write; rebuild this partition")
 
 
 def write_pool(source, pool_order: np.ndarray, out_dir: Path, chunk_size: int = 10_000,
@@ -75,9 +44,12 @@ def write_pool(source, pool_order: np.ndarray, out_dir: Path, chunk_size: int = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pool_order = np.asarray(pool_order, dtype=np.int64)
-    summary = write_rows(source, pool_order, out_dir / POOL_FILE, chunk_size=chunk_size, progress=progress)
+    digests = RowDigests(block_rows_for(pool_order.size))  # of the counts as written, while writing them
+    summary = write_rows(source, pool_order, out_dir / POOL_FILE, chunk_size=chunk_size, progress=progress,
+                         row_digests=digests)
     np.save(out_dir / RAW_ROWS_FILE, pool_order)
-    summary["fingerprints"] = record_fingerprints(out_dir, [POOL_FILE, RAW_ROWS_FILE])
+    prints = record_fingerprints(out_dir, [POOL_FILE, RAW_ROWS_FILE], extra={POOL_FILE: {ROW_BLOCKS: digests.finish()}})
+    summary["fingerprints"] = {name: {k: v for k, v in p.items() if k != ROW_BLOCKS} for name, p in prints.items()}
     return summary
 
 
@@ -88,7 +60,8 @@ class ThinnedRange:
     raw file, so the counts equal those of a thinned copy written from the raw file.
     """
 
-    def __init__(self, pool, raw_rows: np.ndarray, stop: int, quality: float, seed: int):
+    def __init__(self, pool, raw_rows: np.ndarray, stop: int, quality: float, seed: int,
+                 check: RowDigestCheck | None = None):
         if not 0 <= stop <= pool.n_obs:
             raise InputError(f"setting N={stop} exceeds the training pool of {pool.n_obs} cells")
         if len(raw_rows) != pool.n_obs:
@@ -96,6 +69,8 @@ class ThinnedRange:
         self._pool, self._raw_rows, self._stop = pool, np.asarray(raw_rows, dtype=np.int64), int(stop)
         self.quality, self.seed = float(quality), int(seed)
         self._thin = None if quality >= 1.0 else partial(thin_counts, q=quality, seed=seed)
+        self.check = check  # checks the pool's row blocks as rows are read in order
+
 
     def __getattr__(self, name):  # var_names, read_uns, obsm_keys, ... come from the pool file
         return getattr(self._pool, name)
@@ -127,7 +102,10 @@ class ThinnedRange:
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         start, stop = max(0, start), min(stop, self._stop)
-        return self._apply(self._pool.read_rows(start, stop), np.arange(start, stop))
+        X = self._pool.read_rows(start, stop)
+        if self.check is not None:
+            self.check.feed(start, X)
+        return self._apply(X, np.arange(start, stop))
 
     def read_subset(self, rows: np.ndarray) -> sp.csr_matrix:
         rows = self._checked(rows)
@@ -164,10 +142,21 @@ class CountsRange:
         from scaling_assets.data.h5ad_io import CsrReader
 
         folder = Path(self.pool)
-        verify_folder(folder, full_hash)
-        raw_rows = np.load(folder / RAW_ROWS_FILE)
+        recorded = verify_folder(folder, full_hash)
+        # read whole anyway: its hash is checked on the bytes loaded
+        raw_rows = np.load(io.BytesIO(read_verified_bytes(folder, RAW_ROWS_FILE, recorded)))
         with CsrReader(folder / POOL_FILE) as reader:
-            yield ThinnedRange(reader, raw_rows, self.cells, self.quality, self.seed)
+            blocks = recorded.get(POOL_FILE, {}).get(ROW_BLOCKS)  # None for a pool written before they were
+            check = None if blocks is None else RowDigestCheck(reader.path, folder, blocks, reader.n_obs)
+            source = ThinnedRange(reader, raw_rows, self.cells, self.quality, self.seed, check)
+            try:
+                yield source
+            except BaseException:
+                if source.check is not None:
+                    source.check.close()
+                raise
+            if source.check is not None:
+                source.check.finish()  # the blocks read are all hashed before the stage's output is kept
 
     def to_record(self) -> dict:
         return asdict(self)
