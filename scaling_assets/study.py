@@ -241,7 +241,7 @@ def check_sources(study: Study, missing_ok: bool = False) -> None:
         if d.source == SIMULATED or (missing_ok and any(not Path(p).exists() for p in d.paths.values())):
             continue
         try:
-            check_source(d.source, {**d.paths, **d.options}, d.task)
+            check_source(d.source, {**d.paths, **d.options}, d.task, d.signals)
         except SourceCheckError as exc:
             raise _err(study.source_file, f"datasets.{name}.{exc.field}", str(exc)) from None
 

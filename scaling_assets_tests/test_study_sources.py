@@ -104,7 +104,7 @@ def test_format_options_name_their_own_field(tmp_path, capsys):
 def test_good_h5ad_passes_and_show_skips_files_not_there_yet(tmp_path, capsys):
     study = study_file(tmp_path, write_h5ad(tmp_path / "pbmc.h5ad"))
     assert main(["study", "show", "--study", str(study)]) == 0
-    assert "pbmc: task cite, source h5ad" in capsys.readouterr().out
+    assert "pbmc: task cite (signals cell_type, protein), source h5ad" in capsys.readouterr().out
     study = study_file(tmp_path, tmp_path / "later.h5ad")
     assert main(["study", "show", "--study", str(study)]) == 0
 
@@ -166,3 +166,20 @@ def test_larry_and_merfish_headers_are_checked_at_load(tmp_path, capsys):
                        "metadata": str(files["metadata.txt"]), "clones": str(files["clones.mtx"])}}
     err = refused(capsys, "study", "run", "--study", str(_study_with(tmp_path, larry)))
     assert f"datasets.d.paths.counts: {files['counts.mtx']}: MatrixMarket 'array' format is not supported" in err
+
+
+def test_a_datasets_own_signals_are_checked_at_load(tmp_path, capsys):
+    data = write_h5ad(tmp_path / "pbmc.h5ad")
+    study = study_file(tmp_path, data)
+    raw = yaml.safe_load(study.read_text())
+    raw["datasets"]["pbmc"].pop("task")
+    raw["datasets"]["pbmc"]["signals"] = ["cell_type", "region"]  # `region` is not in the file
+    study.write_text(yaml.safe_dump(raw))
+    err = refused(capsys, "study", "show", "--study", str(study))
+    assert "datasets.pbmc.paths.path" in err and "no obs column 'region', which the dataset's signals need" in err
+    raw["datasets"]["pbmc"]["signals"] = ["cell_type", "obsm:adt"]  # the file's matrix is obsm['protein']
+    study.write_text(yaml.safe_dump(raw))
+    assert "no obsm['adt'], which a signal needs" in refused(capsys, "study", "show", "--study", str(study))
+    raw["datasets"]["pbmc"]["signals"] = ["cell_type", "obsm:protein"]
+    study.write_text(yaml.safe_dump(raw))
+    assert main(["study", "show", "--study", str(study)]) == 0

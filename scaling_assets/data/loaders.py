@@ -703,13 +703,14 @@ def sample_rows(n: int) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(min(n, SAMPLE_HEAD)), runs[runs < n]]))
 
 
-def check_source(fmt: str, options: dict, task: str | None = None) -> dict:
+def check_source(fmt: str, options: dict, task: str | None = None, signals=None) -> dict:
     """The header and a sample of a source h5ad (formats h5ad, cite, atlas), in well under a second, so
     that a bad file is refused when the study is loaded rather than minutes into its first run: an
     HDF5 file with cells, genes and unique gene ids; the obs columns (and obsm) its task needs; integer
     counts >= 0 and no NaN in the sampled rows (``sample_rows``). LARRY and MERFISH sources get their
-    headers checked (MatrixMarket size lines, CSV columns). Returns {"cells", "genes"} where the header
-    gives them. The full check is the ingest's."""
+    headers checked (MatrixMarket size lines, CSV columns). ``signals`` (the dataset's resolved signal
+    specs; default: the task's preset) name the obs columns and obsm keys an h5ad source must carry.
+    Returns {"cells", "genes"} where the header gives them. The full check is the ingest's."""
     if fmt == "larry":
         return _check_larry_headers(options)
     if fmt == "merfish":
@@ -749,11 +750,18 @@ def check_source(fmt: str, options: dict, task: str | None = None) -> dict:
             needed = [(options.get("day_column", "day"), "options.day_column"),
                       (options.get("cell_type_column", "cell_type"), "options.cell_type_column")]
         else:
-            needed = [(c, "paths.path") for c in (TASKS[task].obs_columns if task in TASKS else ())]
+            specs = tuple(signals) if signals is not None else (TASKS[task].signals if task in TASKS else ())
+            needed = [(c, "paths.path") for c in signal_columns(specs)]
+            for key in (k for spec in specs for k in spec.obsm_keys):
+                if key not in reader.obsm_keys():
+                    raise SourceCheckError(f"{path}: no obsm[{key!r}], which a signal needs (obsm keys: "
+                                           f"{reader.obsm_keys()})")
         for column, field in needed:
             if column not in columns:
-                raise SourceCheckError(f"{path}: no obs column {column!r}, which task {task!r} needs as a signal "
-                                       f"(columns present: {columns[:20]}{' ...' if len(columns) > 20 else ''})", field)
+                raise SourceCheckError(f"{path}: no obs column {column!r}, which "
+                                       + (f"task {task!r}" if task else "the dataset's signals")
+                                       + f" needs as a signal (columns present: {columns[:20]}"
+                                       f"{' ...' if len(columns) > 20 else ''})", field)
         rows = sample_rows(reader.n_obs)
         try:
             _validate_counts(reader.read_subset(rows), rows, f"{path} ({reader.matrix}, sampled rows)", None)
