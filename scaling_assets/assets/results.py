@@ -44,12 +44,17 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
                 "budget_smoke": smoke, "test_cells": record.get("test_cells"),
                 "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "training_cells": record.get("training_cells"),
+                "zero_umi_training_cells_dropped": record.get("zero_umi_training_cells_dropped"),
+                "zero_umi_validation_cells_dropped": record.get("zero_umi_validation_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
                                                       "umis_nominal", "grid", "budget_smoke", "test_cells",
-                                                      "zero_umi_test_cells_dropped"])
+                                                      "zero_umi_test_cells_dropped", "training_cells",
+                                                      "zero_umi_training_cells_dropped",
+                                                      "zero_umi_validation_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 
@@ -121,7 +126,9 @@ def _table_assets(study: Study) -> list:
     @asset(key=[GROUP, "mi_table"], group_name=GROUP, deps=[AssetDep(k) for k in mi_keys], kinds={"parquet"},
            description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed) of every "
            "materialised `mi_*` partition: MI in bits (clipped at 0, raw and standard error), UMIs per cell, "
-           "the grid the algorithm ran on, and `budget_smoke` (model trained below the study's stopping rules "
+           "the grid the algorithm ran on, the cells left out with no UMI at q (`zero_umi_*_cells_dropped`: "
+           "training, validation, test; `cells` stays the nominal N, `training_cells` is what trained), and "
+           "`budget_smoke` (model trained below the study's stopping rules "
            f"under the `{study.budget}` budget: a smoke test, not a result).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)

@@ -23,7 +23,7 @@ from dagster._core.events import DagsterEventType
 
 from scaling_assets.models.versions import settings_version
 
-DATA_VERSION = "1"
+DATA_VERSION = "2"  # 2: zero-UMI cells left out of training and validation sets
 
 
 def code_version(study, key: AssetKey) -> str:
