@@ -108,6 +108,7 @@ class DatasetConfig:
     umis_per_cell: float | None = None
     test_cells: int | None = None  # overrides the study's split.test_cells for this dataset
     validation_cells: int | None = None  # overrides the study's split.validation_cells
+    pool: int | None = None  # nominal training pool: cells - test - validation (None: cells unknown)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,11 @@ class Study:
         if self.n_test is not None:
             return self.n_test
         return default_test_size(d.cells) if d.cells else None
+
+    def largest_size(self, dataset: str) -> int:
+        """The largest training size any algorithm runs at on the dataset (what every seed's pool must hold)."""
+        return max(max(self.sizes_of(dataset, a)) for a in self.algorithms) if self.algorithms else \
+            max(self.datasets[dataset].sizes)
 
     def validation_size(self, dataset: str) -> int:
         d = self.datasets[dataset]
@@ -333,7 +339,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
         cells=cells, genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
         options=dict(d.get("options") or {}), umis_per_cell=umis,
         test_cells=None if own_test is None else int(own_test),
-        validation_cells=None if own_val is None else int(own_val),
+        validation_cells=None if own_val is None else int(own_val), pool=pool,
     )
 
 

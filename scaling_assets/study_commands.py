@@ -37,9 +37,12 @@ def _show(args: argparse.Namespace) -> int:
     s = load_study(args.study, check_paths=False)
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
+    from scaling_assets.planner import sizes_report
+
     for name, d in s.datasets.items():
-        print(f"  {name}: task {d.task}, source {d.source}, cells {d.cells}, sizes {list(d.sizes)}, "
-              f"qualities {list(d.qualities)}")
+        print(f"  {name}: task {d.task}, source {d.source}, cells {d.cells}, qualities {list(d.qualities)}")
+        for line in sizes_report(s, name):  # the sizes it really gets, and each seed's pool once split
+            print(f"    {line}")
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
