@@ -101,12 +101,15 @@ class DaemonProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM the daemon's process group (daemon, its code server); SIGKILL what outlives it."""
+        """SIGTERM the daemon's process group (daemon, its code server); SIGKILL what outlives it.
+
+        The pid file stays, naming the stopped process: its heartbeats look fresh for another minute,
+        and a ``study run`` started meanwhile must not take it for a live daemon (``daemon_alive``
+        removes the file once it has seen the process is gone)."""
         if self.process is None:
             return
         if self.process.poll() is not None:
             return  # it died on its own: the pid file stays, telling the next command it is gone
-        self.pid_path.unlink(missing_ok=True)
         pgid = os.getpgid(self.process.pid)
         os.killpg(pgid, signal.SIGTERM)
         try:

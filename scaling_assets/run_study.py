@@ -170,12 +170,33 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
             table.columns = [f"q={c:g}" for c in table.columns]
             print("MI (bits) at the largest training size, by quality:", file=out)
             print(table.round(3).to_string(), file=out)
+        print(results_coverage(study, mi), file=out)
     width = max(len(name) for name in paths)
     for name, path in paths.items():
         print(f"{name:>{width}}: {path}{'' if path.exists() else '  (not written)'}", file=out)
     for label, message in failed.items():
         print(f"FAILED {label}: {message}", file=out)
     print("Browse the assets, lineage and metadata: dagster dev -w workspace.yaml", file=out, flush=True)
+
+
+def results_coverage(study: Study, mi) -> str:
+    """Which datasets the written results cover, and which are missing or partial."""
+    partial, missing = [], []
+    for d in study.datasets:
+        expected = sum(len(study.setting_keys(d, a)) for a in study.algorithms)
+        rows = mi[mi["dataset"] == d]
+        done = len(rows.drop_duplicates(["algorithm", "cells", "quality", "seed"]))
+        if done == 0:
+            missing.append(d)
+        elif done < expected:
+            partial.append(f"{d} ({done} of {expected} settings)")
+    if not partial and not missing:
+        return f"results cover every dataset: {', '.join(study.datasets)}"
+    covered = [d for d in study.datasets if d not in missing]
+    return (f"results cover {', '.join(covered) or 'no dataset'}"
+            + (f"; partial: {', '.join(partial)}" if partial else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + "; run the study again to complete them once what failed is fixed")
 
 
 def ensure_dagster_home() -> Path:

@@ -20,6 +20,12 @@ cheaper models, so the longest chain is not left for last). The second backfill 
 every shared partition is written, without waiting for the daemon's next evaluation to mark the first
 one complete.
 
+The results (tables, law fits, plots) summarise every dataset, so they normally run last in the
+settings backfill. When a dataset could not run (its shared data failed, so its settings were not
+submitted) or a setting failed (Dagster then never requests what depends on it), they go in as a third
+backfill once the others end: results of every dataset that finished, the missing ones named in the
+tables' metadata and the summary; the next ``study run`` completes them with the rest.
+
 One ``study run`` per study at a time: a lock beside the study root refuses a second one; an
 unfinished backfill of the study (its ``study run`` was killed) is joined instead of duplicated.
 """
@@ -59,7 +65,7 @@ STARTING = {DagsterRunStatus.STARTING}  # launched; its process is starting (imp
 RUNNING = {DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING}
 PROGRESS_EVERY_S = 30.0
 TAG_STAGE = "scaling_assets/stage"
-SHARED, SETTINGS = "shared data", "settings"
+SHARED, SETTINGS, RESULTS = "shared data", "settings", "results"
 
 
 @dataclass
@@ -136,11 +142,35 @@ def stage_of(key, asset_graph) -> str:
 
 def stage_target(target: AssetGraphSubset, stage: str, asset_graph, blocked_datasets=frozenset()) -> AssetGraphSubset:
     """The part of ``target`` in one stage, without the datasets whose shared data is missing (their
-    settings cannot run; the results summarise every dataset, so they wait too)."""
+    settings cannot run) and then without the results too: they would wait on those settings for ever,
+    so they go in as their own backfill once the others end (``_submit_results``)."""
     keep = {k for k in target.asset_keys if stage_of(k, asset_graph) == stage
             and not (blocked_datasets and (k.path[0] in blocked_datasets or k.path[0] == GROUP))}
     return AssetGraphSubset.from_asset_partition_set(
         {p for p in target.iterate_asset_partitions() if p.asset_key in keep}, asset_graph)
+
+
+def results_subset(asset_graph) -> AssetGraphSubset:
+    """The study-wide tables, law fits and plots (unpartitioned)."""
+    keys = [k for k in asset_graph.materializable_asset_keys if k.path[0] == GROUP]
+    return AssetGraphSubset.from_asset_partition_set({AssetKeyPartitionKey(k, None) for k in keys}, asset_graph)
+
+
+def results_written_since(instance: DagsterInstance, asset_graph, since: float) -> bool:
+    """Every result asset was materialised at or after ``since`` (a Unix time)."""
+    for key in results_subset(asset_graph).asset_keys:
+        event = instance.get_latest_materialization_event(key)
+        if event is None or event.timestamp < since:
+            return False
+    return True
+
+
+def datasets_with_mi(study: Study, instance: DagsterInstance) -> list[str]:
+    """Datasets with at least one materialised MI partition: what the results can summarise."""
+    from dagster import AssetKey
+
+    return [d for d in study.datasets
+            if any(instance.get_materialized_partitions(AssetKey([d, f"mi_{a}"])) for a in study.algorithms)]
 
 
 def submit_backfill(study: Study, instance: DagsterInstance, target: AssetGraphSubset, stage: str) -> str:
@@ -269,7 +299,7 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
             print("using the dagster-daemon already running for this DAGSTER_HOME", file=out)
         print(f"study {study.name!r}: {study.n_training_runs()} training runs in the grid; storage {study.root}; "
               f"Dagster home {instance.root_directory}. Ctrl-C cancels.", file=out, flush=True)
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         watched: list[dict] = []
         blocked: dict[str, str] = {}
         backfill_id = None
@@ -294,6 +324,11 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
                       "partitions)", file=out, flush=True)
                 watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
                                       hand_off=stage != stages[-1]))
+            if not results_written_since(instance, asset_graph, started_at):
+                results_id = _submit_results(study, instance, asset_graph, out)
+                if results_id is not None:
+                    backfill_id = results_id
+                    watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
             _await_daemon_verdicts(instance, watched, daemon, poll_s)
         except KeyboardInterrupt:
             result = _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
@@ -304,6 +339,20 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
                 daemon.stop()
         sweep_staging(study.root)
     return result
+
+
+def _submit_results(study: Study, instance: DagsterInstance, asset_graph, out) -> str | None:
+    """The results of every dataset that has MI, when the settings backfill did not write them (a dataset
+    was blocked or a setting failed); None when no dataset has any MI yet."""
+    finished = datasets_with_mi(study, instance)
+    if not finished:
+        return None
+    missing = [d for d in study.datasets if d not in finished]
+    backfill_id = submit_backfill(study, instance, results_subset(asset_graph), RESULTS)
+    print(f"backfill {backfill_id}: results of {', '.join(finished)}"
+          + (f" (no MI yet for {', '.join(missing)}: the next `study run` adds them)" if missing else
+             " (some settings failed: the tables list what is missing)"), file=out, flush=True)
+    return backfill_id
 
 
 def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s, hand_off: bool = False) -> dict:

@@ -16,12 +16,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 from conftest import REPO, write_tiny_study
 
 from scaling_assets.gpu.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+from scaling_assets.layout import result_paths
 from scaling_assets.models.registry import ALGORITHMS
 from scaling_assets.study import load_study
 from scaling_assets.study_queue import study_lock
@@ -183,6 +185,32 @@ def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_pat
     study = load_study(path)
     assert set(instance.get_materialized_partitions(AssetKey(["cite", "mi_pca"]))) == set(study.setting_keys("cite"))
     assert not instance.get_materialized_partitions(AssetKey(["broken", "split"]))
+    # the results cover the dataset that finished and name the one missing (they used to be left out
+    # whole: the results waited on the blocked dataset's settings)
+    paths = result_paths(study)
+    assert "backfill" in out and "results of cite (no MI yet for broken" in out, out
+    assert "results cover cite; missing: broken" in out, out
+    assert set(pd.read_parquet(paths["mi_table"])["dataset"]) == {"cite"}
+    assert paths["plot_cite"].exists() and not paths["plot_broken"].exists()
+    for table in ("mi_table", "noise_law_fits", "size_law_fits", "parameter_table", "hyperparameter_table"):
+        assert paths[table].exists(), table
+    meta = instance.get_latest_materialization_event(AssetKey(["results", "mi_table"])).asset_materialization.metadata
+    assert meta["datasets_complete"].value == "cite" and meta["datasets_missing"].value == "broken"
+    assert {b.tags["scaling_assets/stage"] for b in instance.get_backfills()} == {"shared data", "settings", "results"}
+
+    # once the dataset is fixed, the next run completes the study and its results
+    from scaling_assets.data.simulate import simulate
+
+    broken.unlink()
+    simulate("cite", 500, 40, seed=3, out_path=broken)
+    rerun = study_run(path, env, tmp_path)
+    out2, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out2
+    assert "results cover every dataset: cite, broken" in out2, out2
+    assert set(pd.read_parquet(paths["mi_table"])["dataset"]) == {"cite", "broken"}
+    assert paths["plot_broken"].exists()
+    meta = instance.get_latest_materialization_event(AssetKey(["results", "mi_table"])).asset_materialization.metadata
+    assert meta["datasets_complete"].value == "cite, broken" and meta["datasets_missing"].value == "none"
 
 
 def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagster_home):
