@@ -88,11 +88,11 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     read["pool_counts"] = seeds * p.pool
     read["eval_counts"] = seeds * len(qualities) * n_eval
     if "pca" in algorithms:
-        read["pca_genes"] = seeds * max(study.sizes_of(name, "pca"))
+        read["pca_genes"] = 2 * seeds * max(study.sizes_of(name, "pca"))  # zero-UMI scan + gene statistics
     if gf:
         read["gene_medians"] = seeds * p.pool  # one table per seed, at full quality
         read["pool_corpus"] = seeds * len(gf_qualities) * p.pool
-    read["train_counts"] = sum(s.cells for s in settings)  # one pass for the UI's UMIs per cell
+    read["train_counts"] = sum(s.cells for s in settings)  # one pass: cells with no UMI, UMIs per cell
     for a, trained in runs.items():
         if a == "pca":
             read["model_pca"] = 2 * sum(s.cells for s in trained)  # gene statistics pass + Gram pass

@@ -95,7 +95,7 @@ def test_parameter_and_fit_tables(study_run):
     assert set(params["dataset"]) == set(study.datasets)
     assert (params[params.algorithm == "random_projection"]["parameters"] == 60 * 16).all()
     hyper = pd.read_parquet(paths["hyperparameter_table"])
-    assert set(hyper["algorithm"]) == set(study.algorithms) | {"lmi", "tokenize", "evaluation", "signals", "laws"}
+    assert set(hyper["algorithm"]) == set(study.algorithms) | {"lmi", "tokenize", "data", "signals", "laws"}
     noise = pd.read_parquet(paths["noise_law_fits"])
     # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
     assert len(noise) > 0 and not noise["fitted"].any()
