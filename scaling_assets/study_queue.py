@@ -156,13 +156,21 @@ def results_subset(asset_graph) -> AssetGraphSubset:
     return AssetGraphSubset.from_asset_partition_set({AssetKeyPartitionKey(k, None) for k in keys}, asset_graph)
 
 
-def results_written_since(instance: DagsterInstance, asset_graph, since: float) -> bool:
-    """Every result asset was materialised at or after ``since`` (a Unix time)."""
+def results_behind(study: Study, instance: DagsterInstance, asset_graph) -> bool:
+    """Some MI partition was materialised after a result asset was (or a result asset never was): the
+    results do not yet summarise every MI the study has."""
+    from dagster import AssetKey
+
+    newest_mi = max((event.timestamp for d in study.datasets for a in study.algorithms
+                     if (event := instance.get_latest_materialization_event(AssetKey([d, f"mi_{a}"]))) is not None),
+                    default=None)
+    if newest_mi is None:
+        return False  # no MI anywhere: nothing to summarise
     for key in results_subset(asset_graph).asset_keys:
         event = instance.get_latest_materialization_event(key)
-        if event is None or event.timestamp < since:
-            return False
-    return True
+        if event is None or event.timestamp < newest_mi:
+            return True
+    return False
 
 
 def datasets_with_mi(study: Study, instance: DagsterInstance) -> list[str]:
@@ -299,7 +307,7 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
             print("using the dagster-daemon already running for this DAGSTER_HOME", file=out)
         print(f"study {study.name!r}: {study.n_training_runs()} training runs in the grid; storage {study.root}; "
               f"Dagster home {instance.root_directory}. Ctrl-C cancels.", file=out, flush=True)
-        start, started_at = time.perf_counter(), time.time()
+        start = time.perf_counter()
         watched: list[dict] = []
         blocked: dict[str, str] = {}
         backfill_id = None
@@ -324,7 +332,7 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
                       "partitions)", file=out, flush=True)
                 watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
                                       hand_off=stage != stages[-1]))
-            if not results_written_since(instance, asset_graph, started_at):
+            if results_behind(study, instance, asset_graph):
                 results_id = _submit_results(study, instance, asset_graph, out)
                 if results_id is not None:
                     backfill_id = results_id

@@ -325,3 +325,31 @@ def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
         assert recorded.exists()
     fresh.pop("BACKFILL")
     assert not daemon_alive(instance)  # no backfill loop heart-beating
+
+
+def test_results_are_behind_while_some_mi_is_newer_than_them(tmp_path):
+    """``study run`` submits the results on their own when the settings backfill did not write them
+    after the last MI (a dataset blocked, a setting failed, or a run joined after they were written)."""
+    from dagster import AssetMaterialization
+
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.study_queue import datasets_with_mi, results_behind, results_subset
+
+    path, _, _ = make_study(tmp_path, "behind", {"other": dict(CITE, seed=2)})
+    study = load_study(path)
+    graph = build_definitions(study).resolve_asset_graph()
+    instance = DagsterInstance.ephemeral()
+    results = results_subset(graph).asset_keys
+    assert {k.path[-1] for k in results} == {"mi_table", "parameter_table", "hyperparameter_table",
+                                             "noise_law_fits", "size_law_fits", "scaling_plots"}
+    assert not results_behind(study, instance, graph) and datasets_with_mi(study, instance) == []  # no MI yet
+    setting = study.setting_keys("cite")[0]
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["cite", "mi_pca"]), partition=setting))
+    assert results_behind(study, instance, graph) and datasets_with_mi(study, instance) == ["cite"]
+    time.sleep(0.01)
+    for key in results:
+        instance.report_runless_asset_event(AssetMaterialization(key))
+    assert not results_behind(study, instance, graph)
+    time.sleep(0.01)
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["other", "mi_pca"]), partition=setting))
+    assert results_behind(study, instance, graph) and datasets_with_mi(study, instance) == ["cite", "other"]
