@@ -88,11 +88,11 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     read["pool_counts"] = seeds * p.pool
     read["eval_counts"] = seeds * len(qualities) * n_eval
     if "pca" in algorithms:
-        read["pca_genes"] = seeds * max(study.sizes_of(name, "pca"))
+        read["pca_genes"] = 2 * seeds * max(study.sizes_of(name, "pca"))  # zero-UMI scan + gene statistics
     if gf:
         read["gene_medians"] = seeds * p.pool  # one table per seed, at full quality
         read["pool_corpus"] = seeds * len(gf_qualities) * p.pool
-    read["train_counts"] = sum(s.cells for s in settings)  # one pass for the UI's UMIs per cell
+    read["train_counts"] = sum(s.cells for s in settings)  # one pass: cells with no UMI, UMIs per cell
     for a, trained in runs.items():
         if a == "pca":
             read["model_pca"] = 2 * sum(s.cells for s in trained)  # gene statistics pass + Gram pass
@@ -130,6 +130,52 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     return p
 
 
+def seed_pools(study: Study, name: str) -> dict[int, dict]:
+    """The split summary of every seed whose split is materialised: real test, validation and pool sizes."""
+    import json
+
+    from scaling_assets.layout import SUMMARY_FILE, partition_dir
+
+    pools = {}
+    for seed in study.seeds:
+        summary = partition_dir(study.root, [name, "split"], f"s={seed}") / SUMMARY_FILE
+        try:
+            pools[seed] = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            continue  # not split yet (or split by a version that wrote no summary)
+    return pools
+
+
+def sizes_report(study: Study, name: str) -> list[str]:
+    """Which training sizes the dataset really gets, and why they fit every seed's pool.
+
+    Lineage and spatial splits hold out whole clones and tiles; they never take more than the requested
+    test and validation cells, so each seed's pool holds at least the nominal pool (cells - test -
+    validation) that tops a log grid. Splits already made give each seed's real pool; a size above one
+    (a study whose `cells` is not the raw file's) is named here and refused by that seed's split."""
+    d = study.datasets[name]
+    sizes = list(d.sizes)
+    n_test = study.test_size(name)
+    units = {"lineage": "whole clones", "spatial": "whole tiles"}.get(d.task)
+    if d.pool is not None:
+        how = f"{units} never take more than those, so every seed's pool holds it" if units else "every seed's pool has exactly that"
+        lines = [f"sizes {sizes}: largest {sizes[-1]:,} within the nominal pool {d.pool:,} ({d.cells:,} cells - "
+                 f"{n_test:,} test - {study.validation_size(name):,} validation; {how})"]
+    else:
+        lines = [f"sizes {sizes} (the study file gives no `cells`: each seed's split checks that its pool holds "
+                 f"{sizes[-1]:,} cells)"]
+    pools = seed_pools(study, name)
+    if pools:
+        lines.append("split: " + ", ".join(
+            f"s={seed} pool {p['pool_cells']:,} (test {p['test_cells']:,}, validation {p['validation_cells']:,})"
+            for seed, p in pools.items()))
+        for seed, p in pools.items():
+            above = [n for n in sizes if n > p["pool_cells"]]
+            if above:
+                lines.append(f"s={seed}: sizes {above} exceed its pool of {p['pool_cells']:,} cells and cannot run")
+    return lines
+
+
 def plan_study(study: Study, throughputs: dict[str, float] | None = None) -> list[DatasetPlan]:
     rates = dict(THROUGHPUTS, **(throughputs or {}))
     return [plan_dataset(study, name, rates) for name in study.datasets]
@@ -159,6 +205,7 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
         lines.append(f"== {p.name}: {p.cells:,} cells (pool {p.pool:,}, test+validation {p.eval_cells:,}), "
                      f"{p.genes:,} genes, {p.umis_per_cell:,.0f} UMIs/cell"
                      + (f" [{'; '.join(p.notes)}]" if p.notes else ""))
+        lines += [f"   {line}" for line in sizes_report(study, p.name)]
         lines.append(f"   training runs {p.training_runs:,}; cells read {sum(p.cells_read.values()):,.0f}; "
                      f"GPU hours {gpu:,.1f} ({', '.join(f'{k} {v:,.1f}' for k, v in p.gpu_hours.items())})")
         lines.append("   cells read by asset: " + ", ".join(f"{k} {v:,.0f}" for k, v in p.cells_read.items()))

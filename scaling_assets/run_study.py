@@ -170,6 +170,7 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
             table.columns = [f"q={c:g}" for c in table.columns]
             print("MI (bits) at the largest training size, by quality:", file=out)
             print(table.round(3).to_string(), file=out)
+        print(results_coverage(study, mi), file=out)
     if paths["noise_law_fits"].exists() and paths["size_law_fits"].exists():
         print_law_counts(pd.read_parquet(paths["noise_law_fits"]), pd.read_parquet(paths["size_law_fits"]), out)
     width = max(len(name) for name in paths)
@@ -193,6 +194,25 @@ def print_law_counts(noise, size, out) -> None:
         print(f"Scaling-law fits identified ({rules} fit rules; the plots draw only these):", file=out)
         print(counts.rename(columns={"identified_r2_ge_0_9": "identified, R^2 >= 0.9"}).to_string(), file=out)
 
+
+def results_coverage(study: Study, mi) -> str:
+    """Which datasets the written results cover, and which are missing or partial."""
+    partial, missing = [], []
+    for d in study.datasets:
+        expected = sum(len(study.setting_keys(d, a)) for a in study.algorithms)
+        rows = mi[mi["dataset"] == d]
+        done = len(rows.drop_duplicates(["algorithm", "cells", "quality", "seed"]))
+        if done == 0:
+            missing.append(d)
+        elif done < expected:
+            partial.append(f"{d} ({done} of {expected} settings)")
+    if not partial and not missing:
+        return f"results cover every dataset: {', '.join(study.datasets)}"
+    covered = [d for d in study.datasets if d not in missing]
+    return (f"results cover {', '.join(covered) or 'no dataset'}"
+            + (f"; partial: {', '.join(partial)}" if partial else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + "; run the study again to complete them once what failed is fixed")
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME, defaulting to the current directory when it holds the repo's dagster.yaml."""

@@ -111,6 +111,7 @@ class DatasetConfig:
     validation_cells: int | None = None  # overrides the study's split.validation_cells
     # What the split, MI, results and plots read: the task's preset, then the dataset's own signals
     signals: tuple[SignalSpec, ...] = ()
+    pool: int | None = None  # nominal training pool: cells - test - validation (None: cells unknown)
 
     def __post_init__(self):
         if not self.signals and self.task in TASKS:
@@ -191,6 +192,11 @@ class Study:
         if self.n_test is not None:
             return self.n_test
         return default_test_size(d.cells) if d.cells else None
+
+    def largest_size(self, dataset: str) -> int:
+        """The largest training size any algorithm runs at on the dataset (what every seed's pool must hold)."""
+        return max(max(self.sizes_of(dataset, a)) for a in self.algorithms) if self.algorithms else \
+            max(self.datasets[dataset].sizes)
 
     def validation_size(self, dataset: str) -> int:
         d = self.datasets[dataset]
@@ -366,7 +372,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
         cells=cells, genes=int(d["genes"]) if d.get("genes") else None, seed=int(d.get("seed", 0)), paths=paths,
         options=dict(d.get("options") or {}), umis_per_cell=umis,
         test_cells=None if own_test is None else int(own_test),
-        validation_cells=None if own_val is None else int(own_val), signals=signals,
+        validation_cells=None if own_val is None else int(own_val), signals=signals, pool=pool,
     )
 
 

@@ -49,10 +49,13 @@ def _show(args: argparse.Namespace) -> int:
     check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
+    from scaling_assets.planner import sizes_report
+
     for name, d in s.datasets.items():
         print(f"  {name}: task {d.task or '-'} (signals {', '.join(d.signal_names)}), source {d.source}, "
-              f"cells {d.cells}, sizes {list(d.sizes)}, "
-              f"qualities {list(d.qualities)}")
+              f"cells {d.cells}, qualities {list(d.qualities)}")
+        for line in sizes_report(s, name):  # the sizes it really gets, and each seed's pool once split
+            print(f"    {line}")
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")

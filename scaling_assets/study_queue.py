@@ -20,6 +20,12 @@ cheaper models, so the longest chain is not left for last). The second backfill 
 every shared partition is written, without waiting for the daemon's next evaluation to mark the first
 one complete.
 
+The results (tables, law fits, plots) summarise every dataset, so they normally run last in the
+settings backfill. When a dataset could not run (its shared data failed, so its settings were not
+submitted) or a setting failed (Dagster then never requests what depends on it), they go in as a third
+backfill once the others end: results of every dataset that finished, the missing ones named in the
+tables' metadata and the summary; the next ``study run`` completes them with the rest.
+
 One ``study run`` per study at a time: a lock beside the study root refuses a second one; an
 unfinished backfill of the study (its ``study run`` was killed) is joined instead of duplicated.
 """
@@ -61,7 +67,7 @@ PROGRESS_EVERY_S = 30.0
 TAG_STAGE = "scaling_assets/stage"
 # the backfill's title as a tag: Dagster's UI lists a backfill's tags (on its runs too), not its title
 TAG_TITLE = "scaling_assets/backfill"
-SHARED, SETTINGS = "shared data", "settings"
+SHARED, SETTINGS, RESULTS = "shared data", "settings", "results"
 
 
 @dataclass
@@ -138,11 +144,43 @@ def stage_of(key, asset_graph) -> str:
 
 def stage_target(target: AssetGraphSubset, stage: str, asset_graph, blocked_datasets=frozenset()) -> AssetGraphSubset:
     """The part of ``target`` in one stage, without the datasets whose shared data is missing (their
-    settings cannot run; the results summarise every dataset, so they wait too)."""
+    settings cannot run) and then without the results too: they would wait on those settings for ever,
+    so they go in as their own backfill once the others end (``_submit_results``)."""
     keep = {k for k in target.asset_keys if stage_of(k, asset_graph) == stage
             and not (blocked_datasets and (k.path[0] in blocked_datasets or k.path[0] == GROUP))}
     return AssetGraphSubset.from_asset_partition_set(
         {p for p in target.iterate_asset_partitions() if p.asset_key in keep}, asset_graph)
+
+
+def results_subset(asset_graph) -> AssetGraphSubset:
+    """The study-wide tables, law fits and plots (unpartitioned)."""
+    keys = [k for k in asset_graph.materializable_asset_keys if k.path[0] == GROUP]
+    return AssetGraphSubset.from_asset_partition_set({AssetKeyPartitionKey(k, None) for k in keys}, asset_graph)
+
+
+def results_behind(study: Study, instance: DagsterInstance, asset_graph) -> bool:
+    """Some MI partition was materialised after a result asset was (or a result asset never was): the
+    results do not yet summarise every MI the study has."""
+    from dagster import AssetKey
+
+    newest_mi = max((event.timestamp for d in study.datasets for a in study.algorithms
+                     if (event := instance.get_latest_materialization_event(AssetKey([d, f"mi_{a}"]))) is not None),
+                    default=None)
+    if newest_mi is None:
+        return False  # no MI anywhere: nothing to summarise
+    for key in results_subset(asset_graph).asset_keys:
+        event = instance.get_latest_materialization_event(key)
+        if event is None or event.timestamp < newest_mi:
+            return True
+    return False
+
+
+def datasets_with_mi(study: Study, instance: DagsterInstance) -> list[str]:
+    """Datasets with at least one materialised MI partition: what the results can summarise."""
+    from dagster import AssetKey
+
+    return [d for d in study.datasets
+            if any(instance.get_materialized_partitions(AssetKey([d, f"mi_{a}"])) for a in study.algorithms)]
 
 
 def submit_backfill(study: Study, instance: DagsterInstance, target: AssetGraphSubset, stage: str) -> str:
@@ -307,10 +345,29 @@ def _run_stages(study, instance, asset_graph, joined, stages, refresh, daemon, o
                   "partitions)", file=out, flush=True)
             watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s,
                                   hand_off=stage != stages[-1]))
+        if results_behind(study, instance, asset_graph):  # a dataset blocked or a setting failed
+            results_id = _submit_results(study, instance, asset_graph, out)
+            if results_id is not None:
+                backfill_id = results_id
+                watched.append(_watch(instance, backfill_id, asset_graph, daemon, out, poll_s))
         _await_daemon_verdicts(instance, watched, daemon, poll_s)
     except KeyboardInterrupt:
         return _cancel(study, instance, backfill_id, asset_graph, daemon, out, poll_s)
     return _report(study, watched, blocked, time.perf_counter() - start, out)
+
+
+def _submit_results(study: Study, instance: DagsterInstance, asset_graph, out) -> str | None:
+    """The results of every dataset that has MI, when the settings backfill did not write them (a dataset
+    was blocked or a setting failed); None when no dataset has any MI yet."""
+    finished = datasets_with_mi(study, instance)
+    if not finished:
+        return None
+    missing = [d for d in study.datasets if d not in finished]
+    backfill_id = submit_backfill(study, instance, results_subset(asset_graph), RESULTS)
+    print(f"backfill {backfill_id}: results of {', '.join(finished)}"
+          + (f" (no MI yet for {', '.join(missing)}: the next `study run` adds them)" if missing else
+             " (some settings failed: the tables list what is missing)"), file=out, flush=True)
+    return backfill_id
 
 
 def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s, hand_off: bool = False) -> dict:

@@ -1,6 +1,6 @@
-"""FROZEN COPY of data/splits.py before splits read signal specs (commit c0a0c32), kept only as the
-reference the task presets' splits must match to the bit (test_signal_presets_match_the_old_builders.py).
-Do not edit.
+"""FROZEN COPY of data/splits.py before splits read signal specs, with the splits that never exceed the
+requested test and validation sizes (commit bc3ec41), kept only as the reference the task presets' splits
+must match to the bit (test_signal_presets_match_the_old_builders.py). Do not edit.
 
 Test / validation / training-pool splits, nested size samples and the default grids.
 
@@ -8,16 +8,19 @@ Default test size: ``min(30_000, n_obs // 5)`` -- 30,000 cells, or 20% of a data
 than 150,000 cells. Default validation size: ``min(1_000, n_obs // 10)``.
 
 Signal-aware rules (every row index refers to the raw file):
-- lineage: whole clones go to test (drawn in a seeded random order until at least ``n_test``
-  cells), then whole clones or clone-less cells go to validation; so test, validation and pool
-  clones are pairwise disjoint. Cells without a clone never enter the test set.
+- lineage: whole clones go to test (drawn in a seeded random order, each taken if it still fits in
+  ``n_test`` cells), then whole clones or clone-less cells go to validation the same way; so test,
+  validation and pool clones are pairwise disjoint. Cells without a clone never enter the test set.
 - spatial: the plane is cut into square tiles; test = all cells of tiles drawn in a seeded random
-  order until at least ``n_test`` cells. Guarantee: no training or validation cell lies inside a
-  test tile, so a test pair (a test cell and its nearest spatial neighbours among test cells) never
-  involves a training cell, and for test cells away from a tile edge those neighbours are their
-  true nearest neighbours in the tissue.
+  order, each taken if it still fits in ``n_test`` cells. Guarantee: no training or validation cell
+  lies inside a test tile, so a test pair (a test cell and its nearest spatial neighbours among test
+  cells) never involves a training cell, and for test cells away from a tile edge those neighbours
+  are their true nearest neighbours in the tissue.
 - otherwise: uniform random cells.
-Lineage and spatial test sets may exceed ``n_test`` by less than one clone / one tile.
+Whole clones and tiles rarely add up to the requested size exactly: the lineage and spatial sets take
+at most ``n_test`` / ``n_val`` cells (smaller units drawn later fill the gap; the shortfall is less
+than one clone or tile, usually none), never more, so every seed's training pool holds at least
+``n_obs - n_test - n_val`` cells and a size grid up to that nominal pool fits every seed.
 """
 
 from __future__ import annotations
@@ -112,13 +115,18 @@ def make_split(source, task: str, seed: int, n_test: int | None = None, n_val: i
 
 
 def _take_units(units: list[np.ndarray], order: np.ndarray, target: int) -> tuple[list[int], int]:
-    """Indices (into ``units``) of units taken in ``order`` until their cells reach ``target``."""
+    """Indices (into ``units``) of whole units taken in ``order`` while they fit in ``target`` cells: a
+    unit that would overshoot is passed over and smaller ones after it still fill the gap. Never more
+    than ``target`` cells, so the pool keeps at least its nominal size (cells - test - validation) and a
+    size grid up to that size fits every seed's pool."""
+    sizes = np.array([units[u].size for u in order], dtype=np.int64)
     taken, total = [], 0
-    for u in order:
-        if total >= target:
+    for u, size in zip(order, sizes):
+        if total == target:
             break
-        taken.append(int(u))
-        total += units[u].size
+        if total + size <= target:
+            taken.append(int(u))
+            total += int(size)
     return taken, total
 
 
@@ -134,6 +142,9 @@ def _split_lineage(source, rng, n_test, n_val, name):
     bounds = np.flatnonzero(np.diff(codes[cloned][order])) + 1
     clones = np.split(cloned[order], bounds)
     taken, _ = _take_units(clones, rng.permutation(len(clones)), n_test)
+    if not taken:
+        raise InputError(f"{name}: no whole clone fits in a test set of {n_test} cells (the smallest has "
+                         f"{min(c.size for c in clones)}); ask for more test cells")
     test = np.concatenate([clones[i] for i in taken])
     rest_clones = [clones[i] for i in sorted(set(range(len(clones))) - set(taken))]
     # validation draws whole remaining clones and clone-less cells alike
@@ -162,9 +173,10 @@ def _split_spatial(source, rng, n_test, n_val, name):
     order = np.argsort(tile_codes, kind="stable")
     bounds = np.flatnonzero(np.diff(tile_codes[order])) + 1
     tiles = np.split(order, bounds)
-    taken, total = _take_units(tiles, rng.permutation(len(tiles)), n_test)
-    if total >= n:
-        raise InputError(f"{name}: spatial test tiles would take all {n} cells; request fewer than {n_test}")
+    taken, _ = _take_units(tiles, rng.permutation(len(tiles)), n_test)
+    if not taken:
+        raise InputError(f"{name}: no whole spatial tile fits in a test set of {n_test} cells (the smallest has "
+                         f"{min(t.size for t in tiles)}); ask for more test cells")
     test = np.concatenate([tiles[i] for i in taken])
     rest = np.setdiff1d(np.arange(n), test)
     rest = rng.permutation(rest)

@@ -177,3 +177,90 @@ def test_changed_raw_row_indices_are_refused_at_open(pool, tmp_path):
     with pytest.raises(CorruptFileError, match="raw_rows.npy: BLAKE2b differs"):
         with CountsRange(str(bad), 10, 1.0, 42).open():
             pass
+
+
+@pytest.fixture(scope="module")
+def sparse_pool(tmp_path_factory):
+    """Half the cells carry ~3 UMIs, half ~120: at q = 0.1 many of the first thin to nothing."""
+    rng = np.random.default_rng(5)
+    X = rng.poisson(3.0 / 40, (400, 40)).astype(np.int32)
+    X[:, 0] += 1
+    X[1::2] = rng.poisson(3.0, (200, 40))
+    X[[10, 12]] = 0  # cells with no UMI even at q = 1
+    raw = InMemoryCounts(X, var_names=[f"g{j}" for j in range(40)])
+    split = make_split(raw, "cite", seed=42, n_test=80, n_val=20)
+    folder = tmp_path_factory.mktemp("sparse_pool")
+    write_pool(raw, split.pool_order, folder, chunk_size=29)
+    return raw, split, folder
+
+
+def _expected_zero_pool_rows(raw, split, n, q):
+    """Independently: thin the raw rows of pool rows [0, n) and list those left with no UMI."""
+    raw_rows = split.pool_order[:n]
+    X = raw.read_subset(raw_rows)
+    X = thin_counts(X, raw_rows, q=q, seed=42) if q < 1 else X
+    return np.flatnonzero(np.asarray(X.sum(axis=1)).ravel() == 0), X
+
+
+@pytest.mark.parametrize("q", [1.0, 0.1])
+def test_cells_left_with_no_umi_are_dropped_from_the_training_range(sparse_pool, q):
+    from scaling_assets.data.pools import find_zero_umi_rows, handle_from_record
+
+    raw, split, folder = sparse_pool
+    n = 250
+    zero, X = _expected_zero_pool_rows(raw, split, n, q)
+    handle, umis = find_zero_umi_rows(CountsRange(str(folder), n, q, 42), chunk_size=23)
+    assert handle.zero_umi_rows == tuple(zero.tolist())
+    if q == 1.0:  # only the cells empty in the raw file
+        assert set(split.pool_order[zero]) == {10, 12} & set(split.pool_order[:n]) and len(zero) >= 1
+    else:
+        assert 60 < len(zero) < 120
+    assert handle.cells == n and handle.training_cells == n - len(zero)  # N stays nominal
+    assert umis == pytest.approx(X.sum() / (n - len(zero)))
+    assert handle_from_record(json.loads(json.dumps(handle.to_record()))) == handle  # the stored record
+    kept = np.setdiff1d(np.arange(n), zero)
+    with handle.open() as src:
+        assert src.n_obs == n - len(zero)
+        assert np.array_equal(src.pool_rows(), kept) and np.array_equal(src.dropped, zero)
+        dense = _dense(src, chunk_size=17)
+        assert np.array_equal(dense, X.toarray()[kept]) and (dense.sum(axis=1) > 0).all()
+        assert np.array_equal(src.raw_rows(), split.pool_order[kept])
+        assert list(src.obs_names) == list(np.asarray(raw.obs_names)[split.pool_order[kept]])
+        sub = np.array([0, src.n_obs - 1, 7, 7])
+        assert np.array_equal(src.read_subset(sub).toarray(), dense[sub])
+        assert np.array_equal(src.read_rows(5, 40).toarray(), dense[5:40])
+        assert np.array_equal(_dense(src, chunk_size=9, rows=np.arange(3, 30)), dense[3:30])
+        assert list(src.read_obs().index) == list(src.obs_names)
+        with pytest.raises(IndexError):
+            src.read_subset(np.array([src.n_obs]))
+
+
+def test_zero_umi_rows_are_nested_across_sizes_and_qualities(sparse_pool):
+    from scaling_assets.data.pools import find_zero_umi_rows
+
+    _, _, folder = sparse_pool
+    zero = lambda n, q: set(find_zero_umi_rows(CountsRange(str(folder), n, q, 42))[0].zero_umi_rows)  # noqa: E731
+    assert zero(100, 0.1) == {r for r in zero(300, 0.1) if r < 100}  # a cell is empty in every sample holding it
+    assert zero(300, 0.3) <= zero(300, 0.1)  # q=0.1 keeps a subset of q=0.3's molecules
+
+
+def test_models_train_only_on_cells_with_umis(sparse_pool):
+    """PCA on the range equals PCA on an in-memory copy of the nonzero cells; random projection and
+    SCVI see only those cells."""
+    import scipy.sparse as sp
+
+    from scaling_assets.data.pools import find_zero_umi_rows
+    from scaling_assets.models.pca import PCAModel
+
+    raw, split, folder = sparse_pool
+    zero, X = _expected_zero_pool_rows(raw, split, 300, 0.1)
+    kept = sp.csr_matrix(X)[np.setdiff1d(np.arange(300), zero)]
+    genes = list(raw.var_names)
+    handle, _ = find_zero_umi_rows(CountsRange(str(folder), 300, 0.1, 42))
+    with handle.open() as train:
+        on_range = PCAModel(genes, budget="test", seed=1)
+        on_range.fit(train)
+    on_copy = PCAModel(genes, budget="test", seed=1)
+    on_copy.fit(InMemoryCounts(kept, var_names=genes))
+    assert np.allclose(on_range.components, on_copy.components)
+    assert on_range.fit_report.train_loss == pytest.approx(on_copy.fit_report.train_loss)

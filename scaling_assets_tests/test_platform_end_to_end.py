@@ -2,6 +2,7 @@
 2 qualities. Checks the tables, re-runs (skips), and a failed partition that is retried alone."""
 
 import io
+import re
 import textwrap
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_parameter_and_fit_tables(study_run):
     assert set(params["dataset"]) == set(study.datasets)
     assert (params[params.algorithm == "random_projection"]["parameters"] == 60 * 16).all()
     hyper = pd.read_parquet(paths["hyperparameter_table"])
-    assert set(hyper["algorithm"]) == set(study.algorithms) | {"lmi", "tokenize", "evaluation", "signals", "laws"}
+    assert set(hyper["algorithm"]) == set(study.algorithms) | {"lmi", "tokenize", "data", "signals", "laws"}
     noise = pd.read_parquet(paths["noise_law_fits"])
     # 2 qualities per group are too few for the noise law: reported as not fitted, not dropped
     assert len(noise) > 0 and not noise["fitted"].any()
@@ -280,3 +281,90 @@ def test_asset_checks_record_their_partition(study_run):
         history = instance.event_log_storage.get_asset_check_execution_history(
             AssetCheckKey(AssetKey(["cite", asset]), check), limit=100)
         assert {r.partition for r in history} == set(keys), check  # the UI's partition column
+
+
+def test_a_log_grid_tops_out_within_every_seed_pool_of_lineage_and_spatial_splits(tmp_path, capsys):
+    """With `sizes: {grid: log}` the largest size is the nominal pool (cells - test - validation). Splits
+    that took whole clones or tiles until *at least* the test size left some seeds a few cells short
+    (pca_genes failed: "setting N=2300 exceeds the training pool of 2287 cells"); now every seed's shared
+    data and its largest training set are made, and `study show` reports each seed's real pool."""
+    from dagster import materialize
+
+    from scaling_assets.cli import main
+    from scaling_assets.definitions import build_definitions
+
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: loggrid
+        root: {tmp_path / 'root'}
+        budget: test
+        seeds: [42, 1404, 2701]
+        algorithms: [pca]
+        split: {{test_cells: 600, validation_cells: 100}}
+        sizes: {{grid: log, count: 2, smallest: 100}}
+        qualities: [1.0]
+        datasets:
+          lineage: {{task: lineage, source: simulated, cells: 3000, genes: 30, seed: 2}}
+          spatial: {{task: spatial, source: simulated, cells: 3000, genes: 30, seed: 2}}
+    """))
+    study = load_study(path)
+    defs = build_definitions(study)
+    instance = DagsterInstance.ephemeral()
+    top = 3000 - 600 - 100
+    for ds in study.datasets:
+        assert study.datasets[ds].sizes == (100, top)
+        k = lambda name: AssetKey([ds, name])  # noqa: E731
+        runs = [([k("raw_counts")], None)]
+        runs += [([k("split"), k("pool_counts"), k("pca_genes")], f"s={seed}") for seed in study.seeds]
+        runs += [([k("train_counts"), k("model_pca")], f"n={top}_q=1_s={seed}") for seed in study.seeds]
+        for keys, partition in runs:
+            result = materialize(list(defs.assets), selection=keys, partition_key=partition, instance=instance,
+                                 resources=dict(defs.resources), raise_on_error=False)
+            assert result.success, (ds, partition, [str(e.event_specific_data.error.message)
+                                                    for e in result.all_events if e.is_step_failure])
+    capsys.readouterr()
+    assert main(["study", "show", "--study", str(path)]) == 0
+    shown = capsys.readouterr().out
+    for ds in study.datasets:
+        assert f"largest {top:,} within the nominal pool {top:,}" in shown
+    pools = [int(n.replace(",", "")) for n in re.findall(r"s=\d+ pool ([\d,]+)", shown)]
+    assert len(pools) == 6 and min(pools) >= top, shown
+    assert "cannot run" not in shown
+
+
+def test_a_grid_larger_than_the_real_pool_is_refused_at_the_split(tmp_path):
+    """A study file whose `cells` overstates the raw file: the split names the real pool and the fix
+    before any pool or evaluation set of the seed is written."""
+    from dagster import materialize
+
+    from scaling_assets.data.simulate import simulate
+    from scaling_assets.definitions import build_definitions
+
+    source = tmp_path / "external.h5ad"
+    simulate("development", 700, 20, seed=9, out_path=source)
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: overstated
+        root: {tmp_path / 'root'}
+        budget: test
+        algorithms: [pca]
+        split: {{test_cells: 100, validation_cells: 50}}
+        sizes: {{grid: log, count: 3, smallest: 100}}
+        qualities: [1.0]
+        datasets:
+          atlas: {{task: development, source: h5ad, cells: 800, paths: {{path: {source}}}}}
+    """))
+    study = load_study(path)
+    defs = build_definitions(study)
+    instance = DagsterInstance.ephemeral()
+    assert materialize(list(defs.assets), selection=[AssetKey(["atlas", "raw_counts"])], instance=instance,
+                       resources=dict(defs.resources)).success
+    result = materialize(list(defs.assets), selection=[AssetKey(["atlas", n]) for n in ("split", "pool_counts")],
+                         partition_key="s=42", instance=instance, resources=dict(defs.resources), raise_on_error=False)
+    assert not result.success
+    from scaling_assets.run_study import root_cause
+
+    assert ("atlas s=42: the largest training size 650 exceeds this seed's training pool of 550 cells (700 cells in "
+            "the raw file - 100 test - 50 validation); the study file gives `cells: 800`: set it to 700, or give "
+            "sizes up to 550") in root_cause(result.all_events)
+    assert not list((tmp_path / "root" / "atlas").glob("pool_counts/*"))

@@ -17,12 +17,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 from conftest import REPO, write_tiny_study
 
 from scaling_assets.gpu.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
+from scaling_assets.layout import result_paths
 from scaling_assets.models.registry import ALGORITHMS
 from scaling_assets.study import load_study
 from scaling_assets.study_queue import study_lock
@@ -206,6 +208,32 @@ def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_pat
     study = load_study(path)
     assert set(instance.get_materialized_partitions(AssetKey(["cite", "mi_pca"]))) == set(study.setting_keys("cite"))
     assert not instance.get_materialized_partitions(AssetKey(["broken", "split"]))
+    # the results cover the dataset that finished and name the one missing (they used to be left out
+    # whole: the results waited on the blocked dataset's settings)
+    paths = result_paths(study)
+    assert "backfill" in out and "results of cite (no MI yet for broken" in out, out
+    assert "results cover cite; missing: broken" in out, out
+    assert set(pd.read_parquet(paths["mi_table"])["dataset"]) == {"cite"}
+    assert paths["plot_cite"].exists() and not paths["plot_broken"].exists()
+    for table in ("mi_table", "noise_law_fits", "size_law_fits", "parameter_table", "hyperparameter_table"):
+        assert paths[table].exists(), table
+    meta = instance.get_latest_materialization_event(AssetKey(["results", "mi_table"])).asset_materialization.metadata
+    assert meta["datasets_complete"].value == "cite" and meta["datasets_missing"].value == "broken"
+    assert {b.tags["scaling_assets/stage"] for b in instance.get_backfills()} == {"shared data", "settings", "results"}
+
+    # once the dataset is fixed, the next run completes the study and its results
+    from scaling_assets.data.simulate import simulate
+
+    broken.unlink()
+    simulate("cite", 500, 40, seed=3, out_path=broken)
+    rerun = study_run(path, env, tmp_path)
+    out2, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out2
+    assert "results cover every dataset: cite, broken" in out2, out2
+    assert set(pd.read_parquet(paths["mi_table"])["dataset"]) == {"cite", "broken"}
+    assert paths["plot_broken"].exists()
+    meta = instance.get_latest_materialization_event(AssetKey(["results", "mi_table"])).asset_materialization.metadata
+    assert meta["datasets_complete"].value == "cite, broken" and meta["datasets_missing"].value == "none"
 
 
 def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagster_home):
@@ -608,3 +636,31 @@ def run_failures_of(instance: DagsterInstance) -> dict:
     from scaling_assets.study_queue import run_failures
 
     return {k: v for b in instance.get_backfills() for k, v in run_failures(instance, b.backfill_id).items()}
+
+
+def test_results_are_behind_while_some_mi_is_newer_than_them(tmp_path):
+    """``study run`` submits the results on their own when the settings backfill did not write them
+    after the last MI (a dataset blocked, a setting failed, or a run joined after they were written)."""
+    from dagster import AssetMaterialization
+
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.study_queue import datasets_with_mi, results_behind, results_subset
+
+    path, _, _ = make_study(tmp_path, "behind", {"other": dict(CITE, seed=2)})
+    study = load_study(path)
+    graph = build_definitions(study).resolve_asset_graph()
+    instance = DagsterInstance.ephemeral()
+    results = results_subset(graph).asset_keys
+    assert {k.path[-1] for k in results} == {"mi_table", "parameter_table", "hyperparameter_table",
+                                             "noise_law_fits", "size_law_fits", "scaling_plots"}
+    assert not results_behind(study, instance, graph) and datasets_with_mi(study, instance) == []  # no MI yet
+    setting = study.setting_keys("cite")[0]
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["cite", "mi_pca"]), partition=setting))
+    assert results_behind(study, instance, graph) and datasets_with_mi(study, instance) == ["cite"]
+    time.sleep(0.01)
+    for key in results:
+        instance.report_runless_asset_event(AssetMaterialization(key))
+    assert not results_behind(study, instance, graph)
+    time.sleep(0.01)
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["other", "mi_pca"]), partition=setting))
+    assert results_behind(study, instance, graph) and datasets_with_mi(study, instance) == ["cite", "other"]

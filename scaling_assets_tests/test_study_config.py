@@ -135,3 +135,38 @@ def test_unknown_study_name_and_missing_file():
         load_study("nosuch")
     with pytest.raises(StudyConfigError, match="does not exist"):
         load_study("/tmp/definitely/not/here.yaml")
+
+
+def test_show_and_plan_say_which_sizes_a_dataset_really_gets(tmp_path):
+    import json
+
+    from scaling_assets.layout import SUMMARY_FILE, partition_dir
+    from scaling_assets.planner import format_plan, plan_study, sizes_report
+
+    path = write(tmp_path, f"""
+        name: sized
+        root: {tmp_path / 'root'}
+        seeds: [1, 2]
+        algorithms: [pca]
+        sizes: {{grid: log, count: 3, smallest: 100}}
+        qualities: [1.0]
+        split: {{test_cells: 600, validation_cells: 100}}
+        datasets:
+          lineage: {{task: lineage, source: simulated, cells: 3000, genes: 50}}
+          cite: {{task: cite, source: simulated, cells: 3000, genes: 50}}
+    """)
+    study = load_study(path)
+    assert study.datasets["lineage"].pool == 2300 and study.largest_size("lineage") == 2300
+    assert sizes_report(study, "lineage") == [
+        "sizes [100, 480, 2300]: largest 2,300 within the nominal pool 2,300 (3,000 cells - 600 test - 100 "
+        "validation; whole clones never take more than those, so every seed's pool holds it)"]
+    assert "every seed's pool has exactly that" in sizes_report(study, "cite")[0]
+    # once split, each seed's real pool; a size above one (the study file changed since) is named
+    for seed, pool in ((1, 2302), (2, 2250)):
+        folder = partition_dir(study.root, ["lineage", "split"], f"s={seed}")
+        folder.mkdir(parents=True)
+        (folder / SUMMARY_FILE).write_text(json.dumps({"pool_cells": pool, "test_cells": 598, "validation_cells": 100}))
+    report = sizes_report(study, "lineage")
+    assert report[1] == "split: s=1 pool 2,302 (test 598, validation 100), s=2 pool 2,250 (test 598, validation 100)"
+    assert report[2] == "s=2: sizes [2300] exceed its pool of 2,250 cells and cannot run"
+    assert "   s=2: sizes [2300] exceed" in format_plan(study, plan_study(study))

@@ -2,8 +2,8 @@
 
 - ``eval_counts`` (per seed): the test and validation cells thinned to each quality of the dataset's
   grid, one folder per quality (evaluation data is thinned at the same q as the training data of the
-  model it evaluates). Test cells left with no UMI at q are dropped there, so every algorithm is
-  scored on the same cells (the count is recorded). Per seed, not per quality, so that a setting's
+  model it evaluates). Test and validation cells left with no UMI at q are dropped there (DESIGN §3),
+  so every algorithm is scored on the same cells (the counts are recorded). Per seed, not per quality, so that a setting's
   whole chain (training record, model, embeddings, MI) depends only on per-seed assets and runs as
   one Dagster run once its seed is ready.
 - ``gene_medians`` (per seed): Geneformer's per-gene nonzero medians over the full-quality (q = 1)
@@ -41,8 +41,9 @@ def eval_counts_asset(ds: DatasetAssets):
         ins={"raw": ds.raw_in(), "split": ds.same_in("split")},
         kinds={"h5ad"},
         description="The seed's test and validation cells, thinned to each quality of the dataset's grid "
-        "(one folder per quality, `q=0.1/test.h5ad`, `q=0.1/validation.h5ad`). Test cells left with no UMI "
-        "at a quality are dropped there, so every algorithm is scored on the same cells.",
+        "(one folder per quality, `q=0.1/test.h5ad`, `q=0.1/validation.h5ad`). Test and validation cells left "
+        "with no UMI at a quality are dropped there (counted per quality), so every algorithm is scored on the "
+        "same cells.",
     )
     def eval_counts(context: AssetExecutionContext, raw: Path, split: Path):
         from scaling_assets.data.h5ad_io import CsrReader, write_rows
@@ -60,8 +61,10 @@ def eval_counts_asset(ds: DatasetAssets):
                 test = write_rows(reader, test_rows, eval_counts_file(stage, quality, "test"), transform=thinning(quality, seed),
                                   chunk_size=chunk, progress=show_progress())
                 test["zero_umi_cells_dropped"] = int(len(sets.test) - len(test_rows))
-                val = write_rows(reader, sets.validation, eval_counts_file(stage, quality, "validation"), transform=thinning(quality, seed),
+                val_rows = rows_with_counts(reader, sets.validation, quality, seed, chunk_size=chunk)
+                val = write_rows(reader, val_rows, eval_counts_file(stage, quality, "validation"), transform=thinning(quality, seed),
                                  chunk_size=chunk, progress=show_progress())
+                val["zero_umi_cells_dropped"] = int(len(sets.validation) - len(val_rows))
                 summary[out.name] = {"test": test, "validation": val, "quality": quality, "seed": seed}
         write_summary(stage, summary)
         per_quality = {k: v for k, v in summary.items() if k.startswith("q=")}
@@ -70,6 +73,8 @@ def eval_counts_asset(ds: DatasetAssets):
             "qualities": len(per_quality),
             **{f"umis_per_test_cell {k}": rounded("umis_per_cell", v["test"]["umis_per_cell"]) for k, v in per_quality.items()},
             **{f"zero_umi_test_cells_dropped {k}": v["test"]["zero_umi_cells_dropped"] for k, v in per_quality.items()},
+            **{f"zero_umi_validation_cells_dropped {k}": v["validation"]["zero_umi_cells_dropped"]
+               for k, v in per_quality.items()},
             "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
@@ -144,6 +149,7 @@ def eval_corpus_asset(ds: DatasetAssets):
         return Output(stage, metadata={
             "test_cells": summaries["test"].get("cells"), "validation_cells": summaries["validation"].get("cells"),
             "test_cells_dropped": summaries["test"].get("dropped", 0),
+            "validation_cells_dropped": summaries["validation"].get("dropped", 0),
         })
 
     return eval_corpus

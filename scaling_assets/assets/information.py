@@ -58,6 +58,11 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
             "umis_nominal": int(round(setting.quality * dataset_umis)), "dataset_umis_per_cell": dataset_umis,
             "signals": results, "wall_time_s": round(elapsed(), 2),
             "test_cells": len(cell_ids), "zero_umi_test_cells_dropped": test_summary.get("zero_umi_cells_dropped", 0),
+            # the setting's other zero-UMI counts (DESIGN §3): cells the model did not train on, and the
+            # held-out validation set's at q (Geneformer's; SCVI's 80/20 split is drawn from the training cells)
+            **_training_counts(ds, algorithm, context.partition_key, setting.cells),
+            "zero_umi_validation_cells_dropped":
+                eval_summary(eval_counts.folder, setting.quality)["validation"].get("zero_umi_cells_dropped", 0),
         }
         budget_smoke = budget_smoke_of(ds.study, ds.name, algorithm, context.partition_key)
         record["budget_smoke"] = budget_smoke
@@ -68,6 +73,17 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
                                metadata={"out_of_range": str(bad) if bad else "none"})
 
     return mi
+
+
+def _training_counts(ds: DatasetAssets, algorithm: str, setting_key: str, nominal: int) -> dict:
+    """Cells the setting's model trained on and the zero-UMI cells left out, from its summary."""
+    from scaling_assets.layout import SUMMARY_FILE, partition_dir
+
+    folder = partition_dir(ds.study.root, [ds.name, f"model_{algorithm}"], setting_key)
+    summary = read_summary(folder) if (folder / SUMMARY_FILE).exists() else {}
+    trained = summary.get("training_cells")
+    return {"training_cells": trained,
+            "zero_umi_training_cells_dropped": None if trained is None else nominal - int(trained)}
 
 
 def _test_signals(ds: DatasetAssets, setting, values, cell_ids, eval_counts: EvalCountsFolder) -> list:

@@ -59,11 +59,15 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     if resumable:
         shutil.rmtree(work, ignore_errors=True)
     record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
+    # N stays the nominal size; the model trained on the cells with at least one UMI at q (DESIGN §3)
+    record["training_cells"] = len(train) if reads_corpus(algorithm) else int(train.n_obs)
+    record["zero_umi_training_cells_dropped"] = setting.cells - record["training_cells"]
     record["budget_smoke"] = trained_below_rules(algorithm, ds.study.budget, setting.cells, record["stop_reason"])
     write_summary(stage, record)
     metadata = readable({
-        k: record[k] for k in ("parameters", "genes", "epochs", "steps", "stop_reason", "train_loss",
-                               "validation_loss", "wall_time_s", "device", "budget", "budget_smoke")
+        k: record[k] for k in ("parameters", "genes", "training_cells", "zero_umi_training_cells_dropped", "epochs",
+                               "steps", "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device",
+                               "budget", "budget_smoke")
         if record.get(k) is not None
     })
     history = getattr(report, "history", None)

@@ -44,13 +44,37 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
                 "budget_smoke": smoke, "test_cells": record.get("test_cells"),
                 "zero_umi_test_cells_dropped": record.get("zero_umi_test_cells_dropped"),
+                "training_cells": record.get("training_cells"),
+                "zero_umi_training_cells_dropped": record.get("zero_umi_training_cells_dropped"),
+                "zero_umi_validation_cells_dropped": record.get("zero_umi_validation_cells_dropped"),
             })
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
                                                       "umis_nominal", "grid", "budget_smoke", "test_cells",
-                                                      "zero_umi_test_cells_dropped"])
+                                                      "zero_umi_test_cells_dropped", "training_cells",
+                                                      "zero_umi_training_cells_dropped",
+                                                      "zero_umi_validation_cells_dropped"])
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
+
+
+def dataset_coverage(study: Study, missing: list[str]) -> dict[str, tuple[int, int]]:
+    """Per dataset: (MI partitions materialised, MI partitions in the grid); ``missing`` from ``mi_rows``."""
+    from collections import Counter
+
+    absent = Counter(m.split("/", 1)[0] for m in missing)
+    total = {d: sum(len(study.setting_keys(d, a)) for a in study.algorithms) for d in study.datasets}
+    return {d: (n - absent[d], n) for d, n in total.items()}
+
+
+def _coverage_metadata(coverage: dict[str, tuple[int, int]]) -> dict:
+    """Which datasets the results cover: complete, partial (some settings missing), missing (none yet)."""
+    complete = [d for d, (done, total) in coverage.items() if done == total]
+    partial = [f"{d} ({done} of {total} MI partitions)" for d, (done, total) in coverage.items() if 0 < done < total]
+    absent = [d for d, (done, _) in coverage.items() if done == 0]
+    return {"datasets_complete": MetadataValue.text(", ".join(complete) or "none"),
+            "datasets_partial": MetadataValue.text(", ".join(partial) or "none"),
+            "datasets_missing": MetadataValue.text(", ".join(absent) or "none")}
 
 
 def model_records(study: Study) -> list[dict]:
@@ -120,12 +144,20 @@ def _table_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "mi_table"], group_name=GROUP, deps=[AssetDep(k) for k in mi_keys], kinds={"parquet"},
            description="Long MI table: one row per (dataset, signal, algorithm, cells, quality, seed) of every "
-           "materialised `mi_*` partition: MI in bits (clipped at 0, raw and standard error), UMIs per cell, "
-           "the grid the algorithm ran on, and `budget_smoke` (model trained below the study's stopping rules "
+           "materialised `mi_*` partition (metadata `datasets_complete` / `datasets_partial` / `datasets_missing` "
+           "say which datasets it covers; a rerun of the study completes it): MI in bits (clipped at 0, raw and standard error), UMIs per cell, "
+           "the grid the algorithm ran on, the cells left out with no UMI at q (`zero_umi_*_cells_dropped`: "
+           "training, validation, test; `cells` stays the nominal N, `training_cells` is what trained), and "
+           "`budget_smoke` (model trained below the study's stopping rules "
            f"under the `{study.budget}` budget: a smoke test, not a result).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)
-        return Output(df, metadata=_table_metadata(df, missing))
+        coverage = dataset_coverage(study, missing)
+        incomplete = {d: c for d, c in coverage.items() if c[0] < c[1]}
+        if incomplete:
+            context.log.warning("results without every MI partition of " + ", ".join(
+                f"{d} ({done} of {total})" for d, (done, total) in incomplete.items()))
+        return Output(df, metadata={**_table_metadata(df, missing), **_coverage_metadata(coverage)})
 
     @asset(key=[GROUP, "parameter_table"], group_name=GROUP, deps=[AssetDep(k) for k in model_keys],
            kinds={"parquet"}, description="Parameter count of every algorithm per dataset (from the built models).")

@@ -2,9 +2,11 @@
 
 - ``pool_counts`` (per seed): the training pool's raw rows, written once in the seed's pool order.
 - ``train_counts`` (per setting): a small record, not a file: rows [0, N) of the pool, thinned to q as
-  they are read. The IO manager hands it to the models as a ``CountsRange`` handle.
+  they are read, less the cells left with no UMI at q (listed in the record, counted in
+  ``zero_umi_training_cells_dropped``). The IO manager hands it to the models as a ``CountsRange`` handle.
 - ``pool_corpus`` (per quality x seed of Geneformer's grid): the pool thinned to q and tokenized, in
-  pool order; ``train_corpus`` (per setting): the corpus cells of pool rows [0, N), a ``CorpusRange``.
+  pool order (cells with no UMI at q have no tokens and are left out); ``train_corpus`` (per setting):
+  the corpus cells of pool rows [0, N), a ``CorpusRange``.
 - ``pca_genes`` (per seed): PCA's highly variable genes.
 
 Sizes are nested (a prefix of one order) and thinning keys on the raw cell index, so a cell looks the
@@ -58,24 +60,32 @@ def train_counts_asset(ds: DatasetAssets):
         ins={"pool_counts": ds.seed_in("pool_counts", "setting")},
         kinds={"h5ad"},
         description="Training cells of the setting: rows [0, N) of the seed's pool, thinned to quality q on "
-        "read (a record, not a copy)." + SETTING_KEY_NOTE,
+        "read (a record, not a copy), without the cells left with no UMI at q (counted in "
+        "`zero_umi_training_cells_dropped`; N in the key stays the nominal size)." + SETTING_KEY_NOTE,
     )
     def train_counts(context: AssetExecutionContext, pool_counts: Path):
-        from scaling_assets.data.pools import CountsRange, check_size
-        from scaling_assets.data.thinning import mean_umis
+        from scaling_assets.data.pools import CountsRange, check_size, find_zero_umi_rows
 
         setting = parse_setting_key(context.partition_key)
         pool_cells = int(read_summary(pool_counts)["cells"])
         check_size(setting.cells, pool_cells, f"training pool of {ds.name} s={setting.seed}")
-        handle = CountsRange(str(pool_counts), setting.cells, setting.quality, setting.seed)
-        with handle.open() as source, timed() as elapsed:
-            umis = mean_umis(source, chunk_size=ds.study.chunk_size)  # one read, for the UI's UMIs per cell
-            genes = source.n_vars
+        with timed() as elapsed:  # one read: the cells left with no UMI at q, and the UI's UMIs per cell
+            handle, umis = find_zero_umi_rows(CountsRange(str(pool_counts), setting.cells, setting.quality,
+                                                          setting.seed), chunk_size=ds.study.chunk_size)
+            with handle.open() as source:
+                genes = source.n_vars
+        dropped = len(handle.zero_umi_rows)
         record = dict(handle.to_record(), genes=genes, umis_per_cell=umis, pool_cells=pool_cells,
-                      rows=[0, setting.cells])
+                      rows=[0, setting.cells], training_cells=handle.training_cells,
+                      zero_umi_training_cells_dropped=dropped)
+        if dropped:
+            context.log.info(f"{dropped} of the {setting.cells} training cells have no UMI at q={setting.quality}: "
+                             "left out of the training set")
         return Output(record, metadata={
-            **count_metadata(record), "quality": setting.quality, "pool_rows": f"[0, {setting.cells})",
-            "pool_cells": pool_cells, "wall_time_s": rounded("wall_time_s", elapsed()),
+            **count_metadata(dict(record, cells=handle.training_cells)), "nominal_cells": setting.cells,
+            "zero_umi_training_cells_dropped": dropped, "quality": setting.quality,
+            "pool_rows": f"[0, {setting.cells})", "pool_cells": pool_cells,
+            "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
     return train_counts
@@ -104,7 +114,7 @@ def pool_corpus_asset(ds: DatasetAssets):
         summary["fingerprints"] = record_fingerprints(stage, [f"{CORPUS_DIR}/{f}" for f in CORPUS_FILES])
         write_summary(stage, summary)
         return Output(stage, metadata={
-            "cells": summary.get("cells"), "cells_dropped": summary.get("dropped", 0),
+            "cells": summary.get("cells"), "zero_umi_pool_cells_dropped": summary.get("dropped", 0),
             "tokens": summary.get("tokens"), "wall_time_s": rounded("wall_time_s", elapsed()),
         })
 
@@ -129,8 +139,9 @@ def train_corpus_asset(ds: DatasetAssets):
         corpus = handle.open()  # refuses N above the pool, a missing or truncated corpus
         tokens = int(corpus.offsets[-1])
         record = dict(handle.to_record(), cells=len(corpus), input_cells=setting.cells, tokens=tokens)
+        record["zero_umi_training_cells_dropped"] = setting.cells - len(corpus)  # pool cells have no token iff no UMI
         return Output(record, metadata={
-            "cells": len(corpus), "cells_dropped": setting.cells - len(corpus), "tokens": tokens,
+            "cells": len(corpus), "zero_umi_training_cells_dropped": setting.cells - len(corpus), "tokens": tokens,
             "pool_rows": f"[0, {setting.cells})",
         })
 
@@ -150,18 +161,20 @@ def pca_genes_asset(ds: DatasetAssets):
     def pca_genes(context: AssetExecutionContext, pool_counts: Path):
         import numpy as np
 
-        from scaling_assets.data.pools import CountsRange
+        from scaling_assets.data.pools import CountsRange, find_zero_umi_rows
         from scaling_assets.models.hvg import seurat_highly_variable
         from scaling_assets.models.pca import N_HVG
 
         cells = max(ds.study.sizes_of(ds.name, "pca"))  # PCA's own grid, if it has one
         seed = parse_seed_key(context.partition_key)
         stage = new_stage(ds.study, "pca-genes")
-        with CountsRange(str(pool_counts), cells, 1.0, seed).open() as train, timed() as elapsed:
-            genes = seurat_highly_variable(train, min(N_HVG, train.n_vars), chunk_size=ds.study.chunk_size)
+        with timed() as elapsed:
+            handle, _ = find_zero_umi_rows(CountsRange(str(pool_counts), cells, 1.0, seed), ds.study.chunk_size)
+            with handle.open() as train:  # the training set PCA's largest setting reads: no zero-UMI cell
+                genes = seurat_highly_variable(train, min(N_HVG, train.n_vars), chunk_size=ds.study.chunk_size)
         np.save(stage / PCA_GENES_FILE, genes)
         summary = {"genes": len(genes), "chosen_on": f"largest full-quality training set (n={cells}, q=1)",
-                   "cells": cells}
+                   "cells": cells, "zero_umi_training_cells_dropped": len(handle.zero_umi_rows)}
         write_summary(stage, summary)
         return Output(stage, metadata={**summary, "wall_time_s": rounded("wall_time_s", elapsed())})
 

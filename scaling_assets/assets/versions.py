@@ -29,7 +29,7 @@ from dagster._core.events import DagsterEventType
 from scaling_assets.data.tasks import TASKS
 from scaling_assets.models.versions import settings_version
 
-DATA_VERSION = "1"
+DATA_VERSION = "2"  # 2: zero-UMI cells left out of training and validation sets
 # The law fits and their plots: the fit rules, and LAWS_VERSION bumped when the fits change.
 LAW_ASSETS = ("noise_law_fits", "size_law_fits", "scaling_plots")
 LAWS_VERSION = "laws2"

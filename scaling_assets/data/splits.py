@@ -6,16 +6,20 @@ than 150,000 cells. Default validation size: ``min(1_000, n_obs // 10)``.
 Signal-aware rules (every row index refers to the raw file), chosen by the dataset's signals
 (data/tasks.py; a task name stands for its preset):
 - sister-pair signal (lineage): whole clones of its clone column go to test (drawn in a seeded random
-  order until at least ``n_test`` cells), then whole clones or clone-less cells go to validation; so
-  test, validation and pool clones are pairwise disjoint. Cells without a clone never enter the test set.
+  order, each taken if it still fits in ``n_test`` cells), then whole clones or clone-less cells go to
+  validation the same way; so test, validation and pool clones are pairwise disjoint. Cells without a
+  clone never enter the test set.
 - neighbour signal (spatial): the plane of its two coordinate columns is cut into square tiles; test =
-  all cells of tiles drawn in a seeded random order until at least ``n_test`` cells. Guarantee: no
-  training or validation cell lies inside a test tile, so a test pair (a test cell and its nearest
-  spatial neighbours among test cells) never involves a training cell, and for test cells away from a
-  tile edge those neighbours are their true nearest neighbours in the tissue.
+  all cells of tiles drawn in a seeded random order, each taken if it still fits in ``n_test`` cells.
+  Guarantee: no training or validation cell lies inside a test tile, so a test pair (a test cell and its
+  nearest spatial neighbours among test cells) never involves a training cell, and for test cells away
+  from a tile edge those neighbours are their true nearest neighbours in the tissue.
 - otherwise: uniform random cells.
 A dataset with both a sister and a neighbour signal holds out clones (the first such signal rules).
-Lineage and spatial test sets may exceed ``n_test`` by less than one clone / one tile.
+Whole clones and tiles rarely add up to the requested size exactly: the lineage and spatial sets take
+at most ``n_test`` / ``n_val`` cells (smaller units drawn later fill the gap; the shortfall is less
+than one clone or tile, usually none), never more, so every seed's training pool holds at least
+``n_obs - n_test - n_val`` cells and a size grid up to that nominal pool fits every seed.
 """
 
 from __future__ import annotations
@@ -127,13 +131,18 @@ def make_split(source, signals: str | Sequence[SignalSpec], seed: int, n_test: i
 
 
 def _take_units(units: list[np.ndarray], order: np.ndarray, target: int) -> tuple[list[int], int]:
-    """Indices (into ``units``) of units taken in ``order`` until their cells reach ``target``."""
+    """Indices (into ``units``) of whole units taken in ``order`` while they fit in ``target`` cells: a
+    unit that would overshoot is passed over and smaller ones after it still fill the gap. Never more
+    than ``target`` cells, so the pool keeps at least its nominal size (cells - test - validation) and a
+    size grid up to that size fits every seed's pool."""
+    sizes = np.array([units[u].size for u in order], dtype=np.int64)
     taken, total = [], 0
-    for u in order:
-        if total >= target:
+    for u, size in zip(order, sizes):
+        if total == target:
             break
-        taken.append(int(u))
-        total += units[u].size
+        if total + size <= target:
+            taken.append(int(u))
+            total += int(size)
     return taken, total
 
 
@@ -150,6 +159,9 @@ def _split_lineage(source, rng, n_test, n_val, name, clone_column="clone"):
     bounds = np.flatnonzero(np.diff(codes[cloned][order])) + 1
     clones = np.split(cloned[order], bounds)
     taken, _ = _take_units(clones, rng.permutation(len(clones)), n_test)
+    if not taken:
+        raise InputError(f"{name}: no whole clone fits in a test set of {n_test} cells (the smallest has "
+                         f"{min(c.size for c in clones)}); ask for more test cells")
     test = np.concatenate([clones[i] for i in taken])
     rest_clones = [clones[i] for i in sorted(set(range(len(clones))) - set(taken))]
     # validation draws whole remaining clones and clone-less cells alike
@@ -178,9 +190,10 @@ def _split_spatial(source, rng, n_test, n_val, name, columns=("x", "y")):
     order = np.argsort(tile_codes, kind="stable")
     bounds = np.flatnonzero(np.diff(tile_codes[order])) + 1
     tiles = np.split(order, bounds)
-    taken, total = _take_units(tiles, rng.permutation(len(tiles)), n_test)
-    if total >= n:
-        raise InputError(f"{name}: spatial test tiles would take all {n} cells; request fewer than {n_test}")
+    taken, _ = _take_units(tiles, rng.permutation(len(tiles)), n_test)
+    if not taken:
+        raise InputError(f"{name}: no whole spatial tile fits in a test set of {n_test} cells (the smallest has "
+                         f"{min(t.size for t in tiles)}); ask for more test cells")
     test = np.concatenate([tiles[i] for i in taken])
     rest = np.setdiff1d(np.arange(n), test)
     rest = rng.permutation(rest)

@@ -33,7 +33,8 @@ def analysis_hyperparameters(lmi_options: dict, fit_rules: str = "reference") ->
     rows += [
         ("tokenize", "gene_medians", "nonzero medians over the full-quality (q = 1) training pool of the seed, "
                                      "used at every quality"),
-        ("evaluation", "zero_umi_test_cells", "dropped for every algorithm at that quality"),
+        ("data", "zero_umi_cells", "cells left with no UMI after thinning are dropped from the training, "
+                                   "validation and test sets of every algorithm at that quality; N stays nominal"),
         ("signals", "protein", "raw protein counts (no log)"),
         ("signals", "spatial_neighbours", SPATIAL_NEIGHBOURS),
         ("laws", "fitted_on", "mi_bits_raw of every seed (least squares)"),
