@@ -264,3 +264,25 @@ def test_models_train_only_on_cells_with_umis(sparse_pool):
     on_copy.fit(InMemoryCounts(kept, var_names=genes))
     assert np.allclose(on_range.components, on_copy.components)
     assert on_range.fit_report.train_loss == pytest.approx(on_copy.fit_report.train_loss)
+
+
+def test_a_range_without_its_zero_umi_cells_is_still_checked_block_by_block(sparse_pool, tmp_path):
+    """The dropped rows are read (and hashed) with their neighbours, so an in-order read of a range
+    with dropped cells verifies every block it spans, and a changed count anywhere in it is refused."""
+    import shutil
+
+    from scaling_assets.data.integrity import CorruptFileError
+    from scaling_assets.data.pools import find_zero_umi_rows
+
+    _, _, folder = sparse_pool
+    copy = tmp_path / "cite" / "pool_counts" / "s=42"
+    shutil.copytree(folder, copy)
+    handle, _ = find_zero_umi_rows(CountsRange(str(copy), 250, 0.1, 42))
+    assert len(handle.zero_umi_rows) > 50
+    with handle.open() as src:
+        _dense(src, chunk_size=11)
+        assert src.check.rows_verified >= 250 - src.check.block_rows
+    _flip_count(copy, int(handle.zero_umi_rows[3]) + 1)
+    with pytest.raises(CorruptFileError, match="partition cite/pool_counts s=42 must be rebuilt"):
+        with handle.open() as src:
+            _dense(src, chunk_size=11)
