@@ -9,10 +9,15 @@ is the mean pointwise MI.
 Two presets (``preset`` option): ``fast`` (the default) trains 128/64-wide networks at lr 5e-3 with
 one CPU thread, an "epoch" capped at 16 steps and half the pairs held back; on the Gaussian
 benchmarks it gives the reference's estimates (within its seed spread) in about a second of CPU
-time for 1,500 pairs. ``reference`` is the reference study's call: 30% of the pairs held back,
-batch 512, up to 300 full-pass epochs, Adam lr 1e-4 (eps 1e-7), patience 30 on the held-back loss,
-networks 1024/512/256 (minutes per estimate on a CPU). benchmarks/bench_lmi_presets.py compares them. KSG neighbour search uses KD-trees
-(max-norm radius counts), so memory stays linear in the number of pairs.
+time for 1,500 pairs. ``reference`` is latentmi's estimate (0.1.3, at the reference study's call:
+30% of the pairs held back, batch 512, up to 300 full-pass epochs, Adam lr 1e-4 (eps 1e-7),
+patience 30, networks 1024/512/256; minutes per estimate on a CPU), quirks included: encoders ending
+in a LeakyReLU, the validation loss computed with dropout on, the last epoch's weights kept, its
+batching and split, and its random streams, so that ``estimate(x, y, seed=s, preset="reference")``
+equals latentmi's ``estimate(x, y, validation_split=0.3)`` after ``np.random.seed(s);
+torch.manual_seed(s)`` (on one CPU thread, same torch). benchmarks/bench_lmi_reference.py runs
+both side by side; benchmarks/bench_lmi_presets.py compares the presets. KSG neighbour search uses
+KD-trees (max-norm radius counts), so memory stays linear in the number of pairs.
 
 Entry points: ``estimate(x, y, seed=0, **options) -> float`` and
 ``estimate_pointwise(...) -> LMIResult``; options are the fields of ``LMIOptions``.
