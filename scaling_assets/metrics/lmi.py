@@ -99,7 +99,7 @@ PRESETS = {
     # passes, every held-back pair in the early-stopping loss, any decrease counts as an improvement.
     # Its quirks are kept, not fixed, because this preset must give latentmi's numbers: the published
     # figures (and any comparison with them) were made with them, and each moves MI by a few
-    # hundredths of a bit on Gaussian pairs (benchmarks/reference_lmi.py measures the agreement).
+    # hundredths of a bit on Gaussian pairs (benchmarks/bench_lmi_reference.py measures the agreement).
     "reference": dict(
         validation_fraction=0.3, batch_size=512, epochs=300, lr=1e-4, adam_eps=1e-7,
         patience=30, hidden=(1024, 512, 256), max_steps_per_epoch=NO_CAP,
