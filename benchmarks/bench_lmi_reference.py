@@ -18,9 +18,9 @@ Cases (1,000 pairs each by default, the default study's test-set size):
 - study: a simulated `cite` dataset (`scaling-assets simulate`), embedded with the project's PCA model
   (16-d, as in the default study) against its one-hot cell type, the default study's cell_type signal.
 
-Prints one row per (case, call, seed): latentmi, ours (reference preset), ours (fast preset), the
-analytic value where known, the difference reference - latentmi, and times; then, per case and call,
-the spread over seeds of each estimator and the largest difference.
+Prints one row per (case, call, seed): latentmi, ours (reference preset), ours (fast preset, with the
+call's held-back share), the analytic value where known, the difference reference - latentmi, and
+times; then, per case and call, the spread over seeds of each estimator and the largest difference.
 """
 
 from __future__ import annotations
