@@ -200,3 +200,97 @@ def test_gaussian_mi_formula():
     rho = 0.8
     cov = np.array([[1, rho], [rho, 1]])
     assert gaussian_mi_bits(cov, 1) == pytest.approx(-0.5 * np.log2(1 - rho**2))
+
+
+# ----------------------------------------------------------------------------- the reference preset is latentmi
+
+REFERENCE_SMALL = dict(preset="reference", hidden=[32, 16, 8], batch_size=64, device="cpu")
+
+
+def test_reference_preset_keeps_latentmi_quirks_and_fast_does_not():
+    ref, fast = lmi.resolve_options({"preset": "reference"}), lmi.resolve_options({})
+    assert ref.latent_activation and ref.validation_dropout and ref.keep_weights == "last"
+    assert ref.sampling == "latentmi" and ref.widen_inputs_above == 2048
+    assert not fast.latent_activation and not fast.validation_dropout and fast.keep_weights == "best"
+    assert fast.sampling == "project" and fast.widen_inputs_above == 0
+    # latentmi's AECross widens the networks of a side with more than 2048 features
+    assert ref.widths_for(16) == (1024, 512, 256) and ref.widths_for(3000) == (2048, 1024, 512)
+    assert fast.widths_for(3000) == (128, 64)
+    with pytest.raises(InputError, match="keep_weights must be one of.*'sometimes'"):
+        lmi.resolve_options({"keep_weights": "sometimes"})
+    with pytest.raises(InputError, match="sampling must be one of.*'numpy'"):
+        lmi.resolve_options({"sampling": "numpy"})
+
+
+def test_reference_encoders_end_in_a_leaky_relu():
+    torch.manual_seed(0)
+    bent = lmi.CrossAutoencoder(6, 4, 8, (16, 8), 0.5, latent_activation=True)
+    plain = lmi.CrossAutoencoder(6, 4, 8, (16, 8), 0.5)
+    x = torch.randn(300, 6)
+    with torch.no_grad():
+        pre, z = bent.enc_x[:-1](x), bent.enc_x(x)
+    assert (pre < 0).any() and (pre > 0).any()
+    assert torch.equal(z[pre < 0], 0.2 * pre[pre < 0]) and torch.equal(z[pre >= 0], pre[pre >= 0])
+    assert isinstance(plain.enc_x[-1], torch.nn.Linear) and isinstance(plain.enc_y[-1], torch.nn.Linear)
+
+
+def test_reference_validation_loss_is_computed_with_dropout_on():
+    x, y = small_pairs()
+    on = lmi.estimate_pointwise(x, y, seed=0, epochs=3, **REFERENCE_SMALL)
+    off = lmi.estimate_pointwise(x, y, seed=0, epochs=3, validation_dropout=False, **REFERENCE_SMALL)
+    # the same first epoch of training, then the same weights scored with dropout on and off
+    assert on.history[0]["train_loss"] == off.history[0]["train_loss"]
+    assert on.history[0]["validation_loss"] != off.history[0]["validation_loss"]
+    # without dropout layers train and eval mode compute the same loss: dropout is the difference
+    a = lmi.estimate_pointwise(x, y, seed=0, epochs=3, cross_dropout=0.0, **REFERENCE_SMALL)
+    b = lmi.estimate_pointwise(x, y, seed=0, epochs=3, cross_dropout=0.0, validation_dropout=False, **REFERENCE_SMALL)
+    assert [h["validation_loss"] for h in a.history] == [h["validation_loss"] for h in b.history]
+
+
+def test_reference_keeps_the_last_epochs_weights_not_the_best():
+    x, y = small_pairs()
+    stopped = lmi.estimate_pointwise(x, y, seed=3, patience=1, epochs=40, **REFERENCE_SMALL)
+    losses = [h["validation_loss"] for h in stopped.history]
+    best_epoch = int(np.argmin(losses)) + 1
+    assert best_epoch == stopped.epochs - 1 and losses[-1] >= losses[-2]  # stopped after a worse epoch
+    # the estimate is that of a run trained up to the stopping epoch, not up to the best one
+    at_stop = lmi.estimate_pointwise(x, y, seed=3, patience=100, epochs=stopped.epochs, **REFERENCE_SMALL)
+    at_best = lmi.estimate_pointwise(x, y, seed=3, patience=100, epochs=best_epoch, **REFERENCE_SMALL)
+    assert np.array_equal(stopped.pmi, at_stop.pmi) and not np.array_equal(stopped.pmi, at_best.pmi)
+    restored = lmi.estimate_pointwise(x, y, seed=3, patience=1, epochs=40, keep_weights="best", **REFERENCE_SMALL)
+    assert np.array_equal(restored.pmi, at_best.pmi)  # keep_weights="best" restores the best epoch's
+
+
+def test_latentmi_sampling_splits_and_batches_as_latentmi():
+    # held back: n - int(n * (1 - f)) with no 32-pair floor, down to k + 1 pairs
+    assert lmi.min_pairs(0.3, 3, "latentmi") == 11 and lmi.min_pairs(0.3) == 107
+    x, y = small_pairs()
+    assert lmi.estimate_pointwise(x[:101], y[:101], seed=0, epochs=2, **REFERENCE_SMALL).n_eval == 31
+    assert lmi.estimate_pointwise(x[:11], y[:11], seed=0, epochs=2, **REFERENCE_SMALL).n_eval == 4
+    with pytest.raises(InputError, match="at least 11 pairs"):
+        lmi.estimate(x[:10], y[:10], preset="reference")
+    # full shuffled passes whose last partial batch is a step of its own
+    batches = [sorted(b.tolist()) for b in lmi._shuffled_passes(700, 512)]
+    assert [len(b) for b in batches] == [512, 188] and sorted(batches[0] + batches[1]) == list(range(700))
+    # latentmi's random streams are drawn from private generators: the caller's are left alone
+    np.random.seed(5)
+    torch.manual_seed(5)
+    expected = (np.random.rand(), torch.rand(1))
+    np.random.seed(5)
+    torch.manual_seed(5)
+    lmi.estimate(x, y, seed=0, epochs=2, **REFERENCE_SMALL)
+    assert (np.random.rand(), torch.rand(1)) == expected
+
+
+@pytest.mark.parametrize("call,expected", [
+    # latentmi 0.1.3 (torch 2.13.0, one CPU thread), after np.random.seed(0); torch.manual_seed(0):
+    (dict(batch_size=64, epochs=3, validation_fraction=0.3), 0.6341109551927412),  # validation_split=0.3
+    (dict(batch_size=64, epochs=300, validation_fraction=0.5, patience=1), 0.6235952505576933),  # stops at 4
+])
+def test_reference_preset_gives_latentmis_own_estimate(call, expected):
+    # Same arrays, same seed: the estimate was equal to the last digit on the development machine;
+    # the tolerance leaves room for another CPU's float rounding.
+    x, y, _ = latent_gaussian_pairs(300, 1.0, dx=6, dy=4, seed=5)
+    r = lmi.estimate_pointwise(x, y, seed=0, preset="reference", device="cpu", **call)
+    assert r.mi_bits == pytest.approx(expected, abs=0.01)
+    assert r.n_eval == 300 - int(300 * (1 - call["validation_fraction"]))
