@@ -200,8 +200,12 @@ def test_the_daemon_has_the_server_import_the_launchers_modules_as_it_starts(tmp
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
     # what scaling_assets.daemon's main() runs beside the daemon, in a process of its own
     code = ("from scaling_assets.daemon import _start_run_worker_server as start; start()\n"
-            "from multiprocessing import forkserver; import psutil\n"
-            "print(' '.join(psutil.Process(forkserver._forkserver._forkserver_pid).cmdline()))")
+            "from multiprocessing import forkserver; import psutil, time\n"
+            # its command line reads empty while the new process is still starting (seen under load)
+            "p = psutil.Process(forkserver._forkserver._forkserver_pid)\n"
+            "deadline = time.time() + 30\n"
+            "while not p.cmdline() and time.time() < deadline: time.sleep(0.1)\n"
+            "print(' '.join(p.cmdline()), p.status())")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DAGSTER_HOME=str(tmp_path)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

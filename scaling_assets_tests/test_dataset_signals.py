@@ -131,8 +131,10 @@ def test_own_signals_change_the_code_versions_a_preset_does_not(tmp_path):
     versions = {d: {a: code_version(study, AssetKey([d, a])) for a in ("raw_counts", "split", "mi_pca", "pca_genes")}
                 for d in study.datasets}
     assert versions["preset"] == versions["same"]  # the preset's signals, however they are written
-    assert versions["preset"]["split"] == "1" and versions["preset"]["pca_genes"] == "1"
-    assert versions["own"]["split"].startswith("1-signals-") and versions["own"]["pca_genes"] == "1"
+    from scaling_assets.assets.versions import DATA_VERSION
+
+    assert versions["preset"]["split"] == DATA_VERSION and versions["preset"]["pca_genes"] == DATA_VERSION
+    assert versions["own"]["split"].startswith(f"{DATA_VERSION}-signals-") and versions["own"]["pca_genes"] == DATA_VERSION
     assert versions["own"]["mi_pca"].startswith(versions["preset"]["mi_pca"] + "-signals-")
 
 
