@@ -147,7 +147,7 @@ def _best_fit(f, x, y, starts, bounds):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)  # overflow probing far corners of the box
-                popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=20000)
+                popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=2000)
         except (RuntimeError, ValueError):
             continue
         sse = float(((f(x, *popt) - y) ** 2).sum())
