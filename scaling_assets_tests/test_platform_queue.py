@@ -584,9 +584,17 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
         assert f"adopting the dagster-daemon (pid {first_daemon})" in out_rerun, out_rerun
         assert re.search(r"COMPLETED_SUCCESS, (\d+)/\1 partitions", out_rerun), out_rerun
         assert not alive(first_daemon), "the adopted daemon outlived the study"
-        for key in instance.get_asset_keys():  # nothing the killed run had finished was redone
+        # Nothing the killed run had finished was redone. The one exception is the step the kill cut
+        # short: its output may have been recorded without the step's success, and the retry redoes it.
+        in_flight = {AssetKey(["cite", step.split("__", 1)[1]]) for step in retry.step_keys_to_execute}
+        twice = []
+        for key in instance.get_asset_keys():
             counts = materialisations_per_partition(instance, key)
-            assert counts and set(counts.values()) == {1}, (key, counts)
+            assert counts and set(counts.values()) <= {1, 2}, (key, counts)
+            twice += [(key, pk) for pk, n in counts.items() if n == 2]
+        assert len(twice) <= 1, twice
+        assert all(k in in_flight and pk == killed.tags.get("dagster/partition") for k, pk in twice), \
+            (twice, killed.tags)
         assert killed.run_id[:8] not in str(run_failures_of(instance))  # its retry stands for it
 
         # -- a rerun seconds after the daemon stopped ----------------------------------------------
