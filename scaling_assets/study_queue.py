@@ -159,18 +159,25 @@ def results_subset(asset_graph) -> AssetGraphSubset:
 
 
 def results_behind(study: Study, instance: DagsterInstance, asset_graph) -> bool:
-    """Some MI partition was materialised after a result asset was (or a result asset never was): the
-    results do not yet summarise every MI the study has."""
+    """A result asset was never materialised, or one of its parents (the MI, the models, or the result it
+    is made from) was materialised after it: the results do not yet summarise everything the study has.
+    False while no MI exists. (Parents, not all MI: the parameter tables follow the models and may be
+    written before the last MI, which does not make them behind.)"""
     from dagster import AssetKey
 
-    newest_mi = max((event.timestamp for d in study.datasets for a in study.algorithms
-                     if (event := instance.get_latest_materialization_event(AssetKey([d, f"mi_{a}"]))) is not None),
-                    default=None)
-    if newest_mi is None:
+    latest: dict = {}
+
+    def written(key):
+        if key not in latest:
+            event = instance.get_latest_materialization_event(key)
+            latest[key] = None if event is None else event.timestamp
+        return latest[key]
+
+    if not any(written(AssetKey([d, f"mi_{a}"])) is not None for d in study.datasets for a in study.algorithms):
         return False  # no MI anywhere: nothing to summarise
     for key in results_subset(asset_graph).asset_keys:
-        event = instance.get_latest_materialization_event(key)
-        if event is None or event.timestamp < newest_mi:
+        own = written(key)
+        if own is None or any((t := written(p)) is not None and t > own for p in asset_graph.get(key).parent_keys):
             return True
     return False
 
@@ -253,6 +260,29 @@ def run_failures(instance: DagsterInstance, backfill_id: str) -> dict[str, str]:
     return failures
 
 
+SQLITE_COMFORTABLE_PARTITIONS = 50_000  # beyond this, SQLite's per-partition queries slow every daemon tick
+
+
+def partition_count(asset_graph) -> int:
+    """Asset partitions the study's assets track (an unpartitioned asset counts one)."""
+    total = 0
+    for key in asset_graph.materializable_asset_keys:
+        partitions = asset_graph.get(key).partitions_def
+        total += 1 if partitions is None else partitions.get_num_partitions()
+    return total
+
+
+def storage_warning(n_partitions: int, instance: DagsterInstance) -> str | None:
+    """A warning when a study is larger than the instance's SQLite storage tracks comfortably."""
+    from dagster._core.storage.runs.sqlite import SqliteRunStorage
+
+    if n_partitions <= SQLITE_COMFORTABLE_PARTITIONS or not isinstance(instance.run_storage, SqliteRunStorage):
+        return None
+    return (f"warning: this study tracks {n_partitions:,} asset partitions on SQLite storage "
+            f"({instance.root_directory}); beyond ~{SQLITE_COMFORTABLE_PARTITIONS:,} the daemon's backfill "
+            "evaluations and the UI slow down: use PostgreSQL (deploy/postgres/dagster.yaml)")
+
+
 @contextmanager
 def study_lock(study: Study):
     """Refuse a second ``study run`` of the same study while this one is running."""
@@ -300,6 +330,9 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
         if removed:
             print(f"removed {len(removed)} staging folder(s) left by killed runs", file=out)
         asset_graph = build_definitions(study).resolve_asset_graph()
+        warning = storage_warning(partition_count(asset_graph), instance)
+        if warning:
+            print(warning, file=out, flush=True)
         joined = unfinished_backfill(study, instance)
         stages = [SHARED, SETTINGS]
         if joined is not None:
