@@ -110,9 +110,6 @@ class _Param:
     log: bool = False
     lower_label: str = ""  # e.g. "max MI"; default: the number
 
-    def to_fit(self, v: float) -> float:
-        return float(np.log(v)) if self.log else float(v)
-
     def fit_bounds(self, log_x: np.ndarray) -> tuple[float, float]:
         if not self.log:
             return self.lower, self.upper
@@ -184,11 +181,15 @@ def _finish(law: str, params: list[_Param], popt, pcov, fit_lo, fit_hi, r2: floa
                      identified=not problems, reason="; ".join(problems), bounds=bounds_note)
 
 
-def noise_params(rules: str, mi: np.ndarray) -> list[_Param]:
+def noise_params(rules: str, u: np.ndarray, mi: np.ndarray) -> tuple[list[_Param], str]:
+    """The noise law's parameters under a rule, and a note of the box for the fit table."""
     if check_rules(rules) == "reference":
-        return [_Param("i_max", 0.0, np.inf), _Param("u_bar", 0.0, np.inf, log=True)]
-    top = max(float(mi.max()), 1e-3)
-    return [_Param("i_max", 0.0, max(50.0, 10 * top)), _Param("u_bar", 0.0, np.inf, log=True)]
+        return [_Param("i_max", 0.0, np.inf), _Param("u_bar", 0.0, np.inf, log=True)], "reference: i_max >= 0, u_bar > 0"
+    top = max(50.0, 10 * max(float(mi.max()), 1e-3))
+    # the earlier fit's box: u_bar within 15 e-folds of the data
+    return ([_Param("i_max", 0.0, top), _Param("u_bar", float(u.min() * np.exp(-15)), float(u.max() * np.exp(15)),
+                                               log=True)],
+            f"wide: i_max in [0, {_fmt(top)}], u_bar within 15 e-folds of the data")
 
 
 def fit_noise_law(u, mi, *, rules: str = DEFAULT_FIT_RULES) -> FitResult:
@@ -199,15 +200,12 @@ def fit_noise_law(u, mi, *, rules: str = DEFAULT_FIT_RULES) -> FitResult:
         return FitResult("noise", n_points=n, n_rows=len(u),
                          reason=f"too few points: {n} distinct UMIs-per-cell values, need >= {MIN_POINTS_NOISE}")
     log_u = np.log(u)
-    params = noise_params(rules, mi)
-    if rules == "wide":  # the earlier fit's box for u_bar: 15 e-folds beyond the data
-        params[1] = _Param("u_bar", float(u.min() * np.exp(-15)), float(u.max() * np.exp(15)), log=True)
+    params, note = noise_params(rules, u, mi)
     lo, hi = zip(*(p.fit_bounds(log_u) for p in params))
     f = lambda lu, i_max, log_ubar: noise_law(np.exp(lu), i_max, np.exp(log_ubar))
     top = max(float(mi.max()), 1e-3)
     starts = [(top * m, lu0) for m in (1.05, 1.5) for lu0 in (np.median(log_u), log_u.min(), log_u.max())]
     best = _best_fit(f, log_u, mi, starts, (lo, hi))
-    note = f"{rules}: i_max >= 0, u_bar > 0" if rules == "reference" else f"{rules}: i_max in [0, {_fmt(hi[0])}], u_bar within 15 e-folds of the data"
     if best is None:
         return FitResult("noise", n_points=n, n_rows=len(u), reason="fit failed: curve_fit did not converge",
                          bounds=note)
