@@ -197,22 +197,18 @@ def print_law_counts(noise, size, out) -> None:
 
 def results_coverage(study: Study, mi) -> str:
     """Which datasets the written results cover, and which are missing or partial."""
-    partial, missing = [], []
-    for d in study.datasets:
-        expected = sum(len(study.setting_keys(d, a)) for a in study.algorithms)
-        rows = mi[mi["dataset"] == d]
-        done = len(rows.drop_duplicates(["algorithm", "cells", "quality", "seed"]))
-        if done == 0:
-            missing.append(d)
-        elif done < expected:
-            partial.append(f"{d} ({done} of {expected} settings)")
+    from scaling_assets.assets.results import coverage_groups, dataset_coverage, mi_partitions_done
+
+    _, partial, missing = coverage_groups(dataset_coverage(study, mi_partitions_done(mi)))
     if not partial and not missing:
         return f"results cover every dataset: {', '.join(study.datasets)}"
     covered = [d for d in study.datasets if d not in missing]
     return (f"results cover {', '.join(covered) or 'no dataset'}"
-            + (f"; partial: {', '.join(partial)}" if partial else "")
+            + (f"; partial: {', '.join(f'{d} ({done} of {total} settings)' for d, done, total in partial)}"
+               if partial else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
             + "; run the study again to complete them once what failed is fixed")
+
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME, defaulting to the current directory when it holds the repo's dagster.yaml."""

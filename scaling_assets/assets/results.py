@@ -58,20 +58,29 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
     return df.sort_values(["dataset", "signal", "algorithm", "cells", "quality", "seed"]).reset_index(drop=True), missing
 
 
-def dataset_coverage(study: Study, missing: list[str]) -> dict[str, tuple[int, int]]:
-    """Per dataset: (MI partitions materialised, MI partitions in the grid); ``missing`` from ``mi_rows``."""
-    from collections import Counter
+def mi_partitions_done(mi_df: pd.DataFrame) -> dict[str, int]:
+    """Per dataset: the MI partitions (algorithm x setting) an MI table holds rows of."""
+    done = mi_df.drop_duplicates(["dataset", "algorithm", "cells", "quality", "seed"])["dataset"]
+    return {str(d): int(n) for d, n in done.value_counts().items()}
 
-    absent = Counter(m.split("/", 1)[0] for m in missing)
-    total = {d: sum(len(study.setting_keys(d, a)) for a in study.algorithms) for d in study.datasets}
-    return {d: (n - absent[d], n) for d, n in total.items()}
+
+def dataset_coverage(study: Study, done: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Per dataset: (MI partitions materialised, MI partitions in the grid)."""
+    return {d: (done.get(d, 0), sum(len(study.setting_keys(d, a)) for a in study.algorithms)) for d in study.datasets}
+
+
+def coverage_groups(coverage: dict[str, tuple[int, int]]) -> tuple[list[str], list[tuple[str, int, int]], list[str]]:
+    """The datasets whose MI is complete, partial ((dataset, done, total): some settings missing), missing."""
+    complete = [d for d, (done, total) in coverage.items() if done == total]
+    partial = [(d, done, total) for d, (done, total) in coverage.items() if 0 < done < total]
+    missing = [d for d, (done, _) in coverage.items() if done == 0]
+    return complete, partial, missing
 
 
 def _coverage_metadata(coverage: dict[str, tuple[int, int]]) -> dict:
     """Which datasets the results cover: complete, partial (some settings missing), missing (none yet)."""
-    complete = [d for d, (done, total) in coverage.items() if done == total]
-    partial = [f"{d} ({done} of {total} MI partitions)" for d, (done, total) in coverage.items() if 0 < done < total]
-    absent = [d for d, (done, _) in coverage.items() if done == 0]
+    complete, partial, absent = coverage_groups(coverage)
+    partial = [f"{d} ({done} of {total} MI partitions)" for d, done, total in partial]
     return {"datasets_complete": MetadataValue.text(", ".join(complete) or "none"),
             "datasets_partial": MetadataValue.text(", ".join(partial) or "none"),
             "datasets_missing": MetadataValue.text(", ".join(absent) or "none")}
@@ -152,7 +161,7 @@ def _table_assets(study: Study) -> list:
            f"under the `{study.budget}` budget: a smoke test, not a result).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)
-        coverage = dataset_coverage(study, missing)
+        coverage = dataset_coverage(study, mi_partitions_done(df))
         incomplete = {d: c for d, c in coverage.items() if c[0] < c[1]}
         if incomplete:
             context.log.warning("results without every MI partition of " + ", ".join(
