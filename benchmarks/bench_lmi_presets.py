@@ -37,7 +37,7 @@ def study_cases(root: Path, algorithms: list[str], max_cases: int) -> list[tuple
     from scaling_assets.assets.common import load_embeddings
     from scaling_assets.data.h5ad_io import CsrReader
     from scaling_assets.metrics.signals import task_signals
-    from scaling_assets.study import parse_setting_key
+    from scaling_assets.study.spec import parse_setting_key
 
     cases = []
     for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "results"):

@@ -159,8 +159,8 @@ def _child(args) -> None:
 
 def _paper_storage(cells: int, genes: int, umis: float) -> dict:
     """Bytes of the development dataset's training data on the `paper` grid, per layout (planner model)."""
-    from scaling_assets.planner import corpus_bytes, csr_bytes, nnz_per_cell
-    from scaling_assets.study import load_study
+    from scaling_assets.study.planner import corpus_bytes, csr_bytes, nnz_per_cell
+    from scaling_assets.study.spec import load_study
 
     study = load_study("paper", check_paths=False)
     d = study.datasets["development"]

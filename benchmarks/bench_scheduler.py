@@ -5,7 +5,7 @@
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
-a real Dagster daemon (``scaling_assets.daemon``: ``dagster-daemon run``) dequeuing the runs, one process per run (forked by ``GpuAwareRunLauncher``; the README also gives the figures of 2026-11-25, when the code server spawned each run),
+a real Dagster daemon (``scaling_assets.study.daemon``: ``dagster-daemon run``) dequeuing the runs, one process per run (forked by ``GpuAwareRunLauncher``; the README also gives the figures of 2026-11-25, when the code server spawned each run),
 and the real lease ledger: each run's step takes its lease through ``gpu_step`` for the ``needs.py``
 estimate of its assets, then sleeps (``benchmarks/scheduler_workload.py``).
 What is simulated: NVML (``FakeNvml``: 8 GPUs of 80 GB whose free memory stays at 80 GB, so memory
@@ -52,7 +52,7 @@ from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
 from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
 from scaling_assets.gpu.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
-from scaling_assets.daemon import DaemonProcess, daemon_alive  # noqa: E402
+from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
 TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
@@ -63,7 +63,7 @@ RELATIVE_COST = {"geneformer": 10.0, "scvi": 2.0, "pca": 0.5, "random_projection
 def draw_runs(n_runs: int, seed: int) -> list[dict]:
     """``n_runs`` (dataset, setting, algorithm) points of the paper grid with their need and duration."""
     os.environ.setdefault("SCALING_ASSETS_DATA", "/nonexistent")  # the grid only, no data is read
-    from scaling_assets.study import load_study
+    from scaling_assets.study.spec import load_study
 
     study = load_study("paper", check_paths=False)
     grid = [(name, s, a) for name in study.datasets for s in study.settings(name) for a in study.algorithms]

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/code_shape.py [path/to/scaling_assets]
 
 prints lines per package (a subfolder of ``scaling_assets``; a top-level module counts as its own
-node, e.g. ``study.py``), the package-level import graph (lazy imports inside functions included:
+node, e.g. ``layout.py``), the package-level import graph (lazy imports inside functions included:
 they are dependencies all the same), the cycles between packages, and the modules that import
 Dagster (the functional core should not).
 """
@@ -19,7 +19,7 @@ PACKAGE = "scaling_assets"
 
 
 def node_of(root: Path, module: str) -> str:
-    """``scaling_assets.models.scvi`` -> ``models/``; ``scaling_assets.study`` -> ``study.py``."""
+    """``scaling_assets.models.scvi`` -> ``models/``; ``scaling_assets.layout`` -> ``layout.py``."""
     parts = module.split(".")
     if len(parts) < 2:
         return "__init__.py"

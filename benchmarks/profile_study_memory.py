@@ -46,8 +46,8 @@ def main() -> None:
     import yaml
     from dagster import DagsterInstance
 
-    import scaling_assets.run_study as rs
-    from scaling_assets.study import load_study
+    import scaling_assets.study.serial as rs
+    from scaling_assets.study.spec import load_study
 
     root = Path(tempfile.mkdtemp(prefix="profile-study-"))
     default = yaml.safe_load((Path(rs.__file__).parent / "studies" / "default.yaml").read_text())

@@ -1,6 +1,6 @@
 """scaling-assets: scaling studies of single-cell representation models as Dagster assets.
 
-The functional core (``fs``, ``data``, ``models``, ``metrics``, ``compute``, ``study``) never
+The functional core (``fs``, ``data``, ``models``, ``metrics``, ``compute``, ``study.spec``) never
 imports Dagster; ``assets`` and ``definitions`` wrap it. ``dagster ... -m scaling_assets`` finds the
 code location's ``defs`` here; it is built on first access so that importing the core stays cheap.
 """

@@ -13,7 +13,7 @@ _COMMAND_MODULES = [
     "scaling_assets.models.commands",
     "scaling_assets.metrics.commands",
     "scaling_assets.gpu.commands",
-    "scaling_assets.study_commands",
+    "scaling_assets.study.commands",
 ]
 
 

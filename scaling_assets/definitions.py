@@ -31,7 +31,7 @@ from scaling_assets.assets.training_sets import (
 from scaling_assets.assets.versions import with_code_versions
 from scaling_assets.data.h5ad_io import tune_allocator
 from scaling_assets.models.registry import MODELS, reads_corpus
-from scaling_assets.study import Study, load_study
+from scaling_assets.study.spec import Study, load_study
 
 # Chunked CSR reads allocate tens of MB per chunk; letting glibc reuse those buffers instead of
 # mapping fresh pages each time doubles row-range throughput (benchmarks/bench_data_io.py).

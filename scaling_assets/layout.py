@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaling_assets.study import Study, format_quality
+from scaling_assets.study.spec import Study, format_quality
 
 STAGING = ".staging"
 WORK = ".work"

@@ -3,7 +3,7 @@
 A pid alone may name another process once the first one exits; with the host and the process start
 time it names one process only. Recorded for the writer of each staging folder
 (``assets/storage.py``), for each forked run worker (``compute/run_workers.py``) and for the daemon a
-``study run`` starts (``daemon.py``), so each can be found again, or known gone, from another process.
+``study run`` starts (``study/daemon.py``), so each can be found again, or known gone, from another process.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ def _materialise(tmp: Path, name: str, launcher: dict, monkeypatch) -> tuple[Pat
     from conftest import study_jobs, write_tiny_study  # not at the top: Dagster loads this file as code too
     from dagster._core.test_utils import instance_for_test, poll_for_finished_run
 
-    from scaling_assets.study import load_study
+    from scaling_assets.study.spec import load_study
 
     path = write_tiny_study(tmp / f"{name}.yaml", tmp / name, "small", **SMALL_STUDY)
     monkeypatch.setenv("SCALING_ASSETS_STUDY", str(path))

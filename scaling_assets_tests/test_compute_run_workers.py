@@ -198,8 +198,8 @@ def test_the_daemon_has_the_server_import_the_launchers_modules_as_it_starts(tmp
     config["telemetry"] = {"enabled": False}
     config["run_launcher"]["config"] = {"preload_modules": ["json", "colorsys"]}
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
-    # what scaling_assets.daemon's main() runs beside the daemon, in a process of its own
-    code = ("from scaling_assets.daemon import _start_run_worker_server as start; start()\n"
+    # what scaling_assets.study.daemon's main() runs beside the daemon, in a process of its own
+    code = ("from scaling_assets.study.daemon import _start_run_worker_server as start; start()\n"
             "from multiprocessing import forkserver; import psutil, time\n"
             # its command line reads empty while the new process is still starting (seen under load)
             "p = psutil.Process(forkserver._forkserver._forkserver_pid)\n"

@@ -342,7 +342,7 @@ def test_fetch_spatial_cli_prints_the_study_lines(server, tmp_path, capsys):
     assert a.n_vars == 15 and {"x", "y"} <= set(a.obs.columns)  # Blank-* columns dropped
     assert main(["data", "fetch", "spatial"]) == 2
     # the printed lines are a dataset a study loads as they are
-    from scaling_assets.study import load_study
+    from scaling_assets.study.spec import load_study
 
     lines = out.split("Study YAML (under datasets:):\n")[1]
     study_file = tmp_path / "real.yaml"

@@ -23,7 +23,7 @@ from scaling_assets.data.tasks import LABEL, MATRIX, NEIGHBOURS, SISTERS, TASKS,
 from scaling_assets.errors import InputError, StudyConfigError
 from scaling_assets.layout import result_paths
 from scaling_assets.metrics.signals import build_signals
-from scaling_assets.study import load_study
+from scaling_assets.study.spec import load_study
 
 
 def write_study(tmp_path, datasets: str, name="own", **top) -> object:
@@ -261,7 +261,7 @@ def test_splits_hold_out_declared_clones_and_tiles(tmp_path):
 
 
 def test_a_study_of_own_signals_measures_each_and_a_bad_dataset_is_named(tmp_path):
-    from scaling_assets.run_study import run_study
+    from scaling_assets.study.serial import run_study
 
     simulate("lineage", 2400, 30, seed=2, out_path=tmp_path / "lineage.h5ad")
     plain_h5ad(tmp_path / "nan.h5ad", obs=pd.DataFrame({"area": [np.nan] * 300}))

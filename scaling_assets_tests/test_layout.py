@@ -13,7 +13,7 @@ from dagster import AssetKey, build_output_context
 
 import scaling_assets.layout as layout
 from scaling_assets.assets.storage import StudyIOManager
-from scaling_assets.study import load_study
+from scaling_assets.study.spec import load_study
 from scaling_assets_tests.test_study_config import MINIMAL, write
 
 

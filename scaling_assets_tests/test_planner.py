@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from scaling_assets.planner import csr_bytes, nnz_per_cell, plan_study
-from scaling_assets.study import load_study
+from scaling_assets.study.planner import csr_bytes, nnz_per_cell, plan_study
+from scaling_assets.study.spec import load_study
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from dagster import AssetKey
 
 from scaling_assets.definitions import build_definitions
-from scaling_assets.study import load_study
+from scaling_assets.study.spec import load_study
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_module_exposes_defs_lazily():
 
 
 def test_serial_plan_batches_share_one_partitions_definition(graph):
-    from scaling_assets.run_study import plan
+    from scaling_assets.study.serial import plan
 
     study = load_study("default")
     batches = plan(study)

@@ -12,8 +12,8 @@ from dagster import AssetKey, DagsterInstance
 
 from scaling_assets.layout import result_paths
 from scaling_assets.data.tasks import TASKS
-from scaling_assets.run_study import run_study
-from scaling_assets.study import load_study
+from scaling_assets.study.serial import run_study
+from scaling_assets.study.spec import load_study
 
 STUDY = """
 name: e2e
@@ -171,7 +171,7 @@ def test_failed_partition_leaves_others_intact_and_is_retried_alone(study_run):
     failed = materialize(list(defs.assets), selection=keys, partition_key=setting, instance=instance,
                          resources=dict(defs.resources), raise_on_error=False)
     assert not failed.success
-    from scaling_assets.run_study import root_cause
+    from scaling_assets.study.serial import root_cause
 
     message = root_cause(failed.all_events)
     assert message.startswith("cite__embeddings_pca: FileNotFoundError: upstream asset cite/eval_counts "
@@ -362,7 +362,7 @@ def test_a_grid_larger_than_the_real_pool_is_refused_at_the_split(tmp_path):
     result = materialize(list(defs.assets), selection=[AssetKey(["atlas", n]) for n in ("split", "pool_counts")],
                          partition_key="s=42", instance=instance, resources=dict(defs.resources), raise_on_error=False)
     assert not result.success
-    from scaling_assets.run_study import root_cause
+    from scaling_assets.study.serial import root_cause
 
     assert ("atlas s=42: the largest training size 650 exceeds this seed's training pool of 550 cells (700 cells in "
             "the raw file - 100 test - 50 validation); the study file gives `cells: 800`: set it to 700, or give "

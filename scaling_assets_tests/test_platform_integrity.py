@@ -14,8 +14,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from scaling_assets.definitions import build_definitions
 from scaling_assets.layout import partition_dir
-from scaling_assets.run_study import root_cause
-from scaling_assets.study import load_study
+from scaling_assets.study.serial import root_cause
+from scaling_assets.study.spec import load_study
 
 SEED, SETTING, OTHER = "s=42", "n=100_q=1_s=42", "n=100_q=0.5_s=42"
 
@@ -49,8 +49,8 @@ def _flip_pool_count(folder, row: int) -> None:
 
 def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny, capsys, monkeypatch):
     from scaling_assets.cli import main
-    from scaling_assets.study_queue import missing_partitions
-    from scaling_assets.study_verify import verify_study
+    from scaling_assets.study.backfills import missing_partitions
+    from scaling_assets.study.verify import verify_study
 
     study, instance, run = tiny
     assert run(["train_counts"], SETTING)[0]
@@ -99,7 +99,7 @@ def test_flipped_pool_bytes_refused_then_found_marked_and_rebuilt(tiny, capsys, 
 def test_damaged_model_and_embeddings_name_the_partition_to_rebuild(tiny):
     from scaling_assets.assets.common import load_embeddings
     from scaling_assets.data.integrity import CorruptFileError
-    from scaling_assets.study_verify import verify_study
+    from scaling_assets.study.verify import verify_study
 
     study, instance, run = tiny
     assert run(["train_counts", "model_pca", "embeddings_pca"], SETTING)[0]

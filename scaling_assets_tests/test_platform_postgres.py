@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, study_jobs, write_tiny_study
 
 from scaling_assets.compute.instance import write_instance_yaml
-from scaling_assets.daemon import DaemonProcess
+from scaling_assets.study.daemon import DaemonProcess
 
 def test_example_instance_file_reads_its_connection_from_the_environment(postgres_url, tmp_path, monkeypatch):
     from dagster import DagsterInstance
@@ -88,7 +88,7 @@ def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_st
     from dagster._core.test_utils import poll_for_finished_run
 
     from scaling_assets.compute.coordinator import GpuAwareRunCoordinator
-    from scaling_assets.study import load_study
+    from scaling_assets.study.spec import load_study
 
     home, tmp = pg_study
     with DagsterInstance.from_config(str(home)) as instance, study_jobs(instance) as jobs:

@@ -26,8 +26,8 @@ from conftest import REPO, write_tiny_study
 from scaling_assets.gpu.needs import TAG_CPU_SLOT, TAG_N_GENES, TAG_STUDY, TAG_THREADS
 from scaling_assets.layout import result_paths
 from scaling_assets.models.registry import ALGORITHMS
-from scaling_assets.study import load_study
-from scaling_assets.study_queue import study_lock
+from scaling_assets.study.spec import load_study
+from scaling_assets.study.backfills import study_lock
 
 CITE = {"task": "cite", "source": "simulated", "cells": 500, "genes": 40, "seed": 1}
 
@@ -72,7 +72,7 @@ def started_daemon_pid(output: str) -> int:
 
 
 def recorded_daemon_pid(home: Path) -> int:
-    from scaling_assets.daemon import read_record
+    from scaling_assets.study.daemon import read_record
 
     return read_record(home / ".scaling_assets" / "daemon.json").pid
 
@@ -257,7 +257,7 @@ def test_the_settings_go_in_once_the_shared_data_is_written_not_when_the_daemon_
     from dagster._core.storage.tags import BACKFILL_ID_TAG
 
     from scaling_assets.definitions import build_definitions
-    from scaling_assets.study_queue import (SHARED, SETTINGS, _all_written, _await_daemon_verdicts, _watch,
+    from scaling_assets.study.backfills import (SHARED, SETTINGS, _all_written, _await_daemon_verdicts, _watch,
                                             missing_partitions, progress, stage_of, stage_target, submit_backfill)
 
     path, home, _ = make_study(tmp_path, "handoff", algorithms=["pca", "geneformer"])
@@ -299,7 +299,7 @@ def test_the_study_daemon_reloads_its_code_location_every_ten_minutes_not_every_
 
     from dagster._daemon import controller
 
-    from scaling_assets.daemon import configure_controller
+    from scaling_assets.study.daemon import configure_controller
 
     for name in ("DEFAULT_DAEMON_INTERVAL_SECONDS", "RELOAD_WORKSPACE_INTERVAL"):
         monkeypatch.setattr(controller, name, getattr(controller, name))  # restored after the test
@@ -342,7 +342,7 @@ def test_a_dead_or_reused_daemon_pid_is_not_taken_for_a_live_daemon(tmp_path):
     process itself, or a daemon on another host, is judged by its heartbeats."""
     from types import SimpleNamespace
 
-    from scaling_assets.daemon import DaemonRecord, daemon_alive, read_record, record_file, write_record
+    from scaling_assets.study.daemon import DaemonRecord, daemon_alive, read_record, record_file, write_record
     from scaling_assets.processes import process_identity
 
     instance = fake_instance(tmp_path)
@@ -374,7 +374,7 @@ def test_a_rerun_right_after_a_stopped_daemon_does_not_take_its_heartbeats_for_a
     """Issue 26 item 4: the daemon's heartbeats stay fresh-looking for up to 75 s after ``study run``
     stopped it; the record it leaves (identity, stop time) says it is gone, so the rerun starts a
     daemon instead of waiting 60 s on a dead one and exiting 2."""
-    from scaling_assets.daemon import DaemonProcess, DaemonRecord, daemon_alive, read_record, record_file, write_record
+    from scaling_assets.study.daemon import DaemonProcess, DaemonRecord, daemon_alive, read_record, record_file, write_record
     from scaling_assets.processes import process_identity
 
     instance = fake_instance(tmp_path)  # heartbeats written a moment ago, by the daemon about to stop
@@ -395,7 +395,7 @@ def test_a_second_study_on_the_same_home_is_refused_naming_the_study_that_holds_
     command was killed, ``study run`` of another study is refused at once, naming both roots."""
     from types import SimpleNamespace
 
-    from scaling_assets.daemon import DaemonRecord, owner_lock_file, record_file, study_daemon, write_record
+    from scaling_assets.study.daemon import DaemonRecord, owner_lock_file, record_file, study_daemon, write_record
     from scaling_assets.errors import InputError
     from scaling_assets.processes import process_identity
 
@@ -436,7 +436,7 @@ def test_the_rerun_of_a_killed_study_run_adopts_its_daemon_and_stops_it_at_the_e
     study takes it over (it becomes the owner) and stops it when it ends."""
     from types import SimpleNamespace
 
-    from scaling_assets.daemon import DaemonRecord, read_record, record_file, study_daemon, write_record
+    from scaling_assets.study.daemon import DaemonRecord, read_record, record_file, study_daemon, write_record
     from scaling_assets.processes import process_identity
 
     instance = fake_instance(tmp_path)
@@ -465,7 +465,7 @@ def test_a_daemon_whose_study_run_is_gone_stops_once_nothing_is_left_to_run(tmp_
     command died) and the instance has no backfill in progress and no unfinished run."""
     from dagster import DagsterRun
 
-    from scaling_assets.daemon import DaemonRecord, owner_gone_and_idle, owner_lock_file, record_file, write_record
+    from scaling_assets.study.daemon import DaemonRecord, owner_gone_and_idle, owner_lock_file, record_file, write_record
     from scaling_assets.processes import process_identity
 
     instance = DagsterInstance.ephemeral()
@@ -526,7 +526,7 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
 
     from scaling_assets.compute.coordinator import TAG_RUN
     from scaling_assets.compute.run_workers import TAG_WORKER
-    from scaling_assets.study_queue import TAG_TITLE
+    from scaling_assets.study.backfills import TAG_TITLE
 
     path, home, env = make_study(tmp_path, "owned")
     other = write_tiny_study(tmp_path / "other.yaml", tmp_path / "other_root", "other", sizes=[100])
@@ -646,7 +646,7 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
 
 
 def run_failures_of(instance: DagsterInstance) -> dict:
-    from scaling_assets.study_queue import run_failures
+    from scaling_assets.study.backfills import run_failures
 
     return {k: v for b in instance.get_backfills() for k, v in run_failures(instance, b.backfill_id).items()}
 
@@ -657,7 +657,7 @@ def test_results_are_behind_while_some_mi_is_newer_than_them(tmp_path):
     from dagster import AssetMaterialization
 
     from scaling_assets.definitions import build_definitions
-    from scaling_assets.study_queue import datasets_with_mi, results_behind, results_subset
+    from scaling_assets.study.backfills import datasets_with_mi, results_behind, results_subset
 
     path, _, _ = make_study(tmp_path, "behind", {"other": dict(CITE, seed=2)})
     study = load_study(path)
@@ -699,7 +699,7 @@ def test_results_are_behind_while_some_mi_is_newer_than_them(tmp_path):
 def test_a_study_larger_than_sqlite_tracks_comfortably_is_warned_about(tmp_path):
     """Issue 24: beyond 50,000 asset partitions on SQLite, ``study run`` warns and points to PostgreSQL."""
     from scaling_assets.definitions import build_definitions
-    from scaling_assets.study_queue import partition_count, storage_warning
+    from scaling_assets.study.backfills import partition_count, storage_warning
 
     default = build_definitions(load_study("default")).resolve_asset_graph()
     assert partition_count(default) == 694  # the default study's shared data (24) and settings (670) backfills

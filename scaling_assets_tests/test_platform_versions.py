@@ -10,7 +10,7 @@ from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.definitions import build_definitions
 from scaling_assets.models import budget as budgets
 from scaling_assets.models.versions import settings_source, settings_version
-from scaling_assets.study import load_study
+from scaling_assets.study.spec import load_study
 
 
 def versions(study):

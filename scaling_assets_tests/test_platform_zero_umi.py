@@ -16,8 +16,8 @@ from scaling_assets.data.h5ad_io import CsrReader
 from scaling_assets.data.splits import Split
 from scaling_assets.data.thinning import thin_counts
 from scaling_assets.layout import COUNTS_FILE, RECORD_FILE, SPLIT_FILE, SUMMARY_FILE, partition_dir, result_paths
-from scaling_assets.run_study import run_study
-from scaling_assets.study import load_study
+from scaling_assets.study.serial import run_study
+from scaling_assets.study.spec import load_study
 
 ALGORITHMS = ["pca", "random_projection", "scvi", "geneformer"]
 

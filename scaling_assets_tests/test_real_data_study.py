@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 
 from scaling_assets.layout import result_paths
-from scaling_assets.study import builtin_study_path, load_study
+from scaling_assets.study.spec import builtin_study_path, load_study
 
 EXAMPLE = builtin_study_path("example_real")
 

@@ -6,7 +6,7 @@ import pytest
 
 from scaling_assets.data.splits import default_test_size, quality_grid, size_grid
 from scaling_assets.errors import StudyConfigError
-from scaling_assets.study import (
+from scaling_assets.study.spec import (
     Setting,
     load_study,
     parse_quality_seed_key,
@@ -141,7 +141,7 @@ def test_show_and_plan_say_which_sizes_a_dataset_really_gets(tmp_path):
     import json
 
     from scaling_assets.layout import SUMMARY_FILE, partition_dir
-    from scaling_assets.planner import format_plan, plan_study, sizes_report
+    from scaling_assets.study.planner import format_plan, plan_study, sizes_report
 
     path = write(tmp_path, f"""
         name: sized

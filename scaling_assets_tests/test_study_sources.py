@@ -131,7 +131,7 @@ def test_a_bad_row_outside_the_sample_is_left_to_the_ingest(tmp_path):
     """The check at load reads a sample; the ingest (raw_counts) checks every row."""
     from scaling_assets.data.loaders import ingest
     from scaling_assets.errors import InputError
-    from scaling_assets.study import check_sources, load_study
+    from scaling_assets.study.spec import check_sources, load_study
 
     data = write_h5ad(tmp_path / "pbmc.h5ad", bad=(UNSAMPLED_ROW, -1))
     check_sources(load_study(study_file(tmp_path, data)))

@@ -22,7 +22,7 @@ from scaling_assets.assets.storage import stage_dir, write_json_atomic
 from scaling_assets.fs import atomic_file
 from scaling_assets.layout import (DICTIONARY_FILE, EMBEDDINGS_FILE, MEDIANS_FILE, SPLIT_FILE, SUMMARY_FILE,
                                    partition_dir)
-from scaling_assets.study import format_quality
+from scaling_assets.study.spec import format_quality
 
 # Partitioned asset checks (so the UI shows each check's partition) are a preview in Dagster 1.13;
 # we rely on them knowingly, so one warning per check spec is noise.

@@ -11,7 +11,7 @@ from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import EmbeddingsFolder, ModelFolder, eval_corpus_dir, eval_counts_file
 from scaling_assets.models.registry import reads_corpus
-from scaling_assets.study import parse_setting_key
+from scaling_assets.study.spec import parse_setting_key
 
 
 def embeddings_asset(ds: DatasetAssets, algorithm: str):

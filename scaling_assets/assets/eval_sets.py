@@ -24,7 +24,7 @@ from scaling_assets.assets.common import (load_split, new_stage, rounded, show_p
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import (COUNTS_FILE, DICTIONARY_FILE, EVAL_SETS, MEDIANS_FILE, EvalCountsFolder,
                                    eval_corpus_dir, eval_counts_file, eval_dir)
-from scaling_assets.study import parse_quality_seed_key, parse_seed_key
+from scaling_assets.study.spec import parse_quality_seed_key, parse_seed_key
 
 
 def thinning(quality: float, seed: int):

@@ -10,7 +10,7 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, budget_smoke_of, eva
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import EvalCountsFolder
-from scaling_assets.study import parse_setting_key
+from scaling_assets.study.spec import parse_setting_key
 
 
 def mi_asset(ds: DatasetAssets, algorithm: str):

@@ -10,7 +10,7 @@ One job per dataset and partitioning level, because a Dagster asset job has one 
 
 Every job carries the study tag and the dataset's gene count, so the GPU-aware coordinator sizes
 its runs from the real number of genes. The main job (``scaling-assets study run``) submits an
-asset backfill instead, which Dagster runs through its own asset job; see ``scaling_assets.study_queue``.
+asset backfill instead, which Dagster runs through its own asset job; see ``scaling_assets.study.backfills``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dagster import AssetsDefinition, define_asset_job
 
 from scaling_assets.layout import dataset_gene_count
 from scaling_assets.gpu.needs import TAG_N_GENES, TAG_STUDY
-from scaling_assets.study import Study
+from scaling_assets.study.spec import Study
 
 # partition-key shape -> job suffix
 _LEVELS = (("n=", "by_setting"), ("q=", "by_quality"), ("s=", "by_seed"))

@@ -13,7 +13,7 @@ from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.models.budget import trained_below_rules
 from scaling_assets.models.registry import MODELS, reads_corpus
 from scaling_assets.layout import PCA_GENES_FILE, EvalCorpusFolder, ModelFolder, work_dir
-from scaling_assets.study import parse_setting_key
+from scaling_assets.study.spec import parse_setting_key
 
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
                "(epoch rule, early stopping), ended training: a smoke test of the code path, not a result.")

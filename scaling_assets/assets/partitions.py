@@ -19,7 +19,7 @@ from functools import cached_property
 
 from dagster import AssetIn, AssetKey, StaticPartitionMapping, StaticPartitionsDefinition
 
-from scaling_assets.study import DatasetConfig, Study, parse_quality_seed_key, parse_setting_key, parse_seed_key
+from scaling_assets.study.spec import DatasetConfig, Study, parse_quality_seed_key, parse_setting_key, parse_seed_key
 
 
 @dataclass(frozen=True)

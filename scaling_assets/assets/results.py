@@ -14,7 +14,7 @@ from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_st
 from scaling_assets.assets.storage import read_record
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import partition_dir
-from scaling_assets.study import Study
+from scaling_assets.study.spec import Study
 
 
 def _partition_folders(study: Study, asset_prefix: str):

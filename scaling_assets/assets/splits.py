@@ -9,7 +9,7 @@ from scaling_assets.assets.common import new_stage, write_summary
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import COUNTS_FILE, SPLIT_FILE
 from scaling_assets.errors import InputError
-from scaling_assets.study import parse_seed_key
+from scaling_assets.study.spec import parse_seed_key
 
 
 def split_summary(split, seed: int, cells: int, n_test: int | None, n_val: int) -> dict:

@@ -22,7 +22,7 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, count_metadata, load
                                           rounded, show_progress, timed, tokenize_source, write_summary)
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import COUNTS_FILE, CORPUS_DIR, PCA_GENES_FILE
-from scaling_assets.study import parse_quality_seed_key, parse_seed_key, parse_setting_key
+from scaling_assets.study.spec import parse_quality_seed_key, parse_seed_key, parse_setting_key
 
 
 

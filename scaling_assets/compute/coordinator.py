@@ -258,7 +258,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             return tags
         try:
             from scaling_assets.layout import dataset_gene_count
-            from scaling_assets.study import load_study
+            from scaling_assets.study.spec import load_study
 
             study = load_study(None, check_paths=False)  # the code location's study ($SCALING_ASSETS_STUDY)
             if TAG_STUDY not in run.tags:

@@ -64,7 +64,7 @@ def write_root_marker(root: Path) -> str:
 
 
 def _default_study_root() -> Path:
-    from scaling_assets.study import load_study
+    from scaling_assets.study.spec import load_study
 
     return load_study(os.environ.get("SCALING_ASSETS_STUDY")).root
 

@@ -1,6 +1,6 @@
 """``scaling-assets study run --serial``: the whole study in this one process, for debugging.
 
-The main job submits the study to the Dagster instance instead (``scaling_assets.study_queue``),
+The main job submits the study to the Dagster instance instead (``scaling_assets.study.backfills``),
 where the daemon, the run queue and the launcher execute it as separate processes. This in-process
 path plans the partitions in dependency order itself, groups the assets that share a partition into
 one ``dagster.materialize`` call, skips what is materialised (unless ``refresh``), skips the
@@ -21,7 +21,7 @@ from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import partition_dir, result_paths
 from scaling_assets.definitions import build_definitions
 from scaling_assets.gpu.needs import TAG_STUDY
-from scaling_assets.study import Study, parse_quality_seed_key
+from scaling_assets.study.spec import Study, parse_quality_seed_key
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

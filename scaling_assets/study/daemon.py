@@ -23,7 +23,7 @@ killed finishes its submitted work and the daemon exits, whoever finishes it. A 
 record keeps its stop time, so its heartbeats (written every 30 s and counted live for 75 s) are not
 taken for a live daemon by a rerun a few seconds later.
 
-Started daemons run ``python -m scaling_assets.daemon``: Dagster's own ``dagster-daemon run`` on a
+Started daemons run ``python -m scaling_assets.study.daemon``: Dagster's own ``dagster-daemon run`` on a
 workspace naming the code location ``scaling_assets`` (as ``workspace.yaml`` does for ``dagster dev``,
 so the UI places the study's runs), with two of its controller's constants changed
 (``dagster._daemon.controller``, read when used, so setting them before the daemon starts is enough):
@@ -196,7 +196,7 @@ class DaemonProcess:
         if record is not None:
             env[RECORD_ENV] = str(self.pid_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scaling_assets.daemon", "run", *self.code, "--log-level", "warning"],
+            [sys.executable, "-m", "scaling_assets.study.daemon", "run", *self.code, "--log-level", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI only; it stops us in order
         )
@@ -374,7 +374,7 @@ def configure_controller(environ) -> None:
 
     for name in ("DEFAULT_DAEMON_INTERVAL_SECONDS", "RELOAD_WORKSPACE_INTERVAL"):
         if not hasattr(controller, name):  # a Dagster upgrade renamed it: setting it would do nothing
-            raise RuntimeError(f"dagster._daemon.controller has no {name}; update scaling_assets/daemon.py")
+            raise RuntimeError(f"dagster._daemon.controller has no {name}; update scaling_assets/study/daemon.py")
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = float(
         environ.get(BACKFILL_INTERVAL_ENV, DEFAULT_BACKFILL_INTERVAL_S)
     )
@@ -384,7 +384,7 @@ def configure_controller(environ) -> None:
 
 
 def main() -> None:
-    """``python -m scaling_assets.daemon run ...``: dagster-daemon with the backfill and code reload
+    """``python -m scaling_assets.study.daemon run ...``: dagster-daemon with the backfill and code reload
     intervals set, ending with its ``study run`` when one started it."""
     from dagster._daemon.cli import main as dagster_daemon_main
 

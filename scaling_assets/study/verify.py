@@ -5,7 +5,7 @@ Pools, pool corpora, models and embeddings record each file's bytes and BLAKE2b 
 (``fingerprint.json``, ``scaling_assets.data.integrity``). This reads every such file whole and
 compares. A partition with a missing, truncated or changed file is *marked for rebuilding*, with
 Dagster's own notion of it: its folder is removed (both ``study run`` modes redo a partition whose
-folder is missing: ``study_queue.missing_partitions``, ``run_study._is_done``), and an observation on
+folder is missing: ``backfills.missing_partitions``, ``serial._is_done``), and an observation on
 the partition in the instance says why (Dagster 1.13 cannot wipe one partition's materialisations on
 SQLite or PostgreSQL storage, so the UI shows it materialised until rebuilt). The next ``study run``
 rebuilds it from its inputs.
@@ -33,7 +33,7 @@ from scaling_assets.data.integrity import FINGERPRINT_FILE, folder_problems, par
 from scaling_assets.errors import InputError
 from scaling_assets.fs import temporary_sibling
 from scaling_assets.layout import RESULTS, STUDY_LOCK, parse_partition_dir, partition_dir
-from scaling_assets.study import Study
+from scaling_assets.study.spec import Study
 
 
 @dataclass
@@ -124,7 +124,7 @@ def remove_partition(study: Study, instance, asset_path: list[str], partition: s
 
 @contextmanager
 def study_lock(study: Study):
-    """The lock ``study run`` holds (``study_queue.study_lock``): no verify while a run writes partitions."""
+    """The lock ``study run`` holds (``backfills.study_lock``): no verify while a run writes partitions."""
     path = Path(study.root) / STUDY_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from scaling_assets.models.budget import get_budget
 from scaling_assets.models.spec import MAX_TOKENS
 from scaling_assets.models.registry import MODELS
-from scaling_assets.study import Study
+from scaling_assets.study.spec import Study
 
 ASSUMED_GENES = 20_000  # real datasets whose gene count the study file does not give
 ASSUMED_UMIS = 3_000

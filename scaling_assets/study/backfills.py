@@ -5,7 +5,7 @@ materialised (and never the dependants of a failed one), the run coordinator in 
 queues the runs and packs them onto GPUs and CPU slots, the launcher starts each run as its own
 process. This module only chooses what to submit (every partition of the study that is not yet
 materialised, or all of them with ``refresh``), keeps a daemon running meanwhile
-(``scaling_assets.daemon``), shows progress, cancels on Ctrl-C, and reports the outcome.
+(``scaling_assets.study.daemon``), shows progress, cancels on Ctrl-C, and reports the outcome.
 
 The study goes in as two backfills, one after the other: the shared data every algorithm reads (raw
 counts, the per-seed split, pools and evaluation sets), then the rest: the per-quality corpora only
@@ -53,11 +53,11 @@ from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.gpu.needs import TAG_STUDY
-from scaling_assets.daemon import daemon_alive, study_daemon
+from scaling_assets.study.daemon import daemon_alive, study_daemon
 from scaling_assets.definitions import build_definitions
 from scaling_assets.errors import InputError
-from scaling_assets.run_study import print_summary, root_cause
-from scaling_assets.study import STUDY_ENV, Study, parse_seed_key
+from scaling_assets.study.serial import print_summary, root_cause
+from scaling_assets.study.spec import STUDY_ENV, Study, parse_seed_key
 
 ACTIVE_BACKFILL = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
 QUEUED = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED}

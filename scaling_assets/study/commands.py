@@ -43,13 +43,13 @@ def register(subparsers) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from scaling_assets.study import check_sources, load_study
+    from scaling_assets.study.spec import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
     check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
-    from scaling_assets.planner import sizes_report
+    from scaling_assets.study.planner import sizes_report
 
     for name, d in s.datasets.items():
         print(f"  {name}: task {d.task or '-'} (signals {', '.join(d.signal_names)}), source {d.source}, "
@@ -92,7 +92,7 @@ def _show_stale(study, remove: bool, shown: int = 20) -> None:
         if len(stale) > shown:
             print(f"  ... {len(stale) - shown} more")
         return
-    from scaling_assets.study_queue import study_lock
+    from scaling_assets.study.backfills import study_lock
 
     with study_lock(study):  # never under a running `study run` of this study
         for folder in stale:
@@ -102,8 +102,8 @@ def _show_stale(study, remove: bool, shown: int = 20) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from scaling_assets.errors import InputError
-    from scaling_assets.planner import THROUGHPUTS, format_plan, plan_study
-    from scaling_assets.study import load_study
+    from scaling_assets.study.planner import THROUGHPUTS, format_plan, plan_study
+    from scaling_assets.study.spec import load_study
 
     given = {}
     for item in args.throughput:
@@ -125,15 +125,15 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
-    from scaling_assets.study import STUDY_ENV, check_sources, load_study
+    from scaling_assets.study.spec import STUDY_ENV, check_sources, load_study
 
     study = load_study(args.study)
     check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
 
     from dagster import DagsterInstance
 
-    from scaling_assets.run_study import ensure_dagster_home, run_study
-    from scaling_assets.study_queue import run_study_queued
+    from scaling_assets.study.serial import ensure_dagster_home, run_study
+    from scaling_assets.study.backfills import run_study_queued
     if args.study:
         os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
     ensure_dagster_home()
@@ -148,9 +148,9 @@ def _run(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    from scaling_assets.run_study import ensure_dagster_home
-    from scaling_assets.study import load_study
-    from scaling_assets.study_verify import verify_study
+    from scaling_assets.study.serial import ensure_dagster_home
+    from scaling_assets.study.spec import load_study
+    from scaling_assets.study.verify import verify_study
 
     study = load_study(args.study, check_paths=False)  # the stored partitions are checked, not the sources
     if args.dry_run:
