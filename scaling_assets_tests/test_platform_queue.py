@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.events import DagsterEventType
 from dagster._core.execution.backfill import BulkActionStatus
 from conftest import REPO, write_tiny_study
 
@@ -30,6 +31,10 @@ from scaling_assets.study.spec import load_study
 from scaling_assets.study.backfills import study_lock
 
 CITE = {"task": "cite", "source": "simulated", "cells": 500, "genes": 40, "seed": 1}
+
+
+def succeeded_steps(instance, run_id: str) -> set[str]:
+    return {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
 
 
 def make_study(tmp_path: Path, name: str, datasets: dict | None = None, **fields) -> tuple[Path, Path, dict]:
@@ -542,7 +547,9 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
             written = {r.run_id for r in instance.fetch_materializations(train, limit=100).records}
             for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
                 names = {k.path[-1] for k in run.asset_selection or ()}
-                if {"train_counts", "mi_pca"} <= names and run.run_id in written and TAG_WORKER in run.tags:
+                # past the step's success, not just its output: a kill between the two has the retry redo it
+                if {"train_counts", "mi_pca"} <= names and run.run_id in written and TAG_WORKER in run.tags \
+                        and "cite__train_counts" in succeeded_steps(instance, run.run_id):
                     return run
             return None
 
