@@ -163,6 +163,12 @@ def workspace_file(home: Path) -> Path:
     return path
 
 
+# The daemon's log level (default warning). At info, Dagster's backfill daemon logs every evaluation with
+# the backfill's whole status, which grows with the study (benchmarks/bench_paper_shape.py sets info to time
+# the evaluations from this log).
+LOG_LEVEL_ENV = "SCALING_ASSETS_DAEMON_LOG_LEVEL"
+
+
 class DaemonProcess:
     """A ``dagster-daemon run`` for this DAGSTER_HOME, in its own process group: started here, or
     adopted from an earlier ``study run`` (``identity``)."""
@@ -196,7 +202,8 @@ class DaemonProcess:
         if record is not None:
             env[RECORD_ENV] = str(self.pid_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scaling_assets.daemon", "run", *self.code, "--log-level", "warning"],
+            [sys.executable, "-m", "scaling_assets.daemon", "run", *self.code, "--log-level",
+             os.environ.get(LOG_LEVEL_ENV, "warning")],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI only; it stops us in order
         )
