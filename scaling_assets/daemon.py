@@ -152,6 +152,14 @@ def daemon_alive(instance, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
     )
 
 
+def log_file(home: Path) -> Path:
+    """The log of a daemon started here. Not under ``$DAGSTER_HOME/logs``: Dagster's daemon runs a telemetry
+    uploader (``dagster._core.telemetry_upload``, whatever dagster.yaml's ``telemetry`` says) that moves that
+    folder's files to ``.logs_queue``, posts them and deletes them, the first time within seconds of starting:
+    the log a failed study points to was gone (found by benchmarks/bench_paper_shape.py)."""
+    return Path(home) / STATE_DIR / "daemon.log"
+
+
 def workspace_file(home: Path) -> Path:
     """A workspace loading the study's definitions under the location name the UI's workspace.yaml uses."""
     path = Path(home) / STATE_DIR / "workspace.yaml"
@@ -176,7 +184,7 @@ class DaemonProcess:
     @classmethod
     def for_instance(cls, instance, env: dict[str, str]) -> "DaemonProcess":
         home = Path(instance.root_directory)
-        return cls(env, home / "logs" / "daemon.log", record_file(instance), ["-w", str(workspace_file(home))])
+        return cls(env, log_file(home), record_file(instance), ["-w", str(workspace_file(home))])
 
     def __init__(self, env: dict[str, str], log_path: Path, pid_path: Path, code: list[str] | None = None,
                  identity: str | None = None):
@@ -303,7 +311,7 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
             if not record.serves(study):
                 raise _another_study(record, study, home, owner_running=False)
             write_record(path, replace(record, owner=me))
-            daemon = DaemonProcess(env, home / "logs" / "daemon.log", path, identity=record.daemon)
+            daemon = DaemonProcess(env, log_file(home), path, identity=record.daemon)
             print(f"adopting the dagster-daemon (pid {daemon.pid}) an earlier `study run` of this study started; "
                   "it stops at the end", file=out)
         elif daemon_alive(instance):

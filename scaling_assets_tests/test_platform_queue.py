@@ -709,3 +709,10 @@ def test_a_study_larger_than_sqlite_tracks_comfortably_is_warned_about(tmp_path)
         assert "50,001 asset partitions on SQLite storage" in warning and "deploy/postgres/dagster.yaml" in warning
         assert storage_warning(50_000, sqlite) is None
     assert storage_warning(10 ** 6, DagsterInstance.ephemeral()) is None  # not SQLite: nothing to say
+
+
+def test_daemon_log_is_outside_dagsters_telemetry_folder(tmp_path):
+    """Dagster's daemon moves $DAGSTER_HOME/logs/* to .logs_queue, posts and deletes it (telemetry upload)."""
+    from scaling_assets.daemon import log_file
+
+    assert "logs" not in log_file(tmp_path).relative_to(tmp_path).parts
