@@ -716,3 +716,31 @@ def test_daemon_log_is_outside_dagsters_telemetry_folder(tmp_path):
     from scaling_assets.daemon import log_file
 
     assert "logs" not in log_file(tmp_path).relative_to(tmp_path).parts
+
+
+def test_progress_counts_what_succeeded_runs_wrote_before_the_daemon_folds_it_in():
+    """At the paper's shape the daemon's first evaluation submits every setting's run (an hour or more)
+    before it folds in any materialisation: progress counts the partitions of the runs that succeeded."""
+    from types import SimpleNamespace
+
+    from dagster import AssetKey, DagsterRunStatus
+
+    from scaling_assets.study_queue import progress
+
+    class Subset:
+        def __init__(self, n):
+            self.num_partitions_and_non_partitioned_assets = n
+
+        def __and__(self, other):
+            return self
+
+    data = SimpleNamespace(materialized_subset=Subset(0), target_subset=Subset(100),
+                           failed_and_downstream_subset=Subset(0))
+    backfill = SimpleNamespace(backfill_id="b", get_asset_backfill_data=lambda graph: data)
+    chain = frozenset(AssetKey(["cite", f"a{i}"]) for i in range(14))
+    runs = [SimpleNamespace(status=s, tags={}, asset_selection=chain)
+            for s in (DagsterRunStatus.SUCCESS, DagsterRunStatus.STARTED, DagsterRunStatus.FAILURE)]
+    instance = SimpleNamespace(get_runs=lambda filters: runs)
+    assert progress(instance, backfill, None).done == 14
+    data.materialized_subset = Subset(30)  # the daemon's bookkeeping, once ahead, is taken
+    assert progress(instance, backfill, None).done == 30
