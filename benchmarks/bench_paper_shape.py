@@ -4,7 +4,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_paper_shape.py --backend postgres --window-min 12
 
 The study (``benchmarks/paper_shape.yaml``) has the paper's shape: 4 datasets x 10 sizes x 10 qualities
-x 3 seeds x 4 algorithms (16,812 asset partitions), on tiny simulated datasets (1,500 cells x 100
+x 3 seeds x 4 algorithms (17,110 asset partitions), on tiny simulated datasets (1,500 cells x 100
 genes). What is real: ``scaling-assets study run`` (submission, progress, resume), the daemon it starts
 (``scaling_assets.daemon``: Dagster's backfill, queue, monitoring and retry loops), the GPU-aware run
 queue and launcher of the repository's ``dagster.yaml`` (``max_concurrent_runs`` set by

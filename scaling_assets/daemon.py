@@ -160,6 +160,20 @@ def log_file(home: Path) -> Path:
     return Path(home) / STATE_DIR / "daemon.log"
 
 
+# A started daemon's log takes its run workers' output too (Dagster's console logger at DEBUG: ~65 KB a
+# setting run at the paper's shape, whatever the daemon's own level), appended by every study on this home:
+# past this size it is moved to daemon.log.1 (replacing the previous one) when the next daemon starts.
+LOG_ROTATE_BYTES = 64 * 2**20
+
+
+def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
+    try:
+        if path.stat().st_size > limit:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def workspace_file(home: Path) -> Path:
     """A workspace loading the study's definitions under the location name the UI's workspace.yaml uses."""
     path = Path(home) / STATE_DIR / "workspace.yaml"
@@ -205,6 +219,7 @@ class DaemonProcess:
     def start(self, record: DaemonRecord | None = None) -> None:
         """Start it; ``record``: what to record beside its identity (its owner and study)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(self.log_path)
         log = open(self.log_path, "ab")
         env = dict(self.env)
         if record is not None:

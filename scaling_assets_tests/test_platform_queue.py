@@ -744,3 +744,17 @@ def test_progress_counts_what_succeeded_runs_wrote_before_the_daemon_folds_it_in
     assert progress(instance, backfill, None).done == 14
     data.materialized_subset = Subset(30)  # the daemon's bookkeeping, once ahead, is taken
     assert progress(instance, backfill, None).done == 30
+
+
+def test_a_large_daemon_log_is_rotated_when_the_next_daemon_starts(tmp_path):
+    from scaling_assets.daemon import rotate_log
+
+    log = tmp_path / "daemon.log"
+    rotate_log(log, limit=10)  # none yet
+    log.write_text("x" * 5)
+    rotate_log(log, limit=10)
+    assert log.read_text() == "x" * 5
+    log.write_text("y" * 20)
+    (tmp_path / "daemon.log.1").write_text("old")
+    rotate_log(log, limit=10)
+    assert not log.exists() and (tmp_path / "daemon.log.1").read_text() == "y" * 20
