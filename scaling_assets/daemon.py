@@ -413,12 +413,37 @@ def configure_controller(environ) -> None:
     )
 
 
+# Connections the daemon's pool opens beyond its one kept open (its loops and backfill threads at once).
+POOL_MAX_OVERFLOW = 20
+
+
+def pool_database_connections() -> None:
+    """Have the daemon keep its database connections open, as dagster-webserver does.
+
+    dagster-postgres storage opens a new connection for every query (``NullPool``) unless the process
+    asks otherwise (``DagsterInstance.optimize_for_webserver``, which only the webserver calls). A backfill
+    submits each run with one event per asset partition it plans (``ASSET_MATERIALIZATION_PLANNED``), so at
+    the paper's shape the daemon opened ~30 connections per run: 85% of its submission time on PostgreSQL
+    (benchmarks/bench_paper_shape.py, py-spy). No statement timeout (0), unlike the webserver's 15 s.
+    SQLite storage ignores this."""
+    from dagster._daemon import cli
+
+    make_controller = cli.daemon_controller_from_instance
+
+    def controller(instance, *args, **kwargs):
+        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=POOL_MAX_OVERFLOW)
+        return make_controller(instance, *args, **kwargs)
+
+    cli.daemon_controller_from_instance = controller
+
+
 def main() -> None:
     """``python -m scaling_assets.daemon run ...``: dagster-daemon with the backfill and code reload
-    intervals set, ending with its ``study run`` when one started it."""
+    intervals set and its database connections pooled, ending with its ``study run`` when one started it."""
     from dagster._daemon.cli import main as dagster_daemon_main
 
     configure_controller(os.environ)
+    pool_database_connections()
     sys.argv[0] = "dagster-daemon"
     threading.Thread(target=_start_run_worker_server, name="run worker server", daemon=True).start()
     if os.environ.get(RECORD_ENV):

@@ -758,3 +758,20 @@ def test_a_large_daemon_log_is_rotated_when_the_next_daemon_starts(tmp_path):
     (tmp_path / "daemon.log.1").write_text("old")
     rotate_log(log, limit=10)
     assert not log.exists() and (tmp_path / "daemon.log.1").read_text() == "y" * 20
+
+
+def test_the_daemon_keeps_its_database_connections_open(monkeypatch):
+    """dagster-postgres opens a connection per query unless asked (as the webserver does): the daemon asks."""
+    from types import SimpleNamespace
+
+    from dagster._daemon import cli
+
+    from scaling_assets.daemon import pool_database_connections
+
+    made = []
+    monkeypatch.setattr(cli, "daemon_controller_from_instance", lambda instance, **kw: made.append(instance) or "c")
+    pool_database_connections()
+    calls = []
+    instance = SimpleNamespace(optimize_for_webserver=lambda **kw: calls.append(kw))
+    assert cli.daemon_controller_from_instance(instance, workspace_load_target=None) == "c"
+    assert made == [instance] and calls == [{"statement_timeout": 0, "pool_recycle": 3600, "max_overflow": 20}]
