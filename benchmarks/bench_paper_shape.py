@@ -5,7 +5,8 @@
 
 The study (``benchmarks/paper_shape.yaml``) has the paper's shape: 4 datasets x 10 sizes x 10 qualities
 x 3 seeds x 4 algorithms (17,110 asset partitions), on tiny simulated datasets (1,500 cells x 100
-genes). What is real: ``scaling-assets study run`` (submission, progress, resume), the daemon it starts
+genes; lineage 2,300 cells with 800 held out, enough sister pairs for its MI). What is real:
+``scaling-assets study run`` (submission, progress, resume), the daemon it starts
 (``scaling_assets.daemon``: Dagster's backfill, queue, monitoring and retry loops), the GPU-aware run
 queue and launcher of the repository's ``dagster.yaml`` (``max_concurrent_runs`` set by
 ``--max-concurrent-runs``), the data stages, PCA, random projection, the embeddings and MI assets (LMI
@@ -314,7 +315,7 @@ query Backfill($id: String!) {
 }"""
 
 
-def graphql_timings(home: Path, env: dict, backfill_ids: list[str]) -> dict:
+def graphql_timings(home: Path, backfill_ids: list[str]) -> dict:
     """Time the UI's queries through Dagster's GraphQL schema in-process (what the webserver runs)."""
     from dagster import DagsterInstance
     from dagster._core.workspace.context import WorkspaceProcessContext
@@ -445,7 +446,7 @@ def main() -> None:
 
             backfills = sorted(instance.get_backfills(filters=BulkActionsFilter()), key=lambda b: b.backfill_timestamp)
             ids = [b.backfill_id for b in backfills]
-        report["graphql"] = graphql_timings(home, env, ids)
+        report["graphql"] = graphql_timings(home, ids)
         print(json.dumps(report["graphql"]), flush=True)
         # -- the rerun ---------------------------------------------------------------------------
         rerun = Cli(env, work, work / "cli_rerun.log")
@@ -471,7 +472,9 @@ def main() -> None:
                 "rerun_to_first_run_started_s": round(min(started) - rerun.start, 1) if started else None,
                 "rerun_to_first_run_submitted_s": round(min(created) - rerun.start, 1) if created else None,
                 "rerun_to_joined_s": None if t_join is None else round(t_join - rerun.start, 1),
-                "rerun_to_first_new_partition_s": None if t_first_progress is None else round(t_first_progress - rerun.start, 1),
+                # partitions of runs the killed daemon had launched count too (they keep running)
+                "rerun_to_first_new_partition_s":
+                    None if t_first_progress is None else round(t_first_progress - rerun.start, 1),
                 **count_rematerialised(instance, done_before), "load": load(),
                 "lines": [line for _, line in rerun.lines[:4]]}
             report["runs_total"] = run_breakdown(instance, t0, time.time())
