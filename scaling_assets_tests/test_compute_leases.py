@@ -280,3 +280,25 @@ def test_later_step_of_a_pinned_run_checks_room_on_its_gpu(fake, lease_dir):
             assert p.device == "cuda:1" and "not usable now" in p.reason
         with gpu_step({TAG_DEVICE: "cuda:0"}, 1000, run_id="mine") as p:  # fits: pin honoured
             assert p.device == "cuda:0" and "pinned" in p.reason
+
+
+def test_step_on_a_simulated_gpu_holds_the_lease_and_computes_on_cpu(tmp_path, lease_dir, monkeypatch):
+    """Under the fake NVML (benchmarks), step_device leases the simulated GPU but yields "cpu": there is no
+    such CUDA device to compute on."""
+    from types import SimpleNamespace
+
+    from scaling_assets.assets.devices import step_device
+    from scaling_assets.gpu.leases import Ledger
+
+    f = FakeNvml([{"uuid": "GPU-sim", "total_mib": 80000, "free_mib": 80000}], path=tmp_path / "f.json")
+    monkeypatch.setenv(nvml.FAKE_NVML_ENV, str(f.path))
+    nvml.set_backend(f)
+    try:
+        context = SimpleNamespace(run=SimpleNamespace(tags={}, run_id="r1"), log=SimpleNamespace(info=lambda m: None))
+        with step_device(context, "model_scvi", 2000) as device:
+            assert device == "cpu"
+            records = Ledger(lease_dir).records()
+            assert [(r.kind, r.gpu_uuid) for r in records] == [("lease", "GPU-sim")]
+        assert Ledger(lease_dir).records() == []
+    finally:
+        nvml.set_backend(None)

@@ -171,3 +171,16 @@ def test_a_failed_save_leaves_the_previous_model_untouched(data, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["rp"]  # no temp dir left either
     assert sorted(p.name for p in (tmp_path / "rp").iterdir()) == before
     np.testing.assert_array_equal(RandomProjectionModel.load(tmp_path / "rp").embed(test), m.embed(test))
+
+
+def test_model_override_is_benchmark_only(monkeypatch):
+    """SCALING_ASSETS_MODEL_OVERRIDE (benchmarks/bench_paper_shape.py) puts another class behind a name;
+    unset, the registry's class."""
+    from scaling_assets.models import MODEL_OVERRIDE_ENV
+    from scaling_assets.models.random_projection import RandomProjectionModel
+
+    monkeypatch.delenv(MODEL_OVERRIDE_ENV, raising=False)
+    assert get_model_class("scvi").__name__ == "SCVIModel"
+    monkeypatch.setenv(MODEL_OVERRIDE_ENV, "scvi=scaling_assets.models.random_projection:RandomProjectionModel")
+    assert get_model_class("scvi") is RandomProjectionModel
+    assert get_model_class("pca") is PCAModel

@@ -716,3 +716,69 @@ def test_a_study_larger_than_sqlite_tracks_comfortably_is_warned_about(tmp_path)
         assert "50,001 asset partitions on SQLite storage" in warning and "deploy/postgres/dagster.yaml" in warning
         assert storage_warning(50_000, sqlite) is None
     assert storage_warning(10 ** 6, DagsterInstance.ephemeral()) is None  # not SQLite: nothing to say
+
+
+def test_daemon_log_is_outside_dagsters_telemetry_folder(tmp_path):
+    """Dagster's daemon moves $DAGSTER_HOME/logs/* to .logs_queue, posts and deletes it (telemetry upload)."""
+    from scaling_assets.study.daemon import log_file
+
+    assert "logs" not in log_file(tmp_path).relative_to(tmp_path).parts
+
+
+def test_progress_counts_what_succeeded_runs_wrote_before_the_daemon_folds_it_in():
+    """At the paper's shape the daemon's first evaluation submits every setting's run (an hour or more)
+    before it folds in any materialisation: progress counts the partitions of the runs that succeeded."""
+    from types import SimpleNamespace
+
+    from dagster import AssetKey, DagsterRunStatus
+
+    from scaling_assets.study.backfills import progress
+
+    class Subset:
+        def __init__(self, n):
+            self.num_partitions_and_non_partitioned_assets = n
+
+        def __and__(self, other):
+            return self
+
+    data = SimpleNamespace(materialized_subset=Subset(0), target_subset=Subset(100),
+                           failed_and_downstream_subset=Subset(0))
+    backfill = SimpleNamespace(backfill_id="b", get_asset_backfill_data=lambda graph: data)
+    chain = frozenset(AssetKey(["cite", f"a{i}"]) for i in range(14))
+    runs = [SimpleNamespace(status=s, tags={}, asset_selection=chain)
+            for s in (DagsterRunStatus.SUCCESS, DagsterRunStatus.STARTED, DagsterRunStatus.FAILURE)]
+    instance = SimpleNamespace(get_runs=lambda filters: runs)
+    assert progress(instance, backfill, None).done == 14
+    data.materialized_subset = Subset(30)  # the daemon's bookkeeping, once ahead, is taken
+    assert progress(instance, backfill, None).done == 30
+
+
+def test_a_large_daemon_log_is_rotated_when_the_next_daemon_starts(tmp_path):
+    from scaling_assets.study.daemon import rotate_log
+
+    log = tmp_path / "daemon.log"
+    rotate_log(log, limit=10)  # none yet
+    log.write_text("x" * 5)
+    rotate_log(log, limit=10)
+    assert log.read_text() == "x" * 5
+    log.write_text("y" * 20)
+    (tmp_path / "daemon.log.1").write_text("old")
+    rotate_log(log, limit=10)
+    assert not log.exists() and (tmp_path / "daemon.log.1").read_text() == "y" * 20
+
+
+def test_the_daemon_keeps_its_database_connections_open(monkeypatch):
+    """dagster-postgres opens a connection per query unless asked (as the webserver does): the daemon asks."""
+    from types import SimpleNamespace
+
+    from dagster._daemon import cli
+
+    from scaling_assets.study.daemon import pool_database_connections
+
+    made = []
+    monkeypatch.setattr(cli, "daemon_controller_from_instance", lambda instance, **kw: made.append(instance) or "c")
+    pool_database_connections()
+    calls = []
+    instance = SimpleNamespace(optimize_for_webserver=lambda **kw: calls.append(kw))
+    assert cli.daemon_controller_from_instance(instance, workspace_load_target=None) == "c"
+    assert made == [instance] and calls == [{"statement_timeout": 0, "pool_recycle": 3600, "max_overflow": 20}]

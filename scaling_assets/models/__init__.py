@@ -13,12 +13,24 @@ from scaling_assets.models.base import FitReport, RepresentationModel, read_mode
 from scaling_assets.models.budget import BUDGETS, geneformer_max_epochs, get_budget, scvi_max_epochs
 from scaling_assets.models.registry import MODELS
 
+# Benchmarks only (benchmarks/bench_paper_shape.py): "scvi=module:Class,geneformer=module:Class" puts
+# another class behind an algorithm's name (a synthetic GPU workload instead of training). Unset, as in
+# every real study, the registry's classes are used.
+MODEL_OVERRIDE_ENV = "SCALING_ASSETS_MODEL_OVERRIDE"
+
+
+def _override(name: str) -> str | None:
+    for item in filter(None, os.environ.get(MODEL_OVERRIDE_ENV, "").split(",")):
+        algorithm, _, target = item.partition("=")
+        if algorithm.strip() == name:
+            return target.strip()
+    return None
 
 
 def get_model_class(name: str) -> type[RepresentationModel]:
     if name not in MODELS:
         raise InputError(f"unknown algorithm {name!r}; expected one of {list(MODELS)}")
-    module, cls = MODELS[name].model_class.split(":")
+    module, cls = (_override(name) or MODELS[name].model_class).split(":")
     return getattr(importlib.import_module(module), cls)
 
 

@@ -152,6 +152,28 @@ def daemon_alive(instance, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
     )
 
 
+def log_file(home: Path) -> Path:
+    """The log of a daemon started here. Not under ``$DAGSTER_HOME/logs``: Dagster's daemon runs a telemetry
+    uploader (``dagster._core.telemetry_upload``, whatever dagster.yaml's ``telemetry`` says) that moves that
+    folder's files to ``.logs_queue``, posts them and deletes them, the first time within seconds of starting:
+    the log a failed study points to was gone (found by benchmarks/bench_paper_shape.py)."""
+    return Path(home) / STATE_DIR / "daemon.log"
+
+
+# A started daemon's log takes its run workers' output too (Dagster's console logger at DEBUG: ~65 KB a
+# setting run at the paper's shape, whatever the daemon's own level), appended by every study on this home:
+# past this size it is moved to daemon.log.1 (replacing the previous one) when the next daemon starts.
+LOG_ROTATE_BYTES = 64 * 2**20
+
+
+def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
+    try:
+        if path.stat().st_size > limit:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def workspace_file(home: Path) -> Path:
     """A workspace loading the study's definitions under the location name the UI's workspace.yaml uses."""
     path = Path(home) / STATE_DIR / "workspace.yaml"
@@ -163,6 +185,12 @@ def workspace_file(home: Path) -> Path:
     return path
 
 
+# The daemon's log level (default warning). At info, Dagster's backfill daemon logs every evaluation with
+# the backfill's whole status, which grows with the study (benchmarks/bench_paper_shape.py sets info to time
+# the evaluations from this log).
+LOG_LEVEL_ENV = "SCALING_ASSETS_DAEMON_LOG_LEVEL"
+
+
 class DaemonProcess:
     """A ``dagster-daemon run`` for this DAGSTER_HOME, in its own process group: started here, or
     adopted from an earlier ``study run`` (``identity``)."""
@@ -170,7 +198,7 @@ class DaemonProcess:
     @classmethod
     def for_instance(cls, instance, env: dict[str, str]) -> "DaemonProcess":
         home = Path(instance.root_directory)
-        return cls(env, home / "logs" / "daemon.log", record_file(instance), ["-w", str(workspace_file(home))])
+        return cls(env, log_file(home), record_file(instance), ["-w", str(workspace_file(home))])
 
     def __init__(self, env: dict[str, str], log_path: Path, pid_path: Path, code: list[str] | None = None,
                  identity: str | None = None):
@@ -191,12 +219,14 @@ class DaemonProcess:
     def start(self, record: DaemonRecord | None = None) -> None:
         """Start it; ``record``: what to record beside its identity (its owner and study)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(self.log_path)
         log = open(self.log_path, "ab")
         env = dict(self.env)
         if record is not None:
             env[RECORD_ENV] = str(self.pid_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scaling_assets.study.daemon", "run", *self.code, "--log-level", "warning"],
+            [sys.executable, "-m", "scaling_assets.study.daemon", "run", *self.code, "--log-level",
+             os.environ.get(LOG_LEVEL_ENV, "warning")],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI only; it stops us in order
         )
@@ -296,7 +326,7 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
             if not record.serves(study):
                 raise _another_study(record, study, home, owner_running=False)
             write_record(path, replace(record, owner=me))
-            daemon = DaemonProcess(env, home / "logs" / "daemon.log", path, identity=record.daemon)
+            daemon = DaemonProcess(env, log_file(home), path, identity=record.daemon)
             print(f"adopting the dagster-daemon (pid {daemon.pid}) an earlier `study run` of this study started; "
                   "it stops at the end", file=out)
         elif daemon_alive(instance):
@@ -383,12 +413,37 @@ def configure_controller(environ) -> None:
     )
 
 
+# Connections the daemon's pool opens beyond its one kept open (its loops and backfill threads at once).
+POOL_MAX_OVERFLOW = 20
+
+
+def pool_database_connections() -> None:
+    """Have the daemon keep its database connections open, as dagster-webserver does.
+
+    dagster-postgres storage opens a new connection for every query (``NullPool``) unless the process
+    asks otherwise (``DagsterInstance.optimize_for_webserver``, which only the webserver calls). A backfill
+    submits each run with one event per asset partition it plans (``ASSET_MATERIALIZATION_PLANNED``), so at
+    the paper's shape the daemon opened ~30 connections per run: 85% of its submission time on PostgreSQL
+    (benchmarks/bench_paper_shape.py, py-spy). No statement timeout (0), unlike the webserver's 15 s.
+    SQLite storage ignores this."""
+    from dagster._daemon import cli
+
+    make_controller = cli.daemon_controller_from_instance
+
+    def controller(instance, *args, **kwargs):
+        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=POOL_MAX_OVERFLOW)
+        return make_controller(instance, *args, **kwargs)
+
+    cli.daemon_controller_from_instance = controller
+
+
 def main() -> None:
     """``python -m scaling_assets.study.daemon run ...``: dagster-daemon with the backfill and code reload
-    intervals set, ending with its ``study run`` when one started it."""
+    intervals set and its database connections pooled, ending with its ``study run`` when one started it."""
     from dagster._daemon.cli import main as dagster_daemon_main
 
     configure_controller(os.environ)
+    pool_database_connections()
     sys.argv[0] = "dagster-daemon"
     threading.Thread(target=_start_run_worker_server, name="run worker server", daemon=True).start()
     if os.environ.get(RECORD_ENV):
