@@ -365,3 +365,24 @@ def test_cpu_slot_defaults_follow_the_cores(monkeypatch):
     assert (c.max_cpu_runs, c.threads_per_run) == (8, 1)
     c = GpuAwareRunCoordinator.from_config_value(None, {"max_cpu_runs": 2})
     assert (c.max_cpu_runs, c.threads_per_run) == (2, 4)
+
+
+def test_gate_reads_only_the_runs_new_to_the_queue(gate_instance, monkeypatch):
+    """A tick reads the queued run ids, and the records of runs it has not seen queued before (with
+    thousands queued, deserialising every queued run each tick cost seconds of daemon CPU)."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    first = _submit(gate_instance, tags={TAG_GPU_NEED: "5000"})
+    second = _submit(gate_instance, tags={TAG_GPU_NEED: "5000"})
+    assert _gated(gate_instance) == {second.run_id}  # 7488 MiB usable: one fits
+    read = []
+    real = gate_instance.get_run_records
+    monkeypatch.setattr(gate_instance, "get_run_records",
+                        lambda filters=None, **kw: read.append(filters.run_ids) or real(filters, **kw))
+    third = _submit(gate_instance, tags={TAG_GPU_NEED: "5000"})
+    assert _gated(gate_instance) == {second.run_id, third.run_id}
+    assert read == [[third.run_id]]
+    gate_instance.report_run_canceled(first)  # leaves the queue: forgotten, its room goes to the next
+    assert _gated(gate_instance) == {third.run_id}
+    assert set(gate_instance.run_coordinator._queued_cache) == {second.run_id, third.run_id}
+    assert gate_instance.get_run_by_id(first.run_id).status == DagsterRunStatus.CANCELED

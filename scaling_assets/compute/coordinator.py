@@ -53,6 +53,7 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
 
+from scaling_assets.compute import dagster_patches
 from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml
 from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
@@ -70,6 +71,7 @@ from scaling_assets.gpu.needs import (
 from scaling_assets.gpu.nvml import GpuInfo
 
 log = logging.getLogger(__name__)
+dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
 # what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
@@ -187,6 +189,11 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
         self._plan_cache_seconds = plan_cache_seconds
         self._cached: tuple[float, list[dict]] | None = None
         self.last_held: dict[str, str] = {}  # run_id -> why it waits (for logs / the operator)
+        # queued run id -> its QueuedGpuRun (None: not a GPU run). A tick reads only the ids of the
+        # queued runs and the records of runs new to the queue, not every queued run again: with
+        # thousands queued (a paper study) deserialising them all each tick cost seconds of CPU.
+        self._queued_cache: dict[str, QueuedGpuRun | None] = {}
+        self._logged_held: tuple[int, int] | None = None
 
     @classmethod
     def config_type(cls):
@@ -294,18 +301,25 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             self._cached = (now, gate)
         return base._replace(tag_concurrency_limits=[*base.tag_concurrency_limits, *self._cached[1]])
 
+    def queued_gpu_runs(self) -> list[QueuedGpuRun]:
+        """The queued GPU runs. Their need, priority and queue time are fixed once queued (a retry
+        is a new run), so only runs new to the queue are read (``_queued_cache``)."""
+        ids = self._instance.get_run_ids(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
+        cache = {run_id: self._queued_cache[run_id] for run_id in ids if run_id in self._queued_cache}
+        new = [run_id for run_id in ids if run_id not in cache]
+        for start in range(0, len(new), 500):  # bounded SQL "IN (...)" lists
+            for r in self._instance.get_run_records(RunsFilter(run_ids=new[start:start + 500])):
+                tags = r.dagster_run.tags
+                need = run_need_mib(tags)
+                cache[r.dagster_run.run_id] = (
+                    QueuedGpuRun(r.dagster_run.run_id, need, _priority(tags), r.create_timestamp.timestamp())
+                    if TAG_GATE in tags and need > 0 else None
+                )
+        self._queued_cache = cache  # runs that left the queue are forgotten
+        return [run for run in cache.values() if run is not None]
+
     def _gate_limits(self) -> list[dict]:
-        records = self._instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
-        queued = [
-            QueuedGpuRun(
-                r.dagster_run.run_id,
-                run_need_mib(r.dagster_run.tags),
-                _priority(r.dagster_run.tags),
-                r.create_timestamp.timestamp(),
-            )
-            for r in records
-            if TAG_GATE in r.dagster_run.tags and run_need_mib(r.dagster_run.tags) > 0
-        ]
+        queued = self.queued_gpu_runs()
         ledger = Ledger()
         if any(ledger.dir.glob("promise-*.json")):  # forget promises of runs that died/finished
             with ledger.locked():
@@ -328,9 +342,18 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
                 queued, gpus, available, now=time.time(),
                 reserve_after_s=self.reserve_after_seconds, headroom_mib=self.gpu_headroom_mib,
             )
-        if self.last_held:
-            log.info("holding %d GPU run(s): %s", len(self.last_held), self.last_held)
+        self._log_held(len(queued))
         return [{"key": TAG_GATE, "value": run_id, "limit": 0} for run_id in self.last_held]
+
+    def _log_held(self, n_queued: int) -> None:
+        """One line when the number of held runs changes, not the whole held set every tick (at
+        thousands of queued runs that was megabytes of daemon log a minute at INFO)."""
+        state = (len(self.last_held), n_queued)
+        if state != self._logged_held and self.last_held:
+            reserved = sum("reserved" in why for why in self.last_held.values())
+            log.info("holding %d of %d queued GPU run(s) (%d with a GPU reserved); first: %s",
+                     len(self.last_held), n_queued, reserved, next(iter(self.last_held.items())))
+        self._logged_held = state
 
     def _drop_finished_promises(self, ledger: Ledger, records):
         """A promise whose run is no longer active will never become a lease: forget it."""
@@ -423,7 +446,7 @@ class GpuAwareRunLauncher(DefaultRunLauncher):
             self._instance.report_engine_event(
                 f"Placed on {tags[TAG_DEVICE]} ({need} MiB): {reason}", run, cls=self.__class__
             )
-            run = self._instance.get_run_by_id(run.run_id) or run
+            run = run.with_tags({**run.tags, **tags})  # as stored: no re-read per launch
             context = LaunchRunContext(dagster_run=run, workspace=context.workspace)
         try:
             if self.fork_workers and run.job_code_origin is not None:
