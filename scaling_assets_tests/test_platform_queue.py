@@ -709,3 +709,21 @@ def test_a_study_larger_than_sqlite_tracks_comfortably_is_warned_about(tmp_path)
         assert "50,001 asset partitions on SQLite storage" in warning and "deploy/postgres/dagster.yaml" in warning
         assert storage_warning(50_000, sqlite) is None
     assert storage_warning(10 ** 6, DagsterInstance.ephemeral()) is None  # not SQLite: nothing to say
+
+
+def test_progress_counts_the_backfills_runs_by_status_without_reading_them_all(tmp_path):
+    """The watch loop polls every 2 s: runs are counted by status in the run storage; only failed
+    runs are read (a failure that Dagster retries is left out: its retry stands for it)."""
+    from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+    from scaling_assets.study_queue import backfill_run_statuses
+
+    with instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for status, extra in [(DagsterRunStatus.SUCCESS, {}), (DagsterRunStatus.SUCCESS, {}),
+                              (DagsterRunStatus.STARTED, {}), (DagsterRunStatus.FAILURE, {}),
+                              (DagsterRunStatus.FAILURE, {WILL_RETRY_TAG: "true"})]:
+            create_run_for_test(instance, status=status, tags={BACKFILL_ID_TAG: "bf", **extra})
+        create_run_for_test(instance, status=DagsterRunStatus.SUCCESS, tags={BACKFILL_ID_TAG: "other"})
+        assert backfill_run_statuses(instance, "bf") == Counter(
+            {DagsterRunStatus.SUCCESS: 2, DagsterRunStatus.STARTED: 1, DagsterRunStatus.FAILURE: 1})
