@@ -1,7 +1,10 @@
 """Simulate the GPU-aware run queue on an 8 x 80 GB GPU box (no GPU needed).
 
-    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~9 min on 2 cores
+    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~15 min on 2 cores
     .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
+    # 256 small runs (needs that all fit at once) of 600 s each: does the box hold 256 in flight?
+    .venv/bin/python benchmarks/bench_scheduler.py --runs 256 --algorithms scvi,pca,random_projection \
+        --sleep-s 600 --out benchmarks/bench_scheduler_256
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
@@ -25,7 +28,12 @@ minute, queue waits (all runs are submitted first; from the daemon's start to th
 placement by the launcher, so they include the daemon's start-up), the launch overhead
 (placed -> the run's process holds its lease; placed_to_op_start: process start-up and Dagster's
 run initialisation),
-and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom).
+and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom);
+the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep); the
+run workers' memory every ``--mem-sample-s`` (sum of PSS, RSS and USS over the forkserver's children:
+PSS counts a page shared by n workers 1/n in each, so its sum is what they take; RSS counts the
+shared preloaded libraries once per worker), the daemon's CPU seconds and the load average
+(other sessions share the machine). The bench stops itself if under 2 GiB of memory is left.
 Figures go to stdout, ``<out>.json`` and ``<out>.png``.
 """
 
@@ -392,12 +400,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--gpus", type=int, default=8, help="simulated 80 GB GPUs")
-    parser.add_argument("--unit-s", type=float, default=30.0,
+    parser.add_argument("--unit-s", type=float, default=60.0,
                         help="seconds per cost unit (Geneformer at the largest N: 10 units)")
     parser.add_argument("--max-concurrent-runs", type=int, default=256)
     parser.add_argument("--reserve-after-s", type=int, default=60,
                         help="coordinator reserve_after_seconds (repository default 600, scaled down here)")
-    parser.add_argument("--dequeue-workers", type=int, default=0,
+    parser.add_argument("--dequeue-workers", type=int, default=4,
                         help="launch runs from this many daemon threads (QueuedRunCoordinator "
                              "dequeue_use_threads/dequeue_num_workers); 0: one at a time")
     parser.add_argument("--sleep-s", type=float,
