@@ -1,7 +1,10 @@
 """Simulate the GPU-aware run queue on an 8 x 80 GB GPU box (no GPU needed).
 
-    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~9 min on 2 cores
+    .venv/bin/python benchmarks/bench_scheduler.py                        # 200 runs, ~15 min on 2 cores
     .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
+    # 256 small runs (needs that all fit at once) of 600 s each: does the box hold 256 in flight?
+    .venv/bin/python benchmarks/bench_scheduler.py --runs 256 --algorithms scvi,pca,random_projection \
+        --sleep-s 600 --out benchmarks/bench_scheduler_256
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
@@ -25,7 +28,12 @@ minute, queue waits (all runs are submitted first; from the daemon's start to th
 placement by the launcher, so they include the daemon's start-up), the launch overhead
 (placed -> the run's process holds its lease; placed_to_op_start: process start-up and Dagster's
 run initialisation),
-and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom).
+and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom);
+the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep); the
+run workers' memory every ``--mem-sample-s`` (sum of PSS, RSS and USS over the forkserver's children:
+PSS counts a page shared by n workers 1/n in each, so its sum is what they take; RSS counts the
+shared preloaded libraries once per worker), the daemon's CPU seconds and the load average
+(other sessions share the machine). The bench stops itself if under 2 GiB of memory is left.
 Figures go to stdout, ``<out>.json`` and ``<out>.png``.
 """
 
@@ -50,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
 from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
-from scaling_assets.gpu.needs import TAG_GPU_NEED, gpu_need_mib  # noqa: E402
+from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
 
@@ -60,13 +68,14 @@ GENES = {"cite": 20000, "lineage": 25000, "spatial": 500, "development": 25000} 
 RELATIVE_COST = {"geneformer": 10.0, "scvi": 2.0, "pca": 0.5, "random_projection": 0.5}
 
 
-def draw_runs(n_runs: int, seed: int) -> list[dict]:
+def draw_runs(n_runs: int, seed: int, algorithms=None) -> list[dict]:
     """``n_runs`` (dataset, setting, algorithm) points of the paper grid with their need and duration."""
     os.environ.setdefault("SCALING_ASSETS_DATA", "/nonexistent")  # the grid only, no data is read
     from scaling_assets.study.spec import load_study
 
     study = load_study("paper", check_paths=False)
-    grid = [(name, s, a) for name in study.datasets for s in study.settings(name) for a in study.algorithms]
+    grid = [(name, s, a) for name in study.datasets for s in study.settings(name) for a in study.algorithms
+            if algorithms is None or a in algorithms]
     rng = random.Random(seed)
     n_max = max(max(d.sizes) for d in study.datasets.values())
     runs = []
@@ -74,7 +83,8 @@ def draw_runs(n_runs: int, seed: int) -> list[dict]:
         assets = [f"model_{algo}", f"embeddings_{algo}", f"mi_{algo}"]
         cost = RELATIVE_COST[algo] * (0.5 + 0.5 * math.log(setting.cells) / math.log(n_max))
         runs.append({"dataset": name, "setting": setting.key, "algorithm": algo,
-                     "need_mib": gpu_need_mib(assets, GENES[name]), "cost": cost})
+                     "need_mib": gpu_need_mib(assets, GENES[name]), "cost": cost,
+                     "priority": run_priority(assets)})
     return runs
 
 
@@ -108,6 +118,100 @@ class LedgerSampler(threading.Thread):
             self.stop.wait(self.period_s)
 
 
+class MemorySampler(threading.Thread):
+    """Every period: the memory of the run workers (the forkserver's children) and of every process of
+    the daemon's session (daemon, code server, forkserver, workers and their helpers). PSS counts a
+    page shared by n processes as 1/n of it in each, so its sum is what the workers really take; the
+    sum of RSS counts every shared page (the preloaded libraries) once per worker."""
+
+    def __init__(self, daemon_pid_fn, period_s: float):
+        super().__init__(daemon=True)
+        self.daemon_pid_fn, self.period_s = daemon_pid_fn, period_s
+        self.samples: list[dict] = []
+        self.stop = threading.Event()
+        self.min_available_mib = 2048
+        self.out_of_memory: dict | None = None
+
+    def sample(self) -> dict | None:
+        import psutil
+
+        pid = self.daemon_pid_fn()
+        if pid is None:
+            return None
+        try:
+            sid = os.getsid(pid)
+        except OSError:
+            return None
+        session, cmd = [], {}
+        for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+            try:
+                if os.getsid(p.pid) == sid:
+                    session.append(p)
+                    cmd[p.pid] = " ".join(p.info["cmdline"] or [])
+            except OSError:
+                continue
+        servers = {p.pid for p in session
+                   if "forkserver" in cmd[p.pid] and "forkserver" not in cmd.get(p.info["ppid"], "")}
+        out = {"t": time.time(), "workers": 0, "worker_pss_mib": 0.0, "worker_rss_mib": 0.0,
+               "worker_uss_mib": 0.0, "session_processes": 0, "session_pss_mib": 0.0}
+        for p in session:
+            try:
+                mem = p.memory_full_info()
+            except psutil.Error:
+                continue
+            if p.pid == pid or p.pid in servers:  # CPU seconds so far: the daemon, the forkserver
+                try:
+                    t = p.cpu_times()
+                    out["daemon_cpu_s" if p.pid == pid else "forkserver_cpu_s"] = t.user + t.system
+                except psutil.Error:
+                    pass
+            out["session_processes"] += 1
+            out["session_pss_mib"] += mem.pss / 2**20
+            if p.info["ppid"] in servers:
+                out["workers"] += 1
+                out["worker_pss_mib"] += mem.pss / 2**20
+                out["worker_rss_mib"] += mem.rss / 2**20
+                out["worker_uss_mib"] += mem.uss / 2**20
+        vm = psutil.virtual_memory()
+        out["machine_used_mib"] = (vm.total - vm.available) / 2**20
+        out["load_1min"] = os.getloadavg()[0]
+        return out
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            s = self.sample()
+            if s is not None:
+                self.samples.append(s)
+            if psutil.virtual_memory().available < self.min_available_mib * 2**20:
+                self.out_of_memory = s  # wait_until_finished stops the bench before the OOM killer acts
+            self.stop.wait(self.period_s)
+
+
+def memory_summary(samples: list[dict]) -> dict:
+    """The sample with the most workers (ties: the largest PSS sum), and per-worker figures there."""
+    if not samples:
+        return {}
+    peak = max(samples, key=lambda s: (s["workers"], s["worker_pss_mib"]))
+    n = max(peak["workers"], 1)
+    return {
+        "samples": len(samples), "workers_at_peak": peak["workers"],
+        "worker_pss_mib_sum": round(peak["worker_pss_mib"]), "worker_rss_mib_sum": round(peak["worker_rss_mib"]),
+        "worker_uss_mib_sum": round(peak["worker_uss_mib"]),
+        "worker_pss_mib_mean": round(peak["worker_pss_mib"] / n, 1),
+        "worker_rss_mib_mean": round(peak["worker_rss_mib"] / n, 1),
+        "worker_uss_mib_mean": round(peak["worker_uss_mib"] / n, 1),
+        "session_processes": peak["session_processes"], "session_pss_mib": round(peak["session_pss_mib"]),
+        "machine_used_mib": round(peak["machine_used_mib"]),
+        "machine_used_mib_max": round(max(s["machine_used_mib"] for s in samples)),
+        "load_1min_at_peak": peak["load_1min"],
+        "daemon_cpu_s_last_sample": samples[-1].get("daemon_cpu_s"),
+        "forkserver_cpu_s_last_sample": samples[-1].get("forkserver_cpu_s"),
+        "load_1min_mean": sum(s["load_1min"] for s in samples) / len(samples),
+    }
+
+
 def submit_runs(instance, runs: list[dict], unit_s: float) -> list[str]:
     """Create and submit one queued run of the workload job per drawn grid point."""
     from dagster._core.workspace.context import WorkspaceProcessContext
@@ -124,6 +228,8 @@ def submit_runs(instance, runs: list[dict], unit_s: float) -> list[str]:
         remote_job = workspace.get_code_location("bench").get_repository("__repository__").get_full_job("gpu_sleep")
         for spec in runs:
             tags = {TAG_GPU_NEED: str(spec["need_mib"]), TAG_SLEEP: f"{spec['cost'] * unit_s:.2f}",
+                    # what the coordinator tags a run of these assets with (Geneformer's first)
+                    **({TAG_PRIORITY: str(spec["priority"])} if spec["priority"] else {}),
                     "bench/grid": f"{spec['dataset']}/{spec['algorithm']}/{spec['setting']}"}
             run = instance.create_run_for_job(
                 gpu_sleep, tags=tags, remote_job_origin=remote_job.get_remote_origin(),
@@ -172,7 +278,15 @@ def max_concurrent(intervals: list[tuple[float, float, float]]) -> float:
     return peak
 
 
-def analyse(runs, ids, records, events, samples, gpus, t_submit, args) -> dict:
+def lower_bound_s(runs, unit_s: float, capacity_mib: int) -> dict:
+    """max(sum need x duration / capacity, longest run): no schedule of these sleeps on this much GPU
+    memory ends sooner (launch overheads, the CPU and the daemon's ticks not counted)."""
+    area = sum(r["need_mib"] * r["cost"] * unit_s for r in runs) / capacity_mib
+    longest = max(r["cost"] * unit_s for r in runs)
+    return {"memory_area_s": area, "longest_run_s": longest, "lower_bound_s": max(area, longest)}
+
+
+def analyse(runs, ids, records, events, samples, gpus, t_submit, args, mem_samples=(), loads=None) -> dict:
     import numpy as np
 
     total_mib = sum(g["total_mib"] for g in gpus)
@@ -207,8 +321,11 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args) -> dict:
         "machine": f"{os.cpu_count()} CPU cores, simulated {len(gpus)} x {gpus[0]['total_mib']} MiB GPUs",
         "runs": len(ids), "succeeded": len(done), "unit_s": args.unit_s,
         "max_concurrent_runs": args.max_concurrent_runs, "reserve_after_seconds": args.reserve_after_s,
-        "dequeue_workers": args.dequeue_workers,
+        "dequeue_workers": args.dequeue_workers, "algorithms": args.algorithms, "sleep_s_fixed": args.sleep_s,
         "makespan_s": t_end - t_submit,
+        **lower_bound_s(runs, args.unit_s, sum(usable.values())),
+        "makespan_over_lower_bound": (t_end - t_submit) / lower_bound_s(runs, args.unit_s, sum(usable.values()))["lower_bound_s"],
+        "uptime_load": loads or {},
         "first_placement_s": float(launches.min()),  # daemon start-up: process, code server, first tick
         "sleep_s_total": sum(records[r]["released"] - records[r]["leased"] for r in done),
         "mean_gpu_memory_promised_fraction": float(promised.mean() / total_mib),
@@ -225,6 +342,10 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args) -> dict:
         "launch_overhead_s": {"median": float(np.median(overhead)), "p90": float(np.percentile(overhead, 90)), "max": float(overhead.max())},
         "placed_to_op_start_s": {"median": float(np.median(to_op)), "max": float(to_op.max())},
         "run_worker_rss_mib_median": float(np.median([records[r]["rss_mib"] for r in done])),
+        "run_worker_pss_mib_median": float(np.median([records[r].get("pss_mib", np.nan) for r in done])),
+        "run_worker_uss_mib_median": float(np.median([records[r].get("uss_mib", np.nan) for r in done])),
+        "run_worker_cpu_s_to_op_start_median": float(np.median([records[r].get("cpu_s_to_op_start", np.nan) for r in done])),
+        "run_worker_memory_at_most_workers": memory_summary(list(mem_samples)),
         "usable_mib_per_gpu": next(iter(usable.values())),
         "peak_leased_mib_per_gpu_exact": peak_exact,
         "peak_promised_mib_per_gpu_sampled": peak_sampled,
@@ -279,15 +400,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--gpus", type=int, default=8, help="simulated 80 GB GPUs")
-    parser.add_argument("--unit-s", type=float, default=30.0,
+    parser.add_argument("--unit-s", type=float, default=60.0,
                         help="seconds per cost unit (Geneformer at the largest N: 10 units)")
-    parser.add_argument("--max-concurrent-runs", type=int, default=64)
+    parser.add_argument("--max-concurrent-runs", type=int, default=256)
     parser.add_argument("--reserve-after-s", type=int, default=60,
                         help="coordinator reserve_after_seconds (repository default 600, scaled down here)")
-    parser.add_argument("--dequeue-workers", type=int, default=0,
+    parser.add_argument("--dequeue-workers", type=int, default=4,
                         help="launch runs from this many daemon threads (QueuedRunCoordinator "
                              "dequeue_use_threads/dequeue_num_workers); 0: one at a time")
+    parser.add_argument("--sleep-s", type=float,
+                        help="every run sleeps this long (instead of its cost x --unit-s): a queue whose "
+                             "runs all outlast the launch of the last one")
     parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--mem-sample-s", type=float, default=10.0,
+                        help="period of the run workers' memory samples (PSS, RSS, USS)")
+    parser.add_argument("--algorithms", default=",".join(RELATIVE_COST),
+                        help="draw runs of these algorithms only (e.g. scvi,pca,random_projection: "
+                             "runs small enough that hundreds fit on the GPUs at once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres-url", help="instance storage on PostgreSQL instead of SQLite")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scheduler"),
@@ -297,7 +426,10 @@ def main() -> None:
 
     from dagster import DagsterInstance
 
-    runs = draw_runs(args.runs, args.seed)
+    runs = draw_runs(args.runs, args.seed, args.algorithms.split(","))
+    if args.sleep_s:
+        for r in runs:
+            r["cost"] = args.sleep_s / args.unit_s
     tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
     home, out_dir, lease_dir = tmp / "home", tmp / "records", tmp / "leases"
     out_dir.mkdir()
@@ -322,20 +454,35 @@ def main() -> None:
         ids = submit_runs(instance, runs, args.unit_s)  # the whole queue exists before the daemon starts
         print(f"submitted {len(ids)} runs in {time.time() - t0:.1f} s", flush=True)
         sampler = LedgerSampler(lease_dir, instance, args.sample_s, sum(g["total_mib"] for g in gpus))
+        loads = {"start": uptime()}
         t_submit = time.time()  # time zero: all runs are queued, the daemon starts
         sampler.start()
         daemon = DaemonProcess(dict(os.environ), tmp / "daemon.log", tmp / "daemon.pid",
                                code=["-w", str(tmp / "workspace.yaml")])
         daemon.start()
+        mem_sampler = MemorySampler(lambda: daemon.pid, args.mem_sample_s)
+        mem_sampler.start()
         try:
-            wait_until_finished(instance, ids, sampler, t_submit)
+            wait_until_finished(instance, ids, sampler, t_submit, mem_sampler)
+        except MemoryError as exc:  # report what was measured up to the stop
+            print(f"STOPPED: {exc}; memory at most workers: {memory_summary(mem_sampler.samples)}", flush=True)
+            if mem_sampler.samples:
+                args.out.with_suffix(".memory.json").write_text(json.dumps(
+                    {"stopped": str(exc), "uptime_load": {**loads, "stop": uptime()},
+                     "memory_at_most_workers": memory_summary(mem_sampler.samples),
+                     "samples": mem_sampler.samples}, indent=1))
+            raise
         finally:
             daemon.stop()
         sampler.stop.set()
+        mem_sampler.stop.set()
         sampler.join()
+        mem_sampler.join()
+        loads["end"] = uptime()
         events = {r: run_events(instance, r) for r in ids}
     records = {p.stem: json.loads(p.read_text()) for p in out_dir.glob("*.json")}
-    report = analyse(runs, ids, records, events, sampler.samples, gpus, t_submit, args)
+    report = analyse(runs, ids, records, events, sampler.samples, gpus, t_submit, args,
+                     mem_sampler.samples, loads)
     plot(report, sampler.samples, gpus, t_submit, args.out.with_suffix(".png"))
     report.pop("_curves")
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
@@ -349,10 +496,18 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def wait_until_finished(instance, ids, sampler, t0) -> None:
+def uptime() -> str:
+    """``uptime``'s load averages (other sessions share this machine's cores)."""
+    return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def wait_until_finished(instance, ids, sampler, t0, mem_sampler=None) -> None:
     from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
 
     while True:
+        if mem_sampler is not None and mem_sampler.out_of_memory is not None:
+            raise MemoryError(f"under {mem_sampler.min_available_mib} MiB of memory available with "
+                              f"{mem_sampler.out_of_memory.get('workers')} run workers")
         if time.time() - t0 > 120 and not daemon_alive(instance):
             raise RuntimeError("dagster-daemon is not heart-beating: see daemon.log under the DAGSTER_HOME")
         finished = instance.get_runs_count(RunsFilter(run_ids=ids, statuses=list(FINISHED_STATUSES)))

@@ -25,14 +25,17 @@ def hold_gpu(context) -> None:
     tags = context.run.tags
     need, sleep_s = int(tags[TAG_GPU_NEED]), float(tags[TAG_SLEEP])
     op_start = time.time()
+    cpu_start = sum(os.times()[:2])  # the worker's CPU seconds before its op: fork, Dagster's run start
     with gpu_step(tags, need, log=context.log.info, run_id=context.run_id, timeout_s=3600, poll_s=1) as placed:
         leased = time.time()
         time.sleep(sleep_s)
     released = time.time()
+    mem = psutil.Process().memory_full_info()  # PSS: shared pages of the forked worker count in part
     record = {
         "run_id": context.run_id, "device": placed.device, "reason": placed.reason, "need_mib": need,
         "op_start": op_start, "leased": leased,
-        "released": released, "rss_mib": psutil.Process().memory_info().rss / 2**20,
+        "released": released, "rss_mib": mem.rss / 2**20,
+        "pss_mib": mem.pss / 2**20, "uss_mib": mem.uss / 2**20, "cpu_s_to_op_start": cpu_start,
     }
     (Path(os.environ["BENCH_SCHEDULER_OUT"]) / f"{context.run_id}.json").write_text(json.dumps(record))
 

@@ -209,4 +209,4 @@ def test_the_daemon_has_the_server_import_the_launchers_modules_as_it_starts(tmp
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DAGSTER_HOME=str(tmp_path)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "multiprocessing.forkserver" in done.stdout and "['json', 'colorsys']" in done.stdout, done.stdout
+    assert "multiprocessing.forkserver" in done.stdout and "['json', 'colorsys', 'scaling_assets.compute.fork_prep']" in done.stdout, done.stdout

@@ -747,9 +747,11 @@ def test_progress_counts_what_succeeded_runs_wrote_before_the_daemon_folds_it_in
     chain = frozenset(AssetKey(["cite", f"a{i}"]) for i in range(14))
     runs = [SimpleNamespace(status=s, tags={}, asset_selection=chain)
             for s in (DagsterRunStatus.SUCCESS, DagsterRunStatus.STARTED, DagsterRunStatus.FAILURE)]
-    instance = SimpleNamespace(get_runs=lambda filters: runs)
+    instance = SimpleNamespace(
+        get_runs=lambda filters: [r for r in runs if r.status in filters.statuses],
+        get_runs_count=lambda filters: sum(r.status in filters.statuses for r in runs))
     assert progress(instance, backfill, None).done == 14
-    data.materialized_subset = Subset(30)  # the daemon's bookkeeping, once ahead, is taken
+    data.materialized_subset = Subset(30)  # once the daemon has folded some in, its bookkeeping is taken
     assert progress(instance, backfill, None).done == 30
 
 
@@ -782,3 +784,21 @@ def test_the_daemon_keeps_its_database_connections_open(monkeypatch):
     instance = SimpleNamespace(optimize_for_webserver=lambda **kw: calls.append(kw))
     assert cli.daemon_controller_from_instance(instance, workspace_load_target=None) == "c"
     assert made == [instance] and calls == [{"statement_timeout": 0, "pool_recycle": 3600, "max_overflow": 20}]
+
+
+def test_progress_counts_the_backfills_runs_by_status_without_reading_them_all(tmp_path):
+    """The watch loop polls every 2 s: runs are counted by status in the run storage; only failed
+    runs are read (a failure that Dagster retries is left out: its retry stands for it)."""
+    from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+    from scaling_assets.study.backfills import backfill_run_statuses
+
+    with instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for status, extra in [(DagsterRunStatus.SUCCESS, {}), (DagsterRunStatus.SUCCESS, {}),
+                              (DagsterRunStatus.STARTED, {}), (DagsterRunStatus.FAILURE, {}),
+                              (DagsterRunStatus.FAILURE, {WILL_RETRY_TAG: "true"})]:
+            create_run_for_test(instance, status=status, tags={BACKFILL_ID_TAG: "bf", **extra})
+        create_run_for_test(instance, status=DagsterRunStatus.SUCCESS, tags={BACKFILL_ID_TAG: "other"})
+        assert backfill_run_statuses(instance, "bf") == Counter(
+            {DagsterRunStatus.SUCCESS: 2, DagsterRunStatus.STARTED: 1, DagsterRunStatus.FAILURE: 1})
