@@ -802,3 +802,21 @@ def test_progress_counts_the_backfills_runs_by_status_without_reading_them_all(t
         create_run_for_test(instance, status=DagsterRunStatus.SUCCESS, tags={BACKFILL_ID_TAG: "other"})
         assert backfill_run_statuses(instance, "bf") == Counter(
             {DagsterRunStatus.SUCCESS: 2, DagsterRunStatus.STARTED: 1, DagsterRunStatus.FAILURE: 1})
+
+
+def test_a_rerun_after_ctrl_c_resubmits_what_the_cancelled_backfill_left():
+    """Found by a rerun seconds after Ctrl-C: the settings backfill was still cancelling, the rerun joined
+    it, submitted nothing after it and wrote the results of 154 of 894 partitions as the study's."""
+    from types import SimpleNamespace
+
+    from scaling_assets.study.backfills import RESULTS, SETTINGS, SHARED, TAG_STAGE, stages_to_submit
+
+    def backfill(stage, status):
+        return SimpleNamespace(tags={TAG_STAGE: stage}, status=status)
+
+    assert stages_to_submit(None) == [SHARED, SETTINGS]
+    assert stages_to_submit(backfill(SETTINGS, BulkActionStatus.CANCELING)) == [SETTINGS]
+    assert stages_to_submit(backfill(SHARED, BulkActionStatus.CANCELING)) == [SHARED, SETTINGS]
+    assert stages_to_submit(backfill(SETTINGS, BulkActionStatus.REQUESTED)) == []
+    assert stages_to_submit(backfill(SHARED, BulkActionStatus.REQUESTED)) == [SETTINGS]
+    assert stages_to_submit(backfill(RESULTS, BulkActionStatus.REQUESTED)) == []

@@ -358,11 +358,12 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
         if warning:
             print(warning, file=out, flush=True)
         joined = unfinished_backfill(study, instance)
-        stages = [SHARED, SETTINGS]
-        if joined is not None:
+        stages = stages_to_submit(joined)
+        if joined is not None and joined.status == BulkActionStatus.CANCELING:
+            print(f"backfill {joined.backfill_id} of study {study.name!r} is still cancelling: waiting for it, then "
+                  "submitting what it left", file=out)
+        elif joined is not None:
             print(f"joining backfill {joined.backfill_id} of study {study.name!r}, still in progress", file=out)
-            stage = joined.tags.get(TAG_STAGE, SETTINGS)
-            stages = stages[stages.index(stage) + 1:] if stage in stages else []
         elif missing_partitions(study, instance, asset_graph, refresh).is_empty:
             print(f"study {study.name!r}: every partition is already materialised (--refresh redoes them)", file=out)
             print_summary(study, out, 0.0, 0, 0, {})
@@ -371,6 +372,20 @@ def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = Fa
             result = _run_stages(study, instance, asset_graph, joined, stages, refresh, daemon, out, poll_s)
         sweep_staging(study.root)
     return result
+
+
+def stages_to_submit(joined: PartitionBackfill | None) -> list[str]:
+    """The stages to submit after ``joined``, the study's unfinished backfill (None: all). One that is
+    still cancelling (a Ctrl-C'd ``study run``) ends without finishing its stage, so that stage is
+    submitted again for what it left; a running one finishes its own."""
+    stages = [SHARED, SETTINGS]
+    if joined is None:
+        return stages
+    stage = joined.tags.get(TAG_STAGE, SETTINGS)
+    if stage not in stages:
+        return []
+    first = stages.index(stage) + (0 if joined.status == BulkActionStatus.CANCELING else 1)
+    return stages[first:]
 
 
 def _run_stages(study, instance, asset_graph, joined, stages, refresh, daemon, out, poll_s) -> dict:
