@@ -22,7 +22,7 @@ def test_canonical_layout(tmp_path, task):
     assert a.X.dtype == np.int32 and a.obs_names.is_unique and a.var_names.is_unique
     assert a.var_names[0] == "G00001" and a.uns["task"] == task
     totals = np.asarray(a.X.sum(1)).ravel()
-    assert 2000 <= np.median(totals) <= 5000 and totals.min() > 0
+    assert 10_000 <= np.median(totals) <= 22_000 and totals.min() > 0  # MEDIAN_UMIS 15,000
     assert summary["umis_per_cell"] == pytest.approx(totals.mean())
     if task == "cite":
         assert a.obs["cell_type"].nunique() >= 5
@@ -53,7 +53,9 @@ def test_reproducible_and_chunk_size_independent(tmp_path):
     assert (a.X != c.X).nnz > 0
 
 
-def test_signal_is_learnable_and_depth_matters(tmp_path):
+def test_signal_is_learnable_and_both_cells_and_depth_matter(tmp_path):
+    """The simulator's purpose: a 16-component PCA separates cell types better when fitted on more
+    cells (the size law) and when the cells have more UMIs (the noise law)."""
     from sklearn.decomposition import PCA
     from sklearn.model_selection import cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
@@ -63,16 +65,19 @@ def test_signal_is_learnable_and_depth_matters(tmp_path):
     with CsrReader(path) as r:
         X = r.read_rows(0, r.n_obs)
         labels = r.read_obs(columns=["cell_type"])["cell_type"].to_numpy()
+    test = np.arange(2000, 3000)  # never fitted on
 
-    def accuracy(M):
-        M = M.multiply(1e4 / np.maximum(M.sum(1), 1)).tocsr().log1p().toarray()
-        Z = PCA(10, random_state=0).fit_transform(M)
-        return cross_val_score(KNeighborsClassifier(15), Z, labels, cv=3).mean()
+    def accuracy(M, n_fit):
+        L = M.multiply(1e4 / np.maximum(M.sum(1), 1)).tocsr().log1p().toarray()
+        Z = PCA(16, random_state=0).fit(L[:n_fit]).transform(L[test])
+        return cross_val_score(KNeighborsClassifier(15), Z, labels[test], cv=3).mean()
 
-    full = accuracy(X)
-    shallow = accuracy(thin_counts(X, np.arange(X.shape[0]), 0.003, seed=0))  # ~10 UMIs per cell
-    assert full > 0.9
-    assert shallow < full - 0.1
+    few, many = accuracy(X, 100), accuracy(X, 2000)
+    shallow = accuracy(thin_counts(X, np.arange(X.shape[0]), 0.003, seed=0), 2000)  # ~45 UMIs per cell
+    print(f"accuracy: 100 cells {few:.3f}, 2,000 cells {many:.3f}, 2,000 shallow cells {shallow:.3f}")
+    assert many > 0.55  # 12 types, the most frequent ~18% of cells
+    assert many > few + 0.1
+    assert shallow < many - 0.2
 
 
 def test_bad_arguments(tmp_path):

@@ -126,7 +126,7 @@ def test_trained_below_rules_and_rounding():
 
     assert trained_below_rules("geneformer", "default", 2000, "max_steps")  # one capped step
     assert not trained_below_rules("geneformer", "paper", 2000, "max_epochs")
-    assert trained_below_rules("scvi", "default", 2000, "max_epochs")  # rule 5,000 epochs, cap 5
+    assert trained_below_rules("scvi", "default", 2000, "max_epochs")  # rule 5,000 epochs, cap 100
     assert not trained_below_rules("scvi", "default", 2000, "early_stopping")
     assert not trained_below_rules("scvi", "paper", 2000, "max_epochs")
     assert not trained_below_rules("pca", "default", 2000, "closed_form")

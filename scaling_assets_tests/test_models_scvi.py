@@ -124,8 +124,8 @@ def test_epoch_rules():
     assert budget_mod.geneformer_max_epochs(100_000_000) == 1
     assert budget_mod.geneformer_max_epochs(10_000_000) == 10
     assert BUDGETS["paper"].scvi.max_epochs(3_000) == 3_333
-    assert BUDGETS["default"].scvi.max_epochs(3_000) == 5
-    assert BUDGETS["default"].scvi.max_epochs(5_000_000) == 2  # the rule is below the cap
+    assert BUDGETS["default"].scvi.max_epochs(3_000) == 100
+    assert BUDGETS["default"].scvi.max_epochs(500_000) == 20  # the rule is below the cap
     paper = BUDGETS["paper"].geneformer
     assert (paper.warmup_steps, paper.eval_steps, paper.early_stopping_patience, paper.max_steps) == (5000, 1000, 5, None)
     with pytest.raises(ValueError):

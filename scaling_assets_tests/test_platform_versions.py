@@ -32,6 +32,18 @@ def test_every_asset_has_a_code_version_and_the_budget_is_in_the_models(monkeypa
                                                         for a in study.algorithms}
 
 
+def test_a_new_simulator_marks_simulated_raw_counts_stale_and_nothing_else(monkeypatch):
+    from scaling_assets.assets import versions as versions_mod
+
+    study = load_study("default")
+    before = versions(study)
+    monkeypatch.setattr(versions_mod, "SIMULATOR_VERSION", versions_mod.SIMULATOR_VERSION + 1)
+    after = versions(study)
+    assert {k for k in before if before[k] != after[k]} == {f"{ds}/raw_counts" for ds in study.datasets}
+    real = load_study("example_real")  # a real source does not depend on the simulator
+    assert "sim" not in versions(real)["cbmc/raw_counts"]
+
+
 def test_budgets_change_only_the_models_that_use_them():
     assert settings_version("scvi", "default") != settings_version("scvi", "paper")
     assert settings_version("geneformer", "default") != settings_version("geneformer", "test")

@@ -5,6 +5,7 @@
   every trained model of that algorithm stale, and through them their embeddings and MI.
 - ``mi_<algorithm>``: the study's LMI options.
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
+- a simulated dataset's raw counts: ``DATA_VERSION`` and the simulator's version.
 - every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
   same inputs.
 - a dataset whose signals are not exactly a task's preset (it declares its own): its raw counts, split
@@ -26,7 +27,8 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.events import DagsterEventType
 
-from scaling_assets.data.tasks import TASKS
+from scaling_assets.data.simulate import SIMULATOR_VERSION
+from scaling_assets.data.tasks import SIMULATED, TASKS
 from scaling_assets.models.versions import settings_version
 
 DATA_VERSION = "2"  # 2: zero-UMI cells left out of training and validation sets
@@ -56,6 +58,9 @@ def _code_version(study, key: AssetKey) -> str:
             return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
     if name in LAW_ASSETS:
         return f"{DATA_VERSION}-{LAWS_VERSION}-{study.fit_rules}"
+    config = study.datasets.get(key.path[0]) if len(key.path) > 1 else None
+    if name == "raw_counts" and config is not None and config.source == SIMULATED:
+        return f"{DATA_VERSION}-sim{SIMULATOR_VERSION}"  # a new simulator writes other data
     return DATA_VERSION
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from scaling_assets.data.loaders import ingest
-from scaling_assets.data.simulate import simulate
+from scaling_assets.data.simulate import MEDIAN_UMIS, simulate
 from scaling_assets.data.tasks import FORMATS, TASKS
 
 
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--cells", type=int, required=True, help="number of cells")
     p.add_argument("--genes", type=int, default=2000, help="number of genes (default 2000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--median-umis", type=float, default=3000.0, help="median UMIs per cell (default 3000)")
+    p.add_argument("--median-umis", type=float, default=MEDIAN_UMIS, help=f"median UMIs per cell (default {MEDIAN_UMIS:,.0f})")
     p.add_argument("--chunk-size", type=int, default=10_000)
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

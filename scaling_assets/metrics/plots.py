@@ -82,6 +82,9 @@ class SignalPlot(NamedTuple):
     curves: dict[str, int]  # panel title -> law curves drawn (identified fits only)
 
 
+SERIES_OWN = object()  # a fit key whose value is the series' own (its largest N in the noise panel)
+
+
 def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel, title) -> tuple[int, int]:
     """One panel: a series per value of `series_col` (means over seeds with error bars) and its law
     where the fit is identified; other series are points, the reason in their legend entry.
@@ -92,14 +95,18 @@ def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel
     for i, (series, spts) in enumerate(pts.groupby(series_col, sort=True)):
         colour = colours[i % len(colours)]
         means = spts.groupby(x_col)[y_col].agg(["mean", "std"]).reset_index()
-        fit = _fit_lookup(fits_df, {series_col: series, **fit_keys})
+        keys = {k: (spts[k].iloc[0] if v is SERIES_OWN else v) for k, v in fit_keys.items()}
+        fit = _fit_lookup(fits_df, {series_col: series, **keys})
         identified = fit is not None and bool(fit.get("identified", False))
         smoke = _budget_smoke(spts)
         name = f"q={series:g}" if series_col == "quality" else str(series)
+        if any(v is SERIES_OWN for v in fit_keys.values()) and pts["cells"].nunique() > 1:
+            name += f" n={compact_number(spts['cells'].iloc[0])}"  # the series' own largest N
+        grid = _grid_note(spts)
         ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=3.5,
                     color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
-                    label=f"{name}{_grid_note(spts)}" + ("" if identified else f" ({short_reason(fit)})")
-                    + (" (smoke)" if smoke else ""))
+                    label=f"{name}{grid}" + ("" if identified else f" ({short_reason(fit)})")
+                    + (" (smoke)" if smoke and "smoke" not in grid else ""))
         drawn += len(means)
         if identified:
             x = np.geomspace(means[x_col].min(), means[x_col].max(), 200)
@@ -155,10 +162,14 @@ def plot_signal_laws(mi_df: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits
     pts = mi_df[(mi_df["dataset"] == dataset) & (mi_df["signal"] == signal)]
     if pts.empty:
         raise InputError(f"MI table: no rows for dataset {dataset!r}, signal {signal!r}")
-    cells = pts["cells"].max()  # the noise law is per N: the largest N has the most information
-    panels = [(pts[pts["cells"] == cells], noise_fits_df, noise_x_column(pts), "algorithm", noise_law,
-               ["i_max", "u_bar"], {"dataset": dataset, "signal": signal, "cells": cells},
-               "UMIs per cell (nominal)", f"noise law at n = {cells:,}")]
+    # the noise law is per N: each algorithm at its own largest N (its grid may stop below the study's)
+    largest = pts.groupby("algorithm")["cells"].transform("max")
+    noise_pts = pts[pts["cells"] == largest]
+    sizes = sorted(noise_pts["cells"].unique())
+    title = f"noise law at n = {sizes[0]:,}" if len(sizes) == 1 else "noise law at each algorithm's largest n"
+    panels = [(noise_pts, noise_fits_df, noise_x_column(pts), "algorithm", noise_law,
+               ["i_max", "u_bar"], {"dataset": dataset, "signal": signal, "cells": SERIES_OWN},
+               "UMIs per cell (nominal)", title)]
     for algorithm, apts in pts.groupby("algorithm", sort=True):
         if apts["cells"].nunique() >= 2:
             panels.append((apts, size_fits_df, "cells", "quality", size_law, ["i_inf", "n0", "s"],

@@ -57,7 +57,7 @@ def _show(args: argparse.Namespace) -> int:
         for line in sizes_report(s, name):  # the sizes it really gets, and each seed's pool once split
             print(f"    {line}")
     for algorithm, grid in s.algorithm_grids.items():
-        print(f"  {algorithm} ({grid.label}): sizes {list(grid.sizes) if grid.sizes else 'all'}, "
+        print(f"  {algorithm}{f' ({grid.label})' if grid.label else ''}: sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
     print(f"{s.n_training_runs()} training runs")
     _show_stale(s, remove=args.remove_stale)

@@ -163,12 +163,13 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
     if paths["mi_table"].exists():
         mi = pd.read_parquet(paths["mi_table"])
         if len(mi):
-            largest = mi.groupby("dataset")["cells"].transform("max")
+            # each algorithm at its own largest size: an algorithm grid may stop below the study's
+            largest = mi.groupby(["dataset", "algorithm"])["cells"].transform("max")
             view = mi[mi["cells"] == largest]
-            table = view.pivot_table(index=["dataset", "signal", "algorithm"], columns="quality", values="mi_bits",
-                                     aggfunc="mean").sort_index(axis=1, ascending=False)
+            table = view.pivot_table(index=["dataset", "signal", "algorithm", "cells"], columns="quality",
+                                     values="mi_bits", aggfunc="mean").sort_index(axis=1, ascending=False)
             table.columns = [f"q={c:g}" for c in table.columns]
-            print("MI (bits) at the largest training size, by quality:", file=out)
+            print("MI (bits) at each algorithm's largest training size (cells), by quality:", file=out)
             print(table.round(3).to_string(), file=out)
         print(results_coverage(study, mi), file=out)
     if paths["noise_law_fits"].exists() and paths["size_law_fits"].exists():

@@ -128,7 +128,7 @@ class AlgorithmGrid:
 
     sizes: tuple[int, ...] | None = None
     qualities: tuple[float, ...] | None = None
-    label: str = "smoke test"  # shown next to the algorithm in tables and plots
+    label: str = ""  # shown next to the algorithm in tables and plots (e.g. "smoke test"); none by default
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, Algorit
             if missing:
                 raise _err(path, where, f"{missing} not on dataset {d.name!r}'s grid (sizes {list(d.sizes)}, "
                                         f"qualities {list(d.qualities)}); an algorithm grid picks from it")
-        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "smoke test")))
+        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "")))
     return grids
 
 
