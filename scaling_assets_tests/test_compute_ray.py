@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from dagster import Definitions, job, op
@@ -414,4 +415,6 @@ def test_a_small_study_through_ray_gives_the_local_launchers_results(cluster, tm
             assert a.read_bytes() == b.read_bytes(), rel
     mi = _record(local_root / "cite" / "mi_scvi" / "n=100_q=1_s=42" / "record.json", local_root)
     assert {s["signal"] for s in mi["signals"]} == {"cell_type", "protein"}
-    assert all(s["mi_bits"] > 0.1 for s in mi["signals"]), mi
+    # an estimate per signal; 100 cells of 60 genes carry little of the simulator's signal (v2), so no
+    # lower bound: the values are compared exactly above, learnability in test_data_simulate.py
+    assert all(np.isfinite(s["mi_bits_raw"]) and 0 <= s["mi_bits"] <= np.log2(s["pairs"]) for s in mi["signals"]), mi

@@ -23,8 +23,9 @@ def test_rows_report_the_clamped_estimate_the_raw_one_and_its_standard_error():
 
 @pytest.mark.parametrize("raw, se, pairs, allowed", [
     (-0.09, 0.0, 100, True),    # within the 0.1-bit noise floor
-    (-0.2, 0.01, 100, False),   # below it, and below 3 SE
-    (-0.2, 0.1, 100, True),     # noisy estimate: 3 SE = 0.3 bits
+    (-0.2, 0.01, 100, False),   # below it, and below 5 SE
+    (-0.2, 0.05, 100, True),    # noisy estimate: 5 SE = 0.25 bits
+    (-0.3, 0.05, 100, False),   # beyond 5 SE
     (6.6, 0.0, 100, True),      # log2(100) = 6.64 bits is the most 100 pairs can show
     (6.7, 0.0, 100, False),
 ])

@@ -27,10 +27,10 @@ qualities: [1.0, 0.05]
 lmi: {{epochs: 30}}
 algorithm_grids: {{geneformer: {{sizes: [400], qualities: [1.0, 0.05], label: smoke test}}}}
 datasets:
-  cite:        {{task: cite,        source: simulated, cells: 800, genes: 60, seed: 1}}
-  lineage:     {{task: lineage,     source: simulated, cells: 1800, genes: 60, seed: 2, split: {{test_cells: 800}}}}
-  spatial:     {{task: spatial,     source: simulated, cells: 800, genes: 60, seed: 3}}
-  development: {{task: development, source: simulated, cells: 800, genes: 60, seed: 4}}
+  cite:        {{task: cite,        source: simulated, cells: 800, genes: 200, seed: 1}}
+  lineage:     {{task: lineage,     source: simulated, cells: 1800, genes: 200, seed: 2, split: {{test_cells: 800}}}}
+  spatial:     {{task: spatial,     source: simulated, cells: 800, genes: 200, seed: 3}}
+  development: {{task: development, source: simulated, cells: 800, genes: 200, seed: 4}}
 """
 
 
@@ -93,7 +93,7 @@ def test_parameter_and_fit_tables(study_run):
     params = pd.read_parquet(paths["parameter_table"])
     assert set(params["algorithm"]) == set(study.algorithms)
     assert set(params["dataset"]) == set(study.datasets)
-    assert (params[params.algorithm == "random_projection"]["parameters"] == 60 * 16).all()
+    assert (params[params.algorithm == "random_projection"]["parameters"] == 200 * 16).all()
     hyper = pd.read_parquet(paths["hyperparameter_table"])
     assert set(hyper["algorithm"]) == set(study.algorithms) | {"lmi", "tokenize", "data", "signals", "laws"}
     noise = pd.read_parquet(paths["noise_law_fits"])

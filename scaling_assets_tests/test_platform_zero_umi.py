@@ -33,7 +33,7 @@ def test_zero_umi_cells_are_dropped_from_every_training_and_validation_set(tmp_p
     from scaling_assets.data.simulate import simulate
 
     simulated = tmp_path / "simulated.h5ad"
-    simulate("development", 600, 30, seed=9, out_path=simulated)
+    simulate("development", 600, 30, seed=9, out_path=simulated, median_umis=3000.0)  # odd cells: ~10 UMIs
     shallow = tmp_path / "shallow.h5ad"
 
     def shallow_odd_cells(X, rows):  # every other cell sequenced ~300 times less deeply

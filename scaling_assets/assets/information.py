@@ -27,7 +27,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         kinds={"numpy"},
         check_specs=[AssetCheckSpec("mi_in_range", asset=key, blocking=True, partitions_def=ds.settings_of(algorithm),
                                     description="Every MI estimate lies in [0, log2(pairs)] bits, allowing estimation noise below 0 "
-                                    "(0.1 bits or 3 standard errors).")],
+                                    "(0.1 bits or 5 standard errors).")],
         description=f"Latent MI (bits) between {algorithm} test embeddings and each signal of `{ds.name}` "
         f"({', '.join(ds.config.signal_names)}) "
         "(one value per signal; `budget_smoke` when the model trained below the study's stopping rules)."

@@ -15,10 +15,14 @@ import numpy as np
 from scaling_assets.errors import InputError
 
 # Estimation noise allowed below zero before the range check fails: 0.1 bits (the LMI tests bound the
-# estimator within 0.1 bits of 0 on independent data) or 3 standard errors of the mean pointwise MI,
-# whichever is larger (small test sets, e.g. one sister pair per clone, are noisier).
+# estimator within 0.1 bits of 0 on independent data) or 5 standard errors of the mean pointwise MI,
+# whichever is larger. The pointwise SE understates the estimate's spread: on independent data (16-d
+# Gaussian vs a 6-class label, fast preset, 12 seeds) its sd over seeds was 0.135 bits against a mean SE
+# of 0.080 at 75 evaluated pairs and 0.051 against 0.035 at 500, and one estimate in 12 fell 3.5 SE
+# below zero at 75 pairs; 5 SE is ~3 of those sds. At 3 SE, settings whose signal is truly ~0 (a tiny
+# test set, or ~10 UMIs per cell) failed their MI step at random.
 NEGATIVE_TOLERANCE_BITS = 0.1
-NEGATIVE_TOLERANCE_SE = 3.0
+NEGATIVE_TOLERANCE_SE = 5.0
 
 
 def embedded_test_rows(test_cell_ids, embedded_cell_ids) -> np.ndarray:
