@@ -41,6 +41,8 @@ SIGNAL_ASSETS = ("raw_counts", "split")  # with mi_<algorithm>: what a dataset's
 def code_version(study, key: AssetKey) -> str:
     version = _code_version(study, key)
     config = study.datasets.get(key.path[0]) if len(key.path) > 1 else None
+    if config is not None and key.path[-1] == "raw_counts" and config.source == SIMULATED:
+        version += f"-sim{SIMULATOR_VERSION}"  # a new simulator writes other data
     if config is not None and key.path[-1] in SIGNAL_ASSETS + tuple(f"mi_{a}" for a in study.algorithms):
         if config.signals not in [t.signals for t in TASKS.values()]:
             specs = json.dumps([dataclasses.astuple(s) for s in config.signals], default=str)
@@ -58,9 +60,6 @@ def _code_version(study, key: AssetKey) -> str:
             return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
     if name in LAW_ASSETS:
         return f"{DATA_VERSION}-{LAWS_VERSION}-{study.fit_rules}"
-    config = study.datasets.get(key.path[0]) if len(key.path) > 1 else None
-    if name == "raw_counts" and config is not None and config.source == SIMULATED:
-        return f"{DATA_VERSION}-sim{SIMULATOR_VERSION}"  # a new simulator writes other data
     return DATA_VERSION
 
 

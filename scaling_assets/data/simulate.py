@@ -61,7 +61,6 @@ class _Model:
     def __init__(self, task: str, n_genes: int, seed: int):
         rng = np.random.default_rng([seed, TASK_ORDER.index(task), 0])
         T, C = N_TYPES, N_SHARED
-        self.T, self.C = T, C
         K = T + C
         self.base = rng.normal(0.0, 1.2, n_genes).astype(np.float32)
         W = np.zeros((K, n_genes), np.float32)
@@ -87,7 +86,7 @@ class _Model:
         self.domain_type = rng.choice(T, size=N_DOMAINS, p=self.type_p)
 
     def types(self, t: np.ndarray, n: int) -> np.ndarray:
-        z = np.zeros((n, self.T + self.C))
+        z = np.zeros((n, N_TYPES + N_SHARED))
         z[np.arange(n), t] = 1.0
         return z
 
@@ -98,9 +97,9 @@ def _type_names(t, T):
 
 def _latent(task: str, m: _Model, rng: np.random.Generator, n: int, block: int):
     """Latent states z (n x K) and the obs columns of one block."""
-    T, C, w = m.T, m.C, WITHIN_SD
+    T, C = N_TYPES, N_SHARED
     K = T + C
-    noise = rng.normal(0.0, w, (n, K))
+    noise = rng.normal(0.0, WITHIN_SD, (n, K))
     if task == "cite":
         t = rng.choice(T, size=n, p=m.type_p)
         return m.types(t, n) + noise, {"cell_type": _type_names(t, T)}
