@@ -163,6 +163,18 @@ def test_reference_bounds_for_the_linear_models_tie_i_inf_to_the_data():
     assert "reference (learned)" in fit_size_law(CELLS, mi, algorithm="scvi").bounds
 
 
+def test_max_mi_of_the_linear_bound_is_the_largest_seed_mean_not_the_largest_estimate():
+    """With seeds, the bound [max MI, 1.5 max MI] is on the seed means (the fit on every seed's estimate
+    equals the fit on their means): the largest single estimate is the top of the noise."""
+    cells = np.repeat(CELLS, 3)
+    mean = np.minimum(size_law(CELLS, 3.0, 200.0, 1.5), 2.9)  # rises from 0.17 bits, a plateau at 2.9
+    mi = np.repeat(mean, 3) + np.tile([0.1, 0.0, -0.1], len(CELLS))  # three seeds, +-0.1 bits
+    fit = fit_size_law(cells, mi, algorithm="pca")
+    assert fit.bounds.startswith("reference (linear): i_inf in [max MI, 1.5 max MI] = [2.9, 4.35]")
+    # the largest estimate (3.0 bits) as the bound would hold I_inf above every seed mean of the plateau
+    assert fit.identified and 2.9 <= fit.params["i_inf"] < 3.0
+
+
 def test_learned_models_bounds_and_unidentified_parameters():
     # N_0 = 3 lies below the reference's lower bound of 10 for SCVI: the fit stops there and says so
     fit = fit_size_law(CELLS, size_law(CELLS, 2.0, 3.0, 0.3), algorithm="scvi")

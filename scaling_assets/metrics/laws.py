@@ -7,8 +7,9 @@ Fit rules (``FIT_RULES``), the reference study's by default:
 
 - least squares on the raw MI estimate (``mi_bits_raw``) of every seed, not on max(0, MI): KSG is
   unbiased around zero, and clipped values would bias the fits upward where the information is small;
-- ``reference`` bounds: size law for PCA and random projection I_inf in [max MI, 1.5 max MI],
-  N_0 >= 1e-6, s >= 1e-3; for SCVI and Geneformer (and any other learned model) N_0 in [10, 1e7],
+- ``reference`` bounds: size law for PCA and random projection I_inf in [max MI, 1.5 max MI] (max MI:
+  the largest mean over seeds at one N, as a fit on the seed means sees it; the largest single seed's
+  estimate would put the bound on the noise), N_0 >= 1e-6, s >= 1e-3; for SCVI and Geneformer (and any other learned model) N_0 in [10, 1e7],
   s in [0.01, 10], I_inf in [0.1, 10]; noise law u_bar >= 0, I_max >= 0;
 - ``wide`` bounds: wide boxes around the data (the platform's earlier fit), for comparison.
 
@@ -222,13 +223,18 @@ def size_params(rules: str, algorithm: str | None, cells: np.ndarray, mi: np.nda
         return ([_Param("i_inf", lo_i, hi_i), _Param("n0", n_lo, n_hi, log=True), _Param("s", 1e-3, S_MAX)],
                 f"wide: i_inf in [{_fmt(lo_i)}, {_fmt(hi_i)}], n0 within 30 e-folds of the data, s in [0.001, {S_MAX:g}]")
     if algorithm in LINEAR_ALGORITHMS:
-        top = float(mi.max())
+        top = max_mean_mi(cells, mi)
         return ([_Param("i_inf", top, 1.5 * top, lower_label=f"max MI {_fmt(top)}"),
                  _Param("n0", 1e-6, np.inf, log=True), _Param("s", 1e-3, np.inf)],
                 f"reference (linear): i_inf in [max MI, 1.5 max MI] = [{_fmt(top)}, {_fmt(1.5 * top)}], "
                 "n0 >= 1e-6, s >= 0.001")
     return ([_Param("i_inf", 0.1, 10.0), _Param("n0", 10.0, 1e7, log=True), _Param("s", 0.01, S_MAX)],
             "reference (learned): i_inf in [0.1, 10], n0 in [10, 1e7], s in [0.01, 10]")
+
+
+def max_mean_mi(cells: np.ndarray, mi: np.ndarray) -> float:
+    """The reference's "max MI" of a size-law series: the largest of its means over seeds at one N."""
+    return float(max(mi[cells == n].mean() for n in np.unique(cells)))
 
 
 def n_dependence(cells: np.ndarray, mi: np.ndarray, se: np.ndarray) -> tuple[bool, str]:
@@ -264,7 +270,7 @@ def fit_size_law(n_cells, mi, *, algorithm: str | None = None, rules: str = DEFA
     depends, detail = n_dependence(cells, mi, se)
     if not depends:
         return FitResult("size", n_points=n, n_rows=len(cells), reason=f"no dependence on N: {detail}")
-    if rules == "reference" and algorithm in LINEAR_ALGORITHMS and mi.max() <= 0:
+    if rules == "reference" and algorithm in LINEAR_ALGORITHMS and max_mean_mi(cells, mi) <= 0:
         return FitResult("size", n_points=n, n_rows=len(cells),
                          reason="no information: max MI <= 0, so the reference bound [max MI, 1.5 max MI] is empty")
     params, note = size_params(rules, algorithm, cells, mi)
