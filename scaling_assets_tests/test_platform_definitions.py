@@ -44,15 +44,15 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
     # per seed: a setting's whole chain then depends only on per-seed assets (one run per setting)
     for asset in ("pool_counts", "eval_counts"):
         assert partition_keys(["cite", asset]) == ["s=42"]
-    # the default study: PCA on 6 sizes x 4 qualities, SCVI on its own grid (5 sizes), train_counts the union
+    # the default study: PCA on 8 sizes x 4 qualities, SCVI on its own grid (5 sizes), train_counts the union
     assert "n=200_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
     assert "n=3200_q=0.1_s=42" not in partition_keys(["cite", "model_scvi"])
     assert len(partition_keys(["cite", "model_scvi"])) == 20
-    assert len(partition_keys(["cite", "model_pca"])) == 24 == len(partition_keys(["cite", "train_counts"]))
+    assert len(partition_keys(["cite", "model_pca"])) == 32 == len(partition_keys(["cite", "train_counts"]))
     # Geneformer runs on its own smaller grid (a smoke test), and so do its corpora
     for asset in ("train_corpus", "model_geneformer", "embeddings_geneformer", "mi_geneformer"):
-        assert partition_keys(["cite", asset]) == ["n=3200_q=1_s=42"]
-    assert partition_keys(["cite", "eval_corpus"]) == partition_keys(["cite", "pool_corpus"]) == ["q=1_s=42"]
+        assert partition_keys(["cite", asset]) == ["n=3200_q=0.03_s=42"]
+    assert partition_keys(["cite", "eval_corpus"]) == partition_keys(["cite", "pool_corpus"]) == ["q=0.03_s=42"]
     assert partition_keys(["results", "mi_table"]) is None
 
 
@@ -61,15 +61,15 @@ def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
     assert parents(graph, ["cite", "train_counts"], setting, ["cite", "pool_counts"]) == ["s=42"]
     assert parents(graph, ["cite", "pool_counts"], "s=42", ["cite", "split"]) == ["s=42"]
     # one median table per seed (full-quality pool), used by the corpora of every quality
-    gf = "n=3200_q=1_s=42"
+    gf = "n=3200_q=0.03_s=42"
     assert parents(graph, ["cite", "gene_medians"], "s=42", ["cite", "pool_counts"]) == ["s=42"]
-    assert parents(graph, ["cite", "pool_corpus"], "q=1_s=42", ["cite", "gene_medians"]) == ["s=42"]
-    assert parents(graph, ["cite", "pool_corpus"], "q=1_s=42", ["cite", "pool_counts"]) == ["s=42"]
-    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "pool_corpus"]) == ["q=1_s=42"]
-    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "gene_medians"]) == ["s=42"]
-    assert parents(graph, ["cite", "eval_corpus"], "q=1_s=42", ["cite", "eval_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "pool_corpus"], "q=0.03_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "pool_corpus"], "q=0.03_s=42", ["cite", "pool_counts"]) == ["s=42"]
+    assert parents(graph, ["cite", "train_corpus"], gf, ["cite", "pool_corpus"]) == ["q=0.03_s=42"]
+    assert parents(graph, ["cite", "eval_corpus"], "q=0.03_s=42", ["cite", "gene_medians"]) == ["s=42"]
+    assert parents(graph, ["cite", "eval_corpus"], "q=0.03_s=42", ["cite", "eval_counts"]) == ["s=42"]
     assert parents(graph, ["cite", "model_pca"], setting, ["cite", "pca_genes"]) == ["s=42"]
-    assert parents(graph, ["cite", "model_geneformer"], gf, ["cite", "eval_corpus"]) == ["q=1_s=42"]
+    assert parents(graph, ["cite", "model_geneformer"], gf, ["cite", "eval_corpus"]) == ["q=0.03_s=42"]
     assert parents(graph, ["cite", "mi_geneformer"], gf, ["cite", "eval_counts"]) == ["s=42"]
     assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "model_pca"]) == [setting]
     assert parents(graph, ["cite", "embeddings_pca"], setting, ["cite", "eval_counts"]) == ["s=42"]
@@ -77,7 +77,7 @@ def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
     children = graph.get_child_partition_keys_of_parent("s=42", AssetKey(["cite", "eval_counts"]),
                                                         AssetKey(["cite", "mi_scvi"]))
     assert len(children) == 20
-    gf_children = graph.get_child_partition_keys_of_parent("q=1_s=42", AssetKey(["cite", "pool_corpus"]),
+    gf_children = graph.get_child_partition_keys_of_parent("q=0.03_s=42", AssetKey(["cite", "pool_corpus"]),
                                                            AssetKey(["cite", "train_corpus"]))
     assert list(gf_children) == [gf]
 
@@ -109,7 +109,7 @@ def test_serial_plan_batches_share_one_partitions_definition(graph):
         if batch.partition is not None:
             assert all(batch.partition in d.get_partition_keys() for d in defs), batch.label
     geneformer = [b for b in batches if b.label.startswith("cite ") and b.label.endswith(" geneformer")]
-    assert [b.partition for b in geneformer] == ["n=3200_q=1_s=42"]
-    assert geneformer[0].blocked_by == ["cite", "cite|s=42", "cite|n=3200_q=1_s=42", "cite|q=1_s=42"]
-    corpus = [b for b in batches if b.label == "cite q=1_s=42"]
+    assert [b.partition for b in geneformer] == ["n=3200_q=0.03_s=42"]
+    assert geneformer[0].blocked_by == ["cite", "cite|s=42", "cite|n=3200_q=0.03_s=42", "cite|q=0.03_s=42"]
+    corpus = [b for b in batches if b.label == "cite q=0.03_s=42"]
     assert [k.path[-1] for k in corpus[0].keys] == ["eval_corpus", "pool_corpus"]
