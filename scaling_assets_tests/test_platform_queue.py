@@ -163,6 +163,53 @@ def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tm
     assert not any((Path(study.root) / ".staging").glob("*"))
 
 
+def code_server_sockets(daemon_pid: int) -> set[str]:
+    """The sockets of the code servers the daemon runs now (each reload starts a new one)."""
+    import psutil
+
+    sockets = set()
+    try:
+        children = psutil.Process(daemon_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return sockets
+    for child in children:
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "grpc" in cmd and "--socket" in cmd:
+            sockets.add(cmd[cmd.index("--socket") + 1])
+    return sockets
+
+
+def test_code_reloads_mid_study_lose_and_repeat_nothing(tmp_path, restore_dagster_home):
+    """Issue 24: a long study's daemon reloads its code location (every 10 minutes; `dagster dev`'s
+    reload button does the same) while runs are queued and running. Here it reloads every 4 s (4-5 code
+    servers over the ~35 s study):
+    the study still finishes, each partition materialised exactly once, no run failed."""
+    path, home, env = make_study(tmp_path, "reloaded")
+    env["SCALING_ASSETS_CODE_RELOAD_INTERVAL"] = "4"
+    study = load_study(path)
+    instance = instance_at(home)
+    run = study_run(path, env, tmp_path)
+    seen: set[str] = set()
+    daemon_pid = wait_for(lambda: (home / ".scaling_assets" / "daemon.json").exists() and recorded_daemon_pid(home),
+                          120, "the study's daemon")
+    while run.poll() is None:
+        seen |= code_server_sockets(daemon_pid)
+        time.sleep(0.5)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 0, out
+    assert re.search(r"COMPLETED_SUCCESS, (\d+)/\1 partitions", out), out
+    assert len(seen) >= 3, f"the daemon reloaded its code location {len(seen) - 1} time(s); expected several"
+    for key in instance.get_asset_keys():
+        counts = materialisations_per_partition(instance, key)
+        assert counts and set(counts.values()) == {1}, (key, counts)
+    assert set(instance.get_materialized_partitions(AssetKey(["cite", "mi_pca"]))) == set(study.setting_keys("cite"))
+    runs = instance.get_run_records(RunsFilter(tags={TAG_STUDY: "reloaded"}))
+    assert runs and all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+
+
 def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "cancelled")
     study = load_study(path)
