@@ -185,8 +185,8 @@ def code_server_sockets(daemon_pid: int) -> set[str]:
 def test_code_reloads_mid_study_lose_and_repeat_nothing(tmp_path, restore_dagster_home):
     """Issue 24: a long study's daemon reloads its code location (every 10 minutes; `dagster dev`'s
     reload button does the same) while runs are queued and running. Here it reloads every 4 s (4-5 code
-    servers over the ~35 s study):
-    the study still finishes, each partition materialised exactly once, no run failed."""
+    servers over the ~35 s study): the study still finishes, each partition materialised exactly once,
+    no run failed."""
     path, home, env = make_study(tmp_path, "reloaded")
     env["SCALING_ASSETS_CODE_RELOAD_INTERVAL"] = "4"
     study = load_study(path)
