@@ -230,12 +230,39 @@ def test_need_larger_than_any_gpu_fails_fast(fake, lease_dir):
 
 
 def test_oom_helpers():
-    from scaling_assets.assets.devices import oom_retry_policy
+    from dagster import RetryRequested
+
+    from scaling_assets.assets.devices import oom_retry
 
     assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert not is_oom(ValueError("bad shape"))
-    policy = oom_retry_policy(max_retries=3, delay_s=5)
-    assert policy.max_retries == 3 and policy.delay == 5 and policy.backoff is not None
+    first, third = oom_retry(0, max_retries=3, delay_s=10), oom_retry(2, max_retries=3, delay_s=10)
+    assert isinstance(first, RetryRequested) and first.max_retries == 3
+    assert 5 <= first.seconds_to_wait <= 15 and 20 <= third.seconds_to_wait <= 60  # doubling, +-50% jitter
+
+
+def test_gpu_steps_retry_out_of_memory_only_and_no_asset_has_a_retry_policy(fake, lease_dir, monkeypatch):
+    """A Dagster RetryPolicy retries every failure and an interrupted (cancelled) step too; the GPU
+    steps ask for a retry on out-of-memory errors only (step_device), and the retry avoids that GPU."""
+    from types import SimpleNamespace
+
+    from dagster import RetryRequested
+
+    from scaling_assets.assets.devices import step_device
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.study.spec import load_study
+
+    monkeypatch.setenv(nvml.FAKE_NVML_ENV, str(fake.path))
+    context = SimpleNamespace(run=SimpleNamespace(tags={}, run_id="r"), retry_number=0, log=SimpleNamespace(info=print))
+    with pytest.raises(RetryRequested):
+        with step_device(context, "model_scvi", 1000):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert Ledger().oom_gpus("r") == {"GPU-a"}
+    with pytest.raises(ValueError, match="bad shape"):
+        with step_device(context, "model_scvi", 1000):
+            raise ValueError("bad shape")
+    for node in build_definitions(load_study("default")).resolve_asset_graph().asset_nodes:
+        assert node.assets_def.op.retry_policy is None, node.key
 
 
 HOLDER = textwrap.dedent(

@@ -210,6 +210,34 @@ def test_code_reloads_mid_study_lose_and_repeat_nothing(tmp_path, restore_dagste
     assert runs and all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
 
 
+def test_ctrl_c_during_a_gpu_step_cancels_its_run_without_running_the_step_again(tmp_path, restore_dagster_home):
+    """Ctrl-C while SCVI trains: the run is cancelled, not retried. (With a RetryPolicy on the GPU
+    assets, Dagster turned the interrupt into a retry: the step trained again from the start, the
+    rest of the run followed and it ended as a success a minute later.) SCVI here is the paper-shape
+    benchmark's synthetic model, which holds its step for ~40 s (benchmarks/paper_workload.py)."""
+    path, home, env = make_study(tmp_path, "cancel_gpu", algorithms=["scvi"])
+    env.update(SCALING_ASSETS_MODEL_OVERRIDE="scvi=paper_workload:SyntheticSCVI", BENCH_PAPER_UNIT_S="25",
+               PYTHONPATH=os.pathsep.join([str(REPO / "benchmarks"), env.get("PYTHONPATH", "")]))
+    instance = instance_at(home)
+    run = study_run(path, env, tmp_path)
+
+    def training():
+        return [r.run_id for r in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+                if any("model_scvi" in (e.step_key or "")
+                       for e in instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_START))]
+
+    training_runs = wait_for(training, 240, "a run training SCVI")
+    time.sleep(2)
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=240)
+    assert "CANCELED" in out, out
+    for run_id in training_runs:
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
+        kinds = {e.dagster_event.event_type for e in instance.all_logs(run_id) if e.dagster_event}
+        assert not kinds & {DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_RESTARTED}, kinds
+    assert not instance.get_materialized_partitions(AssetKey(["cite", "model_scvi"]))
+
+
 def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "cancelled")
     study = load_study(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from contextlib import contextmanager
 
 
@@ -14,7 +15,7 @@ def step_device(context, asset_name: str, n_genes: int):
     ``dagster asset materialize`` (no coordinator) pick a device with room through the same lease
     ledger, so concurrent runs cannot oversubscribe a GPU.
     """
-    from scaling_assets.gpu.leases import gpu_step
+    from scaling_assets.gpu.leases import gpu_step, is_oom
     from scaling_assets.gpu.needs import asset_need_mib
     from scaling_assets.gpu.nvml import FAKE_NVML_ENV
 
@@ -24,19 +25,24 @@ def step_device(context, asset_name: str, n_genes: int):
         yield "cpu"
         return
     # run_id lets a retried step avoid the GPU it ran out of memory on
-    with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run.run_id) as placement, \
-            placement.reporting():
-        context.log.info(f"{asset_name}: running on {placement.device} ({placement.reason})")
-        if placement.device.startswith("cuda:") and os.environ.get(FAKE_NVML_ENV):
-            # a simulated GPU (tests, benchmarks/bench_*.py): the lease is held on it, the work runs on the CPU
-            yield "cpu"
-            return
-        if placement.device.startswith("cuda:"):
-            import torch
+    try:
+        with gpu_step(context.run.tags, need, log=context.log.info, run_id=context.run.run_id) as placement, \
+                placement.reporting():
+            context.log.info(f"{asset_name}: running on {placement.device} ({placement.reason})")
+            if placement.device.startswith("cuda:") and os.environ.get(FAKE_NVML_ENV):
+                # a simulated GPU (tests, benchmarks/bench_*.py): the lease is held on it, the work runs on the CPU
+                yield "cpu"
+                return
+            if placement.device.startswith("cuda:"):
+                import torch
 
-            # Libraries that say plain "cuda" (HF Trainer, Lightning) then use the leased GPU.
-            torch.cuda.set_device(int(placement.device.split(":")[1]))
-        yield placement.device
+                # Libraries that say plain "cuda" (HF Trainer, Lightning) then use the leased GPU.
+                torch.cuda.set_device(int(placement.device.split(":")[1]))
+            yield placement.device
+    except Exception as error:
+        if is_oom(error):
+            raise oom_retry(context.retry_number) from error
+        raise
 
 
 def limit_threads(context) -> None:
@@ -54,16 +60,20 @@ def limit_threads(context) -> None:
     threadpool_limits(int(threads))  # numpy/scipy/sklearn BLAS and OpenMP pools
 
 
-def oom_retry_policy(max_retries: int = 2, delay_s: float = 30.0):
-    """Dagster retry policy for GPU assets: bounded retries with exponential backoff and jitter.
-    The retried step re-enters ``gpu_step``, which avoids the GPU that ran out of memory."""
-    from dagster import Backoff, Jitter, RetryPolicy
-
-    return RetryPolicy(max_retries=max_retries, delay=delay_s, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+OOM_RETRIES = 2
+OOM_RETRY_DELAY_S = 30.0
 
 
-def retry_policy_for(asset_name: str):
-    """Bounded retries for out-of-memory failures of GPU steps; None for CPU-only steps."""
-    from scaling_assets.gpu.needs import GPU_ASSETS
+def oom_retry(retry_number: int, max_retries: int = OOM_RETRIES, delay_s: float = OOM_RETRY_DELAY_S):
+    """The retry of a GPU step that ran out of memory: at most ``max_retries``, after ``delay_s`` doubling
+    with each retry, +-50% jitter. The retried step re-enters ``gpu_step``, which avoids the GPU that
+    ran out of memory.
 
-    return oom_retry_policy() if asset_name in GPU_ASSETS else None
+    Raised for out-of-memory errors only, not a Dagster ``RetryPolicy`` on the asset: a policy retries
+    every failure (a bad input twice more, minutes later) and, by Dagster's design, an *interrupted*
+    step too, so a cancelled run (Ctrl-C of ``study run``, Terminate in the UI) ran its GPU step again
+    from the start and then the rest of the run, and ended as a success."""
+    from dagster import RetryRequested
+
+    delay = delay_s * 2 ** retry_number * random.uniform(0.5, 1.5)
+    return RetryRequested(max_retries=max_retries, seconds_to_wait=delay)

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_stage, plain, read_summary, readable,
                                           seal_folder, show_progress, write_summary)
-from scaling_assets.assets.devices import retry_policy_for, step_device
+from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.pools import CorpusRange, CountsRange
 from scaling_assets.models.budget import trained_below_rules
@@ -92,7 +92,6 @@ def model_asset(ds: DatasetAssets, algorithm: str):
     name = f"model_{algorithm}"
     common = dict(
         key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(algorithm), kinds={MODELS[algorithm].dagster_kind},
-        retry_policy=retry_policy_for(name),
     )
 
     if reads_corpus(algorithm):
