@@ -36,7 +36,8 @@ def _rows(data) -> int:
 
 
 class _Synthetic(RepresentationModel):
-    def fit(self, train, validation=None, progress=False) -> FitReport:
+    def fit(self, train, validation=None, progress=False, checkpoint_dir=None) -> FitReport:
+        # checkpoint_dir: the model asset passes it to the resumable algorithms (Geneformer); nothing to resume here
         start = time.perf_counter()
         time.sleep(sleep_s(self.algorithm, _rows(train)))
         history = pd.DataFrame({"epoch": [1], "step": [1], "train_loss": [1.0], "validation_loss": [1.0]})
