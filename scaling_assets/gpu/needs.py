@@ -23,7 +23,6 @@ INPUT_PARTS = ("pool", "train", "eval")  # <part>_<what a model reads>: the asse
 
 GPU_NEEDS: dict[str, Callable[..., int]] = {
     f"{stage}_{m.name}": fn for m in MODELS.values() for stage, fn in m.gpu_mib.items()}
-GPU_ASSETS: frozenset[str] = frozenset(GPU_NEEDS)  # assets whose steps take a device lease
 
 
 def asset_need_mib(asset_name: str, n_genes: int, batch_size: int | None = None) -> int:
