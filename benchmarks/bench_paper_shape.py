@@ -376,6 +376,9 @@ def main() -> None:
     parser.add_argument("--max-concurrent-runs", type=int, default=6)
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--heap-census", action="store_true",
+                        help="the daemon writes a heap census every 2 minutes (benchmarks/heap_census) to "
+                             "<work>/heap_census.jsonl, summarised in the report")
     args = parser.parse_args()
     out_path = args.out or BENCH / f"bench_paper_shape_{args.backend}.json"
 
@@ -398,6 +401,9 @@ def main() -> None:
                **{FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(work / "leases"), MODEL_OVERRIDE_ENV: OVERRIDE},
                BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", **{LOG_LEVEL_ENV: "info"},
                PYTHONPATH=os.pathsep.join([str(REPO), str(BENCH)]))
+    if args.heap_census:
+        env.update(SCALING_ASSETS_HEAP_CENSUS=str(work / "heap_census.jsonl"),
+                   PYTHONPATH=os.pathsep.join([str(BENCH / "heap_census"), env["PYTHONPATH"]]))
     os.environ.update({k: env[k] for k in ("DAGSTER_HOME", FAKE_NVML_ENV, LEASE_DIR_ENV, MODEL_OVERRIDE_ENV,
                                            "SCALING_ASSETS_HOME")})
     report: dict = {"backend": args.backend, "machine": f"{psutil.cpu_count()} cores (shared)",
@@ -489,6 +495,15 @@ def main() -> None:
     report["ticks"] = backfill_ticks(log_file(home))
     report["daemon_log_mib"] = log_file(home).stat().st_size / 2**20 if log_file(home).exists() else None
     report["summary"] = summarise(report, cli)
+    census = work / "heap_census.jsonl"
+    if census.exists():  # the first and last census and the types that grew most between them
+        lines = [json.loads(line) for line in census.read_text().splitlines() if line.strip()]
+        lines = [line for line in lines if line["pid"] == lines[0]["pid"]]  # the first daemon (the window)
+        first, last = dict(lines[0]["top"]), dict(lines[-1]["top"])
+        growth = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in set(first) | set(last)), reverse=True)
+        report["heap_census"] = {
+            "samples": [{k: v for k, v in line.items() if k != "top"} for line in lines],
+            "grew_most": [[k, first.get(k, 0), last.get(k, 0)] for _, k in growth[:10]]}
     out_path.write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps(report["summary"], indent=1), flush=True)
     print(f"figures: {out_path}; logs under {work}")

@@ -852,6 +852,64 @@ def test_a_large_daemon_log_is_rotated_when_the_next_daemon_starts(tmp_path):
     assert not log.exists() and (tmp_path / "daemon.log.1").read_text() == "y" * 20
 
 
+def test_a_running_daemons_log_is_rotated_in_place_and_its_writers_carry_on(tmp_path):
+    """A study of weeks appends its run workers' output to the daemon's log (47 MiB in a 45-minute
+    paper-shape window): the daemon rotates it while it runs. Its writers hold it open in append mode, as
+    DaemonProcess opens it, so after the truncation they write at the new end: no hole of NUL bytes, no
+    line cut, and the lines go on in order in the live file."""
+    import subprocess
+    import threading
+
+    from scaling_assets.study.daemon import keep_log_bounded
+
+    log = tmp_path / "daemon.log"
+    lines, limit = 4000, 20_000
+    writer = "import sys\nfor i in range(%d):\n    sys.stdout.write(f'{i:08d} ' + 'x' * 90 + '\\n'); sys.stdout.flush()" % lines
+    stop = threading.Event()
+    rotation = threading.Thread(target=keep_log_bounded, args=(log, limit, 0.005, stop))
+    with open(log, "ab") as out:  # as DaemonProcess.start opens it
+        rotation.start()
+        subprocess.run([sys.executable, "-c", writer], stdout=out, check=True)
+        stop.set()
+        rotation.join()
+        out.write(b"the end\n")  # after the last rotation: lands at the live log's end
+    assert log.read_bytes().endswith(b"the end\n")
+    log.write_bytes(log.read_bytes()[: -len(b"the end\n")])
+    live, rotated = log.read_bytes(), (tmp_path / "daemon.log.1").read_bytes()
+    assert b"\0" not in live and b"\0" not in rotated
+    assert len(live) < lines * 100 and len(rotated) > limit  # rotated while it was written
+    text = (rotated + live).decode().splitlines()
+    assert all(len(line) == 99 for line in text), "no line cut by a rotation"
+    numbers = [int(line.split()[0]) for line in text]
+    # in order across the rotated and the live log (a rotation drops the lines written between its copy
+    # and its truncation)
+    assert numbers == sorted(set(numbers))
+    assert not (tmp_path / "daemon.log.1.partial").exists()
+
+
+def test_a_started_daemon_is_told_its_log_and_keeps_it_bounded(tmp_path, monkeypatch):
+    import threading
+
+    from scaling_assets.study import daemon as daemon_module
+
+    started = {}
+
+    class Popen:
+        pid = os.getpid()
+
+        def __init__(self, args, env, stdout, **kwargs):
+            started.update(env=env, mode=stdout.mode)
+
+    monkeypatch.setattr(daemon_module.subprocess, "Popen", Popen)
+    log = tmp_path / "daemon.log"
+    daemon_module.DaemonProcess({}, log, tmp_path / "daemon.json").start()
+    assert started == {"env": {daemon_module.LOG_ENV: str(log)}, "mode": "ab"}
+    threads = daemon_module.start_watchers({daemon_module.LOG_ENV: str(log)})
+    assert [t.name for t in threads] == ["log rotation"] and threads[0].is_alive() and threads[0].daemon
+    assert daemon_module.start_watchers({}) == []
+    assert threading.active_count() >= 2
+
+
 def test_the_daemon_keeps_its_database_connections_open(monkeypatch):
     """dagster-postgres opens a connection per query unless asked (as the webserver does): the daemon asks."""
     from types import SimpleNamespace

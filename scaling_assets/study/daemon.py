@@ -44,6 +44,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,9 +162,13 @@ def log_file(home: Path) -> Path:
 
 
 # A started daemon's log takes its run workers' output too (Dagster's console logger at DEBUG: ~65 KB a
-# setting run at the paper's shape, whatever the daemon's own level), appended by every study on this home:
-# past this size it is moved to daemon.log.1 (replacing the previous one) when the next daemon starts.
+# setting run at the paper's shape, whatever the daemon's own level; 47 MiB in a 45-minute paper-shape
+# window), appended by every study on this home. Past this size it is moved to daemon.log.1 (replacing the
+# previous one): when the next daemon starts, and while a daemon runs (``keep_log_bounded``), so that a
+# study of weeks keeps at most twice this on disk.
 LOG_ROTATE_BYTES = 64 * 2**20
+LOG_ENV = "SCALING_ASSETS_DAEMON_LOG"  # set for a daemon started here: the log it keeps bounded
+LOG_CHECK_S = 30.0
 
 
 def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
@@ -172,6 +177,47 @@ def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
             path.replace(path.with_name(path.name + ".1"))
     except FileNotFoundError:
         pass
+
+
+def rotate_open_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> bool:
+    """Rotate the log of a running daemon: copy it to ``.1`` (through a temporary file and a rename), then
+    truncate it in place. The daemon, its code servers and run workers hold the file open in append mode
+    (``DaemonProcess.start``), so their next writes land at the new end; renaming it instead would leave
+    them writing to the rotated file. Lines written between the copy and the truncation are lost (and the
+    line being written as it was copied is cut from the copy): a rotation every ~64 MiB, against a log
+    that otherwise grows for the whole study. True when rotated."""
+    try:
+        if path.stat().st_size <= limit:
+            return False
+    except FileNotFoundError:
+        return False
+    rotated = path.with_name(path.name + ".1")
+    partial = path.with_name(path.name + ".1.partial")
+    shutil.copyfile(path, partial)
+    _end_at_last_line(partial)  # a line being written as it was copied: its rest is in neither file
+    os.replace(partial, rotated)
+    os.truncate(path, 0)
+    return True
+
+
+def _end_at_last_line(path: Path, tail: int = 1 << 16) -> None:
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - tail))
+        last = f.read().rfind(b"\n")
+        if last >= 0:
+            f.truncate(max(0, size - tail) + last + 1)
+
+
+def keep_log_bounded(path: Path, limit: int = LOG_ROTATE_BYTES, interval_s: float = LOG_CHECK_S,
+                     stop: threading.Event | None = None) -> None:
+    """Check the log every ``interval_s`` and rotate it past ``limit`` (the daemon's helper thread)."""
+    stop = stop or threading.Event()
+    while not stop.wait(interval_s):
+        try:
+            rotate_open_log(path, limit)
+        except OSError as exc:  # a full disk or a removed folder: try again next time
+            print(f"daemon log rotation failed: {exc!r}", file=sys.stderr, flush=True)
 
 
 def workspace_file(home: Path) -> Path:
@@ -222,6 +268,7 @@ class DaemonProcess:
         rotate_log(self.log_path)
         log = open(self.log_path, "ab")
         env = dict(self.env)
+        env[LOG_ENV] = str(self.log_path)
         if record is not None:
             env[RECORD_ENV] = str(self.pid_path)
         self.process = subprocess.Popen(
@@ -446,10 +493,23 @@ def main() -> None:
     pool_database_connections()
     sys.argv[0] = "dagster-daemon"
     threading.Thread(target=_start_run_worker_server, name="run worker server", daemon=True).start()
-    if os.environ.get(RECORD_ENV):
-        threading.Thread(target=watch_owner, args=(Path(os.environ[RECORD_ENV]),), name="owner watch",
-                         daemon=True).start()
+    start_watchers(os.environ)
     dagster_daemon_main()
+
+
+def start_watchers(environ) -> list[threading.Thread]:
+    """The helper threads of a daemon started by ``DaemonProcess``: its log kept bounded, and its end
+    with the ``study run`` that started it."""
+    threads = []
+    if environ.get(LOG_ENV):
+        threads.append(threading.Thread(target=keep_log_bounded, args=(Path(environ[LOG_ENV]),),
+                                        name="log rotation", daemon=True))
+    if environ.get(RECORD_ENV):
+        threads.append(threading.Thread(target=watch_owner, args=(Path(environ[RECORD_ENV]),),
+                                        name="owner watch", daemon=True))
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def _start_run_worker_server() -> None:
