@@ -186,33 +186,42 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:[.,]\d+)? [+-]\d{4} - (\S+) - (\w+) - (.*)")
 
 
-def backfill_ticks(log_path: Path) -> list[dict]:
-    """Each backfill evaluation in the daemon's log: start, end (second resolution), bytes the backfill
-    daemon logged for it; an evaluation still going at the end has no end."""
+def daemon_logs(home: Path) -> list[Path]:
+    """The daemon's log files, oldest first: a long window rotates daemon.log to daemon.log.1 in flight."""
+    live = log_file(home)
+    return [p for p in (live.with_name(live.name + ".1"), live) if p.exists()]
+
+
+def _lines(paths: list[Path]):
+    for path in paths:
+        with open(path, errors="replace") as f:
+            yield from f
+
+
+def backfill_ticks(log_paths: list[Path]) -> list[dict]:
+    """Each backfill evaluation in the daemon's logs (oldest first): start, end (second resolution), bytes
+    the backfill daemon logged for it; an evaluation still going at the end has no end."""
     ticks, current, logger = [], None, ""
-    if not log_path.exists():
-        return ticks
-    with open(log_path, errors="replace") as f:
-        for line in f:
-            line = ANSI.sub("", line)
-            m = LOG_LINE.match(line)
-            if m:
-                logger = m.group(2)
-            if current is not None and logger.endswith("BackfillDaemon"):
-                current["log_bytes"] += len(line)
-            if not m:
-                continue
-            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-            msg = m.group(4)
-            if msg.startswith("Evaluating asset backfill"):
-                if current is not None:
-                    ticks.append(current)
-                current = {"start": t, "backfill": msg.split()[-1], "log_bytes": len(line)}
-            elif current is not None and "completed iteration" in msg:
-                current["end"] = t
-            elif current is not None and msg.startswith("Submitted run"):
-                current["runs_submitted"] = current.get("runs_submitted", 0) + 1
-                current["last_submit"] = t
+    for line in _lines(log_paths):
+        line = ANSI.sub("", line)
+        m = LOG_LINE.match(line)
+        if m:
+            logger = m.group(2)
+        if current is not None and logger.endswith("BackfillDaemon"):
+            current["log_bytes"] += len(line)
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        msg = m.group(4)
+        if msg.startswith("Evaluating asset backfill"):
+            if current is not None:
+                ticks.append(current)
+            current = {"start": t, "backfill": msg.split()[-1], "log_bytes": len(line)}
+        elif current is not None and "completed iteration" in msg:
+            current["end"] = t
+        elif current is not None and msg.startswith("Submitted run"):
+            current["runs_submitted"] = current.get("runs_submitted", 0) + 1
+            current["last_submit"] = t
     if current is not None:
         ticks.append(current)
     return ticks
@@ -492,14 +501,15 @@ def main() -> None:
             time.sleep(2)
             pg.stop()
     report["samples"] = sampler.samples
-    report["ticks"] = backfill_ticks(log_file(home))
-    report["daemon_log_mib"] = log_file(home).stat().st_size / 2**20 if log_file(home).exists() else None
+    report["ticks"] = backfill_ticks(daemon_logs(home))
+    report["daemon_log_mib"] = {p.name: p.stat().st_size / 2**20 for p in daemon_logs(home)}
     report["summary"] = summarise(report, cli)
     census = work / "heap_census.jsonl"
     if census.exists():  # the first and last census and the types that grew most between them
         lines = [json.loads(line) for line in census.read_text().splitlines() if line.strip()]
         lines = [line for line in lines if line["pid"] == lines[0]["pid"]]  # the first daemon (the window)
-        first, last = dict(lines[0]["top"]), dict(lines[-1]["top"])
+        counted = [line for line in lines if "top" in line] or [{"top": []}]  # a census may fail (its "error")
+        first, last = dict(counted[0]["top"]), dict(counted[-1]["top"])
         growth = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in set(first) | set(last)), reverse=True)
         report["heap_census"] = {
             "samples": [{k: v for k, v in line.items() if k != "top"} for line in lines],

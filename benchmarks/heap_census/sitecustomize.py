@@ -20,6 +20,12 @@ def _cmdline() -> str:
         return ""
 
 
+def _type_name(t: type) -> str:
+    # Some extension types hold a descriptor, not a string, in __module__ (seen: getset_descriptor).
+    module, name = getattr(t, "__module__", None), getattr(t, "__qualname__", None)
+    return f"{module if isinstance(module, str) else '?'}.{name if isinstance(name, str) else t.__name__}"
+
+
 def _census(path: str, interval_s: float) -> None:
     import gc
     import json
@@ -32,10 +38,13 @@ def _census(path: str, interval_s: float) -> None:
     me = psutil.Process()
     start = time.time()
     while True:
-        counts = Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.get_objects())
         line = {"pid": me.pid, "t_s": round(time.time() - start, 1), "rss_mib": round(me.memory_info().rss / 2**20, 1),
-                "threads": threading.active_count(), "fds": me.num_fds(), "objects": sum(counts.values()),
-                "top": counts.most_common(25)}
+                "threads": threading.active_count(), "fds": me.num_fds()}
+        try:
+            counts = Counter(_type_name(type(o)) for o in gc.get_objects())
+            line.update(objects=sum(counts.values()), top=counts.most_common(25))
+        except Exception as exc:  # a census that fails once must not stop the RSS record
+            line["error"] = repr(exc)
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
         time.sleep(interval_s)
