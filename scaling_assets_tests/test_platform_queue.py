@@ -961,3 +961,37 @@ def test_a_rerun_after_ctrl_c_resubmits_what_the_cancelled_backfill_left():
     assert stages_to_submit(backfill(SETTINGS, BulkActionStatus.REQUESTED)) == []
     assert stages_to_submit(backfill(SHARED, BulkActionStatus.REQUESTED)) == [SETTINGS]
     assert stages_to_submit(backfill(RESULTS, BulkActionStatus.REQUESTED)) == []
+
+
+def test_the_backfill_daemons_partition_lists_are_cut_in_its_log():
+    # Dagster's backfill daemon logs each asset's whole partition list at every evaluation: at the paper's
+    # shape lines of thousands of characters, most of the daemon's log. The daemon cuts each long line.
+    import io
+    import logging
+
+    from scaling_assets.study.daemon import BACKFILL_LOGGER, LOG_LINE_MAX_CHARS, ShortLines, shorten_backfill_log
+
+    logger = logging.getLogger(BACKFILL_LOGGER)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        shorten_backfill_log()
+        shorten_backfill_log()  # once only
+        assert sum(isinstance(f, ShortLines) for f in logger.filters) == 1
+        keys = ", ".join(f"n={n}_q=0.0421_s=42" for n in range(100, 400))
+        partitions = f"- cite/model_pca: {{{keys}}}"
+        logger.info(f"Considering the following candidate subset:\n{partitions}\n- results/mi_table")
+        logger.info("Submitted run %s for assets/checks %s", "9f69f0d8", "cite/model_pca")
+        lines = out.getvalue().splitlines()
+        assert lines[0] == "Considering the following candidate subset:"
+        cut = len(partitions) - LOG_LINE_MAX_CHARS
+        assert lines[1] == f"{partitions[:LOG_LINE_MAX_CHARS]}... [{cut:,} more characters cut]" and cut > 5000
+        assert lines[2] == "- results/mi_table"
+        assert lines[3] == "Submitted run 9f69f0d8 for assets/checks cite/model_pca"  # short: as it was
+    finally:
+        logger.removeHandler(handler)
+        logger.level = level
+        for f in [f for f in logger.filters if isinstance(f, ShortLines)]:
+            logger.removeFilter(f)
