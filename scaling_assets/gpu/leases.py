@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -355,7 +357,20 @@ def gpu_step(
         raise
     finally:
         if placement.lease is not None:
+            return_cached_memory(placement.device)
             placement.lease.release()
+
+
+def return_cached_memory(device: str) -> None:
+    """Give the GPU back what torch's caching allocator still holds for tensors no longer used, before
+    the lease that promised that memory ends. Otherwise the run's next step (its embeddings after its
+    model, in the same process) keeps the training's blocks under a smaller lease: measured on an H200,
+    Geneformer's embedding step still held the 17,596 MiB its training had reserved, under a 1,984 MiB lease."""
+    torch = sys.modules.get("torch")  # a step that never imported torch holds no CUDA memory
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_initialized():
+        return
+    gc.collect()  # the step's tensors that only a reference cycle still holds
+    torch.cuda.empty_cache()
 
 
 def _place(ledger, run_tags, need_mib, log, run_id, timeout_s, poll_s, headroom_mib) -> Placement:

@@ -3,12 +3,18 @@
 The model classes build their networks from these settings, and the GPU scheduler, the planner and
 the CPU micro-batching size memory from the same numbers, so an architecture is written down once.
 
-GPU memory estimates (fp32 training, PyTorch):
-- every CUDA process pays a context of ~500 MiB before any tensor (measured range 300-600 MiB);
+GPU memory estimates: what NVML shows for the step's process at its peak, so that the run queue can
+pack GPUs without running them out of memory. Calibrated on a real GPU (benchmarks/gpu_check.py,
+2026-12-04: one H200, driver 580, CUDA 13.0, torch 2.11, transformers 5.17; figures in
+benchmarks/gpu_check_h200*.json):
+- every CUDA process pays a context before any tensor: NVML minus torch's reserved bytes was 742-758 MiB
+  in all 42 processes measured (CUDA_CONTEXT_MIB);
+- cuBLAS workspaces and the caching allocator's first segments: SCVI with ~60 MiB of tensors reserved
+  114-172 MiB (ALLOCATOR_FLOOR_MIB);
 - training with Adam/AdamW keeps 4 fp32 copies per parameter (weight, grad, 2 moments) = 16 B/param;
-- activations kept for backward are counted as the tensors of shape (batch, width) the model saves;
-- everything is multiplied by SAFETY (1.25) and rounded up to 64 MiB, because the caching
-  allocator fragments and cuBLAS/cuDNN take workspaces.
+- activations are counted as copies of the tensors the model saves, the copies measured (below);
+- tensors are multiplied by SAFETY (1.25) and rounded up to 64 MiB: the measured peaks sit 10-25%
+  under the estimates at 1,000-20,000 genes.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ GENEFORMER_BERT = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads
 GENEFORMER_TRAINING = dict(learning_rate=1e-3, weight_decay=0.001, per_device_train_batch_size=64,
                            per_device_eval_batch_size=100, lr_scheduler_type="linear", optim="adamw_torch")
 GENEFORMER_BATCH = GENEFORMER_TRAINING["per_device_train_batch_size"]
+GENEFORMER_EMBED_BATCH = GENEFORMER_TRAINING["per_device_eval_batch_size"]  # cells a forward pass embeds on a GPU
 MLM_PROBABILITY = 0.15
 # On a CPU the attention activations backward keeps for 64 cells of 512 tokens take ~3.5 GB (measured:
 # 4.5 GB peak RSS for one default-budget step), so the batch runs as micro-batches whose gradients
@@ -45,8 +52,14 @@ MLM_PROBABILITY = 0.15
 CPU_ACTIVATION_BUDGET_BYTES = 512 * 2**20
 _ATTENTION_COPIES = 4  # scores, probabilities, dropout mask and dropped probabilities, per layer
 
-CUDA_CONTEXT_MIB = 500
+CUDA_CONTEXT_MIB = 768
+ALLOCATOR_FLOOR_MIB = 128
 SAFETY = 1.25
+# Measured copies of the big activations (torch's peak reserved bytes on the H200, fitted over 1,000, 5,000
+# and 20,000 genes: linear in the genes in both models):
+SCVI_SAVED_COPIES = 18  # (batch, genes) fp32 tensors: input, library-normalised rates, ZINB terms, grads
+GENEFORMER_LOGIT_COPIES = 7  # fp32-sized (batch, tokens, vocab) logits: bf16 and fp32 casts, softmax, grad
+GENEFORMER_HIDDEN_COPIES = 12  # (batch, tokens, hidden) tensors saved per layer
 _MIB = 1024 * 1024
 _F32 = 4
 
@@ -93,13 +106,12 @@ def geneformer_micro_batch(max_tokens: int, device: str) -> int:
 
 
 def _gpu_mib(bytes_: float) -> int:
-    mib = CUDA_CONTEXT_MIB + SAFETY * bytes_ / _MIB
+    mib = CUDA_CONTEXT_MIB + ALLOCATOR_FLOOR_MIB + SAFETY * bytes_ / _MIB
     return int(math.ceil(mib / 64) * 64)
 
 
 def scvi_train_mib(n_genes: int, batch_size: int = SCVI_BATCH) -> int:
-    # ~10 saved (batch, genes) tensors: input, log1p, scale, rate, dropout, likelihood terms + grads
-    return _gpu_mib(scvi_parameters(n_genes) * 16 + 10 * batch_size * n_genes * _F32)
+    return _gpu_mib(scvi_parameters(n_genes) * 16 + SCVI_SAVED_COPIES * batch_size * n_genes * _F32)
 
 
 def scvi_embed_mib(n_genes: int, batch_size: int = SCVI_BATCH) -> int:
@@ -107,14 +119,15 @@ def scvi_embed_mib(n_genes: int, batch_size: int = SCVI_BATCH) -> int:
 
 
 def _geneformer_activations(n_genes: int, batch: int, training: bool) -> float:
+    """On a GPU: BERT's attention runs as PyTorch SDPA (transformers' default), which keeps no
+    (tokens x tokens) scores, so the activations are the hidden states and the MLM logits."""
     b = GENEFORMER_BERT
-    T, h, heads, layers = MAX_TOKENS, b["hidden_size"], b["num_attention_heads"], b["num_hidden_layers"]
-    scores = batch * heads * T * T * _F32  # attention scores; eager attention keeps ~3 copies
-    hidden = batch * T * h * _F32  # ~12 (batch, tokens, hidden)-sized tensors saved per layer
-    logits = batch * T * (n_genes + 2) * _F32  # MLM logits over the whole vocab, ~3 copies
-    if not training:  # inference frees per layer: one layer's worth alive at a time, no logits
-        return 3 * scores + 12 * hidden
-    return layers * (3 * scores + 12 * hidden) + 3 * logits
+    T, h, layers = MAX_TOKENS, b["hidden_size"], b["num_hidden_layers"]
+    hidden = batch * T * h * _F32
+    logits = batch * T * (n_genes + 2) * _F32  # MLM logits over the whole vocab
+    if not training:  # embedding: one layer's tensors alive at a time, every layer's output kept, no logits
+        return (GENEFORMER_HIDDEN_COPIES + layers + 1) * hidden
+    return layers * GENEFORMER_HIDDEN_COPIES * hidden + GENEFORMER_LOGIT_COPIES * logits
 
 
 def geneformer_train_mib(n_genes: int, batch_size: int = GENEFORMER_BATCH) -> int:
@@ -122,7 +135,7 @@ def geneformer_train_mib(n_genes: int, batch_size: int = GENEFORMER_BATCH) -> in
     return _gpu_mib(geneformer_parameters(n_genes) * 16 + _geneformer_activations(n_genes, batch_size, True))
 
 
-def geneformer_embed_mib(n_genes: int, batch_size: int = GENEFORMER_BATCH) -> int:
+def geneformer_embed_mib(n_genes: int, batch_size: int = GENEFORMER_EMBED_BATCH) -> int:
     return _gpu_mib(geneformer_parameters(n_genes) * _F32 + _geneformer_activations(n_genes, batch_size, False))
 
 
