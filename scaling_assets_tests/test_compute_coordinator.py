@@ -84,6 +84,24 @@ def test_plan_reserves_a_gpu_for_a_long_waiting_large_run():
     assert set(old) == {"big", "small1", "small2", "small3", "small4"}
 
 
+def test_plan_reserves_one_gpu_at_a_time_so_the_others_keep_packing():
+    """8 GPUs each with room for small runs but not for a 24-GB Geneformer run, 10 of those waiting long:
+    one GPU drains for the first of them, the small runs use the other seven (before: all 8 reserved,
+    nothing placed: bench_scheduler.py's 200-run workload stood 7 minutes at 77% promised)."""
+    gpus = [_gpu(i, 81920) for i in range(8)]
+    available = {f"G{i}": 18000 for i in range(8)}
+    queued = ([QueuedGpuRun(f"gf{i}", 24384, 0, queued_at=i) for i in range(10)]
+              + [QueuedGpuRun(f"pca{i}", 1216, 0, queued_at=100 + i) for i in range(40)])
+    placed: dict[str, str] = {}
+    held = plan_queue(queued, gpus, available, now=1000, reserve_after_s=60, headroom_mib=0, placed=placed)
+    assert "reserved for it" in held["gf0"] and all(f"gf{i}" in held for i in range(10))
+    assert "behind the run(s) that 1 reserved GPU(s) drain for" in held["gf1"]
+    assert len(placed) == 40 and len(set(placed.values())) == 7  # every PCA run, on the 7 open GPUs
+    everyone_reserves = plan_queue(queued, gpus, available, now=1000, reserve_after_s=60, headroom_mib=0,
+                                   max_reserved_gpus=8)
+    assert all(f"pca{i}" in everyone_reserves for i in range(40))  # the old behaviour: the box stands still
+
+
 def test_plan_holds_runs_larger_than_any_gpu_without_blocking_others():
     gpus = [_gpu(0, 8000)]
     held = plan_queue(
