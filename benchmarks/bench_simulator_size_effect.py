@@ -56,6 +56,26 @@ def simulate_in_memory(task: str, n_cells: int, n_genes: int, seed: int, type_sp
     return X, obs, obsm
 
 
+def thinned_test_set(X, obs, obsm, genes, test, q: float, seed: int):
+    """The held-out cells thinned to quality ``q``, cells left with no UMIs dropped (as the study does):
+    a CountSource and the cells' obsm."""
+    test_X = thin_counts(X[test], test, q, seed)
+    keep = np.asarray(test_X.sum(axis=1)).ravel() > 0
+    return InMemoryCounts(test_X[keep], obs.iloc[test[keep]], genes), {k: v[test[keep]] for k, v in obsm.items()}
+
+
+def mi_rows(task: str, test_src, test_obsm, emb, *, seed: int, quality: float, cells: int, umis: float,
+            epochs: int, device: str | None = None) -> list[dict]:
+    """Each of the task's signals against the embedding: the study's LMI estimate and its standard error."""
+    rows = []
+    for sig in build_signals(TASKS[task].signals, test_src.read_obs(), emb, test_obsm, seed):
+        est = estimate_pointwise(sig.x, sig.y, seed=seed, epochs=epochs, device=device)
+        se = float(np.std(est.pmi) / np.sqrt(max(len(est.pmi), 1)))
+        rows.append(dict(task=task, signal=sig.signal, quality=quality, cells=cells, umis=umis,
+                         mi=float(est.mi_bits), se=se))
+    return rows
+
+
 def run_task(task: str, args) -> list[dict]:
     X, obs, obsm = simulate_in_memory(task, args.cells, args.genes, args.data_seed, args.type_spread)
     genes = np.array([f"G{j}" for j in range(X.shape[1])], dtype=object)
@@ -66,10 +86,7 @@ def run_task(task: str, args) -> list[dict]:
     hvg = seurat_highly_variable(InMemoryCounts(X[pool[:max(sizes)]], var_names=genes), N_HVG)
     rows, fits = [], []
     for q in args.qualities:
-        test_X = thin_counts(X[test], test, q, args.seed)
-        keep = np.asarray(test_X.sum(axis=1)).ravel() > 0
-        test_src = InMemoryCounts(test_X[keep], obs.iloc[test[keep]], genes)
-        test_obsm = {k: v[test[keep]] for k, v in obsm.items()}
+        test_src, test_obsm = thinned_test_set(X, obs, obsm, genes, test, q, args.seed)
         for n in sizes:
             train = pool[:n]
             if args.algorithm == "pca":
@@ -80,11 +97,8 @@ def run_task(task: str, args) -> list[dict]:
             report = model.fit(InMemoryCounts(thin_counts(X[train], train, q, args.seed), var_names=genes))
             emb = model.embed(test_src)
             fits.append(dict(quality=q, cells=n, epochs=report.epochs, steps=report.steps, fit_s=round(report.wall_time_s, 1)))
-            for sig in build_signals(TASKS[task].signals, test_src.read_obs(), emb, test_obsm, args.seed):
-                est = estimate_pointwise(sig.x, sig.y, seed=args.seed, epochs=args.lmi_epochs)
-                se = float(np.std(est.pmi) / np.sqrt(max(len(est.pmi), 1)))
-                rows.append(dict(task=task, signal=sig.signal, quality=q, cells=n, umis=q * umis_full,
-                                 mi=float(est.mi_bits), se=se))
+            rows += mi_rows(task, test_src, test_obsm, emb, seed=args.seed, quality=q, cells=n,
+                            umis=q * umis_full, epochs=args.lmi_epochs)
     if args.algorithm != "pca":
         print(pd.DataFrame(fits).to_string(index=False), flush=True)
     return rows

@@ -66,23 +66,18 @@ def _reset_peak(device: str) -> None:
 
 def child_scvi(job: dict, data_path: Path) -> dict:
     """One setting: SCVI fit + embed under one lease, then each signal's MI under another."""
-    from scaling_assets.data.tasks import TASKS
-    from scaling_assets.metrics.signals import build_signals
+    from bench_simulator_size_effect import mi_rows, thinned_test_set
     from scaling_assets.data.counts import InMemoryCounts
     from scaling_assets.data.thinning import thin_counts
     from scaling_assets.gpu.leases import gpu_step
     from scaling_assets.gpu.needs import asset_need_mib
-    from scaling_assets.metrics.lmi import estimate_pointwise
     from scaling_assets.models.scvi import SCVIModel
 
     with open(data_path, "rb") as f:
         d = pickle.load(f)
     task, q, n, seed = job["task"], job["quality"], job["cells"], job["seed"]
     X, genes, test, pool = d["X"], d["genes"], d["test"], d["pool"]
-    test_X = thin_counts(X[test], test, q, seed)
-    keep = np.asarray(test_X.sum(axis=1)).ravel() > 0
-    test_src = InMemoryCounts(test_X[keep], d["obs"].iloc[test[keep]], genes)
-    test_obsm = {k: v[test[keep]] for k, v in d["obsm"].items()}
+    test_src, test_obsm = thinned_test_set(X, d["obs"], d["obsm"], genes, test, q, seed)
     train = pool[:n]
     train_src = InMemoryCounts(thin_counts(X[train], train, q, seed), var_names=genes)
     out = dict(job, pid=os.getpid(), log=[])
@@ -97,14 +92,11 @@ def child_scvi(job: dict, data_path: Path) -> dict:
                    stop=report.stop_reason, fit_s=round(report.wall_time_s, 2),
                    scvi_peak=_peak_memory(place.device))
     need = asset_need_mib("mi_scvi", len(genes))
-    rows, start = [], time.perf_counter()
+    start = time.perf_counter()
     with gpu_step({}, need, out["log"].append, run_id=f"{job['id']}-mi") as place:
         _reset_peak(place.device)
-        for sig in build_signals(TASKS[task].signals, test_src.read_obs(), emb, test_obsm, seed):
-            est = estimate_pointwise(sig.x, sig.y, seed=seed, epochs=LMI_EPOCHS, device=place.device)
-            se = float(np.std(est.pmi) / np.sqrt(max(len(est.pmi), 1)))
-            rows.append(dict(task=task, signal=sig.signal, quality=q, cells=n, umis=q * d["umis_full"],
-                             mi=float(est.mi_bits), se=se))
+        rows = mi_rows(task, test_src, test_obsm, emb, seed=seed, quality=q, cells=n, umis=q * d["umis_full"],
+                       epochs=LMI_EPOCHS, device=place.device)
         out.update(lmi_need_mib=need, lmi_s=round(time.perf_counter() - start, 2), lmi_peak=_peak_memory(place.device))
     out["rows"] = rows
     return out
