@@ -61,6 +61,7 @@ from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noq
 from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
+from schedule_bounds import packing_lower_bound_s, replay_plan_s  # noqa: E402
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
 TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
@@ -286,6 +287,22 @@ def lower_bound_s(runs, unit_s: float, capacity_mib: int) -> dict:
     return {"memory_area_s": area, "longest_run_s": longest, "lower_bound_s": max(area, longest)}
 
 
+def policy_bounds(runs, unit_s: float, n_gpus: int, usable_mib: int, reserve_after_s: float,
+                  makespan_s: float | None = None) -> dict:
+    """The configuration-LP bound (what GPU memory packing allows at best) and the coordinator's plan
+    replayed without Dagster (``schedule_bounds.py``), with the measured makespan against each."""
+    jobs = [(r["need_mib"], r["cost"] * unit_s) for r in runs]
+    packing = packing_lower_bound_s(jobs, usable_mib, n_gpus)
+    replay = replay_plan_s([(r["need_mib"], r["cost"] * unit_s, r["priority"]) for r in runs], usable_mib,
+                           n_gpus, reserve_after_s=reserve_after_s)
+    report = {"packing_lower_bound_s": packing, "plan_replayed_makespan_s": replay,
+              "plan_replayed_over_packing_bound": replay / packing}
+    if makespan_s is not None:
+        report.update(makespan_over_packing_bound=makespan_s / packing,
+                      makespan_over_plan_replayed=makespan_s / replay)
+    return report
+
+
 def analyse(runs, ids, records, events, samples, gpus, t_submit, args, mem_samples=(), loads=None) -> dict:
     import numpy as np
 
@@ -325,6 +342,8 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args, mem_sampl
         "makespan_s": t_end - t_submit,
         **lower_bound_s(runs, args.unit_s, sum(usable.values())),
         "makespan_over_lower_bound": (t_end - t_submit) / lower_bound_s(runs, args.unit_s, sum(usable.values()))["lower_bound_s"],
+        **policy_bounds(runs, args.unit_s, len(gpus), next(iter(usable.values())), args.reserve_after_s,
+                        makespan_s=t_end - t_submit),
         "uptime_load": loads or {},
         "first_placement_s": float(launches.min()),  # daemon start-up: process, code server, first tick
         "sleep_s_total": sum(records[r]["released"] - records[r]["leased"] for r in done),
@@ -422,7 +441,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scheduler"),
                         help="writes <out>.png and <out>.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME")
+    parser.add_argument("--bounds-only", type=int, metavar="N_SEEDS",
+                        help="no Dagster: print the bounds and the replayed plan for N_SEEDS seeds from --seed")
     args = parser.parse_args()
+    if args.bounds_only:
+        print_bounds(args)
+        return
 
     from dagster import DagsterInstance
 
@@ -494,6 +518,23 @@ def main() -> None:
         print(f"kept {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_bounds(args) -> None:
+    """The makespan bounds and the coordinator's replayed plan for several draws of the workload."""
+    usable = 80 * 1024 - HEADROOM_MIB
+    print(f"{args.runs} runs on {args.gpus} x {usable} usable MiB, unit {args.unit_s} s: seconds "
+          f"(plan replayed / packing bound)")
+    print(f"{'seed':>4} {'area bound':>10} {'packing bound':>13} {'plan replayed':>13} {'ratio':>6}")
+    ratios = []
+    for seed in range(args.seed, args.seed + args.bounds_only):
+        runs = draw_runs(args.runs, seed, args.algorithms.split(","))
+        b = {**lower_bound_s(runs, args.unit_s, usable * args.gpus),
+             **policy_bounds(runs, args.unit_s, args.gpus, usable, args.reserve_after_s)}
+        ratios.append(b["plan_replayed_over_packing_bound"])
+        print(f"{seed:>4} {b['lower_bound_s']:>10.0f} {b['packing_lower_bound_s']:>13.0f} "
+              f"{b['plan_replayed_makespan_s']:>13.0f} {ratios[-1]:>6.2f}")
+    print(f"plan replayed / packing bound: mean {sum(ratios) / len(ratios):.2f}, max {max(ratios):.2f}")
 
 
 def uptime() -> str:

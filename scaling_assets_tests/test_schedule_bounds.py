@@ -1,0 +1,45 @@
+"""The makespan bounds ``benchmarks/bench_scheduler.py`` judges the GPU queue by (schedule_bounds.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from schedule_bounds import area_lower_bound_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
+
+GPU = 81408  # an 80 GB GPU less the coordinator's 512-MiB headroom
+GENEFORMER_20K, GENEFORMER_25K = 24384, 29888  # needs.py at 20,000 and 25,000 genes
+
+
+def test_packing_bound_sees_that_two_thirds_of_a_gpu_cannot_hold_two_runs():
+    jobs = [(int(0.6 * GPU), 1.0)] * 3
+    assert area_lower_bound_s(jobs, GPU, 1) == pytest.approx(1.8, abs=1e-3)  # memory as a fluid
+    assert packing_lower_bound_s(jobs, GPU, 1) == pytest.approx(3.0)  # one at a time, in truth
+
+
+def test_packing_bound_of_the_geneformer_mix_is_the_configuration_lp_optimum():
+    # A GPU holds {2 x 25k-gene}, {1 x 25k + 2 x 20k} or {3 x 20k} Geneformer runs. Covering 2 s of the
+    # first and 3 s of the second: 1.5 s of {25k, 20k, 20k} and 0.25 s of {25k, 25k} = 1.75 s (by hand:
+    # min x1+x2+x3 s.t. 2 x1 + x2 >= 2, 2 x2 + 3 x3 >= 3), above the memory-area bound of 1.633 s.
+    jobs = [(GENEFORMER_25K, 1.0)] * 2 + [(GENEFORMER_20K, 1.0)] * 3
+    assert area_lower_bound_s(jobs, GPU, 1) == pytest.approx((2 * GENEFORMER_25K + 3 * GENEFORMER_20K) / GPU)
+    assert packing_lower_bound_s(jobs, GPU, 1) == pytest.approx(1.75)
+    # the queue's plan (largest first) runs the two 25k runs, then the three 20k ones: 2 s, no pausing
+    assert replay_plan_s([(need, d, 0) for need, d in jobs], GPU, 1, reserve_after_s=60) == pytest.approx(2.0)
+
+
+def test_packing_bound_is_the_area_bound_when_runs_tile_the_gpus_and_the_longest_run_when_it_dominates():
+    assert packing_lower_bound_s([(GPU // 4, 2.0)] * 16, GPU, 2) == pytest.approx(4.0)
+    assert packing_lower_bound_s([(1024, 10.0)] + [(1024, 1.0)] * 5, GPU, 2) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="more than a GPU"):
+        packing_lower_bound_s([(GPU + 64, 1.0)], GPU, 1)
+
+
+def test_replay_runs_the_plan_in_its_priority_order():
+    # on 2 GPUs, four half-GPU runs of priority 1 and a 5-s whole-GPU run of priority 0: the plan
+    # spreads the four over both GPUs first, so the big one starts at 1 s and ends at 6 s (taken first
+    # it would have ended at 5 s, the small runs sharing the other GPU)
+    jobs = [(GPU // 2, 1.0, 1)] * 4 + [(GPU, 5.0, 0)]
+    assert replay_plan_s(jobs, GPU, 2, reserve_after_s=60) == pytest.approx(6.0)
+    assert replay_plan_s([(n, d, 1 - p) for n, d, p in jobs], GPU, 2, reserve_after_s=60) == pytest.approx(5.0)
