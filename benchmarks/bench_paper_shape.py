@@ -20,6 +20,9 @@ their environment variables are set:
   ``benchmarks/paper_workload.py``'s synthetic models behind their names: training sleeps, holding the
   lease, for RELATIVE_COST x (0.5 + 0.5 log N / log N_max) x ``--unit-s`` seconds (Geneformer 10, SCVI 2
   units, as ``bench_scheduler.py``); embeddings are seeded Gaussians the real assets store and estimate on.
+  With ``--durations h200`` a fit lasts what the paper budget's fit took on a real H200 instead (SCVI
+  2-5 s at these sizes, Geneformer at least 276 s: ``paper_workload.h200_fit_s``), so the share of
+  orchestration is measured against GPU work of the length the paper's smallest settings have.
 
 The study runs for ``--window-min`` minutes (a 2-core machine cannot finish 1,200 setting runs in a
 session), then the daemon is killed (SIGKILL, its process only) and ``study run`` is started again: the
@@ -250,7 +253,8 @@ def run_breakdown(instance, t_from: float, t_to: float) -> dict:
         rows.append({"queue_s": events[E.RUN_STARTING] - events.get(E.RUN_ENQUEUED, events[E.RUN_STARTING]),
                      "launch_s": events.get(E.RUN_START, events[E.RUN_STARTING]) - events[E.RUN_STARTING],
                      "wall_s": wall, "steps_s": steps, "n_steps": len(stats),
-                     "partitions": len(run.asset_selection or ())})
+                     "partitions": len(run.asset_selection or ()),
+                     "assets": ", ".join(sorted({key.path[-1] for key in run.asset_selection or ()}))})
     if not rows:
         return {"runs": 0}
     import numpy as np
@@ -265,7 +269,14 @@ def run_breakdown(instance, t_from: float, t_to: float) -> dict:
                 "orchestration_s_per_run_median": float(np.median([r["wall_s"] - r["steps_s"] for r in rs])),
                 "orchestration_share": (wall - steps) / wall if wall else None,
                 "queue_s_median": float(np.median([r["queue_s"] for r in rs]))}
-    return {"all": agg(rows), "setting_chains": agg(big) if big else None}
+    by_assets: dict[str, list[dict]] = {}
+    for r in rows:
+        by_assets.setdefault(r["assets"], []).append(r)
+    return {"all": agg(rows), "setting_chains": agg(big) if big else None,
+            # what each kind of run costs: a Geneformer fit's run against a corpus run's
+            "by_assets": {k: {**agg(rs), "steps_s_sum": sum(r["steps_s"] for r in rs),
+                              "orchestration_s_sum": sum(r["wall_s"] - r["steps_s"] for r in rs)}
+                          for k, rs in sorted(by_assets.items(), key=lambda kv: -len(kv[1]))}}
 
 
 def count_rematerialised(instance, before: dict) -> dict:
@@ -382,6 +393,9 @@ def main() -> None:
     parser.add_argument("--window-min", type=float, default=12.0, help="minutes the study runs before the kill")
     parser.add_argument("--resume-min", type=float, default=3.0, help="minutes the rerun runs before the end")
     parser.add_argument("--unit-s", type=float, default=1.0, help="seconds per synthetic GPU cost unit")
+    parser.add_argument("--durations", choices=["scaled", "h200"], default="scaled",
+                        help="synthetic SCVI/Geneformer fits: --unit-s scaled costs, or what the paper budget's "
+                             "fit took on a real H200 (paper_workload.h200_fit_s; Geneformer >= 276 s)")
     parser.add_argument("--max-concurrent-runs", type=int, default=6)
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=None)
@@ -408,7 +422,8 @@ def main() -> None:
     fake = FakeNvml(gpus, path=work / "fake_nvml.json")
     env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_HOME=str(work), SCALING_ASSETS_PROGRESS="0",
                **{FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(work / "leases"), MODEL_OVERRIDE_ENV: OVERRIDE},
-               BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", **{LOG_LEVEL_ENV: "info"},
+               BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", BENCH_PAPER_DURATIONS=args.durations,
+               **{LOG_LEVEL_ENV: "info"},
                PYTHONPATH=os.pathsep.join([str(REPO), str(BENCH)]))
     if args.heap_census:
         env.update(SCALING_ASSETS_HEAP_CENSUS=str(work / "heap_census.jsonl"),
@@ -417,7 +432,7 @@ def main() -> None:
                                            "SCALING_ASSETS_HOME")})
     report: dict = {"backend": args.backend, "machine": f"{psutil.cpu_count()} cores (shared)",
                     "max_concurrent_runs": args.max_concurrent_runs, "unit_s": args.unit_s,
-                    "load_at_start": load(), "work": str(work)}
+                    "durations": args.durations, "load_at_start": load(), "work": str(work)}
     sampler = Sampler(home, work / "study_runs", args.sample_s)
     print(f"work dir {work}; backend {args.backend}", flush=True)
     try:

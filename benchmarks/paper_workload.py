@@ -5,13 +5,16 @@ geneformer=paper_workload:SyntheticGeneformer`` (``scaling_assets.models.get_mod
 folder on PYTHONPATH. The real ``model_*`` asset calls ``fit`` inside ``step_device``, so the step holds
 the lease of its ``needs.py`` estimate on the (fake NVML) GPU while ``fit`` sleeps for a duration drawn
 like ``bench_scheduler.py``'s: RELATIVE_COST[algorithm] x (0.5 + 0.5 log N / log N_max) x
-``BENCH_PAPER_UNIT_S`` seconds (N: the training cells). ``embed`` returns seeded Gaussian embeddings
+``BENCH_PAPER_UNIT_S`` seconds (N: the training cells), or, with ``BENCH_PAPER_DURATIONS=h200``, for
+what the paper budget's fit at N took on a real H200 (``h200_fit_s``). ``embed`` returns seeded Gaussian embeddings
 of the registry's width, which the real embeddings and MI assets store and estimate on; ``save``/``load``
 write a small ``model.json`` the real loader accepts.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import time
@@ -21,11 +24,43 @@ import numpy as np
 import pandas as pd
 
 from scaling_assets.models.base import FitReport, RepresentationModel
+from scaling_assets.models.budget import get_budget
 
 RELATIVE_COST = {"geneformer": 10.0, "scvi": 2.0}  # as bench_scheduler.py: assumptions, not GPU timings
 
 
+DURATIONS_ENV = "BENCH_PAPER_DURATIONS"  # "scaled" (default) or "h200"
+H200_CHECK = Path(__file__).with_name("gpu_check_h200.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _h200_runs() -> tuple[dict[int, float], float]:
+    """SCVI's measured fit seconds by N (median over tasks and qualities) and Geneformer's seconds a step."""
+    results = json.loads(H200_CHECK.read_text())["results"]
+    by_n: dict[int, list[float]] = {}
+    for r in results:
+        if r["kind"] == "scvi":
+            by_n.setdefault(int(r["cells"]), []).append(float(r["fit_s"]))
+    geneformer = next(r for r in results if r["kind"] == "geneformer")
+    return {n: float(np.median(v)) for n, v in sorted(by_n.items())}, geneformer["fit_s"] / geneformer["steps"]
+
+
+def h200_fit_s(algorithm: str, n_cells: int) -> float:
+    """A paper-budget fit's seconds on the H200 (``gpu_check_h200.json``). SCVI: the measured fits,
+    interpolated in log N and clamped to the measured 100-25,600 cells. Geneformer: its shortest paper
+    run, which early stopping cannot end before (patience + 1) evaluations (6,000 steps), at the
+    measured seconds a 64-cell x 512-token step (1,000 genes; 20,000 genes took 3.8 times as long)."""
+    scvi, geneformer_step_s = _h200_runs()
+    if algorithm == "geneformer":
+        b = get_budget("paper").geneformer
+        return (b.early_stopping_patience + 1) * b.eval_steps * geneformer_step_s
+    ns = np.log(list(scvi))
+    return float(np.interp(math.log(max(n_cells, 2)), ns, list(scvi.values())))
+
+
 def sleep_s(algorithm: str, n_cells: int) -> float:
+    if os.environ.get(DURATIONS_ENV, "scaled") == "h200":
+        return h200_fit_s(algorithm, n_cells)
     unit = float(os.environ.get("BENCH_PAPER_UNIT_S", "1.0"))
     n_max = float(os.environ.get("BENCH_PAPER_N_MAX", "1100"))
     return RELATIVE_COST[algorithm] * (0.5 + 0.5 * math.log(max(n_cells, 2)) / math.log(n_max)) * unit
