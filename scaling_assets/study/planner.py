@@ -9,8 +9,11 @@ each named in the output:
   ``4 * min(nnz, 512) + 32`` bytes (token ids, offset, length, pool row, cell id).
 - epochs are the budget's upper bounds (early stopping ends most runs sooner), so cells read by
   SCVI/Geneformer and GPU hours are upper bounds.
-- throughputs: ``THROUGHPUTS`` below are configured assumptions for one data-centre GPU, not
-  measurements from this project; pass measured ones with ``--throughput scvi=..`` etc.
+- throughputs: ``THROUGHPUTS`` below are configured assumptions for one data-centre GPU; pass measured
+  ones with ``--throughput scvi=..`` etc. On an H200 (``benchmarks/gpu_check_h200*.json``, 2026-12-04)
+  SCVI's 25,600-cell paper fit read ~20,000 cells/s (105 epochs of ~21,000 training cells in 110 s,
+  8 processes sharing the GPU), as assumed; Geneformer trained 712,000 tokens/s at 1,000 genes and
+  ~190,000 at 20,000 (64 x 512 tokens a step in 46 and 173 ms), so 150,000 errs long for real datasets.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from scaling_assets.study.spec import Study
 ASSUMED_GENES = 20_000  # real datasets whose gene count the study file does not give
 ASSUMED_UMIS = 3_000
 RECORD_BYTES = 1_024  # a row-range record (train_counts / train_corpus)
-# configured GPU throughputs (assumptions, not measured here): SCVI training cells/s, Geneformer
+# configured GPU throughputs (assumptions, checked on an H200: see the module doc): SCVI training cells/s, Geneformer
 # training tokens/s, embedding cells/s for both
 THROUGHPUTS = {"scvi": 20_000.0, "geneformer": 150_000.0, "embed": 50_000.0}
 
