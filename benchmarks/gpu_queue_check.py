@@ -22,7 +22,7 @@ carry as wheels Dagster 1.13.27 and what it needs that is not there (alembic, SQ
 pydantic-core, grpcio and grpcio-health-checking, protobuf, Mako, structlog, toposort, watchdog, tomli,
 tomlkit, coloredlogs, humanfriendly, docstring-parser, python-dotenv, pytz, tzdata, platformdirs,
 universal-pathlib, pathlib-abc, antlr4-python3-runtime, annotated-types, typing-inspection,
-dagster-pipes, dagster-shared: 12 MB) beside scvi-tools and anndata with theirs, and run
+dagster-pipes, dagster-shared: 28 wheels, 20 MB) beside scvi-tools and anndata with theirs, and run
 ``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site
 python3 benchmarks/gpu_queue_check.py --out $OUT``. That set imports Dagster's daemon, run and storage
 modules in a clean Python 3.12 (checked 2026-12-04); it has not run on the GPU machine yet.
