@@ -61,7 +61,7 @@ from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noq
 from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
-from schedule_bounds import packing_lower_bound_s, replay_plan_s  # noqa: E402
+from schedule_bounds import memory_area_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
 TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
@@ -282,7 +282,7 @@ def max_concurrent(intervals: list[tuple[float, float, float]]) -> float:
 def lower_bound_s(runs, unit_s: float, capacity_mib: int) -> dict:
     """max(sum need x duration / capacity, longest run): no schedule of these sleeps on this much GPU
     memory ends sooner (launch overheads, the CPU and the daemon's ticks not counted)."""
-    area = sum(r["need_mib"] * r["cost"] * unit_s for r in runs) / capacity_mib
+    area = memory_area_s([(r["need_mib"], r["cost"] * unit_s) for r in runs], capacity_mib, 1)
     longest = max(r["cost"] * unit_s for r in runs)
     return {"memory_area_s": area, "longest_run_s": longest, "lower_bound_s": max(area, longest)}
 
@@ -334,14 +334,15 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args, mem_sampl
     over += [(None, u, peak_exact[u]) for u in usable if peak_exact[u] > usable[u]]
     sample_frac = np.array([sum(s["promised_mib"].values()) / total_mib for s in samples])
     sample_queued = np.array([s["queued"] > 0 for s in samples])
+    bounds = lower_bound_s(runs, args.unit_s, sum(usable.values()))
     return {
         "machine": f"{os.cpu_count()} CPU cores, simulated {len(gpus)} x {gpus[0]['total_mib']} MiB GPUs",
         "runs": len(ids), "succeeded": len(done), "unit_s": args.unit_s,
         "max_concurrent_runs": args.max_concurrent_runs, "reserve_after_seconds": args.reserve_after_s,
         "dequeue_workers": args.dequeue_workers, "algorithms": args.algorithms, "sleep_s_fixed": args.sleep_s,
         "makespan_s": t_end - t_submit,
-        **lower_bound_s(runs, args.unit_s, sum(usable.values())),
-        "makespan_over_lower_bound": (t_end - t_submit) / lower_bound_s(runs, args.unit_s, sum(usable.values()))["lower_bound_s"],
+        **bounds,
+        "makespan_over_lower_bound": (t_end - t_submit) / bounds["lower_bound_s"],
         **policy_bounds(runs, args.unit_s, len(gpus), next(iter(usable.values())), args.reserve_after_s,
                         makespan_s=t_end - t_submit),
         "uptime_load": loads or {},

@@ -250,20 +250,32 @@ def run_jobs(jobs: list[dict], args, tmp: Path) -> list[dict]:
     return results
 
 
-def memory_check(results: list[dict], samples: list[dict]) -> dict:
-    """Each child's peak NVML memory against its lease's estimate; the GPUs' peak used against total
-    and against what the ledger promised at that moment."""
-    peak_by_pid: dict[str, int] = {}
-    worst = {"used_mib": 0}
+def peak_mib_by_pid(samples: list[dict]) -> dict[str, int]:
+    """Each process's largest NVML memory over the samples."""
+    peaks: dict[str, int] = {}
     for s in samples:
         for procs in s.get("procs_mib", {}).values():
             for pid, mib in procs.items():
-                peak_by_pid[pid] = max(peak_by_pid.get(pid, 0), mib)
+                peaks[pid] = max(peaks.get(pid, 0), mib)
+    return peaks
+
+
+def busiest_sample(samples: list[dict]) -> dict:
+    """The sample with the most GPU memory in use, with the leases and promises the ledger held then."""
+    worst = {"used_mib": 0}
+    for s in samples:
         for uuid, used in s.get("used_mib", {}).items():
-            promised = sum(lease["need_mib"] for lease in s["leases"] if lease["gpu"] == uuid)
             if used > worst["used_mib"]:
+                mine = [x for x in s["leases"] if x["gpu"] == uuid]
                 worst = {"t": s["t"], "gpu": uuid, "used_mib": used, "total_mib": s["total_mib"][uuid],
-                         "leases": len([x for x in s["leases"] if x["gpu"] == uuid]), "promised_mib": promised}
+                         "leases": len(mine), "promised_mib": sum(x["need_mib"] for x in mine)}
+    return worst
+
+
+def memory_check(results: list[dict], samples: list[dict]) -> dict:
+    """Each child's peak NVML memory against its lease's estimate; the GPUs' peak used against total
+    and against what the ledger promised at that moment."""
+    peak_by_pid = peak_mib_by_pid(samples)
     rows = []
     for r in results:
         if "error" in r or not r.get("device", "cpu").startswith("cuda"):
@@ -275,7 +287,7 @@ def memory_check(results: list[dict], samples: list[dict]) -> dict:
                      "lmi_need_mib": r.get("lmi_need_mib"),
                      "lmi_torch_peak_reserved_mib": r.get("lmi_peak", {}).get("torch_peak_reserved_mib")})
     over = [x for x in rows if x["nvml_peak_mib"] and x["nvml_peak_mib"] > x["need_mib"]]
-    return {"per_child": rows, "children_over_estimate": over, "busiest_sample": worst,
+    return {"per_child": rows, "children_over_estimate": over, "busiest_sample": busiest_sample(samples),
             "max_concurrent_leases": max((len(s.get("leases", [])) for s in samples), default=0)}
 
 

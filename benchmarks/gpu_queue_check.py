@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import Sampler, inventory  # noqa: E402
+from gpu_check import Sampler, busiest_sample, inventory, peak_mib_by_pid  # noqa: E402
 from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
 from scaling_assets.compute.coordinator import TAG_RUN  # noqa: E402
 from scaling_assets.compute.run_workers import TAG_WORKER  # noqa: E402
@@ -80,11 +80,7 @@ def run_rows(home: Path, samples: list[dict]) -> list[dict]:
     """Per finished run: its label, status, pin, need, where its GPU steps ran and its worker's NVML peak."""
     from dagster import DagsterInstance
 
-    peak_by_pid: dict[str, int] = {}
-    for s in samples:
-        for procs in s.get("procs_mib", {}).values():
-            for pid, mib in procs.items():
-                peak_by_pid[pid] = max(peak_by_pid.get(pid, 0), mib)
+    peak_by_pid = peak_mib_by_pid(samples)
     rows = []
     with DagsterInstance.from_config(str(home)) as instance:
         for run in instance.get_runs():
@@ -98,18 +94,6 @@ def run_rows(home: Path, samples: list[dict]) -> list[dict]:
                          "steps_on": sorted(set(steps)), "gpu_steps": len(steps), "worker_pid": pid,
                          "nvml_peak_mib": peak_by_pid.get(pid) if pid else None})
     return rows
-
-
-def busiest(samples: list[dict]) -> dict:
-    """The sample with the most GPU memory in use, with what the ledger had promised then."""
-    best: dict = {"used_mib": 0}
-    for s in samples:
-        for uuid, used in s.get("used_mib", {}).items():
-            if used > best["used_mib"]:
-                mine = [x for x in s["leases"] if x["gpu"] == uuid]
-                best = {"t": s["t"], "gpu": uuid, "used_mib": used, "total_mib": s["total_mib"][uuid],
-                        "leases": len(mine), "promised_mib": sum(x["need_mib"] for x in mine)}
-    return best
 
 
 def main() -> None:
@@ -149,7 +133,7 @@ def main() -> None:
     sampler.stop.set()
     sampler.join()
     report["runs"] = run_rows(home, sampler.samples)
-    report["busiest_sample"] = busiest(sampler.samples)
+    report["busiest_sample"] = busiest_sample(sampler.samples)
     report["max_concurrent_leases"] = max((len(s.get("leases", [])) for s in sampler.samples), default=0)
     mi = work / "study_runs" / "results" / "mi_table" / "all" / "table.parquet"
     if mi.exists():

@@ -2,7 +2,7 @@
 
 ``bench_scheduler.py`` compares its measured makespan with these:
 
-- ``area_lower_bound_s``: max(sum need x duration / total usable memory, longest run), the issue's bound.
+- ``memory_area_s``: sum need x duration / total usable memory; with the longest run, the issue's bound.
   It treats GPU memory as one fluid pool. With Geneformer runs of 24-30 GB on 80 GB GPUs it is far
   from reachable: two 29,888-MiB runs leave 21,632 MiB on a GPU that no third Geneformer run can use.
 - ``packing_lower_bound_s``: the configuration LP of the same runs. A GPU at any moment holds some
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 MIB_UNIT = 64  # needs are rounded up to 64 MiB for the knapsack (estimates are multiples of 64 already)
 
 
-def area_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_gpus: int) -> float:
-    """max(sum need x duration / (n_gpus x capacity), longest duration); jobs: (need MiB, seconds)."""
-    area = sum(need * d for need, d in jobs) / (capacity_mib * n_gpus)
-    return max(area, max((d for _, d in jobs), default=0.0))
+def memory_area_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_gpus: int) -> float:
+    """sum need x duration / (n_gpus x capacity): the makespan if memory were one fluid pool; jobs:
+    (need MiB, seconds)."""
+    return sum(need * d for need, d in jobs) / (capacity_mib * n_gpus)
 
 
 def _best_configuration(sizes: list[int], values: list[float], capacity: int) -> tuple[float, list[int]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from schedule_bounds import area_lower_bound_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
+from schedule_bounds import memory_area_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
 
 GPU = 81408  # an 80 GB GPU less the coordinator's 512-MiB headroom
 GENEFORMER_20K, GENEFORMER_25K = 24384, 29888  # needs.py at 20,000 and 25,000 genes
@@ -14,7 +14,7 @@ GENEFORMER_20K, GENEFORMER_25K = 24384, 29888  # needs.py at 20,000 and 25,000 g
 
 def test_packing_bound_sees_that_two_thirds_of_a_gpu_cannot_hold_two_runs():
     jobs = [(int(0.6 * GPU), 1.0)] * 3
-    assert area_lower_bound_s(jobs, GPU, 1) == pytest.approx(1.8, abs=1e-3)  # memory as a fluid
+    assert memory_area_s(jobs, GPU, 1) == pytest.approx(1.8, abs=1e-3)  # memory as a fluid
     assert packing_lower_bound_s(jobs, GPU, 1) == pytest.approx(3.0)  # one at a time, in truth
 
 
@@ -23,7 +23,7 @@ def test_packing_bound_of_the_geneformer_mix_is_the_configuration_lp_optimum():
     # first and 3 s of the second: 1.5 s of {25k, 20k, 20k} and 0.25 s of {25k, 25k} = 1.75 s (by hand:
     # min x1+x2+x3 s.t. 2 x1 + x2 >= 2, 2 x2 + 3 x3 >= 3), above the memory-area bound of 1.633 s.
     jobs = [(GENEFORMER_25K, 1.0)] * 2 + [(GENEFORMER_20K, 1.0)] * 3
-    assert area_lower_bound_s(jobs, GPU, 1) == pytest.approx((2 * GENEFORMER_25K + 3 * GENEFORMER_20K) / GPU)
+    assert memory_area_s(jobs, GPU, 1) == pytest.approx((2 * GENEFORMER_25K + 3 * GENEFORMER_20K) / GPU)
     assert packing_lower_bound_s(jobs, GPU, 1) == pytest.approx(1.75)
     # the queue's plan (largest first) runs the two 25k runs, then the three 20k ones: 2 s, no pausing
     assert replay_plan_s([(need, d, 0) for need, d in jobs], GPU, 1, reserve_after_s=60) == pytest.approx(2.0)
