@@ -83,7 +83,7 @@ def draw_runs(n_runs: int, seed: int, algorithms=None) -> list[dict]:
     for name, setting, algo in rng.sample(grid, n_runs):
         assets = [f"model_{algo}", f"embeddings_{algo}", f"mi_{algo}"]
         cost = RELATIVE_COST[algo] * (0.5 + 0.5 * math.log(setting.cells) / math.log(n_max))
-        runs.append({"dataset": name, "setting": setting.key, "algorithm": algo,
+        runs.append({"dataset": name, "setting": setting.key, "cells": setting.cells, "algorithm": algo,
                      "need_mib": gpu_need_mib(assets, GENES[name]), "cost": cost,
                      "priority": run_priority(assets)})
     return runs
@@ -219,11 +219,12 @@ def submit_runs(instance, runs: list[dict], unit_s: float) -> list[str]:
     from dagster._core.workspace.load_target import PythonFileTarget
 
     sys.path.insert(0, str(WORKLOAD.parent))
-    from scheduler_workload import gpu_sleep
+    from scheduler_workload import SETTINGS, gpu_sleep
 
     target = PythonFileTarget(python_file=str(WORKLOAD), attribute="defs", working_directory=str(REPO),
                               location_name="bench")
     ids = []
+    instance.add_dynamic_partitions(SETTINGS.name, sorted({spec["setting"] for spec in runs}))
     with WorkspaceProcessContext(instance, target) as process_context:
         workspace = process_context.create_request_context()
         remote_job = workspace.get_code_location("bench").get_repository("__repository__").get_full_job("gpu_sleep")
@@ -231,7 +232,8 @@ def submit_runs(instance, runs: list[dict], unit_s: float) -> list[str]:
             tags = {TAG_GPU_NEED: str(spec["need_mib"]), TAG_SLEEP: f"{spec['cost'] * unit_s:.2f}",
                     # what the coordinator tags a run of these assets with (Geneformer's first)
                     **({TAG_PRIORITY: str(spec["priority"])} if spec["priority"] else {}),
-                    "bench/grid": f"{spec['dataset']}/{spec['algorithm']}/{spec['setting']}"}
+                    "bench/grid": f"{spec['dataset']}/{spec['algorithm']}/{spec['setting']}",
+                    "dagster/partition": spec["setting"]}
             run = instance.create_run_for_job(
                 gpu_sleep, tags=tags, remote_job_origin=remote_job.get_remote_origin(),
                 job_code_origin=remote_job.get_python_origin(),
@@ -293,7 +295,7 @@ def policy_bounds(runs, unit_s: float, n_gpus: int, usable_mib: int, reserve_aft
     replayed without Dagster (``schedule_bounds.py``), with the measured makespan against each."""
     jobs = [(r["need_mib"], r["cost"] * unit_s) for r in runs]
     packing = packing_lower_bound_s(jobs, usable_mib, n_gpus)
-    replay = replay_plan_s([(r["need_mib"], r["cost"] * unit_s, r["priority"]) for r in runs], usable_mib,
+    replay = replay_plan_s([(r["need_mib"], r["cost"] * unit_s, r["priority"], r["cells"]) for r in runs], usable_mib,
                            n_gpus, reserve_after_s=reserve_after_s)
     report = {"packing_lower_bound_s": packing, "plan_replayed_makespan_s": replay,
               "plan_replayed_over_packing_bound": replay / packing}

@@ -17,15 +17,12 @@ Writes DIR/gpu_queue_check.json and DIR/study_run.log. Without NVML the coordina
 (``cpu_fallback``) and their steps run on the CPU, which is what ``--tiny`` exercises (34-40 s on the
 2-core machine; with ``SCALING_ASSETS_FAKE_NVML`` the runs are pinned to the simulated GPU).
 
-On a lent GPU machine without Dagster (Python 3.12; torch, transformers, scikit-learn, h5py there),
-carry as wheels Dagster 1.13.27 and what it needs that is not there (alembic, SQLAlchemy, pydantic and
-pydantic-core, grpcio and grpcio-health-checking, protobuf, Mako, structlog, toposort, watchdog, tomli,
-tomlkit, coloredlogs, humanfriendly, docstring-parser, python-dotenv, pytz, tzdata, platformdirs,
-universal-pathlib, pathlib-abc, antlr4-python3-runtime, annotated-types, typing-inspection,
-dagster-pipes, dagster-shared: 28 wheels, 20 MB) beside scvi-tools and anndata with theirs, and run
-``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site
-python3 benchmarks/gpu_queue_check.py --out $OUT``. That set imports Dagster's daemon, run and storage
-modules in a clean Python 3.12 (checked 2026-12-04); it has not run on the GPU machine yet.
+On a lent GPU machine (Python 3.12; torch, transformers, scikit-learn, h5py there; no package registry)
+carry the wheels ``benchmarks/device_wheels.sh`` downloads (Dagster 1.13.27, scvi-tools, anndata and what
+they need beyond the image: 52 wheels, 26 MB) and run ``python3 -m pip install -q --no-index --no-deps
+--target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 benchmarks/gpu_queue_check.py --out $OUT``.
+With that set, ``--tiny`` ran through in a clean Python 3.12 with the image's packages (48 s on 2 cores,
+2026-12-04); it has not run on the GPU machine yet (the loan was paused when this session asked).
 """
 
 from __future__ import annotations

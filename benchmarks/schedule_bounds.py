@@ -78,17 +78,17 @@ def packing_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, 
     raise RuntimeError("configuration LP did not converge")
 
 
-def replay_plan_s(jobs: Sequence[tuple[int, float, int]], capacity_mib: int, n_gpus: int, *,
-                  reserve_after_s: float, max_reserved_gpus: int = 1, tick_s: float = 1.0) -> float:
-    """Makespan of ``plan_queue`` on jobs (need MiB, seconds, priority), all queued at time 0, with no
-    launch cost: each plan launches every run it places; time moves to the next run's end (or the next
-    ``tick_s``, for the reservations' clocks, while runs wait)."""
+def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int, int]], capacity_mib: int,
+                  n_gpus: int, *, reserve_after_s: float, max_reserved_gpus: int = 1, tick_s: float = 1.0) -> float:
+    """Makespan of ``plan_queue`` on jobs (need MiB, seconds, priority[, training-set size N]), all queued
+    at time 0, with no launch cost: each plan launches every run it places; time moves to the next run's
+    end (or the next ``tick_s``, for the reservations' clocks, while runs wait)."""
     from scaling_assets.compute.coordinator import QueuedGpuRun, plan_queue
     from scaling_assets.gpu.nvml import GpuInfo
 
     gpus = [GpuInfo(i, f"GPU-replay-{i}", "replay", capacity_mib, capacity_mib, 0) for i in range(n_gpus)]
     available = {g.uuid: capacity_mib for g in gpus}
-    queued = {str(i): QueuedGpuRun(str(i), need, priority, 0.0) for i, (need, _, priority) in enumerate(jobs)}
+    queued = {str(i): QueuedGpuRun(str(i), job[0], job[2], 0.0, *job[3:]) for i, job in enumerate(jobs)}
     running: list[tuple[float, str, str]] = []  # (end, run, GPU)
     now = 0.0
     while queued or running:

@@ -1,6 +1,8 @@
 """The synthetic GPU run of ``bench_scheduler.py``: one op that takes a device lease through the real
 lease ledger for the run's ``scaling_assets/gpu_need_mib`` (its ``needs.py`` estimate), sleeps for the
 run's ``bench/sleep_s`` while holding it, and writes what happened to ``$BENCH_SCHEDULER_OUT``.
+Each run is a partition of the job (its grid point's setting key, ``n=<N>_q=<q>_s=<seed>``), as a
+study's runs are, so the coordinator orders it by its training-set size as it does those.
 In-process executor: one process per run (the run worker), as a single-step run has no use for more.
 """
 
@@ -12,12 +14,13 @@ import time
 from pathlib import Path
 
 import psutil
-from dagster import Definitions, in_process_executor, job, op
+from dagster import Definitions, DynamicPartitionsDefinition, in_process_executor, job, op
 
 from scaling_assets.gpu.leases import gpu_step
 from scaling_assets.gpu.needs import TAG_GPU_NEED
 
 TAG_SLEEP = "bench/sleep_s"
+SETTINGS = DynamicPartitionsDefinition(name="bench_settings")
 
 
 @op
@@ -40,7 +43,7 @@ def hold_gpu(context) -> None:
     (Path(os.environ["BENCH_SCHEDULER_OUT"]) / f"{context.run_id}.json").write_text(json.dumps(record))
 
 
-@job(executor_def=in_process_executor)
+@job(executor_def=in_process_executor, partitions_def=SETTINGS)
 def gpu_sleep():
     hold_gpu()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,15 @@ from dagster import Definitions, job, op
 
 from scaling_assets.gpu import nvml
 from scaling_assets.compute.coordinator import (
+    PACK_BELOW_MIB,
     TAG_GATE,
     GpuAwareRunCoordinator,
     GpuAwareRunLauncher,
     QueuedGpuRun,
+    _cells,
     plan_queue,
 )
-from scaling_assets.gpu.leases import Ledger, gpu_step
+from scaling_assets.gpu.leases import Ledger, choose_gpu, gpu_step
 from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY
 from scaling_assets.gpu.nvml import FakeNvml, GpuInfo
 
@@ -96,10 +99,40 @@ def test_plan_reserves_one_gpu_at_a_time_so_the_others_keep_packing():
     held = plan_queue(queued, gpus, available, now=1000, reserve_after_s=60, headroom_mib=0, placed=placed)
     assert "reserved for it" in held["gf0"] and all(f"gf{i}" in held for i in range(10))
     assert "behind the run(s) that 1 reserved GPU(s) drain for" in held["gf1"]
-    assert len(placed) == 40 and len(set(placed.values())) == 7  # every PCA run, on the 7 open GPUs
+    # every PCA run, none on the reserved GPU; best fit: as many on a GPU as fit (18000 // 1216 = 14)
+    assert Counter(placed.values()) == {"G1": 14, "G2": 14, "G3": 12}
     everyone_reserves = plan_queue(queued, gpus, available, now=1000, reserve_after_s=60, headroom_mib=0,
                                    max_reserved_gpus=8)
     assert all(f"pca{i}" in everyone_reserves for i in range(40))  # the old behaviour: the box stands still
+
+
+def test_plan_starts_the_largest_training_sets_first():
+    """Within a priority, N (the setting's training-set size) before FIFO: the longest fits start first."""
+    queued = [QueuedGpuRun(f"gf-n{n}", 29888, 3, queued_at=i, cells=n) for i, n in enumerate([100, 25600, 3200, 12800])]
+    placed: dict[str, str] = {}
+    held = plan_queue(queued, [_gpu(0, 81920)], {"G0": 60000}, now=1, reserve_after_s=600, headroom_mib=0,
+                      placed=placed)
+    assert set(placed) == {"gf-n25600", "gf-n12800"} and set(held) == {"gf-n100", "gf-n3200"}
+
+
+def test_plan_spreads_large_runs_and_fills_gaps_with_small_ones():
+    """A Geneformer-sized run goes to the emptiest GPU, an SCVI-sized one to the fullest it fits on."""
+    gpus = [_gpu(0, 81920), _gpu(1, 81920), _gpu(2, 81920)]
+    available = {"G0": 81920, "G1": 30000, "G2": 2000}
+    queued = [QueuedGpuRun("gf", 29888, 3, 0, cells=1000), QueuedGpuRun("scvi", 2000, 2, 1, cells=1000),
+              QueuedGpuRun("pca", 2500, 1, 2, cells=1000)]
+    placed: dict[str, str] = {}
+    assert plan_queue(queued, gpus, available, now=1, reserve_after_s=600, headroom_mib=0, placed=placed) == {}
+    # gf: G0, the emptiest; scvi: G2, exactly its 2000 left; pca: G1 (30000 left, G0 52032 after gf)
+    assert placed == {"gf": "G0", "scvi": "G2", "pca": "G1"}
+    assert PACK_BELOW_MIB > 3264  # SCVI's largest need (needs.py) is packed, Geneformer's smallest is not
+    assert choose_gpu(gpus, available, 2500) == gpus[0] and choose_gpu(gpus, available, 2500, fill=True) == gpus[1]
+    assert choose_gpu(gpus, available, 90000, fill=True) is None
+
+
+def test_queued_run_cells_come_from_the_setting_partition():
+    assert _cells({"dagster/partition": "n=300_q=0.1_s=42"}) == 300
+    assert _cells({"dagster/partition": "q=0.1_s=42"}) == 0 and _cells({}) == 0
 
 
 def test_plan_holds_runs_larger_than_any_gpu_without_blocking_others():
@@ -199,23 +232,24 @@ def test_daemon_holds_gpu_runs_until_a_gpu_has_room_and_pins_the_rest(dagster_en
             return {n: r.status for n, r in runs.items()}, {n: r.tags.get(TAG_DEVICE) for n, r in runs.items()}
 
         status, device = tick()
-        # plan: urgent -> a (7488 left), r1 -> a (2488), r2 -> b (488), r3 and r4 fit nowhere
+        # plan: urgent (small: best fit) -> b (3488 left), r1 (large: most room) -> a (4488), r2 fits
+        # nowhere, r3 -> a (488), r4 fits nowhere
         launched = {n for n, s in status.items() if s != DagsterRunStatus.QUEUED}
-        assert launched == {"urgent", "r1", "r2", "cpu"}
+        assert launched == {"urgent", "r1", "r3", "cpu"}
         assert device == {
-            "urgent": "cuda:0", "r1": "cuda:0", "r2": "cuda:1", "r3": "pending", "r4": "pending", "cpu": None
+            "urgent": "cuda:1", "r1": "cuda:0", "r2": "pending", "r3": "cuda:0", "r4": "pending", "cpu": None
         }
-        assert set(instance.run_coordinator.last_held) == {ids["r3"], ids["r4"]}
+        assert set(instance.run_coordinator.last_held) == {ids["r2"], ids["r4"]}
 
         # promised memory counts even though NVML free has not dropped: a second tick still holds
         status, _ = tick()
-        assert status["r3"] == status["r4"] == DagsterRunStatus.QUEUED
+        assert status["r2"] == status["r4"] == DagsterRunStatus.QUEUED
 
-        # memory frees up on GPU-b (another user exits): 16000-512-5000 = 10488 -> r3 and r4 fit
+        # memory frees up on GPU-b (another user exits): 16000-512-2000 = 13488 -> r2 and r4 fit
         fake.update(1, free_mib=16000)
         status, device = tick()
-        assert status["r3"] != DagsterRunStatus.QUEUED and status["r4"] != DagsterRunStatus.QUEUED
-        assert device["r3"] == device["r4"] == "cuda:1"
+        assert status["r2"] != DagsterRunStatus.QUEUED and status["r4"] != DagsterRunStatus.QUEUED
+        assert device["r2"] == device["r4"] == "cuda:1"
 
         (out / "go").write_text("")
         for name, rid in ids.items():

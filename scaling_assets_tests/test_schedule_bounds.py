@@ -43,3 +43,11 @@ def test_replay_runs_the_plan_in_its_priority_order():
     jobs = [(GPU // 2, 1.0, 1)] * 4 + [(GPU, 5.0, 0)]
     assert replay_plan_s(jobs, GPU, 2, reserve_after_s=60) == pytest.approx(6.0)
     assert replay_plan_s([(n, d, 1 - p) for n, d, p in jobs], GPU, 2, reserve_after_s=60) == pytest.approx(5.0)
+
+
+def test_replay_starts_the_largest_training_set_first():
+    """Two GPUs, three runs that each fill one: the 10-s run of the largest N starts first and the two
+    1-s runs share the other GPU (10 s); without N (FIFO) the short runs take both GPUs first (11 s)."""
+    jobs = [(GPU, 1.0, 0, 100), (GPU, 1.0, 0, 200), (GPU, 10.0, 0, 25600)]
+    assert replay_plan_s(jobs, GPU, 2, reserve_after_s=60) == pytest.approx(10.0)
+    assert replay_plan_s([job[:3] for job in jobs], GPU, 2, reserve_after_s=60) == pytest.approx(11.0)

@@ -249,14 +249,18 @@ def choose_gpu(
     available: Mapping[str, int],
     need_mib: int,
     exclude: Iterable[str] = (),
+    fill: bool = False,
 ) -> GpuInfo | None:
     """The healthy, non-excluded GPU with the most room that fits ``need_mib`` (spreads load
-    across GPUs so concurrent runs share compute evenly); None if none fits now."""
+    across GPUs so concurrent runs share compute evenly), or with ``fill`` the one with the least
+    room that fits (best fit: fills the gaps larger runs leave); None if none fits now."""
     excluded = set(exclude)
     fitting = [
         g for g in gpus
         if g.healthy and g.uuid not in excluded and available.get(g.uuid, -1) >= need_mib
     ]
+    if fill:
+        return min(fitting, key=lambda g: (available[g.uuid], g.index), default=None)
     return max(fitting, key=lambda g: (available[g.uuid], -g.index), default=None)
 
 
