@@ -22,9 +22,9 @@ setting partition ``n=<N>_...``: larger sets train longer, as the H200 fits meas
 and 80-110 s at 25,600 for SCVI, so the longest runs start first and do not end the study alone),
 then the largest need, then oldest first, and notes the GPU it packs each on; the launcher puts the
 run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Runs that
-need at least ``PACK_BELOW_MIB`` (Geneformer's) go to the GPU with the most room, so that few share a
-GPU's compute; smaller runs go to the fullest GPU they fit on (best fit), into the gaps the large runs
-leave, keeping whole GPUs open for the next large run (the launcher does the same for a run whose
+need at least ``PACK_BELOW_MIB`` (Geneformer's at the paper's gene counts) go to the GPU with the most
+room, so that few share a GPU's compute; smaller runs go to the fullest GPU they fit on (best fit), into
+the gaps the large runs leave, keeping whole GPUs open for the next large run (the launcher does the same for a run whose
 planned GPU filled up). Against the previous order (largest need first, every run to the emptiest
 GPU), the plan replayed on 10 draws of the 200-run bench (``bench_scheduler.py --bounds-only``) ended
 9 of 10 sooner, 1.47x -> 1.39x the memory-area bound on average, with 83% -> 88% of GPU memory
@@ -90,7 +90,8 @@ dagster_patches.install()  # the daemon and every run worker load this module wi
 
 TAG_GATE = "scaling_assets/gpu_gate"
 # Runs needing less go to the fullest GPU they fit on (best fit), larger ones to the emptiest (module doc).
-# SCVI, PCA and random projection runs need 1.2-3.3 GiB (needs.py), Geneformer runs 5-30 GiB.
+# At the paper's ~20,000 genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and Geneformer's
+# 24 GiB (needs.py); under ~3,000 genes a Geneformer run is small too and is packed like them.
 PACK_BELOW_MIB = 4096
 # what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
 # "cite n=200_q=1_s=42: train_counts, model_pca, embeddings_pca, mi_pca"
