@@ -78,7 +78,8 @@ def run_k(k: int, data: Path, epochs: int, device: str, out: Path) -> dict:
             [sys.executable, __file__, "--child", json.dumps({"data": str(data), "epochs": epochs,
                                                               "device": device, "barrier": str(barrier)}),
              "--result", str(result)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-    while len(list(barrier.glob("ready-*"))) < k and any(p.poll() is None for _, p in procs):
+    # all ready, or ready but for those that died first (their error is reported below)
+    while len(list(barrier.glob("ready-*"))) + sum(p.poll() is not None for _, p in procs) < k:
         time.sleep(0.05)
     start = time.time()
     (barrier / "go").touch()
