@@ -24,13 +24,13 @@ then the largest need, then oldest first, and notes the GPU it packs each on; th
 run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Runs that
 need at least ``PACK_BELOW_MIB`` (Geneformer's at the paper's gene counts) go to the GPU with the most
 room, so that few share a GPU's compute; smaller runs go to the fullest GPU they fit on (best fit), into
-the gaps the large runs leave, keeping whole GPUs open for the next large run (the launcher does the same for a run whose
-planned GPU filled up). Against the previous order (largest need first, every run to the emptiest
-GPU), the plan replayed on 10 draws of the 200-run bench (``bench_scheduler.py --bounds-only``) ended
-9 of 10 sooner, 1.47x -> 1.39x the memory-area bound on average, with 83% -> 88% of GPU memory
-promised while runs queued. A run that does not fit is skipped, so smaller runs behind it may use the
-room (backfill). Once a skipped run has waited ``reserve_after_seconds``, the GPU closest to
-fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
+the gaps the large runs leave, keeping whole GPUs open for the next large run (the launcher does the
+same for a run whose planned GPU filled up). Against the previous order (largest need first, every run
+to the emptiest GPU), the plan replayed on 10 draws of the 200-run bench (``bench_scheduler.py
+--bounds-only``) ended 9 of 10 sooner, 1.47x -> 1.39x the memory-area bound on average, with 83% -> 88%
+of GPU memory promised while runs queued; the bench itself measured 1,109 -> 1,021 s and 79.7% -> 88.2%.
+A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
+skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
 fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such runs in
 the order; the others wait their turn. Reserving one GPU per waiting run stopped the whole box: with
 the calibrated Geneformer needs (24-30 GB), the 200-run bench had 20+ Geneformer runs waiting, each
