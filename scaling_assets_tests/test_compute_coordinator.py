@@ -21,6 +21,7 @@ from scaling_assets.compute.coordinator import (
     GpuAwareRunLauncher,
     QueuedGpuRun,
     _cells,
+    pick_gpu,
     plan_queue,
 )
 from scaling_assets.gpu.leases import Ledger, choose_gpu, gpu_step
@@ -115,8 +116,9 @@ def test_plan_starts_the_largest_training_sets_first():
     assert set(placed) == {"gf-n25600", "gf-n12800"} and set(held) == {"gf-n100", "gf-n3200"}
 
 
-def test_plan_spreads_large_runs_and_fills_gaps_with_small_ones():
-    """A Geneformer-sized run goes to the emptiest GPU, an SCVI-sized one to the fullest it fits on."""
+def test_plan_gives_large_runs_idle_gpus_and_fills_gaps_with_small_ones():
+    """A Geneformer-sized run goes to an idle GPU while there is one, an SCVI-sized one to the fullest
+    GPU it fits on; once no GPU is idle, a large run packs like a small one."""
     gpus = [_gpu(0, 81920), _gpu(1, 81920), _gpu(2, 81920)]
     available = {"G0": 81920, "G1": 30000, "G2": 2000}
     queued = [QueuedGpuRun("gf", 29888, 3, 0, cells=1000), QueuedGpuRun("scvi", 2000, 2, 1, cells=1000),
@@ -132,6 +134,11 @@ def test_plan_spreads_large_runs_and_fills_gaps_with_small_ones():
         assert max(need["pca"], need["random_projection"], need["scvi"]) < PACK_BELOW_MIB <= need["geneformer"]
     assert choose_gpu(gpus, available, 2500) == gpus[0] and choose_gpu(gpus, available, 2500, fill=True) == gpus[1]
     assert choose_gpu(gpus, available, 90000, fill=True) is None
+    # no GPU idle (G0 has a run): the 29,888-MiB run goes beside the run it packs best with, on G1
+    busy = {"G0": 60000, "G1": 40000, "G2": 2000}
+    assert pick_gpu(gpus, busy, 29888, headroom_mib=0) == gpus[1]
+    assert pick_gpu(gpus, dict(busy, G2=81920), 29888, headroom_mib=0) == gpus[2]  # G2 idle: there
+    assert pick_gpu(gpus, busy, 29888, headroom_mib=0, exclude={"G1"}) == gpus[0]
 
 
 def test_queued_run_cells_come_from_the_setting_partition():

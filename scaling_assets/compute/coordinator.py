@@ -21,14 +21,16 @@ cost rank of the model a run trains: Geneformer's first), then the largest train
 setting partition ``n=<N>_...``: larger sets train longer, as the H200 fits measured, 2 s at N = 100
 and 80-110 s at 25,600 for SCVI, so the longest runs start first and do not end the study alone),
 then the largest need, then oldest first, and notes the GPU it packs each on; the launcher puts the
-run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Runs that
-need at least ``PACK_BELOW_MIB`` (Geneformer's at the paper's gene counts) go to the GPU with the most
-room, so that few share a GPU's compute; smaller runs go to the fullest GPU they fit on (best fit), into
-the gaps the large runs leave, keeping whole GPUs open for the next large run (the launcher does the
-same for a run whose planned GPU filled up). Against the previous order (largest need first, every run
-to the emptiest GPU), the plan replayed on 10 draws of the 200-run bench (``bench_scheduler.py
---bounds-only``) ended 9 of 10 sooner, 1.47x -> 1.39x the memory-area bound on average, with 83% -> 88%
-of GPU memory promised while runs queued; the bench itself measured 1,109 -> 1,021 s and 79.7% -> 88.2%.
+run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Where a run
+goes (``pick_gpu``): one that needs at least ``PACK_BELOW_MIB`` (Geneformer's at the paper's gene
+counts) takes an idle GPU while there is one (``IDLE_FRACTION`` of its memory available), so that a
+few such runs do not share one GPU's compute while others idle; every other run, and a large one once
+no GPU is idle, goes to the fullest GPU it fits on (best fit), into the gaps that runs already there
+leave, keeping room whole for the next large run (the launcher does the same for a run whose planned
+GPU filled up). Against the previous order (largest need first, every run to the emptiest GPU), the
+plan replayed on 20 draws of the 200-run bench (``bench_scheduler.py --bounds-only 20``) ends 1.43x ->
+1.32x the memory-area bound on average (1.25x -> 1.16x the packing bound), with 83% -> 89% of GPU
+memory promised while runs queued.
 A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
 skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
 fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such runs in
@@ -89,10 +91,11 @@ log = logging.getLogger(__name__)
 dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
-# Runs needing less go to the fullest GPU they fit on (best fit), larger ones to the emptiest (module doc).
-# At the paper's ~20,000 genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and Geneformer's
-# 24 GiB (needs.py); under ~3,000 genes a Geneformer run is small too and is packed like them.
+# Runs needing at least this go to an idle GPU while there is one (module doc). At the paper's ~20,000
+# genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and Geneformer's 24 GiB (needs.py); under
+# ~3,000 genes a Geneformer run is small too and is packed like them.
 PACK_BELOW_MIB = 4096
+IDLE_FRACTION = 0.95  # a GPU with this share of its usable memory available counts as idle
 # what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
 # "cite n=200_q=1_s=42: train_counts, model_pca, embeddings_pca, mi_pca"
 TAG_RUN = "scaling_assets/run"
@@ -151,6 +154,18 @@ def _cells(tags: Mapping[str, str]) -> int:
         return 0
 
 
+def pick_gpu(gpus: Sequence[GpuInfo], available: Mapping[str, int], need_mib: int, headroom_mib: int,
+             exclude: set[str] = frozenset()) -> GpuInfo | None:
+    """Where a run goes (module doc): a large run (``PACK_BELOW_MIB`` or more) to the idle GPU with the
+    most room while there is one; otherwise the fullest GPU it fits on (best fit); None if none fits."""
+    if need_mib >= PACK_BELOW_MIB:
+        idle = [g for g in gpus if available.get(g.uuid, 0) >= IDLE_FRACTION * (g.total_mib - headroom_mib)]
+        gpu = choose_gpu(idle, available, need_mib, exclude=exclude)
+        if gpu is not None:
+            return gpu
+    return choose_gpu(gpus, available, need_mib, exclude=exclude, fill=True)
+
+
 def plan_queue(
     queued: Sequence[QueuedGpuRun],
     gpus: Sequence[GpuInfo],
@@ -172,7 +187,7 @@ def plan_queue(
     # Priority (the model's cost rank) desc, then the largest training set first, then the largest
     # need, then FIFO: see the module doc.
     for run in sorted(queued, key=lambda r: (-r.priority, -r.cells, -r.need_mib, r.queued_at)):
-        gpu = choose_gpu(healthy, avail, run.need_mib, exclude=reserved, fill=run.need_mib < PACK_BELOW_MIB)
+        gpu = pick_gpu(healthy, avail, run.need_mib, headroom_mib, exclude=reserved)
         if gpu is not None:
             avail[gpu.uuid] -= run.need_mib
             if placed is not None:
@@ -449,7 +464,7 @@ def place_run(run_id: str, need_mib: int, headroom_mib: int = HEADROOM_MIB, ledg
         records = [r for r in ledger.records() if r.run_id != run_id]
         available = available_mib(gpus, ledger.promised_by_gpu(records), headroom_mib)
         planned = [g for g in gpus if g.uuid == planned_uuid and available[g.uuid] >= need_mib]
-        gpu = planned[0] if planned else choose_gpu(gpus, available, need_mib, fill=need_mib < PACK_BELOW_MIB)
+        gpu = planned[0] if planned else pick_gpu(gpus, available, need_mib, headroom_mib)
         if gpu is not None:
             reason = f"{available[gpu.uuid]} MiB available, need {need_mib}" + (" (as planned)" if planned else "")
         else:  # admitted by the queue but overtaken by a CLI run: take the roomiest, its lease waits
