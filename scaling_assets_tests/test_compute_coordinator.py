@@ -117,8 +117,8 @@ def test_plan_starts_the_largest_training_sets_first():
 
 
 def test_plan_gives_large_runs_idle_gpus_and_fills_gaps_with_small_ones():
-    """A Geneformer-sized run goes to an idle GPU while there is one, an SCVI-sized one to the fullest
-    GPU it fits on; once no GPU is idle, a large run packs like a small one."""
+    """A Geneformer-sized run goes to an idle GPU (it is the only large run queued), an SCVI-sized one to
+    the fullest GPU it fits on; once no GPU is idle, a large run packs like a small one."""
     gpus = [_gpu(0, 81920), _gpu(1, 81920), _gpu(2, 81920)]
     available = {"G0": 81920, "G1": 30000, "G2": 2000}
     queued = [QueuedGpuRun("gf", 29888, 3, 0, cells=1000), QueuedGpuRun("scvi", 2000, 2, 1, cells=1000),
@@ -139,6 +139,18 @@ def test_plan_gives_large_runs_idle_gpus_and_fills_gaps_with_small_ones():
     assert pick_gpu(gpus, busy, 29888, headroom_mib=0) == gpus[1]
     assert pick_gpu(gpus, dict(busy, G2=81920), 29888, headroom_mib=0) == gpus[2]  # G2 idle: there
     assert pick_gpu(gpus, busy, 29888, headroom_mib=0, exclude={"G1"}) == gpus[0]
+
+
+def test_plan_packs_large_runs_when_they_outnumber_the_idle_gpus():
+    """Two idle 80 GB GPUs: two 24,384-MiB runs get one each (their compute is their own); three are more
+    than the idle GPUs, so they pack by best fit, all three on one GPU (73,152 MiB), the other left whole."""
+    gpus = [_gpu(0, 81920), _gpu(1, 81920)]
+    idle = {"G0": 81920, "G1": 81920}
+    for count, expected in ((2, {"G0", "G1"}), (3, {"G0"})):
+        placed: dict[str, str] = {}
+        queued = [QueuedGpuRun(f"gf{i}", 24384, 3, i, cells=1000) for i in range(count)]
+        assert plan_queue(queued, gpus, idle, now=1, reserve_after_s=600, headroom_mib=0, placed=placed) == {}
+        assert set(placed.values()) == expected
 
 
 def test_queued_run_cells_come_from_the_setting_partition():
@@ -463,16 +475,17 @@ def test_plan_packs_the_largest_runs_first_and_the_launcher_follows_its_packing(
     placed: dict[str, str] = {}
     held = plan_queue(queued, gpus, {"G0": 40000, "G1": 40000}, now=10, reserve_after_s=600, headroom_mib=0,
                       placed=placed)
-    assert held == {} and set(placed) == {"a14", "b14", "c16", "d16", "e6"}
-    assert placed["c16"] != placed["d16"] and placed["a14"] != placed["b14"]
+    # five large runs for two idle GPUs: best fit, in size order: c16, d16 -> G0 (8000 left), a14, b14 ->
+    # G1 (12000 left), e6 -> G0, the fuller GPU it fits on
+    assert held == {} and placed == {"c16": "G0", "d16": "G0", "a14": "G1", "b14": "G1", "e6": "G0"}
     monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases"))
     nvml.set_backend(FakeNvml([{"uuid": f"G{i}", "total_mib": 40000, "free_mib": 40000} for i in range(2)]))
     try:
         for run in queued:  # the daemon's FIFO launch order
             gpu, reason = place_run(run.run_id, run.need_mib, headroom_mib=0, planned_uuid=placed[run.run_id])
             assert gpu.uuid == placed[run.run_id] and "as planned" in reason
-        # a planned GPU without room any more: the roomiest that fits, as before
+        # a planned GPU without room any more: the GPU the plan's rule picks now (G1, the only fit)
         gpu, reason = place_run("late", 10000, headroom_mib=0, planned_uuid="G0")
-        assert "as planned" not in reason
+        assert "as planned" not in reason and gpu.uuid == "G1"
     finally:
         nvml.set_backend(None)

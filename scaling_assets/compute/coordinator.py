@@ -22,15 +22,15 @@ setting partition ``n=<N>_...``: larger sets train longer, as the H200 fits meas
 and 80-110 s at 25,600 for SCVI, so the longest runs start first and do not end the study alone),
 then the largest need, then oldest first, and notes the GPU it packs each on; the launcher puts the
 run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Where a run
-goes (``pick_gpu``): one that needs at least ``PACK_BELOW_MIB`` (Geneformer's at the paper's gene
-counts) takes an idle GPU while there is one (``IDLE_FRACTION`` of its memory available), so that a
-few such runs do not share one GPU's compute while others idle; every other run, and a large one once
-no GPU is idle, goes to the fullest GPU it fits on (best fit), into the gaps that runs already there
-leave, keeping room whole for the next large run (the launcher does the same for a run whose planned
-GPU filled up). Against the previous order (largest need first, every run to the emptiest GPU), the
-plan replayed on 20 draws of the 200-run bench (``bench_scheduler.py --bounds-only 20``) ends 1.43x ->
-1.32x the memory-area bound on average (1.25x -> 1.16x the packing bound), with 83% -> 89% of GPU
-memory promised while runs queued.
+goes (``pick_gpu``): every run goes to the fullest GPU it fits on (best fit), into the gaps beside the
+runs already there, keeping room whole for the next large run; but while the queue holds no more large
+runs (``PACK_BELOW_MIB`` or more: Geneformer's at the paper's gene counts) than there are idle GPUs
+(``IDLE_FRACTION`` of their memory available), each large run takes an idle GPU of its own, so that a
+few of them do not share one GPU's compute while others idle (the launcher, for a run whose planned
+GPU filled up, spreads a large run the same way). Against the previous order (largest need first,
+every run to the emptiest GPU), the plan replayed on 20 draws of the 200-run bench
+(``bench_scheduler.py --bounds-only 20``) ends 1.43x -> 1.32x the memory-area bound on average (1.25x ->
+1.15x the packing bound), with 83% -> 89% of GPU memory promised while runs queued.
 A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
 skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
 fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such runs in
@@ -91,7 +91,7 @@ log = logging.getLogger(__name__)
 dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
-# Runs needing at least this go to an idle GPU while there is one (module doc). At the paper's ~20,000
+# Large runs (this or more) get an idle GPU each while they are no more than the idle GPUs (module doc). At the paper's ~20,000
 # genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and Geneformer's 24 GiB (needs.py); under
 # ~3,000 genes a Geneformer run is small too and is packed like them.
 PACK_BELOW_MIB = 4096
@@ -154,13 +154,18 @@ def _cells(tags: Mapping[str, str]) -> int:
         return 0
 
 
+def idle_gpus(gpus: Sequence[GpuInfo], available: Mapping[str, int], headroom_mib: int) -> list[GpuInfo]:
+    """The GPUs with at least ``IDLE_FRACTION`` of their usable memory available."""
+    return [g for g in gpus if available.get(g.uuid, 0) >= IDLE_FRACTION * (g.total_mib - headroom_mib)]
+
+
 def pick_gpu(gpus: Sequence[GpuInfo], available: Mapping[str, int], need_mib: int, headroom_mib: int,
-             exclude: set[str] = frozenset()) -> GpuInfo | None:
-    """Where a run goes (module doc): a large run (``PACK_BELOW_MIB`` or more) to the idle GPU with the
-    most room while there is one; otherwise the fullest GPU it fits on (best fit); None if none fits."""
-    if need_mib >= PACK_BELOW_MIB:
-        idle = [g for g in gpus if available.get(g.uuid, 0) >= IDLE_FRACTION * (g.total_mib - headroom_mib)]
-        gpu = choose_gpu(idle, available, need_mib, exclude=exclude)
+             exclude: set[str] = frozenset(), spread_large: bool = True) -> GpuInfo | None:
+    """Where a run goes (module doc): with ``spread_large``, a large run (``PACK_BELOW_MIB`` or more) to
+    the idle GPU with the most room while there is one; otherwise the fullest GPU it fits on (best
+    fit); None if none fits."""
+    if spread_large and need_mib >= PACK_BELOW_MIB:
+        gpu = choose_gpu(idle_gpus(gpus, available, headroom_mib), available, need_mib, exclude=exclude)
         if gpu is not None:
             return gpu
     return choose_gpu(gpus, available, need_mib, exclude=exclude, fill=True)
@@ -184,10 +189,12 @@ def plan_queue(
     reserved: set[str] = set()
     held: dict[str, str] = {}
     healthy = [g for g in gpus if g.healthy]
+    # large runs get a GPU each only while the idle GPUs are enough for all of them (module doc)
+    spread_large = sum(r.need_mib >= PACK_BELOW_MIB for r in queued) <= len(idle_gpus(healthy, avail, headroom_mib))
     # Priority (the model's cost rank) desc, then the largest training set first, then the largest
     # need, then FIFO: see the module doc.
     for run in sorted(queued, key=lambda r: (-r.priority, -r.cells, -r.need_mib, r.queued_at)):
-        gpu = pick_gpu(healthy, avail, run.need_mib, headroom_mib, exclude=reserved)
+        gpu = pick_gpu(healthy, avail, run.need_mib, headroom_mib, exclude=reserved, spread_large=spread_large)
         if gpu is not None:
             avail[gpu.uuid] -= run.need_mib
             if placed is not None:
