@@ -32,9 +32,9 @@ every run to the emptiest GPU), the plan replayed on 20 draws of the 200-run ben
 (``bench_scheduler.py --bounds-only 20``) ends 1.43x -> 1.32x the memory-area bound on average (1.25x ->
 1.15x the packing bound), with 83% -> 89% of GPU memory promised while runs queued.
 A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
-skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run after it in the order is placed there, so that GPU drains until it
-fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such runs in
-the order; the others wait their turn. Reserving one GPU per waiting run stopped the whole box: with
+skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run
+after it in the order is placed there, so that GPU drains until it fits. At most ``max_reserved_gpus``
+GPUs (default 1) are reserved at once, for the first such runs in the order; the others wait their turn. Reserving one GPU per waiting run stopped the whole box: with
 the calibrated Geneformer needs (24-30 GB), the 200-run bench had 20+ Geneformer runs waiting, each
 reserved a GPU, all 8 were reserved and 125 runs, most of them small enough to fit, waited ~7 minutes
 at 77% of GPU memory promised. Runs larger than every GPU are held with a reason and reserve nothing.
@@ -91,9 +91,9 @@ log = logging.getLogger(__name__)
 dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
-# Large runs (this or more) get an idle GPU each while they are no more than the idle GPUs (module doc). At the paper's ~20,000
-# genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and Geneformer's 24 GiB (needs.py); under
-# ~3,000 genes a Geneformer run is small too and is packed like them.
+# Large runs (this or more) get an idle GPU each while they are no more than the idle GPUs (module
+# doc). At the paper's ~20,000 genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and
+# Geneformer's 24 GiB (needs.py); under ~3,000 genes a Geneformer run is small too and is packed.
 PACK_BELOW_MIB = 4096
 IDLE_FRACTION = 0.95  # a GPU with this share of its usable memory available counts as idle
 # what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
@@ -146,11 +146,12 @@ class QueuedGpuRun:
 
 def _cells(tags: Mapping[str, str]) -> int:
     """N of a run's setting partition ``n=<N>_q=<q>_s=<seed>`` (0 for other partitions or none)."""
+    from scaling_assets.errors import StudyConfigError
     from scaling_assets.study.spec import parse_setting_key
 
     try:
         return parse_setting_key(tags.get(PARTITION_TAG, "")).cells
-    except Exception:
+    except StudyConfigError:  # not a setting key: a shared-data partition, or no partition
         return 0
 
 
