@@ -1,0 +1,131 @@
+"""The asset backfill groups a setting's chain into one run even when its seeds' shared data finish apart.
+
+A study's chain (a per-setting record -> model -> MI, all on the setting partitions) hangs under seed-level
+shared data. Dagster's backfill puts a child into its parent's run only when the child's whole unrequested
+subset equals what the parent requests in that tick, so once the first seed's chain had materialised,
+every later seed but the last ran its chain one asset a run (`compute/dagster_patches.py`). Here a
+miniature of that graph is backfilled through Dagster's own backfill iteration, the seeds' runs executed
+one at a time with a tick in between, as the daemon would see them finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dagster import (
+    AssetIn,
+    AssetKey,
+    Definitions,
+    StaticPartitionMapping,
+    StaticPartitionsDefinition,
+    asset,
+    in_process_executor,
+)
+
+SEEDS = ["0", "1", "2"]
+SETTINGS = [f"n={n}_s={s}" for s in SEEDS for n in (10, 20)]
+seeds = StaticPartitionsDefinition(SEEDS)
+settings = StaticPartitionsDefinition(SETTINGS)
+setting_to_seed = StaticPartitionMapping({s: [k for k in SETTINGS if k.endswith(f"_s={s}")] for s in SEEDS})
+
+
+@asset(partitions_def=seeds)
+def pool(context):
+    return context.partition_key
+
+
+@asset(partitions_def=settings, ins={"pool": AssetIn(partition_mapping=setting_to_seed)})
+def train(context, pool):
+    return context.partition_key
+
+
+@asset(partitions_def=settings)
+def model(train):
+    return train
+
+
+@asset(partitions_def=settings)
+def mi(model):
+    return model
+
+
+defs = Definitions(assets=[pool, train, model, mi], executor=in_process_executor)
+
+
+def backfill_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(partition, assets) of each run of a whole backfill, executing one run per daemon tick, the
+    chains of finished seeds before the next seed's pool."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.execution.api import execute_run
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import (
+        InProcessTestWorkspaceLoadTarget,
+        create_test_daemon_workspace_context,
+        instance_for_test,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._daemon.backfill import execute_backfill_iteration
+
+    here = str(Path(__file__).parent)
+    origin = LoadableTargetOrigin(python_file=__file__, attribute="defs", working_directory=here)
+    repo = ReconstructableRepository.for_file(__file__, "defs", here)
+    overrides = {  # runs are launched as the backfill asks, and executed below one at a time
+        "run_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"},
+        "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
+    }
+    logger = logging.getLogger("test_backfill_grouping")
+    tmp_path.mkdir(parents=True)
+    with instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance, \
+            create_test_daemon_workspace_context(
+                InProcessTestWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin)), instance) as workspace:
+        instance.add_backfill(PartitionBackfill.from_asset_partitions(
+            backfill_id="grouping", asset_graph=workspace.create_request_context().asset_graph,
+            partition_names=None, asset_selection=[AssetKey(k) for k in ("pool", "train", "model", "mi")],
+            backfill_timestamp=0.0, tags={}, dynamic_partitions_store=instance, all_partitions=True,
+            title=None, description=None, run_config=None))
+        order = []
+        for _ in range(40):
+            list(execute_backfill_iteration(workspace, logger))
+            launched = [r for r in reversed(instance.get_runs()) if r.status == DagsterRunStatus.STARTING]
+            if not launched:
+                break
+            run = min(launched, key=lambda r: r.asset_selection == {AssetKey("pool")})  # chains first, in order
+            job = repo.get_reconstructable_job("__ASSET_JOB").get_subset(asset_selection=run.asset_selection)
+            assert execute_run(job, run, instance).success
+            order.append((run.tags["dagster/partition"], tuple(sorted(k.path[-1] for k in run.asset_selection))))
+        else:
+            raise AssertionError(f"the backfill still launched runs after 40 ticks: {order}")
+        return order
+
+
+def test_each_setting_chain_is_one_run_when_the_seeds_finish_one_after_another(tmp_path):
+    from dagster._core.execution import asset_backfill
+
+    from scaling_assets.compute import dagster_patches
+
+    dagster_patches.install()
+    assert hasattr(asset_backfill._should_backfill_atomic_asset_subset_unit, "__wrapped__")
+
+    runs = backfill_runs(tmp_path / "patched")
+    assert sorted(runs) == sorted([(s, ("pool",)) for s in SEEDS] + [(k, ("mi", "model", "train")) for k in SETTINGS])
+
+
+def test_dagster_alone_splits_the_chains_of_the_middle_seeds(tmp_path, monkeypatch):
+    """What the patch is for; if a Dagster upgrade groups these runs itself, this fails and the patch can go."""
+    from dagster._core.execution import asset_backfill
+
+    from scaling_assets.compute import dagster_patches
+
+    dagster_patches.install()
+    patched = asset_backfill._should_backfill_atomic_asset_subset_unit
+    monkeypatch.setattr(asset_backfill, "_should_backfill_atomic_asset_subset_unit", patched.__wrapped__)
+
+    runs = backfill_runs(tmp_path / "dagster")
+    # seed 0 came first (no model materialised yet) and seed 2 last (nothing else left): grouped;
+    # seed 1 ran while seed 2's pool was pending: one asset a run
+    assert sorted(r for r in runs if r[0].endswith("_s=1")) == sorted(
+        (k, (a,)) for k in SETTINGS if k.endswith("_s=1") for a in ("train", "model", "mi"))
+    assert [r for r in runs if r[0].endswith("_s=0")] == [(k, ("mi", "model", "train")) for k in SETTINGS[:2]]
