@@ -4,13 +4,14 @@
     python benchmarks/gpu_colocation.py --out DIR --k 1 2 --tiny    # the same path on the CPU
 
 The run queue packs runs on a GPU by memory alone (``compute/coordinator.py``), so a GPU may hold dozens
-of small SCVI fits at once. Whether stacking them on the fullest GPU (best fit) or spreading them (the
-coordinator's choice: the GPU with the most room) is the better policy depends on how much they share
-the GPU's compute, which a replay of the plan (``benchmarks/schedule_bounds.py``) cannot know. This
-measures it: each of K processes fits ``SCVIModel`` (the paper's hyperparameters, models/scvi.py) on
-the same simulated counts for a fixed number of epochs (no early stopping, so every fit takes the same
-steps), all starting together; reported per K: the median and slowest ms per gradient step, the
-aggregate steps a second, and the slowdown against K = 1. Each process uses one CPU thread, so K past
+of small SCVI fits at once. Whether stacking them on the fullest GPU (best fit, the coordinator's choice
+for runs under ``PACK_BELOW_MIB``) or spreading them (the GPU with the most room) is the better policy
+depends on how much they share the GPU's compute, which a replay of the plan
+(``benchmarks/schedule_bounds.py``) cannot know. This measures it: each of K processes fits
+``SCVIModel`` (the paper's hyperparameters, models/scvi.py) on the same simulated counts for a fixed
+number of epochs (no early stopping, so every fit takes the same steps), all starting together;
+reported per K: the median and slowest ms per gradient step, the aggregate steps a second, and the
+slowdown against K = 1. Each process uses one CPU thread, so K past
 the machine's cores measures the CPU too (the report says how many cores there were).
 Writes DIR/gpu_colocation.json. On a lent H200, carry the wheels of ``benchmarks/device_wheels.sh``.
 Ran here only with ``--tiny`` on the CPU (K = 1, 2: 74-80 ms a step, x1.12-1.18 at K = 2 on 2 cores);
@@ -60,8 +61,8 @@ def child(data: Path, epochs: int, device: str, barrier: Path) -> dict:
         time.sleep(0.01)
     begin = time.time()
     report = model.fit(InMemoryCounts(X, var_names=genes))
-    return {"steps": report.steps, "epochs": report.epochs, "fit_s": report.wall_time_s, "begin": begin, "end": time.time(),
-            "ms_per_step": 1000 * report.wall_time_s / max(1, report.steps), "pid": os.getpid()}
+    return {"steps": report.steps, "epochs": report.epochs, "fit_s": report.wall_time_s, "begin": begin,
+            "end": time.time(), "ms_per_step": 1000 * report.wall_time_s / max(1, report.steps), "pid": os.getpid()}
 
 
 def run_k(k: int, data: Path, epochs: int, device: str, out: Path) -> dict:
