@@ -1,12 +1,23 @@
-"""Two fixes of Dagster 1.13 internals that matter at hundreds of runs at once (issue 24).
+"""Fixes of Dagster 1.13 internals that matter at hundreds of runs at once (issue 24).
 
-``check_alembic_revision``: SQLite storage keeps one event-log database per run, and the first write
-of a process to a run's database checks its schema revision against Alembic's *head*, which Alembic
-finds by loading and parsing every migration script from disk, each time (~25-30 ms of CPU). The
-daemon does it once per launched run, each run worker once or twice: measured at 13% of the daemon's
-samples while it launched runs (py-spy, ``benchmarks/bench_scheduler.py``). The head cannot change
-while a process runs (it is the installed Dagster's), so it is read once per process and script
-directory; the database's own revision is still read every time, as before.
+``check_alembic_revision`` and ``stamp_alembic_rev``: SQLite storage keeps one event-log database per
+run. The daemon creates it when it creates the run (stamping its schema revision), and the first write
+of a process to it checks that revision against Alembic's *head*; both load and parse every migration
+script from disk, each time (~25-35 ms of CPU). The daemon did both once per run it created or
+launched, each run worker the check once or twice: 13% of the daemon's samples while it launched runs
+(py-spy, ``benchmarks/bench_scheduler.py``), a fifth of creating a run. The scripts cannot change
+while a process runs (they are the installed Dagster's), so they are read once per process and script
+directory; the database's own revision is still read and written every time, as before.
+
+``SqliteEventLogStorage.store_event_batch``: Dagster creates a run with one "materialization planned"
+event per asset partition it targets (and one "check planned" per asset check), written as one batch
+when ``DAGSTER_EVENT_BATCH_SIZE`` is set (Dagster's own switch, which ``install`` sets unless the user
+has), but SQLite storage has no batch write: it stored them one by one, each in two transactions (the
+run's database and the index; a check a third) on connections opened and closed for it, and a closed
+connection checkpoints SQLite's write-ahead log. A setting's PCA/random projection/SCVI run (10 assets,
+6 checks) took 38 commits; at the paper's shape the daemon's first settings
+evaluation spent 87% of its time there (973 s for 630 runs, py-spy). The patch writes a run's batch in
+two transactions, the same rows in the same order within each database (``test_event_writes.py``).
 
 ``_should_backfill_atomic_asset_subset_unit`` (the asset backfill's run grouping): a child asset joins
 its parent's run only when the child's whole unrequested subset equals the parent subset requested
@@ -22,42 +33,136 @@ anyway, and they are candidates again next tick. ``test_backfill_grouping.py`` s
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 
-_heads: dict[tuple[str | None, str | None], str | None] = {}
+_scripts: dict[tuple[str | None, str | None], tuple[object, str | None]] = {}  # (script directory, head)
 _lock = threading.Lock()
 _installed = False
 
 
+# Dagster buffers a batch's events until this many (or the batch's end), then writes them at once
+EVENT_BATCH_SIZE = "100"
+
+
 def install() -> None:
-    """Patch ``dagster._core.storage.sql.check_alembic_revision`` and the modules that imported it."""
+    """Install every patch of this module (once per process)."""
     global _installed
     if _installed:
         return
-    import dagster._core.storage.sql as sql
-
-    original = sql.check_alembic_revision
-
-    def check_alembic_revision(alembic_config, conn):
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
-
-        with sql._alembic_lock:
-            db_revision = MigrationContext.configure(conn).get_current_revision()
-        key = (alembic_config.config_file_name, alembic_config.get_main_option("script_location"))
-        with _lock:
-            if key not in _heads:
-                _heads[key] = ScriptDirectory.from_config(alembic_config).as_revision_number("head")
-            return db_revision, _heads[key]
-
-    check_alembic_revision.__wrapped__ = original
-    sql.check_alembic_revision = check_alembic_revision
-    for module in list(sys.modules.values()):  # storages imported it by name
-        if getattr(module, "check_alembic_revision", None) is original:
-            module.check_alembic_revision = check_alembic_revision
+    _install_alembic_script_cache()
+    _install_sqlite_batch_writes()
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
     _install_backfill_grouping()
     _installed = True
+
+
+def _script(alembic_config):
+    """The storage's Alembic script directory, its migrations read once per process."""
+    from alembic.script import ScriptDirectory
+
+    key = (alembic_config.config_file_name, alembic_config.get_main_option("script_location"))
+    with _lock:
+        if key not in _scripts:
+            script = ScriptDirectory.from_config(alembic_config)
+            _scripts[key] = script, script.as_revision_number("head")
+        return _scripts[key]
+
+
+def _install_alembic_script_cache() -> None:
+    """Patch ``check_alembic_revision`` and ``stamp_alembic_rev`` of ``dagster._core.storage.sql``
+    and of the storage modules that imported them by name."""
+    import sqlite3
+
+    import dagster._core.storage.sql as sql
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.exc import DatabaseError
+
+    original_check, original_stamp = sql.check_alembic_revision, sql.stamp_alembic_rev
+
+    def check_alembic_revision(alembic_config, conn):
+        with sql._alembic_lock:
+            db_revision = MigrationContext.configure(conn).get_current_revision()
+        return db_revision, _script(alembic_config)[1]
+
+    def stamp_alembic_rev(alembic_config, conn, rev="head"):
+        # what Alembic's ``command.stamp`` does through Dagster's env.py (``run_migrations_online``),
+        # on the caller's connection and transaction, without reloading the scripts
+        script = _script(alembic_config)[0]
+        with sql._alembic_lock:
+            try:
+                MigrationContext.configure(conn).stamp(script, rev)
+            except (DatabaseError, sqlite3.DatabaseError) as exc:
+                if "table alembic_version already exists" not in str(exc):  # another process's
+                    raise
+
+    for patched, original in ((check_alembic_revision, original_check), (stamp_alembic_rev, original_stamp)):
+        patched.__wrapped__ = original
+        name = original.__name__
+        setattr(sql, name, patched)
+        for module in list(sys.modules.values()):  # storages imported them by name
+            if getattr(module, name, None) is original:
+                setattr(module, name, patched)
+
+
+class _OnConnection:
+    """A storage whose ``index_connection`` is an open connection (its transaction), for running one of
+    Dagster's own index writes inside a larger transaction; everything else is the storage's."""
+
+    def __init__(self, storage, conn):
+        self._storage, self._conn = storage, conn
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    @contextlib.contextmanager
+    def index_connection(self):
+        yield self._conn
+
+
+def _install_sqlite_batch_writes() -> None:
+    from dagster._core.errors import DagsterInvariantViolationError
+    from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from dagster._core.storage.sqlalchemy_compat import db_result
+
+    one_by_one = SqliteEventLogStorage.store_event_batch  # the base class's loop over store_event
+    batched_types = ASSET_EVENTS | {DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
+
+    def store_event_batch(self, events):
+        # what ``store_event`` writes for asset events and planned checks, a run's batch in one
+        # transaction a database
+        if (type(self).store_event is not SqliteEventLogStorage.store_event
+                or len({event.run_id for event in events}) != 1
+                or not all(event.is_dagster_event and event.dagster_event_type in batched_types
+                           for event in events)
+                or (not self.supports_asset_checks
+                    and any(event.dagster_event_type in ASSET_CHECK_EVENTS for event in events))):
+            return one_by_one(self, events)
+        statements = [self.prepare_insert_event(event) for event in events]
+        with self.run_connection(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        # mirrored for cross-run asset queries. Should this fail, Dagster stores the batch again one by one
+        # (its fallback), and the run's own log holds the events twice, as with its PostgreSQL batches
+        with self.index_transaction() as conn:
+            for event, statement in zip(events, statements):
+                with db_result(conn, statement) as result:
+                    event_id = result.inserted_primary_key[0]
+                if event.dagster_event_type in ASSET_CHECK_EVENTS:  # the check's planned execution row
+                    SqlEventLogStorage._store_asset_check_evaluation_planned(
+                        _OnConnection(self, conn), event, event_id)
+                    continue
+                if event_id is None:
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+
+    store_event_batch.__wrapped__ = one_by_one
+    SqliteEventLogStorage.store_event_batch = store_event_batch
 
 
 def _install_backfill_grouping() -> None:
@@ -101,12 +206,7 @@ def warm_alembic_heads(modules=SQLITE_STORAGES) -> None:
     """Find the Alembic heads of these storages now (the forkserver: then no worker has to)."""
     import importlib
 
-    from alembic.script import ScriptDirectory
     from dagster._core.storage.sql import get_alembic_config
 
     for name in modules:
-        config = get_alembic_config(importlib.import_module(name).__file__)
-        key = (config.config_file_name, config.get_main_option("script_location"))
-        with _lock:
-            if key not in _heads:
-                _heads[key] = ScriptDirectory.from_config(config).as_revision_number("head")
+        _script(get_alembic_config(importlib.import_module(name).__file__))
