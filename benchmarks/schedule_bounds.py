@@ -11,6 +11,12 @@
   and move (a relaxation), is a linear programme solved here by column generation (each new column is
   an unbounded knapsack over the need types). No real schedule ends sooner. It is never below the
   memory-area bound and is combined with the longest run.
+- ``overlap_lower_bound_s``: what the runs that cannot share a GPU more than three at a time force,
+  without letting them pause. At most ``c`` of them fit on the GPUs at once; among the ``c + 1`` longest,
+  two never run at the same time (intervals that meet pairwise all meet at one point, where ``c + 1``
+  would run), so the makespan is at least the sum of the two shortest of those. Neither it nor the
+  bounds above is always the larger: it sees that runs do not pause, which the LP relaxes, but only the
+  large runs.
 - ``replay_plan_s``: the makespan of the coordinator's own ``plan_queue`` (packing order, GPU choice,
   reservations) replayed on the same runs with zero launch cost and instant ticks: the policy's result
   without Dagster, so a measured makespan above it is the machinery's cost.
@@ -76,6 +82,36 @@ def packing_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, 
             return max(lp.fun / n_gpus, max((d for _, d in jobs), default=0.0))
         columns.append(counts)
     raise RuntimeError("configuration LP did not converge")
+
+
+def overlap_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_gpus: int,
+                          max_per_gpu: int = 3) -> float:
+    """The bound of the module doc for the jobs (need MiB, seconds) of which at most ``max_per_gpu`` fit
+    on a GPU (need > capacity / (max_per_gpu + 1)); 0 when they all fit at once."""
+    from functools import lru_cache
+    from itertools import combinations_with_replacement
+
+    large = [(d, need) for need, d in jobs if need * (max_per_gpu + 1) > capacity_mib]
+    needs = sorted({need for _, need in large})
+    fits = [c for k in range(1, max_per_gpu + 1)
+            for c in combinations_with_replacement(range(len(needs)), k) if sum(needs[i] for i in c) <= capacity_mib]
+
+    @lru_cache(maxsize=None)
+    def most_at_once(gpus: int, left: tuple[int, ...]) -> int:  # over the GPUs, what one GPU can hold
+        best = 0
+        if gpus:
+            best = most_at_once(gpus - 1, left)
+            for c in fits:
+                rest = list(left)
+                for i in c:
+                    rest[i] -= 1
+                if min(rest) >= 0:
+                    best = max(best, len(c) + most_at_once(gpus - 1, tuple(rest)))
+        return best
+
+    at_once = most_at_once(n_gpus, tuple(sum(need == n for _, need in large) for n in needs))
+    longest = sorted((d for d, _ in large), reverse=True)
+    return longest[at_once - 1] + longest[at_once] if len(longest) > at_once >= 1 else 0.0
 
 
 def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int, int]], capacity_mib: int,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from schedule_bounds import memory_area_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
+from schedule_bounds import memory_area_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
 
 GPU = 81408  # an 80 GB GPU less the coordinator's 512-MiB headroom
 GENEFORMER_20K, GENEFORMER_25K = 24384, 29888  # needs.py at 20,000 and 25,000 genes
@@ -51,3 +51,15 @@ def test_replay_starts_the_largest_training_set_first():
     jobs = [(GPU, 1.0, 0, 100), (GPU, 1.0, 0, 200), (GPU, 10.0, 0, 25600)]
     assert replay_plan_s(jobs, GPU, 2, reserve_after_s=60) == pytest.approx(10.0)
     assert replay_plan_s([job[:3] for job in jobs], GPU, 2, reserve_after_s=60) == pytest.approx(11.0)
+
+
+def test_overlap_bound_counts_the_geneformer_runs_that_fit_at_once():
+    # 2 GPUs hold at most 5 of these 6 at once (e.g. {25k, 20k, 20k} and {25k, 25k}; no GPU holds three 25k
+    # runs): two of them run one after the other, so at least the two shortest, 4 + 3 s
+    jobs = [(GENEFORMER_25K, 5.0), (GENEFORMER_25K, 5.0), (GENEFORMER_25K, 4.0),
+            (GENEFORMER_20K, 5.0), (GENEFORMER_20K, 4.0), (GENEFORMER_20K, 3.0)]
+    assert overlap_lower_bound_s(jobs, GPU, 2) == pytest.approx(4.0 + 3.0)
+    # the configuration LP lets runs pause and move: it sees only the longest run
+    assert packing_lower_bound_s(jobs, GPU, 2) == pytest.approx(5.0)
+    assert overlap_lower_bound_s(jobs[:5], GPU, 2) == 0.0  # all fit at once: nothing forced
+    assert overlap_lower_bound_s([(1216, 100.0)] * 50, GPU, 1) == 0.0  # small runs are not its business
