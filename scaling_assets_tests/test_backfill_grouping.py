@@ -10,6 +10,7 @@ one at a time with a tick in between, as the daemon would see them finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -53,14 +54,14 @@ def mi(model):
 defs = Definitions(assets=[pool, train, model, mi], executor=in_process_executor)
 
 
-def backfill_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """(partition, assets) of each run of a whole backfill, executing one run per daemon tick, the
-    chains of finished seeds before the next seed's pool."""
+@contextlib.contextmanager
+def backfill_of_the_graph(tmp_path: Path):
+    """A backfill of the whole graph on a test instance: yields the instance, a tick of Dagster's backfill
+    iteration, and a function that executes a launched run (runs are launched, not executed, by a tick)."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from dagster._core.execution.api import execute_run
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import (
         InProcessTestWorkspaceLoadTarget,
         create_test_daemon_workspace_context,
@@ -72,7 +73,7 @@ def backfill_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...]]]:
     here = str(Path(__file__).parent)
     origin = LoadableTargetOrigin(python_file=__file__, attribute="defs", working_directory=here)
     repo = ReconstructableRepository.for_file(__file__, "defs", here)
-    overrides = {  # runs are launched as the backfill asks, and executed below one at a time
+    overrides = {  # runs are launched as the backfill asks, and executed by the test
         "run_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"},
         "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
     }
@@ -86,19 +87,67 @@ def backfill_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...]]]:
             partition_names=None, asset_selection=[AssetKey(k) for k in ("pool", "train", "model", "mi")],
             backfill_timestamp=0.0, tags={}, dynamic_partitions_store=instance, all_partitions=True,
             title=None, description=None, run_config=None))
+
+        def tick():
+            list(execute_backfill_iteration(workspace, logger))
+
+        def execute(run):
+            job = repo.get_reconstructable_job("__ASSET_JOB").get_subset(asset_selection=run.asset_selection)
+            assert execute_run(job, run, instance).success
+
+        yield instance, tick, execute
+
+
+def launched_runs(instance):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    return [r for r in reversed(instance.get_runs()) if r.status == DagsterRunStatus.STARTING]
+
+
+def backfill_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(partition, assets) of each run of a whole backfill, executing one run per daemon tick, the
+    chains of finished seeds before the next seed's pool."""
+    with backfill_of_the_graph(tmp_path) as (instance, tick, execute):
         order = []
         for _ in range(40):
-            list(execute_backfill_iteration(workspace, logger))
-            launched = [r for r in reversed(instance.get_runs()) if r.status == DagsterRunStatus.STARTING]
+            tick()
+            launched = launched_runs(instance)
             if not launched:
                 break
             run = min(launched, key=lambda r: r.asset_selection == {AssetKey("pool")})  # chains first, in order
-            job = repo.get_reconstructable_job("__ASSET_JOB").get_subset(asset_selection=run.asset_selection)
-            assert execute_run(job, run, instance).success
+            execute(run)
             order.append((run.tags["dagster/partition"], tuple(sorted(k.path[-1] for k in run.asset_selection))))
         else:
             raise AssertionError(f"the backfill still launched runs after 40 ticks: {order}")
         return order
+
+
+def materialised_by_a_tick_while_a_chain_run_writes(tmp_path: Path, monkeypatch) -> set[str]:
+    """A chain run executes while a tick reads the new materialisations, just after the tick has read its
+    first asset: which of the run's assets does the tick count as materialised?"""
+    with backfill_of_the_graph(tmp_path) as (instance, tick, execute):
+        tick()  # the pools
+        execute(next(r for r in launched_runs(instance) if r.tags["dagster/partition"] == "0"))
+        tick()  # seed 0's chains
+        chain = next(r for r in launched_runs(instance) if r.asset_selection != {AssetKey("pool")})
+        read = instance.get_asset_event_summary_records
+
+        def read_then_run_the_chain(*args, **kwargs):
+            rows = read(*args, **kwargs)
+            if kwargs.get("asset_key") in chain.asset_selection and not executed:
+                executed.append(chain.run_id)
+                execute(chain)  # writes train, then model, then mi
+            return rows
+
+        executed: list[str] = []
+        monkeypatch.setattr(instance, "get_asset_event_summary_records", read_then_run_the_chain)
+        tick()
+        monkeypatch.undo()
+        assert executed == [chain.run_id]
+        done = instance.get_backfill("grouping").asset_backfill_data.materialized_subset
+        partition = chain.tags["dagster/partition"]
+        by_asset = done.partitions_subsets_by_asset_key
+        return {k.path[-1] for k in chain.asset_selection if k in by_asset and partition in by_asset[k]}
 
 
 def test_each_setting_chain_is_one_run_when_the_seeds_finish_one_after_another(tmp_path):
@@ -129,3 +178,23 @@ def test_dagster_alone_splits_the_chains_of_the_middle_seeds(tmp_path, monkeypat
     assert sorted(r for r in runs if r[0].endswith("_s=1")) == sorted(
         (k, (a,)) for k in SETTINGS if k.endswith("_s=1") for a in ("train", "model", "mi"))
     assert [r for r in runs if r[0].endswith("_s=0")] == [(k, ("mi", "model", "train")) for k in SETTINGS[:2]]
+
+
+def test_a_tick_counts_a_runs_materialisations_all_or_none(tmp_path, monkeypatch):
+    from scaling_assets.compute import dagster_patches
+
+    dagster_patches.install()
+    # the tick's reads stop at the newest event on entry: the chain's three are the next tick's
+    assert materialised_by_a_tick_while_a_chain_run_writes(tmp_path / "patched", monkeypatch) == set()
+
+
+def test_dagster_alone_counts_a_runs_later_materialisations_without_its_earlier_ones(tmp_path, monkeypatch):
+    from dagster._core.execution import asset_backfill
+
+    from scaling_assets.compute import dagster_patches
+
+    dagster_patches.install()
+    patched = asset_backfill.get_asset_backfill_iteration_materialized_subset
+    monkeypatch.setattr(asset_backfill, "get_asset_backfill_iteration_materialized_subset", patched.__wrapped__)
+    seen = materialised_by_a_tick_while_a_chain_run_writes(tmp_path / "dagster", monkeypatch)
+    assert seen and seen != {"train", "model", "mi"}  # some of the run, not all: the split stop 36 measured
