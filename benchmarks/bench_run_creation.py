@@ -1,6 +1,6 @@
 """Creating a run on SQLite instance storage: Dagster as installed against the repository's patches.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_run_creation.py [--runs 60] [--assets 10]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_run_creation.py [--runs 60] [--assets 10] [--checks 6]
 
 A backfill's daemon creates every run it requests: a run of a study setting's chain targets ~10 assets
 of one partition, and Dagster writes one "materialization planned" event per asset partition into the

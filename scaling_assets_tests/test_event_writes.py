@@ -132,6 +132,7 @@ def test_a_batch_the_patch_does_not_cover_is_written_one_by_one(tmp_path, monkey
 def test_new_run_databases_are_stamped_without_reading_the_migrations(tmp_path, monkeypatch):
     import dagster._core.storage.sql as sql
     from alembic.script import ScriptDirectory
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log
 
     dagster_patches.warm_alembic_heads()
     reads = []
@@ -143,8 +144,7 @@ def test_new_run_databases_are_stamped_without_reading_the_migrations(tmp_path, 
         assert reads == []  # the daemon used to read ~100 migration scripts for each new run database
         monkeypatch.undo()
         storage = instance.event_log_storage
-        config = sql.get_alembic_config(
-            __import__("dagster._core.storage.event_log.sqlite.sqlite_event_log", fromlist=["x"]).__file__)
+        config = sql.get_alembic_config(sqlite_event_log.__file__)
         for run_id in run_ids:
             with storage.run_connection(run_id) as conn:
                 # Dagster's own check, migrations read from disk: the run's database is at the head
