@@ -29,7 +29,8 @@ placement by the launcher, so they include the daemon's start-up), the launch ov
 (placed -> the run's process holds its lease; placed_to_op_start: process start-up and Dagster's
 run initialisation),
 and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom);
-the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep); the
+the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep), the
+other bounds and the shortest schedule of ``schedule_bounds.py`` (CP-SAT, ``--optimum-s``); the
 run workers' memory every ``--mem-sample-s`` (sum of PSS, RSS and USS over the forkserver's children:
 PSS counts a page shared by n workers 1/n in each, so its sum is what they take; RSS counts the
 shared preloaded libraries once per worker), the daemon's CPU seconds and the load average
@@ -61,7 +62,8 @@ from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noq
 from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
-from schedule_bounds import memory_area_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
+from schedule_bounds import (  # noqa: E402
+    memory_area_s, optimal_makespan_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s)
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
 TAG_SLEEP = "bench/sleep_s"  # same as scheduler_workload.TAG_SLEEP (not imported: it imports dagster ops)
@@ -290,22 +292,34 @@ def lower_bound_s(runs, unit_s: float, capacity_mib: int) -> dict:
 
 
 def policy_bounds(runs, unit_s: float, n_gpus: int, usable_mib: int, reserve_after_s: float,
-                  makespan_s: float | None = None) -> dict:
-    """The configuration-LP bound (what GPU memory packing allows at best) and the coordinator's plan
-    replayed without Dagster (``schedule_bounds.py``), with the measured makespan against each."""
+                  makespan_s: float | None = None, optimum_time_limit_s: float = 0.0) -> dict:
+    """The configuration-LP and overlap bounds, the coordinator's plan replayed without Dagster and,
+    given a time limit, the shortest schedule the CP-SAT search finds and the bound it proves
+    (``schedule_bounds.py``), with the measured makespan against each."""
     jobs = [(r["need_mib"], r["cost"] * unit_s) for r in runs]
     packing = packing_lower_bound_s(jobs, usable_mib, n_gpus)
     overlap = overlap_lower_bound_s(jobs, usable_mib, n_gpus)
+    plan: list[tuple[float, int]] = []
     replay = replay_plan_s([(r["need_mib"], r["cost"] * unit_s, r["priority"], r["cells"]) for r in runs], usable_mib,
-                           n_gpus, reserve_after_s=reserve_after_s)
+                           n_gpus, reserve_after_s=reserve_after_s, schedule=plan)
     best = max(packing, overlap)  # both are lower bounds: the larger one holds
     report = {"packing_lower_bound_s": packing, "overlap_lower_bound_s": overlap,
               "plan_replayed_makespan_s": replay, "plan_replayed_over_packing_bound": replay / packing,
               "plan_replayed_over_best_bound": replay / best}
+    if optimum_time_limit_s:
+        exact = optimal_makespan_s(jobs, usable_mib, n_gpus, time_limit_s=optimum_time_limit_s, hint=plan)
+        # the search proves the optimum on some draws (draw 0), elsewhere little: keep the best bound
+        proven = max(exact["lower_bound_s"], best)
+        report.update(shortest_found_s=exact["makespan_s"], optimum_proven=exact["optimal"],
+                      optimum_lower_bound_s=proven, optimum_search_s=exact["solve_s"],
+                      plan_replayed_over_shortest_found=replay / exact["makespan_s"],
+                      plan_replayed_over_optimum_bound=replay / proven)
     if makespan_s is not None:
         report.update(makespan_over_packing_bound=makespan_s / packing,
                       makespan_over_best_bound=makespan_s / best,
                       makespan_over_plan_replayed=makespan_s / replay)
+        if optimum_time_limit_s:
+            report.update(makespan_over_optimum_bound=makespan_s / report["optimum_lower_bound_s"])
     return report
 
 
@@ -350,7 +364,7 @@ def analyse(runs, ids, records, events, samples, gpus, t_submit, args, mem_sampl
         **bounds,
         "makespan_over_lower_bound": (t_end - t_submit) / bounds["lower_bound_s"],
         **policy_bounds(runs, args.unit_s, len(gpus), next(iter(usable.values())), args.reserve_after_s,
-                        makespan_s=t_end - t_submit),
+                        makespan_s=t_end - t_submit, optimum_time_limit_s=args.optimum_s),
         "uptime_load": loads or {},
         "first_placement_s": float(launches.min()),  # daemon start-up: process, code server, first tick
         "sleep_s_total": sum(records[r]["released"] - records[r]["leased"] for r in done),
@@ -448,6 +462,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scheduler"),
                         help="writes <out>.png and <out>.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME")
+    parser.add_argument("--optimum-s", type=float, default=60.0,
+                        help="seconds the CP-SAT search for the shortest schedule may take (0: skip it)")
     parser.add_argument("--bounds-only", type=int, metavar="N_SEEDS",
                         help="no Dagster: print the bounds and the replayed plan for N_SEEDS seeds from --seed")
     args = parser.parse_args()
@@ -528,24 +544,33 @@ def main() -> None:
 
 
 def print_bounds(args) -> None:
-    """The makespan bounds and the coordinator's replayed plan for several draws of the workload."""
+    """The makespan bounds, the shortest schedule found and the coordinator's replayed plan for several
+    draws of the workload."""
     usable = 80 * 1024 - HEADROOM_MIB
-    print(f"{args.runs} runs on {args.gpus} x {usable} usable MiB, unit {args.unit_s} s: seconds "
-          f"(plan replayed / packing bound)")
-    print(f"{'seed':>4} {'area bound':>10} {'packing bound':>13} {'overlap bound':>13} {'plan replayed':>13} "
-          f"{'ratio':>6} {'to best':>7}")
-    ratios, to_best = [], []
+    print(f"{args.runs} runs on {args.gpus} x {usable} usable MiB, unit {args.unit_s} s: seconds; CP-SAT "
+          f"search {args.optimum_s:.0f} s a draw ('=': the shortest found is proven optimal)")
+    print(f"{'seed':>4} {'area':>5} {'packing':>7} {'overlap':>7} {'shortest':>8} {'plan':>5} {'plan /':>6} "
+          f"{'plan /':>8}")
+    print(f"{'':>4} {'bound':>5} {'bound':>7} {'bound':>7} {'found':>8} {'':>5} {'bound':>6} {'shortest':>8}")
+    to_bound, to_found = [], []
     for seed in range(args.seed, args.seed + args.bounds_only):
         runs = draw_runs(args.runs, seed, args.algorithms.split(","))
         b = {**lower_bound_s(runs, args.unit_s, usable * args.gpus),
-             **policy_bounds(runs, args.unit_s, args.gpus, usable, args.reserve_after_s)}
-        ratios.append(b["plan_replayed_over_packing_bound"])
-        to_best.append(b["plan_replayed_over_best_bound"])
-        print(f"{seed:>4} {b['lower_bound_s']:>10.0f} {b['packing_lower_bound_s']:>13.0f} "
-              f"{b['overlap_lower_bound_s']:>13.0f} {b['plan_replayed_makespan_s']:>13.0f} {ratios[-1]:>6.2f} "
-              f"{to_best[-1]:>7.2f}")
-    print(f"plan replayed / packing bound: mean {sum(ratios) / len(ratios):.2f}, max {max(ratios):.2f}; "
-          f"/ the larger of both bounds: mean {sum(to_best) / len(to_best):.2f}, max {max(to_best):.2f}")
+             **policy_bounds(runs, args.unit_s, args.gpus, usable, args.reserve_after_s,
+                             optimum_time_limit_s=args.optimum_s)}
+        found = ratio = ""
+        if args.optimum_s:
+            to_bound.append(b["plan_replayed_over_optimum_bound"])
+            to_found.append(b["plan_replayed_over_shortest_found"])
+            found, ratio = f"{'=' if b['optimum_proven'] else ''}{b['shortest_found_s']:.0f}", f"{to_found[-1]:.3f}"
+        else:
+            to_bound.append(b["plan_replayed_over_best_bound"])
+        print(f"{seed:>4} {b['lower_bound_s']:>5.0f} {b['packing_lower_bound_s']:>7.0f} "
+              f"{b['overlap_lower_bound_s']:>7.0f} {found:>8} {b['plan_replayed_makespan_s']:>5.0f} "
+              f"{to_bound[-1]:>6.2f} {ratio:>8}", flush=True)
+    print(f"plan replayed / the best lower bound: mean {sum(to_bound) / len(to_bound):.2f}, max {max(to_bound):.2f}"
+          + (f"; / the shortest schedule found: mean {sum(to_found) / len(to_found):.3f}, "
+             f"max {max(to_found):.3f}" if to_found else ""))
 
 
 def uptime() -> str:

@@ -17,6 +17,12 @@
   would run), so the makespan is at least the sum of the two shortest of those. Neither it nor the
   bounds above is always the larger: it sees that runs do not pause, which the LP relaxes, but only the
   large runs.
+- ``optimal_makespan_s``: the shortest schedule itself, searched by a constraint solver (OR-Tools'
+  CP-SAT): each run on one GPU for its whole duration, no GPU's memory over capacity at any time. The
+  solver returns the best schedule it found and a lower bound it proved; they meet when it proves the
+  schedule optimal. The global constraints it is given besides (all memory, and for the runs of which
+  at most three fit a GPU, every valid per-GPU count inequality summed over the GPUs) change no answer;
+  they let it prove the bound: without them it proves little more than the longest run.
 - ``replay_plan_s``: the makespan of the coordinator's own ``plan_queue`` (packing order, GPU choice,
   reservations) replayed on the same runs with zero launch cost and instant ticks: the policy's result
   without Dagster, so a measured makespan above it is the machinery's cost.
@@ -114,11 +120,81 @@ def overlap_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, 
     return longest[at_once - 1] + longest[at_once] if len(longest) > at_once >= 1 else 0.0
 
 
+def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_gpus: int, *,
+                       time_limit_s: float = 60.0, workers: int = 2, resolution_s: float = 0.01,
+                       max_per_gpu: int = 3, hint: Sequence[tuple[float, int]] | None = None) -> dict:
+    """The module doc's exact search on jobs (need MiB, seconds). Durations are rounded down to
+    ``resolution_s``, so ``lower_bound_s`` holds for the true ones (a schedule of the true durations
+    is at most one ``resolution_s`` a run longer than ``makespan_s``). Returns ``makespan_s`` (best
+    schedule found), ``lower_bound_s`` (proved), ``optimal`` (they meet), ``starts_s`` and ``gpus``
+    (the schedule, a start and a GPU index a job) and ``solve_s``. ``hint``: a schedule to start from
+    (a start and a GPU a job, e.g. ``replay_plan_s``'s), so what is found is never longer than it."""
+    import time
+    from itertools import combinations_with_replacement, product
+
+    from ortools.sat.python import cp_model
+
+    if any(need > capacity_mib for need, _ in jobs):
+        raise ValueError(f"a job needs more than a GPU's {capacity_mib} MiB: no schedule exists")
+    ticks = [int(d / resolution_s) for _, d in jobs]
+    horizon = sum(ticks)
+    model = cp_model.CpModel()
+    makespan = model.NewIntVar(max(ticks, default=0), horizon, "makespan")
+    starts, on_gpu, per_gpu, everywhere = [], [], [[] for _ in range(n_gpus)], []
+    first = max(range(len(jobs)), key=lambda j: jobs[j][0] * ticks[j], default=None)
+    for j, ((need, _), d) in enumerate(zip(jobs, ticks)):
+        start = model.NewIntVar(0, horizon - d, f"start{j}")
+        on = [model.NewBoolVar(f"job{j}_gpu{g}") for g in range(n_gpus)]
+        for g in range(n_gpus):
+            per_gpu[g].append((model.NewOptionalFixedSizeIntervalVar(start, d, on[g], f"job{j}_on{g}"), need))
+        model.AddExactlyOne(on)
+        model.Add(makespan >= start + d)
+        everywhere.append((model.NewFixedSizeIntervalVar(start, d, f"job{j}"), need))
+        starts.append(start)
+        on_gpu.append(on)
+    if first is not None:
+        model.Add(on_gpu[first][0] == 1)  # the GPUs are alike: the largest job may as well be on the first
+    for intervals in per_gpu:
+        model.AddCumulative([iv for iv, _ in intervals], [need for _, need in intervals], capacity_mib)
+    # redundant, for the proof: all memory together, and per-GPU count inequalities of the large runs
+    model.AddCumulative([iv for iv, _ in everywhere], [need for _, need in everywhere], capacity_mib * n_gpus)
+    large = sorted({need for need, _ in jobs if need * (max_per_gpu + 1) > capacity_mib})
+    if len(large) <= 3:  # 4^k - 1 weightings; more types would only slow the proof
+        fits = [c for k in range(1, max_per_gpu + 1)
+                for c in combinations_with_replacement(range(len(large)), k) if sum(large[i] for i in c) <= capacity_mib]
+        for weights in product(range(max_per_gpu + 1), repeat=len(large)):
+            most = max((sum(weights[i] for i in c) for c in fits), default=0)
+            chosen = [(iv, weights[large.index(need)]) for iv, need in everywhere
+                      if need in large and weights[large.index(need)]]
+            if chosen and most:
+                model.AddCumulative([iv for iv, _ in chosen], [w for _, w in chosen], most * n_gpus)
+    for j, (start_s, gpu) in enumerate(hint or ()):
+        model.AddHint(starts[j], int(start_s / resolution_s))
+        for g, on in enumerate(on_gpu[j]):
+            model.AddHint(on, g == gpu)
+    model.Minimize(makespan)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = workers
+    t0 = time.perf_counter()
+    status = solver.Solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise RuntimeError(f"no schedule found in {time_limit_s} s ({solver.StatusName(status)})")
+    return {"makespan_s": solver.ObjectiveValue() * resolution_s,
+            "lower_bound_s": solver.BestObjectiveBound() * resolution_s,
+            "optimal": status == cp_model.OPTIMAL,
+            "starts_s": [solver.Value(s) * resolution_s for s in starts],
+            "gpus": [next(g for g, on in enumerate(ons) if solver.Value(on)) for ons in on_gpu],
+            "solve_s": time.perf_counter() - t0}
+
+
 def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int, int]], capacity_mib: int,
-                  n_gpus: int, *, reserve_after_s: float, max_reserved_gpus: int = 1, tick_s: float = 1.0) -> float:
+                  n_gpus: int, *, reserve_after_s: float, max_reserved_gpus: int = 1, tick_s: float = 1.0,
+                  schedule: list | None = None) -> float:
     """Makespan of ``plan_queue`` on jobs (need MiB, seconds, priority[, training-set size N]), all queued
     at time 0, with no launch cost: each plan launches every run it places; time moves to the next run's
-    end (or the next ``tick_s``, for the reservations' clocks, while runs wait)."""
+    end (or the next ``tick_s``, for the reservations' clocks, while runs wait). ``schedule``, if given,
+    gets (start, GPU index) for each job."""
     from scaling_assets.compute.coordinator import QueuedGpuRun, plan_queue
     from scaling_assets.gpu.nvml import GpuInfo
 
@@ -126,6 +202,7 @@ def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int,
     available = {g.uuid: capacity_mib for g in gpus}
     queued = {str(i): QueuedGpuRun(str(i), job[0], job[2], 0.0, *job[3:]) for i, job in enumerate(jobs)}
     running: list[tuple[float, str, str]] = []  # (end, run, GPU)
+    starts: dict[int, tuple[float, int]] = {}
     now = 0.0
     while queued or running:
         placed: dict[str, str] = {}
@@ -133,6 +210,7 @@ def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int,
                    headroom_mib=0, placed=placed, max_reserved_gpus=max_reserved_gpus)
         for run_id, uuid in placed.items():
             available[uuid] -= queued.pop(run_id).need_mib
+            starts[int(run_id)] = (now, int(uuid.rsplit("-", 1)[1]))
             heapq.heappush(running, (now + jobs[int(run_id)][1], run_id, uuid))
         if not running:
             raise RuntimeError("a queued run fits no GPU: the replay cannot end")
@@ -140,4 +218,6 @@ def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int,
         while running and running[0][0] <= now:
             _, run_id, uuid = heapq.heappop(running)
             available[uuid] += jobs[int(run_id)][0]
+    if schedule is not None:
+        schedule[:] = [starts[j] for j in range(len(jobs))]
     return now

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from schedule_bounds import memory_area_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s  # noqa: E402
+from schedule_bounds import (  # noqa: E402
+    memory_area_s, optimal_makespan_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s)
 
 GPU = 81408  # an 80 GB GPU less the coordinator's 512-MiB headroom
 GENEFORMER_20K, GENEFORMER_25K = 24384, 29888  # needs.py at 20,000 and 25,000 genes
@@ -63,3 +64,45 @@ def test_overlap_bound_counts_the_geneformer_runs_that_fit_at_once():
     assert packing_lower_bound_s(jobs, GPU, 2) == pytest.approx(5.0)
     assert overlap_lower_bound_s(jobs[:5], GPU, 2) == 0.0  # all fit at once: nothing forced
     assert overlap_lower_bound_s([(1216, 100.0)] * 50, GPU, 1) == 0.0  # small runs are not its business
+
+
+def assert_schedule_fits(jobs, result, capacity_mib, n_gpus):
+    """No GPU holds more than its memory at any start, and the last run ends at the makespan."""
+    assert all(0 <= g < n_gpus for g in result["gpus"])
+    spans = [(start, start + d, need, g) for (need, d), start, g in zip(jobs, result["starts_s"], result["gpus"])]
+    for t, _, _, gpu in spans:
+        held = sum(need for s, e, need, g in spans if g == gpu and s <= t + 1e-9 and e > t + 1e-9)
+        assert held <= capacity_mib, f"{held} MiB on GPU {gpu} at {t} s"
+    assert max(e for _, e, _, _ in spans) == pytest.approx(result["makespan_s"])
+
+
+def test_optimal_makespan_is_proven_where_every_bound_falls_short():
+    # One GPU holds {25k, 25k}, {25k, 20k, 20k} or {20k, 20k, 20k}. Two 3-s 25k runs and 20k runs of 3, 1, 1
+    # and 1 s: while the 25k runs overlap nothing else fits, so the 3-s 20k run runs before the later one
+    # starts (which then ends at >= 6 s) or after the earlier one ends (>= 6 s); apart they take 6 s too.
+    jobs = [(GENEFORMER_25K, 3.0)] * 2 + [(GENEFORMER_20K, 1.0)] * 3 + [(GENEFORMER_20K, 3.0)]
+    result = optimal_makespan_s(jobs, GPU, 1, time_limit_s=30)
+    assert result["optimal"]
+    assert result["makespan_s"] == pytest.approx(6.0) and result["lower_bound_s"] == pytest.approx(6.0)
+    assert_schedule_fits(jobs, result, GPU, 1)
+    assert packing_lower_bound_s(jobs, GPU, 1) == pytest.approx(4.5)  # runs may pause there
+    assert overlap_lower_bound_s(jobs, GPU, 1) == pytest.approx(4.0)  # it sees only the two longest
+    # the queue's plan without durations (FIFO among equals) starts the 1-s runs first: 7 s; the search
+    # started from that schedule still finds 6 s
+    plan: list = []
+    assert replay_plan_s([(need, d, 0) for need, d in jobs], GPU, 1, reserve_after_s=60, schedule=plan) == pytest.approx(7.0)
+    assert_schedule_fits(jobs, {"starts_s": [s for s, _ in plan], "gpus": [g for _, g in plan], "makespan_s": 7.0}, GPU, 1)
+    assert optimal_makespan_s(jobs, GPU, 1, time_limit_s=30, hint=plan)["makespan_s"] == pytest.approx(6.0)
+
+
+def test_optimal_makespan_runs_whole_waves_of_runs_that_fit_a_gpu_alone():
+    # five 1-s runs of 60% of a GPU on two GPUs: two at a time, three waves, though the LP (2.5 s) and the
+    # overlap bound (2 s: it sees two of the three longest in sequence) would allow less
+    jobs = [(int(0.6 * GPU), 1.0)] * 5
+    result = optimal_makespan_s(jobs, GPU, 2, time_limit_s=30)
+    assert result["optimal"] and result["makespan_s"] == pytest.approx(3.0)
+    assert_schedule_fits(jobs, result, GPU, 2)
+    assert packing_lower_bound_s(jobs, GPU, 2) == pytest.approx(2.5)
+    assert overlap_lower_bound_s(jobs, GPU, 2) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="more than a GPU"):
+        optimal_makespan_s([(GPU + 64, 1.0)], GPU, 1)
