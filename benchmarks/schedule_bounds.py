@@ -124,8 +124,8 @@ def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_g
                        time_limit_s: float = 60.0, workers: int = 2, resolution_s: float = 0.01,
                        max_per_gpu: int = 3, hint: Sequence[tuple[float, int]] | None = None) -> dict:
     """The module doc's exact search on jobs (need MiB, seconds). Durations are rounded down to
-    ``resolution_s``, so ``lower_bound_s`` holds for the true ones (a schedule of the true durations
-    is at most one ``resolution_s`` a run longer than ``makespan_s``). Returns ``makespan_s`` (best
+    ``resolution_s``, so ``lower_bound_s`` holds for the true ones; ``makespan_s`` and the schedule are
+    the rounded durations' (with the true ones a run may end up to ``resolution_s`` later). Returns ``makespan_s`` (best
     schedule found), ``lower_bound_s`` (proved), ``optimal`` (they meet), ``starts_s`` and ``gpus``
     (the schedule, a start and a GPU index a job) and ``solve_s``. ``hint``: a schedule to start from
     (a start and a GPU a job, e.g. ``replay_plan_s``'s), so what is found is never longer than it."""
@@ -168,10 +168,13 @@ def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_g
                       if need in large and weights[large.index(need)]]
             if chosen and most:
                 model.AddCumulative([iv for iv, _ in chosen], [w for _, w in chosen], most * n_gpus)
-    for j, (start_s, gpu) in enumerate(hint or ()):
-        model.AddHint(starts[j], int(start_s / resolution_s))
-        for g, on in enumerate(on_gpu[j]):
-            model.AddHint(on, g == gpu)
+    if hint:
+        # rename the hint's GPUs so that it agrees with the symmetry rule above (the GPUs are alike)
+        rename = {hint[first][1]: 0, 0: hint[first][1]}
+        for j, (start_s, gpu) in enumerate(hint):
+            model.AddHint(starts[j], round(start_s / resolution_s))  # never earlier than a rounded end
+            for g, on in enumerate(on_gpu[j]):
+                model.AddHint(on, g == rename.get(gpu, gpu))
     model.Minimize(makespan)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
@@ -180,12 +183,18 @@ def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_g
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(f"no schedule found in {time_limit_s} s ({solver.StatusName(status)})")
-    return {"makespan_s": solver.ObjectiveValue() * resolution_s,
-            "lower_bound_s": solver.BestObjectiveBound() * resolution_s,
-            "optimal": status == cp_model.OPTIMAL,
-            "starts_s": [solver.Value(s) * resolution_s for s in starts],
-            "gpus": [next(g for g, on in enumerate(ons) if solver.Value(on)) for ons in on_gpu],
-            "solve_s": time.perf_counter() - t0}
+    found = {"makespan_s": solver.ObjectiveValue() * resolution_s,
+             "lower_bound_s": solver.BestObjectiveBound() * resolution_s,
+             "optimal": status == cp_model.OPTIMAL,
+             "starts_s": [solver.Value(s) * resolution_s for s in starts],
+             "gpus": [next(g for g, on in enumerate(ons) if solver.Value(on)) for ons in on_gpu],
+             "solve_s": time.perf_counter() - t0}
+    hinted_ticks = max((round(s / resolution_s) + d for (s, _), d in zip(hint or (), ticks)), default=None)
+    if hinted_ticks is not None and hinted_ticks * resolution_s < found["makespan_s"]:
+        # a short time limit can end the search before it has used the hint: the hint is the answer
+        found.update(makespan_s=hinted_ticks * resolution_s, starts_s=[s for s, _ in hint],
+                     gpus=[g for _, g in hint])
+    return found
 
 
 def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int, int]], capacity_mib: int,
