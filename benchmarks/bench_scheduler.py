@@ -465,7 +465,8 @@ def main() -> None:
     parser.add_argument("--optimum-s", type=float, default=60.0,
                         help="seconds the CP-SAT search for the shortest schedule may take (0: skip it)")
     parser.add_argument("--bounds-only", type=int, metavar="N_SEEDS",
-                        help="no Dagster: print the bounds and the replayed plan for N_SEEDS seeds from --seed")
+                        help="no Dagster: print the bounds, the shortest schedule found and the replayed plan "
+                             "for N_SEEDS seeds from --seed")
     args = parser.parse_args()
     if args.bounds_only:
         print_bounds(args)

@@ -68,8 +68,7 @@ def packing_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, 
     from scipy.optimize import linprog
     import numpy as np
 
-    if any(need > capacity_mib for need, _ in jobs):
-        raise ValueError(f"a job needs more than a GPU's {capacity_mib} MiB: no schedule exists")
+    require_every_job_fits(jobs, capacity_mib)
     seconds: dict[int, float] = defaultdict(float)
     for need, d in jobs:
         seconds[max(1, math.ceil(need / MIB_UNIT))] += d
@@ -90,17 +89,32 @@ def packing_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, 
     raise RuntimeError("configuration LP did not converge")
 
 
+def require_every_job_fits(jobs: Sequence[tuple[int, float]], capacity_mib: int) -> None:
+    """No schedule exists if a job needs more than a GPU holds."""
+    if any(need > capacity_mib for need, _ in jobs):
+        raise ValueError(f"a job needs more than a GPU's {capacity_mib} MiB: no schedule exists")
+
+
+def large_run_combinations(jobs: Sequence[tuple[int, float]], capacity_mib: int,
+                           max_per_gpu: int = 3) -> tuple[list[int], list[tuple[int, ...]]]:
+    """The distinct needs of the jobs of which at most ``max_per_gpu`` fit a GPU (need > capacity /
+    (max_per_gpu + 1)), ascending, and every multiset of them one GPU holds (indices into that list)."""
+    from itertools import combinations_with_replacement
+
+    needs = sorted({need for need, _ in jobs if need * (max_per_gpu + 1) > capacity_mib})
+    fits = [c for k in range(1, max_per_gpu + 1)
+            for c in combinations_with_replacement(range(len(needs)), k) if sum(needs[i] for i in c) <= capacity_mib]
+    return needs, fits
+
+
 def overlap_lower_bound_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_gpus: int,
                           max_per_gpu: int = 3) -> float:
     """The bound of the module doc for the jobs (need MiB, seconds) of which at most ``max_per_gpu`` fit
     on a GPU (need > capacity / (max_per_gpu + 1)); 0 when they all fit at once."""
     from functools import lru_cache
-    from itertools import combinations_with_replacement
 
-    large = [(d, need) for need, d in jobs if need * (max_per_gpu + 1) > capacity_mib]
-    needs = sorted({need for _, need in large})
-    fits = [c for k in range(1, max_per_gpu + 1)
-            for c in combinations_with_replacement(range(len(needs)), k) if sum(needs[i] for i in c) <= capacity_mib]
+    needs, fits = large_run_combinations(jobs, capacity_mib, max_per_gpu)
+    large = [(d, need) for need, d in jobs if need in needs]
 
     @lru_cache(maxsize=None)
     def most_at_once(gpus: int, left: tuple[int, ...]) -> int:  # over the GPUs, what one GPU can hold
@@ -130,12 +144,11 @@ def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_g
     (the schedule, a start and a GPU index a job) and ``solve_s``. ``hint``: a schedule to start from
     (a start and a GPU a job, e.g. ``replay_plan_s``'s), so what is found is never longer than it."""
     import time
-    from itertools import combinations_with_replacement, product
+    from itertools import product
 
     from ortools.sat.python import cp_model
 
-    if any(need > capacity_mib for need, _ in jobs):
-        raise ValueError(f"a job needs more than a GPU's {capacity_mib} MiB: no schedule exists")
+    require_every_job_fits(jobs, capacity_mib)
     ticks = [int(d / resolution_s) for _, d in jobs]
     horizon = sum(ticks)
     model = cp_model.CpModel()
@@ -158,14 +171,12 @@ def optimal_makespan_s(jobs: Sequence[tuple[int, float]], capacity_mib: int, n_g
         model.AddCumulative([iv for iv, _ in intervals], [need for _, need in intervals], capacity_mib)
     # redundant, for the proof: all memory together, and per-GPU count inequalities of the large runs
     model.AddCumulative([iv for iv, _ in everywhere], [need for _, need in everywhere], capacity_mib * n_gpus)
-    large = sorted({need for need, _ in jobs if need * (max_per_gpu + 1) > capacity_mib})
+    large, fits = large_run_combinations(jobs, capacity_mib, max_per_gpu)
     if len(large) <= 3:  # 4^k - 1 weightings; more types would only slow the proof
-        fits = [c for k in range(1, max_per_gpu + 1)
-                for c in combinations_with_replacement(range(len(large)), k) if sum(large[i] for i in c) <= capacity_mib]
         for weights in product(range(max_per_gpu + 1), repeat=len(large)):
             most = max((sum(weights[i] for i in c) for c in fits), default=0)
-            chosen = [(iv, weights[large.index(need)]) for iv, need in everywhere
-                      if need in large and weights[large.index(need)]]
+            weight = dict(zip(large, weights))
+            chosen = [(iv, weight[need]) for iv, need in everywhere if weight.get(need)]
             if chosen and most:
                 model.AddCumulative([iv for iv, _ in chosen], [w for _, w in chosen], most * n_gpus)
     if hint:
