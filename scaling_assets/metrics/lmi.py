@@ -34,6 +34,7 @@ import torch
 from scipy.special import digamma
 from sklearn.neighbors import KDTree
 from torch import nn
+from torch.optim.adam import adam as functional_adam
 from torch.utils.data import DataLoader
 
 from scaling_assets.errors import InputError
@@ -633,7 +634,9 @@ class _StackedTraining:
             self.eval_rows[i, torch.randperm(n_eval, generator=g)[: opts.max_validation_pairs].to(self.dev)]
             for i, g in enumerate(batch_gens)])
         self.params = self._initial_weights(init_gens)  # per member still training
-        self.optim = self._adam()  # fused: one kernel for all members' parameters
+        # each member's Adam state: first and second moments and step count of each parameter tensor
+        self.moments = [[[torch.zeros_like(p) for p in ps] for ps in self.params] for _ in range(2)]
+        self.adam_steps = [[torch.zeros((), device=self.dev) for _ in ps] for ps in self.params]
         self.best_params: list[list[torch.Tensor]] = [[] for _ in members]
 
     # -- the networks
@@ -667,9 +670,16 @@ class _StackedTraining:
             at += 2 * depth
         return out
 
-    def _adam(self):
-        return torch.optim.Adam([t for member in self.params for t in member], lr=self.opts.lr,
-                                eps=self.opts.adam_eps, weight_decay=self.opts.weight_decay, fused=True)
+    def _step(self, loss: torch.Tensor) -> None:
+        """One Adam step of every member on its own loss: torch's fused Adam (functional form, the kernel of
+        ``torch.optim.Adam(fused=True)``) over all members' tensors at once; it updates each tensor as alone."""
+        params = [p for ps in self.params for p in ps]
+        grads = torch.autograd.grad(loss.sum(), params)  # each member's gradient: its loss is its own term
+        flat = [[t for ts in state for t in ts] for state in (*self.moments, self.adam_steps)]
+        with torch.no_grad():
+            functional_adam(params, list(grads), *flat[:2], [], flat[2], fused=True, amsgrad=False,
+                            beta1=0.9, beta2=0.999, lr=self.opts.lr, weight_decay=self.opts.weight_decay,
+                            eps=self.opts.adam_eps, maximize=False)
 
     def _forward(self, params, rows: torch.Tensor, masks: dict | None, decode: bool = True, first: int = 0):
         """Per-member loss (members,) on rows (members, n) of each member's data; or, with decode=False,
@@ -687,7 +697,8 @@ class _StackedTraining:
                 inputs = _stack([latents[r.reads] for r in group], self.opts.latent_dim)
                 out = _stacked_mlp(inputs, weights, biases, masks.get(gi) if masks else None, False)
                 targets = _stack([data[r.side] for r in group], self.padded[gi][-1])
-                squared = (out - targets).square().sum((1, 2)).view(members, len(group))  # padding: 0 - 0
+                diff = out - targets
+                squared = (diff * diff).sum((1, 2)).view(members, len(group))  # padding: 0 - 0
                 loss = loss + (squared / (n * self.out_features[gi][first : first + members])).sum(1)
         return loss if decode else latents
 
@@ -734,9 +745,7 @@ class _StackedTraining:
                 pick = torch.stack([next(self.batches[m]) for m in self.members])
                 rows = torch.gather(self.train_rows, 1, pick)
                 loss = self._forward(self.params, rows, self._dropout_masks(rows.shape[1]))
-                self.optim.zero_grad(set_to_none=True)
-                loss.sum().backward()
-                self.optim.step()
+                self._step(loss)
                 total += loss.detach() * rows.shape[1]
                 seen += rows.shape[1]
             val = self._validation_loss()
@@ -792,15 +801,10 @@ class _StackedTraining:
         self.members = [self.members[i] for i in keep]
         if not keep:
             return
-        per_member = len(self.params[0])
-        kept = [i * per_member + j for i in keep for j in range(per_member)]  # in the optimizer's flat list
-        state = self.optim.state_dict()
-        state["state"] = {new: state["state"][old] for new, old in enumerate(kept)}
-        state["param_groups"][0]["params"] = list(range(len(kept)))
         self.params = [self.params[i] for i in keep]
         self.best_params = [self.best_params[i] for i in keep]
-        self.optim = self._adam()
-        self.optim.load_state_dict(state)
+        self.moments = [[m[i] for i in keep] for m in self.moments]
+        self.adam_steps = [self.adam_steps[i] for i in keep]
         at = torch.as_tensor(keep, device=self.dev)
         self.train_rows, self.eval_rows, self.val_rows = self.train_rows[at], self.eval_rows[at], self.val_rows[at]
         self.data = {side: d[at] for side, d in self.data.items()}
