@@ -107,9 +107,13 @@ def measure(page, url: str, images: int) -> list[dict]:
 
 def screenshot(page, shots: Path, name: str, image: bool) -> None:
     """The window as it is (the description at the top of the Overview), or with the first image centred."""
+    from PIL import Image  # matplotlib's dependency
+
     if image:
         page.locator("td img").first.evaluate("img => img.scrollIntoView({block: 'center'})")
     page.screenshot(path=str(shots / name))
+    # 64 colours: a third of the bytes, and a UI with its plots has few colours
+    Image.open(shots / name).convert("RGB").quantize(64).save(shots / name, optimize=True)
     print(f"saved {shots / name}")
 
 
