@@ -53,6 +53,17 @@ MEASURE = """() => [...document.querySelectorAll('td img')].map(img => {
   return {title: img.alt, natural: img.naturalWidth, shown: box.width, right: box.right, limit: right, clipper};
 })"""
 
+# Scrolls the pane the image is in vertically only (scrollIntoView would also scroll the metadata table's
+# clipping container sideways and hide what is cut off), so that the image is centred or its top in view.
+SCROLL_TO = """img => {
+  let pane = img.parentElement;
+  while (pane && !(/(auto|scroll)/.test(getComputedStyle(pane).overflowY) && pane.scrollHeight > pane.clientHeight))
+    pane = pane.parentElement;
+  const box = img.getBoundingClientRect(), top = pane ? pane.getBoundingClientRect().top : 0;
+  const shift = box.top - top - Math.max(0, (window.innerHeight - top - box.height) / 2);
+  if (pane) pane.scrollTop += shift; else window.scrollBy(0, shift);
+}"""
+
 LOADED = """n => { const imgs = [...document.querySelectorAll('td img')];
   return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
 
@@ -110,7 +121,7 @@ def screenshot(page, shots: Path, name: str, image: bool) -> None:
     from PIL import Image  # matplotlib's dependency
 
     if image:
-        page.locator("td img").first.evaluate("img => img.scrollIntoView({block: 'center'})")
+        page.locator("td img").first.evaluate(SCROLL_TO)
     page.screenshot(path=str(shots / name))
     # 64 colours: a third of the bytes, and a UI with its plots has few colours
     Image.open(shots / name).convert("RGB").quantize(64).save(shots / name, optimize=True)
