@@ -7,8 +7,8 @@ Events tabs in Debian's chromium, waits until the images have loaded, and measur
 
 - ``room``: the right edge of the space it can be seen in (its table cell's content box, and the nearest
   ancestor that clips: a scrolling pane, the window) minus the image's right edge; negative = cut off;
-- ``scale``: displayed / natural width. The plots draw no text under 9 px at their natural size
-  (scaling_assets_tests/test_ui_fit.py), so at scale 1 no text shows under 9 px.
+- ``shown`` against ``natural`` width: the plots draw no text under 9 px at their natural size
+  (scaling_assets_tests/test_ui_fit.py), so an image shown at its natural width shows none under 9 px.
 
 Prints one row per image and tab, saves screenshots with ``--shots``, exits 1 if an image is cut, scaled
 down or not shown in place:
@@ -36,7 +36,7 @@ from screenshots import chromium_path, webserver  # noqa: E402
 WINDOW = {"width": 1280, "height": 900}
 IMAGE = re.compile(r"!\[[^\]]*\]\([^)]+\)")  # a Markdown image: how the platform attaches PNGs
 
-LATEST = """{ assetNodes { assetKey { path } isPartitioned
+LATEST = """{ assetNodes { assetKey { path }
   assetMaterializations(limit: 1) { partition metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } } } }"""
 
 # Every image of the page's metadata tables, measured against its cell and whatever clips it.
