@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,45 @@ def capture(page, url: str, png: Path, ready_text: str | None, clicks: tuple[str
     return shots
 
 
+def chromium_path() -> str:
+    """Debian's chromium, driven through Playwright's ``executable_path`` (no browser download)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        sys.exit("playwright not installed: pip install '.[screenshots]' (uses the system chromium)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        sys.exit("chromium not found: apt-get install -y chromium")
+    return chromium
+
+
+@contextmanager
+def webserver(home: str, study: str, log_path: Path, dev: bool = False):
+    """The base URL of a Dagster webserver (with ``dev``: ``dagster dev``, its daemon too) showing the study
+    of DAGSTER_HOME ``home``; stops the process group it started when the block ends, also on errors."""
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_STUDY=str(study),
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    command = ["dagster", "dev"] if dev else ["dagster-webserver"]
+    command[0] = str(Path(sys.executable).with_name(command[0]))
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([*command, "-w", str(REPO / "workspace.yaml"), "-p", str(port)], cwd=REPO, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(f"{base}/server_info", 180)
+            yield base
+        finally:  # the whole group: the webserver and its code server (and with ``dev`` its daemon)
+            try:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+            except ProcessLookupError:
+                pass
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", required=True, help="DAGSTER_HOME holding the study's materialisations")
@@ -109,43 +149,20 @@ def main(argv=None) -> int:
     ap.add_argument("--settle-ms", type=int, default=2000, help="wait after the network is idle")
     args = ap.parse_args(argv)
 
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sys.exit("playwright not installed: pip install '.[screenshots]' (uses the system chromium)")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        sys.exit("chromium not found: apt-get install -y chromium")
+    chromium = chromium_path()
+    from playwright.sync_api import sync_playwright
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, DAGSTER_HOME=args.home, SCALING_ASSETS_STUDY=args.study,
-               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    dagster = Path(sys.executable).with_name("dagster")
-    log = open(out / "dagster_dev.log", "w")
-    server = subprocess.Popen([str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port)],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/server_info", 180)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            try:
-                page = browser.new_page(viewport=WINDOW)
-                for name, (path, ready, clicks) in pages(args.model, args.partition).items():
-                    for png in capture(page, base + path, out / f"{name}.png", ready, clicks, args.settle_ms):
-                        print(f"{png}  {base}{path}")
-            finally:
-                browser.close()
-    finally:  # the whole group: dagster dev, its webserver, daemon and code server
+    with webserver(args.home, args.study, out / "dagster_dev.log", dev=True) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+            page = browser.new_page(viewport=WINDOW)
+            for name, (path, ready, clicks) in pages(args.model, args.partition).items():
+                for png in capture(page, base + path, out / f"{name}.png", ready, clicks, args.settle_ms):
+                    print(f"{png}  {base}{path}")
+        finally:
+            browser.close()
     return 0
 
 

@@ -8,6 +8,7 @@ from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
 from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_signal_laws
 from scaling_assets_tests.test_metrics_laws import grid
+from scaling_assets_tests.test_ui_fit import VALUE_COLUMN_PX
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -115,9 +116,9 @@ def test_images_fit_the_ui_metadata_column_and_mark_budget_smoke(tmp_path):
     assert set(noise.loc[noise.budget_smoke, "algorithm"]) == {"scvi"}  # fits inherit the marker
     path = plot_signal_laws(df, noise, fit_size_laws(df), "sim", "cell_type", tmp_path / "sim.png").path
     width = matplotlib.image.imread(path).shape[1]
-    assert 300 < width <= 408  # uncut in the asset Overview's value column (~408 px) in a 1,280 px window
+    assert 250 < width <= VALUE_COLUMN_PX  # uncut in the asset Overview's value column in a 1,280 px window
     loss = plot_loss_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0]}), tmp_path / "loss.png")
-    assert 300 < matplotlib.image.imread(loss).shape[1] <= 408
+    assert 250 < matplotlib.image.imread(loss).shape[1] <= VALUE_COLUMN_PX
 
 
 def test_trained_below_rules_and_rounding():

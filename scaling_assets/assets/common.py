@@ -32,6 +32,38 @@ SETTING_KEY_NOTE = (" Partition key `n=…_q=…_s=…`: n training cells, q the
                     "binomial thinning; 1 = full depth), s the seed of the split and thinning.")
 
 
+# Grids of more partitions show their seeds without links: each link costs ~90 bytes of the description, which
+# Dagster copies into every job snapshot holding the asset (the paper's 300-partition grids: +1.4 MB, 67%)
+GRID_LINKS_MAX = 100
+
+
+def setting_grid(study, dataset: str, asset: str, algorithm: str | None = None) -> str:
+    """Markdown for an asset's description: its setting partitions laid out as the study's grid, a row
+    per training size n, a column per quality q, each cell its seeds linked to their partition pages (in
+    grids of more than GRID_LINKS_MAX partitions, the number of seeds).
+
+    Dagster's multi-partitions would draw this grid with each partition's status, but they take two
+    dimensions: with the seed inside one (n x q_s), the seed-level assets upstream (split, pool_counts,
+    pca_genes) reach a model only through a custom PartitionMapping, which the webserver's snapshot drops
+    (DESIGN §8). So the keys stay flat and the grid is drawn here."""
+    settings = study.settings(dataset, algorithm)
+    linked = len(settings) <= GRID_LINKS_MAX
+    path = f"/assets/{urllib.parse.quote(dataset)}/{urllib.parse.quote(asset)}?view=partitions&partition="
+    cells: dict[tuple[int, float], list[str]] = {}
+    for s in settings:
+        cells.setdefault((s.cells, s.quality), []).append(f"[s={s.seed}]({path}{urllib.parse.quote(s.key, safe='')})")
+    sizes, qualities = sorted({n for n, _ in cells}), sorted({q for _, q in cells}, reverse=True)
+
+    def cell(n: int, q: float) -> str:
+        return " ".join(cells[n, q]) if linked else f"{len(cells[n, q])} seed{'s' * (len(cells[n, q]) > 1)}"
+
+    rows = [f"| n \\ q | {' | '.join(format_quality(q) for q in qualities)} |", f"|---:|{'---|' * len(qualities)}"]
+    rows += [f"| {n:,} | {' | '.join(cell(n, q) for q in qualities)} |" for n in sizes]
+    how = ("a link opens the partition" if linked else
+           f"the Partitions tab's filter finds a row, `n={sizes[0]}_`, or a column, `_q={format_quality(qualities[-1])}_`")
+    return f"\n\nPartitions as the study's grid (training cells n x quality q; {how}):\n\n" + "\n".join(rows)
+
+
 def new_stage(study, label: str) -> Path:
     return stage_dir(study.root, label)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_stage, plain, read_summary, readable,
-                                          seal_folder, show_progress, write_summary)
+                                          seal_folder, setting_grid, show_progress, write_summary)
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.data.pools import CorpusRange, CountsRange
@@ -17,6 +17,25 @@ from scaling_assets.study.spec import parse_setting_key
 
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
                "(epoch rule, early stopping), ended training: a smoke test of the code path, not a result.")
+
+# the summary's fields shown as metadata, under their own names but for those in SHORT_LABELS: the asset
+# Overview's key column is as wide as its longest name, and the loss curve must fit the value column beside
+# it (names of up to 22 characters leave it 294 px of a 1,280 px window; benchmarks/ui_fit.py measures it)
+METADATA_FIELDS = ("parameters", "genes", "training_cells", "zero_umi_training_cells_dropped", "epochs", "steps",
+                   "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device", "budget", "budget_smoke")
+SHORT_LABELS = {"zero_umi_training_cells_dropped": "zero_umi_cells_dropped"}
+LOSS_CURVE_NOTE = " Metadata `loss_curve`: training and validation loss at each epoch or step recorded."
+
+
+def loss_title(algorithm: str, dataset: str, setting_key: str) -> str:
+    """Two short lines: a 280-px image holds "geneformer, development" at the title's 12 pt, not one line more."""
+    return f"{algorithm}, {dataset}\n{setting_key}"
+
+
+def describe(ds: DatasetAssets, algorithm: str, what: str) -> str:
+    """A model asset's description: what it is, what its metadata and partition keys mean, its grid."""
+    return (what + " Metadata `zero_umi_cells_dropped`: of the n training cells, those left with no UMI at q "
+            "(not trained on)." + SETTING_KEY_NOTE + setting_grid(ds.study, ds.name, f"model_{algorithm}", algorithm))
 
 
 def fit_report_record(report, model, algorithm: str, setting, budget: str) -> dict:
@@ -64,21 +83,13 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     record["zero_umi_training_cells_dropped"] = setting.cells - record["training_cells"]
     record["budget_smoke"] = trained_below_rules(algorithm, ds.study.budget, setting.cells, record["stop_reason"])
     write_summary(stage, record)
-    metadata = readable({
-        k: record[k] for k in ("parameters", "genes", "training_cells", "zero_umi_training_cells_dropped", "epochs",
-                               "steps", "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device",
-                               "budget", "budget_smoke")
-        if record.get(k) is not None
-    })
+    metadata = readable({SHORT_LABELS.get(k, k): record[k] for k in METADATA_FIELDS if record.get(k) is not None})
     history = getattr(report, "history", None)
     if history is not None and len(history):
         history.to_csv(folder.history, index=False)
-        closed_form = report.stop_reason == "closed_form"
-        plot_loss_curves(history, folder.loss_plot, title=f"{ds.name} {algorithm} {context.partition_key}",
-                         empty_note="closed-form fit: no iterative training, so no loss curve" if closed_form
-                         else "no loss values recorded",
-                         note="closed-form fit: one evaluation, no iterative training" if closed_form else None)
-        metadata["loss_curve"] = image_metadata(context, folder.loss_plot, "loss")
+        if report.stop_reason != "closed_form":  # a closed-form fit is one evaluation: its losses are in the metadata
+            plot_loss_curves(history, folder.loss_plot, title=loss_title(algorithm, ds.name, context.partition_key))
+            metadata["loss_curve"] = image_metadata(context, folder.loss_plot, "loss")
     metadata["hyperparameters"] = MetadataValue.json(record["hyperparameters"])
     seal_folder(stage)  # last: fingerprints of the model files, checked when the embeddings load them
     context.log.info(
@@ -99,8 +110,9 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             **common,
             ins={"train_corpus": ds.same_in("train_corpus"),
                  "eval_corpus": ds.quality_seed_in("eval_corpus", algorithm)},
-            description="Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early "
-            f"stopping on the validation corpus; budget `{ds.study.budget}`." + BUDGET_NOTE + SETTING_KEY_NOTE,
+            description=describe(ds, algorithm, "Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's "
+                                 f"corpus; early stopping on the validation corpus; budget `{ds.study.budget}`."
+                                 + LOSS_CURVE_NOTE + BUDGET_NOTE),
         )
         def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: EvalCorpusFolder):
             from scaling_assets.data.corpus import Corpus
@@ -115,8 +127,10 @@ def model_asset(ds: DatasetAssets, algorithm: str):
             **common,
             ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm)),
                  "pca_genes": ds.seed_in("pca_genes", "setting", algorithm)},
-            description="PCA fitted on the setting's training counts, on the seed's highly variable genes "
-            "(closed form: no training budget, no loss curve)." + SETTING_KEY_NOTE,
+            description=describe(ds, algorithm, "PCA fitted on the setting's training counts, on the seed's highly "
+                                 "variable genes (closed form: no training budget, no loss curve; `train_loss` is the "
+                                 "fraction of the training counts' sum of squares on those genes that the components "
+                                 "leave unexplained)."),
         )
         def model(context: AssetExecutionContext, train_counts: CountsRange, pca_genes: Path):
             import numpy as np
@@ -133,10 +147,10 @@ def model_asset(ds: DatasetAssets, algorithm: str):
     @asset(
         **common,
         ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm))},
-        description=f"{algorithm} model fitted on the setting's training counts (rows [0, N) of the seed's "
-        f"pool thinned to q); budget `{ds.study.budget}`."
-        + (BUDGET_NOTE if algorithm == "scvi" else " Closed form: no training budget, no loss curve.")
-        + SETTING_KEY_NOTE,
+        description=describe(ds, algorithm, f"{algorithm} model fitted on the setting's training counts (rows [0, N) "
+                             f"of the seed's pool thinned to q); budget `{ds.study.budget}`."
+                             + (LOSS_CURVE_NOTE + BUDGET_NOTE if algorithm == "scvi"
+                                else " Closed form: no training budget, no loss curve.")),
     )
     def model(context: AssetExecutionContext, train_counts: CountsRange):
         stage = new_stage(ds.study, name)

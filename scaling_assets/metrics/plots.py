@@ -18,8 +18,8 @@ from scaling_assets.fs import atomic_file  # noqa: E402
 from scaling_assets.metrics.laws import mi_value_column, noise_law, noise_x_column, size_law  # noqa: E402
 from scaling_assets.metrics.tables import require_columns  # noqa: E402
 
-DPI, WIDTH_IN = 100, 4.0  # 400 px wide: shown in place, uncut, in the asset Overview's value column (~408 px
-# in a 1,280 px window)
+DPI, WIDTH_IN = 100, 2.8  # 280 px wide: shown whole, at its own size, in the asset Overview's value column of a
+# 1,280 px window, which is 294 px beside metadata names of 22 characters on the widest dates (benchmarks/ui_fit.py)
 
 
 def _save(fig, path) -> Path:
