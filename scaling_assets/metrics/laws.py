@@ -111,16 +111,15 @@ def learns_from_cells(mi_df: pd.DataFrame) -> dict:
 
 def pool_over_sizes(points: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """The estimates of a model that does not learn from its cells, one row per ``by`` and seed: the mean
-    over N of its copies (numeric columns averaged, ``cells`` the largest N, ``sizes_pooled`` how many
-    sizes), so that a copy at another N is not counted as another independent estimate."""
+    over N of its copies (numeric columns averaged, ``cells`` the largest N of them all, ``sizes_pooled``
+    how many sizes), so that a copy at another N is not counted as another independent estimate."""
     keys = by + (["seed"] if "seed" in points.columns else [])
     agg = {c: "mean" for c in points.columns if c not in keys + ["cells"] and pd.api.types.is_numeric_dtype(points[c])}
     if "budget_smoke" in points.columns:
         agg["budget_smoke"] = "any"
     pooled = points.groupby(keys, sort=True, dropna=False).agg(**{c: (c, f) for c, f in agg.items()},
-                                                                cells=("cells", "max"),
                                                                 sizes_pooled=("cells", "nunique"))
-    return pooled.reset_index()
+    return pooled.reset_index().assign(cells=points["cells"].max())  # one N for all, even a seed that lacks it
 
 
 def noise_x_column(mi_df: pd.DataFrame) -> str:
@@ -502,6 +501,26 @@ def fit_size_laws(mi_df: pd.DataFrame, rules: str = DEFAULT_FIT_RULES) -> pd.Dat
                        lambda x, y, row, rules, se, learns: fit_size_law(
                            x, y, algorithm=row["algorithm"], rules=rules, mi_se=se, learns_from_cells=learns),
                        ["i_inf", "n0", "s"], rules)
+
+
+# What a fit-table row says about its series, in the words the plots use (one vocabulary): its law
+# identified; fitted but not identified; a plateau without N dependence; too few points; not fitted
+# (a failed or impossible fit, non-numeric values, or no row at all).
+FIT_STATUSES = ("identified", "not identified", "no N dependence", "too few points", "not fitted")
+
+
+def fit_status(fit) -> str:
+    """One of ``FIT_STATUSES`` for a fit-table row (a Series or dict; None: no row)."""
+    if fit is None:
+        return "not fitted"
+    reason = str(fit.get("reason") or "")
+    if bool(fit.get("identified", False)):
+        return "identified"
+    if reason.startswith("no dependence on N"):
+        return "no N dependence"
+    if bool(fit.get("fitted", False)):
+        return "not identified"
+    return "too few points" if reason.startswith("too few points") else "not fitted"
 
 
 def identified_counts(fits: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
