@@ -444,7 +444,7 @@ def _fit_groups(mi_df: pd.DataFrame, law: str, keys: list[str], x_col: str, fit,
         row = dict(zip(keys, key))
         x, bad_x = _numeric(group, x_col)
         y, bad_y = _numeric(group, y_col)
-        learner = bool(learns[row["algorithm"]])
+        learner = bool(learns.get(row["algorithm"], True))
         sizes_pooled = 1
         if bad_x or bad_y:  # this group cannot be fitted; the others still are
             bad = [f"{count} non-numeric value(s) in {col}" for col, count in ((x_col, bad_x), (y_col, bad_y)) if count]
@@ -454,10 +454,12 @@ def _fit_groups(mi_df: pd.DataFrame, law: str, keys: list[str], x_col: str, fit,
             pts = pd.DataFrame({"x": x, "y": y, "se": se, "cells": group["_cells"]})
             if "seed" in group.columns:
                 pts["seed"] = group["seed"]
-            if not learner:
-                by = ["quality"] if law == "noise" and "quality" in group.columns else ["x"] if law == "noise" else []
-                if by == ["quality"]:
-                    pts["quality"] = group["quality"]
+            if not learner:  # noise law: one estimate per (quality, seed); size law: per seed
+                by = []
+                if law == "noise" and "quality" in group.columns:
+                    pts["quality"], by = group["quality"], ["quality"]
+                elif law == "noise":
+                    by = ["x"]
                 pts = pool_over_sizes(pts, by)
                 sizes_pooled = int(pts["sizes_pooled"].max())
                 if law == "size":  # every pooled estimate stands at the largest N
