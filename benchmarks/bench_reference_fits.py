@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_reference_fits.py --reference-dir /tmp/reference
     .venv/bin/python benchmarks/bench_reference_fits.py --mi M.csv --cell-scaling C.csv --noise-scaling N.csv
     .venv/bin/python benchmarks/bench_reference_fits.py --reference-dir /tmp/reference --code /tmp/base  # older code
+    .venv/bin/python benchmarks/bench_reference_fits.py --reference-dir /tmp/reference --write-mi /tmp/ref_mi.csv
+    .venv/bin/scaling-assets laws fit --mi /tmp/ref_mi.csv --out /tmp/ref_fits  # the same fits, tables and plots
 
 The files (the reference repository has no licence file, so they are not copied into this repository):
 `collect_mi_results.csv` (4,844 MI estimates: dataset, size, quality, algorithm, signal, seed, mi_value,
@@ -143,6 +145,7 @@ def main() -> None:
                     help="rename the algorithms to the platform's (pca, random_projection, scvi, geneformer)")
     ap.add_argument("--code", help="import scaling_assets from this folder (e.g. an older commit's package)")
     ap.add_argument("--misses", action="store_true", help="list every curve that misses")
+    ap.add_argument("--write-mi", help="also write the renamed MI table here (.csv), for `scaling-assets laws fit --mi`")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.code).resolve() if args.code else Path(__file__).resolve().parents[1]))
     from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
@@ -151,6 +154,8 @@ def main() -> None:
     reference_mi = pd.read_csv(files["mi"])
     mi = study_mi_table(reference_mi, args.platform_names)
     names = dict(zip(mi["algorithm"], reference_mi["algorithm"]))  # ours -> the reference's spelling
+    if args.write_mi:
+        mi.to_csv(args.write_mi, index=False)
     print(f"{files['mi']}: {len(mi):,} estimates; fitted by {sys.modules['scaling_assets'].__file__} with the "
           f"{args.rules} rules, algorithm names {'renamed to the platform' if args.platform_names else 'as spelt there'}")
     size = compare_size(fit_size_laws(mi, args.rules), pd.read_csv(files["cell_scaling"]), names)

@@ -94,6 +94,7 @@ def summary_text(noise: pd.DataFrame, size: pd.DataFrame, by: list[str] | None =
     if table.empty:
         return ""
     share = table.pop("good_share_of_dependent")
+    table["depends_on_n"] = [str(v) if pd.notna(v) else "" for v in table["depends_on_n"]]  # empty: noise law
     table["share"] = [f"{v:.0%}" if pd.notna(v) else "" for v in share]
     return table.rename(columns={"identified_r2_ge_0_9": "R^2>=0.9", "depends_on_n": "depend on N",
                                  "share": "R^2>=0.9 of those"}).to_string(index=False, na_rep="")

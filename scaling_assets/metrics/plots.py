@@ -180,7 +180,7 @@ def _colour_key(panel: Panel) -> tuple[list, list[str]]:
 def _series_name(panel: Panel, series) -> str:
     """A series' identity only (its fit's status is its marker): q=0.3, pca, scvi n=1.6k, random_projection all n."""
     if panel.series_col == "quality":
-        return f"q={series:g}"
+        return f"q={series:.3g}"
     spts = panel.pts[panel.pts[panel.series_col] == series]
     name = str(series)
     if "sizes_pooled" in spts.columns and spts["sizes_pooled"].max() > 1:
