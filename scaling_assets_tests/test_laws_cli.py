@@ -16,6 +16,13 @@ def test_laws_fit_on_a_parquet_table_writes_fits_and_plots_only_under_out(tmp_pa
     assert main(["laws", "fit", "--mi", str(mi_path), "--out", str(tmp_path / "refit")]) == 0
     out = capsys.readouterr().out
     assert "with the reference rules" in out and "identified" in out
+    # per law, dataset and algorithm; the size law's series that depend on N and the share identified of those
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("law"))
+    assert header.split() == ["law", "dataset", "algorithm", "fits", "fitted", "identified", "R^2>=0.9", "depend", "on",
+                              "N", "R^2>=0.9", "of", "those"]
+    size_pca = next(line for line in out.splitlines() if line.split()[:3] == ["size", "sim", "pca"])
+    # 5 cell-type qualities (3 identified) and 2 protein ones with one size each (untested for N dependence)
+    assert size_pca.split()[3:] == ["7", "5", "3", "3", "5", "60%"]
     assert {p: p.read_bytes() for p in (tmp_path / "study").rglob("*") if p.is_file()} == before  # study untouched
     size = pd.read_parquet(tmp_path / "refit" / "size_law_fits.parquet")
     assert (size.fit_rules == "reference").all() and size.identified.any()

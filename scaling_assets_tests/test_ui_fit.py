@@ -66,9 +66,6 @@ def test_loss_curve_text_is_legible_and_inside_the_image(tmp_path, monkeypatch):
     assert_fits(png, drawn)
 
 
-# HEAD's legends (two columns of "q=1 (n0 uncertain) (smoke)") run past the image's right edge at 400 px as at
-# 300 px; the laws branch redesigns them (its keys under the axes fit 300 px): remove this mark when it is merged
-@pytest.mark.xfail(strict=True, reason="legends drawn outside the image until the laws branch's redesign")
 def test_scaling_plot_text_is_legible_and_inside_the_image(tmp_path, monkeypatch):
     from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
     from scaling_assets.metrics.plots import plot_signal_laws

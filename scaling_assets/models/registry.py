@@ -29,6 +29,9 @@ class ModelEntry:
     # not start last and run alone at the end of a study
     cost_rank: int = 0
     hvg_genes: bool = False  # fitted on the seed's highly variable genes (the pca_genes asset)
+    # False when the embedding does not depend on the training cells (a random projection): its MI is the
+    # same at every N, so the laws fit it once per (dataset, signal), pooled over N (metrics/laws.py)
+    learns_from_cells: bool = True
 
 
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
@@ -36,7 +39,8 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                gpu_mib={"mi": spec.lmi_train_mib}, hvg_genes=True,
                parameters=lambda genes: min(genes, spec.PCA_HVG) * spec.PCA_COMPONENTS),
     ModelEntry("random_projection", "scaling_assets.models.random_projection:RandomProjectionModel", COUNTS,
-               "scikitlearn", 16, gpu_mib={"mi": spec.lmi_train_mib}, parameters=lambda genes: genes * 16),
+               "scikitlearn", 16, gpu_mib={"mi": spec.lmi_train_mib}, parameters=lambda genes: genes * 16,
+               learns_from_cells=False),
     ModelEntry("scvi", "scaling_assets.models.scvi:SCVIModel", COUNTS, "pytorch", 16,
                gpu_mib={"model": spec.scvi_train_mib, "embeddings": spec.scvi_embed_mib, "mi": spec.lmi_train_mib},
                parameters=spec.scvi_parameters, cost_rank=1),

@@ -183,17 +183,18 @@ def print_summary(study: Study, out, wall: float, done: int, skipped: int, faile
 
 
 def print_law_counts(noise, size, out) -> None:
-    """Per law and algorithm: how many fits are identified (the laws the plots draw), and with R^2 >= 0.9."""
+    """Per law and algorithm: how many fits are identified (the laws the plots draw), with R^2 >= 0.9, and for
+    the size law how many series depend on N and the share of those identified with R^2 >= 0.9."""
     import pandas as pd
 
-    from scaling_assets.metrics.law_report import summary_table
+    from scaling_assets.metrics.law_report import summary_text
 
-    counts = summary_table(noise, size).groupby(["law", "algorithm"])[
-        ["fits", "identified", "identified_r2_ge_0_9"]].sum()
-    if len(counts):
+    text = summary_text(noise, size, ["algorithm"])
+    if text:
         rules = ", ".join(sorted(set(noise.get("fit_rules", pd.Series(["?"])).dropna())))
-        print(f"Scaling-law fits identified ({rules} fit rules; the plots draw only these):", file=out)
-        print(counts.rename(columns={"identified_r2_ge_0_9": "identified, R^2 >= 0.9"}).to_string(), file=out)
+        print(f"Scaling-law fits identified ({rules} fit rules; the plots draw only these as laws; size law: "
+              "of the series whose MI depends on N):", file=out)
+        print(text, file=out)
 
 
 def results_coverage(study: Study, mi) -> str:
