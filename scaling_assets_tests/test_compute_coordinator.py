@@ -15,6 +15,7 @@ from dagster import Definitions, job, op
 
 from scaling_assets.gpu import nvml
 from scaling_assets.compute.coordinator import TAG_GATE, GpuAwareRunCoordinator, GpuAwareRunLauncher, _cells
+from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS
 from scaling_assets.gpu.leases import Ledger, choose_gpu, gpu_step
 from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib
 from scaling_assets.gpu.nvml import FakeNvml, GpuInfo
@@ -424,6 +425,8 @@ def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_
     assert gpu.tags[TAG_GPU_NEED] == str(scvi_train_mib(123))  # sized from 123 genes, not default_n_genes
     assert gpu.tags[TAG_CPU_SLOT] == "gpu" and cpu.tags[TAG_CPU_SLOT] == "cpu"  # the fake NVML has a GPU
     assert gpu.tags[TAG_THREADS] == cpu.tags[TAG_THREADS] == "2"
+    # what each run makes, for the UI's run list (test_run_labels.py)
+    assert (gpu.tags[TAG_RUN], gpu.tags[TAG_STEPS]) == ("cite: scvi (model)", "cite: model_scvi")
     # the slowest training runs dequeue first: Geneformer over SCVI over the rest (no priority tag)
     geneformer = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_geneformer"]),
                                                          AssetKey(["cite", "model_scvi"])})

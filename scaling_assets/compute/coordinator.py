@@ -50,6 +50,7 @@ from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordi
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
 
 from scaling_assets.compute import dagster_patches
+from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS, run_label, run_steps
 from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml
 from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib
@@ -70,28 +71,9 @@ log = logging.getLogger(__name__)
 dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
-# what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
-# "cite n=200_q=1_s=42: train_counts, model_pca, embeddings_pca, mi_pca"
-TAG_RUN = "scaling_assets/run"
 PARTITION_TAG = "dagster/partition"
-PIPELINE_ORDER = ("raw_counts", "split", "pool_counts", "eval_counts", "gene_medians", "pca_genes", "eval_corpus",
-                  "pool_corpus", "train_counts", "train_corpus", "model", "embeddings", "mi")
 TAG_GPU_UUID = "scaling_assets/gpu_uuid"
 DEVICE_PENDING = "pending"  # TAG_DEVICE of a queued GPU run not placed yet
-
-
-def run_label(asset_names: Sequence[str], partition: str | None, limit: int = 200) -> str:
-    """``"<datasets> <partition>: <assets in pipeline order>"`` for a run of the given assets."""
-    def rank(name: str) -> tuple[int, str]:
-        base = name.split("/")[-1]
-        stem = base.split("_")[0] if base.split("_")[0] in ("model", "embeddings", "mi") else base
-        return (PIPELINE_ORDER.index(stem) if stem in PIPELINE_ORDER else len(PIPELINE_ORDER), base)
-
-    keys = sorted(asset_names, key=rank)
-    datasets = sorted({name.split("/")[0] for name in keys})
-    where = " ".join([",".join(datasets)] + ([partition] if partition else []))
-    label = f"{where}: {', '.join(name.split('/')[-1] for name in keys)}"
-    return label if len(label) <= limit else label[:limit - 1] + "…"
 
 
 def run_need_mib(tags: Mapping[str, str]) -> int:
@@ -219,8 +201,10 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             if priority:
                 tags[TAG_PRIORITY] = str(priority)
         tags[TAG_CPU_SLOT] = "gpu" if need > 0 and self._has_gpu() else "cpu"
-        if TAG_RUN not in run.tags and run.asset_selection:
-            tags[TAG_RUN] = run_label([k.to_user_string() for k in run.asset_selection], run.tags.get(PARTITION_TAG))
+        if TAG_RUN not in run.tags and run.asset_selection:  # what it makes, for the UI's run list
+            names = [k.to_user_string() for k in run.asset_selection]
+            tags[TAG_RUN] = run_label(names, run.tags.get(PARTITION_TAG))
+            tags[TAG_STEPS] = run_steps(names)
         tags.setdefault(TAG_THREADS, run.tags.get(TAG_THREADS) or str(self.threads_per_run))
         self._instance.add_run_tags(run.run_id, tags)
         return super().submit_run(context)
