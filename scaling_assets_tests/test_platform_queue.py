@@ -378,35 +378,6 @@ def test_the_settings_go_in_once_the_shared_data_is_written_not_when_the_daemon_
     assert outcome["status"] == BulkActionStatus.COMPLETED_SUCCESS
 
 
-def test_the_study_daemon_reloads_its_code_location_every_ten_minutes_not_every_minute(monkeypatch):
-    """Dagster's daemon restarts its code server (a fresh import of the package and a new repository
-    snapshot) whenever the workspace is older than RELOAD_WORKSPACE_INTERVAL; the daemon a study starts
-    sets it (and the backfill interval) from the environment, and Dagster's own check obeys it."""
-    from types import SimpleNamespace
-    from unittest import mock
-
-    from dagster._daemon import controller
-
-    from scaling_assets.study.daemon import configure_controller
-
-    for name in ("DEFAULT_DAEMON_INTERVAL_SECONDS", "RELOAD_WORKSPACE_INTERVAL"):
-        monkeypatch.setattr(controller, name, getattr(controller, name))  # restored after the test
-    assert controller.RELOAD_WORKSPACE_INTERVAL == 60  # Dagster's default, which this changes
-
-    def reloads(workspace_age_s: float) -> bool:
-        context = SimpleNamespace(_grpc_server_registry=None, _workspace_process_context=mock.Mock(),
-                                  _logger=mock.Mock())
-        controller.DagsterDaemonController.check_workspace_freshness(context, time.time() - workspace_age_s)
-        return context._workspace_process_context.refresh_workspace.called
-
-    configure_controller({})
-    assert (controller.DEFAULT_DAEMON_INTERVAL_SECONDS, controller.RELOAD_WORKSPACE_INTERVAL) == (5, 600)
-    assert not reloads(120) and reloads(601)
-    configure_controller({"SCALING_ASSETS_BACKFILL_INTERVAL": "2", "SCALING_ASSETS_CODE_RELOAD_INTERVAL": "30"})
-    assert (controller.DEFAULT_DAEMON_INTERVAL_SECONDS, controller.RELOAD_WORKSPACE_INTERVAL) == (2, 30)
-    assert reloads(31)
-
-
 def fake_instance(tmp_path: Path, heartbeats: dict | None = None):
     """What ``daemon_alive`` and ``study_daemon`` read of an instance: its home and daemon heartbeats."""
     from types import SimpleNamespace
@@ -902,23 +873,6 @@ def test_a_started_daemon_is_told_its_log_and_keeps_it_bounded(tmp_path, monkeyp
     assert [t.name for t in threads] == ["log rotation"] and threads[0].is_alive() and threads[0].daemon
     assert daemon_module.start_watchers({}) == []
     assert threading.active_count() >= 2
-
-
-def test_the_daemon_keeps_its_database_connections_open(monkeypatch):
-    """dagster-postgres opens a connection per query unless asked (as the webserver does): the daemon asks."""
-    from types import SimpleNamespace
-
-    from dagster._daemon import cli
-
-    from scaling_assets.study.daemon import pool_database_connections
-
-    made = []
-    monkeypatch.setattr(cli, "daemon_controller_from_instance", lambda instance, **kw: made.append(instance) or "c")
-    pool_database_connections()
-    calls = []
-    instance = SimpleNamespace(optimize_for_webserver=lambda **kw: calls.append(kw))
-    assert cli.daemon_controller_from_instance(instance, workspace_load_target=None) == "c"
-    assert made == [instance] and calls == [{"statement_timeout": 0, "pool_recycle": 3600, "max_overflow": 20}]
 
 
 def test_progress_counts_the_backfills_runs_by_status_without_reading_them_all(tmp_path):

@@ -42,14 +42,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import Bool, Field, IntSource
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
-from dagster._core.run_coordinator import SubmitRunContext
-from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
-from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import (Bool, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Field, IntSource, QueuedRunCoordinator,
+                     RunsFilter, SubmitRunContext, serialize_value)
 
-from scaling_assets.compute import dagster_patches
+from scaling_assets.compute.dagster_compat import (ACTIVE_RUN_STATUSES, CheckRunHealthResult, ExecuteRunArgs,
+                                                   LaunchRunContext, RunQueueConfig, WorkerStatus)
+
 from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS, run_label, run_steps
 from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml
@@ -68,7 +66,6 @@ from scaling_assets.gpu.needs import (
 from scaling_assets.gpu.placement import QueuedGpuRun, place_run, plan_queue
 
 log = logging.getLogger(__name__)
-dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
 PARTITION_TAG = "dagster/partition"
@@ -395,9 +392,6 @@ class GpuAwareRunLauncher(DefaultRunLauncher):
             raise
 
     def _fork_worker(self, run: DagsterRun) -> None:
-        from dagster._grpc.types import ExecuteRunArgs
-        from dagster._serdes import serialize_value
-
         args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         worker = start_worker(serialize_value(args), run.run_id, self.preload_modules)
         self._instance.add_run_tags(run.run_id, {TAG_WORKER: worker})

@@ -3,15 +3,15 @@
 ``gc.freeze()`` moves every object imported so far into the collector's permanent generation: a
 forked worker's garbage collections then no longer write to (and so copy) the pages of the preloaded
 torch/scikit-learn/Dagster objects it shares with the server and with every other worker. It also
-installs ``dagster_patches`` once for all workers and resolves the SQLite storages' Alembic heads
-(each worker used to load every migration script to find them).
+installs the run workers' Dagster patches once for all workers (``dagster_patches``) and, with them,
+resolves the SQLite storages' Alembic heads (each worker used to load every migration script to find them).
 """
 
 import gc
 
 from scaling_assets.compute import dagster_patches
 
-dagster_patches.install()
+dagster_patches.install(dagster_patches.RUN_WORKER)
 dagster_patches.warm_alembic_heads()
 gc.collect()
 gc.freeze()
