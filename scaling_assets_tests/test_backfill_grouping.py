@@ -59,7 +59,7 @@ PATCHES = ("backfill_grouping", "backfill_snapshot_reads")
 def install_patches() -> None:
     from scaling_assets.compute import dagster_patches
 
-    if not set(PATCHES) <= set(dagster_patches.install(dagster_patches.DAEMON, only=PATCHES)):
+    if not set(PATCHES) <= set(dagster_patches.install(only=PATCHES)):
         pytest.skip("the Dagster patches are off here (SCALING_ASSETS_DAGSTER_PATCHES, or an untested Dagster)")
 
 

@@ -1,26 +1,23 @@
 """Every change this package makes to Dagster's own behaviour, in one module, installed explicitly.
 
-Nothing here happens on import. ``install(DAEMON)`` is called by the daemon a ``study run`` starts
-(``python -m scaling_assets.study.daemon``), ``install(RUN_WORKER)`` by the run workers' forkserver
-(``fork_prep``), before either touches the instance. Which process needs which patch, and why:
+Nothing here happens on import (until 2026-12-07 importing the run coordinator installed every patch,
+so every process that loaded ``dagster.yaml`` was patched, the webserver included). Two processes
+install them, before they touch the instance:
 
-==========================  =======  ==========  =====================================================
-patch                       daemon   run worker  why there
-==========================  =======  ==========  =====================================================
-``alembic_scripts``         yes      yes         the daemon stamps each new run database; a worker's first
-                                                 write to it checks the stamp
-``sqlite_event_batches``    yes      no          the daemon creates the runs (a planned event per asset
-                                                 partition); a worker's steps write single events
-``backfill_grouping``       yes      no          the backfill daemon's tick
-``backfill_snapshot_reads`` yes      no          the backfill daemon's tick
-``backfill_interval``       yes      no          the daemon's backfill loop
-``code_reload_interval``    yes      no          the daemon's controller
-``daemon_connection_pool``  yes      no          the daemon's storage (PostgreSQL); the webserver pools its own
-==========================  =======  ==========  =====================================================
+- the daemon a ``study run`` starts (``python -m scaling_assets.study.daemon``): ``install()``, every
+  patch, since each changes what the daemon does: creating runs (``alembic_scripts``,
+  ``sqlite_event_batches``), its backfill tick (``backfill_grouping``, ``backfill_snapshot_reads``), its
+  loops (``backfill_interval``, ``code_reload_interval``), its storage (``daemon_connection_pool``);
+- the run workers' forkserver (``fork_prep``): ``install(only=RUN_WORKER_PATCHES)``. A worker creates no
+  run and runs no backfill; it opens the instance and writes its run's events, where the revision
+  checks of ``alembic_scripts`` cost it 155 -> 88 ms of CPU with the heads resolved in the forkserver
+  (measured 2026-12-07, 2-core machine shared with other work: ~15% of a worker's start).
 
-The webserver (``dagster dev``, ``dagster-webserver``) needs none: it reads, pools its own connections,
-and creates a run only when one is launched by hand. A daemon not started by ``study run`` (``dagster
-dev``'s) runs Dagster as it is: studies are correct there, slower, and group runs worse.
+The webserver (``dagster dev``, ``dagster-webserver``), the CLI and code servers need none: they read,
+the webserver pools its own connections, and they create a run only when one is launched by hand. A
+daemon not started by ``study run`` (``dagster dev``'s) runs Dagster as it is: studies are correct
+there, slower, with runs grouped worse; so are run workers started by the code server
+(``fork_workers: false``).
 
 **Off switch.** ``SCALING_ASSETS_DAGSTER_PATCHES``: unset or ``on``: every patch; ``off``: none; a
 comma-separated list of names: only those (to measure one). A study runs correctly with none of them
@@ -53,7 +50,7 @@ from dataclasses import dataclass
 
 TESTED_DAGSTER_VERSIONS = ("1.13.27",)
 PATCHES_ENV = "SCALING_ASSETS_DAGSTER_PATCHES"
-DAEMON, RUN_WORKER = "daemon", "run worker"
+RUN_WORKER_PATCHES = ("alembic_scripts",)  # what a run worker needs (module doc)
 
 # backfill_interval / code_reload_interval: the environment sets them (``study/daemon.py``)
 BACKFILL_INTERVAL_ENV = "SCALING_ASSETS_BACKFILL_INTERVAL"
@@ -69,7 +66,6 @@ EVENT_BATCH_SIZE = "100"
 @dataclass(frozen=True)
 class Patch:
     name: str
-    processes: tuple[str, ...]
     apply: Callable[[], None]
 
 
@@ -78,16 +74,15 @@ _warned = False
 _lock = threading.Lock()
 
 
-def install(process: str, only: Iterable[str] | None = None) -> tuple[str, ...]:
-    """Install the patches ``process`` (``DAEMON`` or ``RUN_WORKER``) needs (``only``: those of them),
-    unless ``SCALING_ASSETS_DAGSTER_PATCHES`` or the Dagster version rules them out. Returns the names
-    installed in this process so far. Safe to call more than once."""
+def install(only: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Install the patches (``only``: those of them), unless ``SCALING_ASSETS_DAGSTER_PATCHES`` or the
+    Dagster version rules them out. Returns the names installed in this process so far. Safe to call
+    more than once."""
     global _warned
     import dagster
 
     chosen = _chosen(os.environ.get(PATCHES_ENV, "on"))
-    wanted = [p for p in PATCHES if process in p.processes and p.name in chosen
-              and (only is None or p.name in set(only))]
+    wanted = [p for p in PATCHES if p.name in chosen and (only is None or p.name in set(only))]
     with _lock:
         if wanted and dagster.__version__ not in TESTED_DAGSTER_VERSIONS:
             if not _warned:
@@ -105,18 +100,14 @@ def install(process: str, only: Iterable[str] | None = None) -> tuple[str, ...]:
         return tuple(sorted(_installed))
 
 
-def installed() -> tuple[str, ...]:
-    return tuple(sorted(_installed))
-
-
-def why_off(process: str, environ=os.environ) -> str | None:
-    """Why ``install(process)`` in a process with ``environ`` would leave some of its patches out, in a
-    line for the user; None when it would install them all."""
+def why_off(environ=os.environ) -> str | None:
+    """Why ``install()`` in a process with ``environ`` would leave some patches out, in a line for the
+    user; None when it would install them all."""
     import dagster
 
     setting = environ.get(PATCHES_ENV, "on")
-    wanted = {p.name for p in PATCHES if process in p.processes}
-    if not wanted & _chosen(setting):
+    wanted = {p.name for p in PATCHES}
+    if not _chosen(setting):
         return f"Dagster patches off ({PATCHES_ENV}={setting}): Dagster as it is, slower, runs grouped worse"
     if dagster.__version__ not in TESTED_DAGSTER_VERSIONS:
         return (f"Dagster patches off: Dagster {dagster.__version__} is not a version they were tested with "
@@ -166,9 +157,10 @@ def _install_alembic_scripts() -> None:
     are read once per process and script directory; the database's own revision is still read and
     written every time.
 
-    Buys (``bench_run_creation.py``): see the README's *Dagster patches* table (creating a run, with and
-    without it). At the paper's shape it was 13% of the daemon's samples while it launched runs (py-spy,
-    2026-12-04).
+    Buys (2026-12-07, 2 cores shared with other work at load 16-27): creating a run (``bench_run_creation.py --runs 20``) with the batched writes
+    takes 94 ms of the daemon's CPU instead of 137 (alone, on the one-by-one writes: 246 instead of 257);
+    a run worker opens its instance and writes its first events in 88 ms of CPU instead of 155 (module
+    doc). At the paper's shape it was 13% of the daemon's samples while it launched runs (py-spy, 2026-12-04).
 
     Upstream: none found (searched dagster-io/dagster issues, 2026-12-07); ready-to-file text in
     ``dagster_upstream_issues.md``. Remove when Dagster caches its ``ScriptDirectory`` (or stops
@@ -217,16 +209,15 @@ SQLITE_STORAGES = (
 
 
 def warm_alembic_heads(modules=SQLITE_STORAGES) -> None:
-    """Find the Alembic heads of these storages now, once ``alembic_scripts`` is installed (the forkserver:
+    """Resolve these storages' Alembic heads now, if ``alembic_scripts`` is installed (in the forkserver:
     then no worker has to)."""
     import importlib
 
     from dagster._core.storage.sql import get_alembic_config
 
-    if "alembic_scripts" not in _installed:
-        return
-    for name in modules:
-        _script(get_alembic_config(importlib.import_module(name).__file__))
+    if "alembic_scripts" in _installed:
+        for name in modules:
+            _script(get_alembic_config(importlib.import_module(name).__file__))
 
 
 # -- sqlite_event_batches --------------------------------------------------------------------------
@@ -253,8 +244,10 @@ def _install_sqlite_event_batches() -> None:
     projection/SCVI run (10 assets, 6 checks). The patch writes the batch in two transactions, the same
     rows in the same order within each database (``test_event_writes.py``).
 
-    Buys: see the README's *Dagster patches* table (creating a run). At the paper's shape the daemon's
-    first settings evaluation submitted its 630 runs in 263 s instead of 973 s (2026-12-04).
+    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_run_creation.py --runs 20``): a run of 10 assets and 6 checks is created
+    with 2 connections instead of 38, in 137 ms of CPU instead of 257 and 1.1 s instead of 2.4 s (all
+    patches: 94 ms, 1.0 s). At the paper's shape the daemon's first settings evaluation submitted its
+    630 runs in 263 s instead of 973 s (2026-12-04).
 
     Upstream: dagster-io/dagster#33831 (planned events written one row at a time at run launch; its
     PR #33832 batches them for PostgreSQL only); the SQLite side: ready-to-file text in
@@ -320,9 +313,11 @@ def _install_backfill_grouping() -> None:
     child partitions left out are what Dagster would have held back anyway, candidates again next
     tick. ``test_backfill_grouping.py`` shows both behaviours on a miniature of the study's graph.
 
-    Buys: see the README's *Dagster patches* table (runs and wall time of a small Geneformer study with
-    and without it). At the paper's shape (2026-12-04): 1,144 runs in a 25-minute window without it,
-    770 of them a one-record ``train_corpus`` run alone (88% orchestration each); 400 with it.
+    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_patches_study.py --study geneformer``, 6 Geneformer settings over 3
+    qualities): 19 runs instead of 31, each setting's chain one run instead of three (``train_corpus``;
+    the model; embeddings and MI), 389 s instead of 435 s. At the paper's shape (2026-12-04): 1,144 runs
+    in a 25-minute window without it, 770 of them a one-record ``train_corpus`` run alone (88%
+    orchestration each); 400 with it.
 
     Upstream: none for this case (related: dagster-io/dagster#31315, #31323 on the same check); ready-
     to-file text in ``dagster_upstream_issues.md``. Remove when
@@ -418,7 +413,9 @@ def _install_backfill_interval() -> None:
     Fixes: Dagster fixes the backfill daemon's pause at 30 s, and each stage of a study (shared data,
     settings, Geneformer's chains after their corpora, results) waits for an evaluation.
 
-    Buys: see the README's *Dagster patches* table (wall time of a small study with and without it).
+    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_patches_study.py --study pca``): the small PCA study spent 7 s with no run
+    queued or running instead of 56 s (190 s in all instead of 271; on so busy a machine the wall time
+    varies: an earlier pair took 237 s with it and 222 s without).
 
     Upstream: dagster-io/dagster#11649 ("deep asset backfills can spend too much time in daemon sleep",
     open; PR #11860 proposed a shorter interval while backfills are active). Remove when Dagster's
@@ -436,8 +433,10 @@ def _install_code_reload_interval() -> None:
     definitions, and fetches the repository snapshot again. A daemon that reloads less often picks up
     edited code that much later (runs always load the code afresh).
 
-    Buys: see the README's *Dagster patches* table (CPU seconds of one reload); measured before on the
-    default study on 2 cores: ~60 CPU s of code servers in a 12-minute study, 14 with this patch.
+    Buys: a reload's code server takes 3.6 s of CPU to import the package and build the default
+    study's definitions (2026-12-07, 2 cores shared with other work at load 16-27), so Dagster's interval costs ~3.6 CPU s a minute of study, this one
+    ~0.4; measured before on the default study: ~60 CPU s of code servers in a 12-minute study, 14
+    with this patch (2026-12-02).
 
     Upstream: dagster-io/dagster#32677 (open; PR #32693 exposes the interval). Remove when the interval
     can be set.
@@ -454,11 +453,13 @@ def _install_daemon_connection_pool() -> None:
     Fixes: dagster-postgres storage opens a new connection for every query (``NullPool``) unless the
     process asks otherwise (``DagsterInstance.optimize_for_webserver``, which only the webserver calls).
     A backfill submits each run with one event per asset partition it plans, so at the paper's shape
-    the daemon opened ~30 connections per run. No statement timeout (0), unlike the webserver's 15 s.
+    the daemon opened ~30 connections per run: 85% of its run submission time (py-spy,
+    ``bench_paper_shape.py``). No statement timeout (0), unlike the webserver's 15 s.
     SQLite storage ignores it.
 
-    Buys (PostgreSQL only): see the README's *Dagster patches* table (``bench_run_creation.py
-    --postgres-url``). At the paper's shape (2026-12-02): run submission 12.3 -> 2.5 s a run under load.
+    Buys (PostgreSQL only; 2026-12-07, 2 cores shared with other work at load 16-27; ``bench_run_creation.py --runs 15 --postgres-url``, a local
+    server): a run is created with 0.1 new connections instead of 38, in 0.39 s instead of 1.30 s and
+    58 ms of CPU instead of 104. At the paper's shape (2026-12-02): run submission 12.3 -> 2.5 s a run.
 
     Upstream: dagster-io/dagster#33935 (pool settings configurable for every process, open; PR #33936).
     Remove when the daemon's pool can be configured in ``dagster.yaml``.
@@ -476,11 +477,11 @@ def _install_daemon_connection_pool() -> None:
 
 
 PATCHES = (
-    Patch("alembic_scripts", (DAEMON, RUN_WORKER), _install_alembic_scripts),
-    Patch("sqlite_event_batches", (DAEMON,), _install_sqlite_event_batches),
-    Patch("backfill_grouping", (DAEMON,), _install_backfill_grouping),
-    Patch("backfill_snapshot_reads", (DAEMON,), _install_backfill_snapshot_reads),
-    Patch("backfill_interval", (DAEMON,), _install_backfill_interval),
-    Patch("code_reload_interval", (DAEMON,), _install_code_reload_interval),
-    Patch("daemon_connection_pool", (DAEMON,), _install_daemon_connection_pool),
+    Patch("alembic_scripts", _install_alembic_scripts),
+    Patch("sqlite_event_batches", _install_sqlite_event_batches),
+    Patch("backfill_grouping", _install_backfill_grouping),
+    Patch("backfill_snapshot_reads", _install_backfill_snapshot_reads),
+    Patch("backfill_interval", _install_backfill_interval),
+    Patch("code_reload_interval", _install_code_reload_interval),
+    Patch("daemon_connection_pool", _install_daemon_connection_pool),
 )

@@ -376,7 +376,7 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
             daemon = DaemonProcess.for_instance(instance, env)
             daemon.start(DaemonRecord("", owner=me, study=study.name, root=str(study.root)))
             print(f"started dagster-daemon (pid {daemon.pid}; log {daemon.log_path}); it stops at the end", file=out)
-            off = dagster_patches.why_off(dagster_patches.DAEMON, env)
+            off = dagster_patches.why_off(env)
             if off:
                 print(off, file=out)
         try:
@@ -446,7 +446,7 @@ def main() -> None:
     from scaling_assets.compute import dagster_patches
     from scaling_assets.compute.dagster_compat import dagster_daemon_main
 
-    patches = dagster_patches.install(dagster_patches.DAEMON)
+    patches = dagster_patches.install()
     print(f"Dagster patches installed: {', '.join(patches) or 'none'}", file=sys.stderr, flush=True)
     shorten_backfill_log()
     sys.argv[0] = "dagster-daemon"
