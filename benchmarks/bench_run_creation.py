@@ -124,8 +124,8 @@ def main() -> None:
           f"assets x 1 partition each, {args.checks} checks; variant = SCALING_ASSETS_DAGSTER_PATCHES")
     print(f"{'':22} {'median':>9} {'p90':>9} {'CPU':>9} {'connections a run':>18} {'vs off':>7}")
     for name, r in results.items():
-        print(f"{name:22} {r['median_ms']:7.1f}ms {r['p90_ms']:7.1f}ms {r['cpu_ms']:7.1f}ms {r['connections_per_run']:18.1f} "
-              f"{results['off']['median_ms'] / r['median_ms']:6.1f}x")
+        print(f"{name:22} {r['median_ms']:7.1f}ms {r['p90_ms']:7.1f}ms {r['cpu_ms']:7.1f}ms "
+              f"{r['connections_per_run']:18.1f} {results['off']['median_ms'] / r['median_ms']:6.1f}x")
 
 
 def _fresh_database(url: str) -> str:

@@ -47,7 +47,6 @@ from dagster import (Bool, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Fie
 
 from scaling_assets.compute.dagster_compat import (ACTIVE_RUN_STATUSES, CheckRunHealthResult, ExecuteRunArgs,
                                                    LaunchRunContext, RunQueueConfig, WorkerStatus)
-
 from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS, run_label, run_steps
 from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml

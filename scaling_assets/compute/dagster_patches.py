@@ -157,10 +157,11 @@ def _install_alembic_scripts() -> None:
     are read once per process and script directory; the database's own revision is still read and
     written every time.
 
-    Buys (2026-12-07, 2 cores shared with other work at load 16-27): creating a run (``bench_run_creation.py --runs 20``) with the batched writes
-    takes 94 ms of the daemon's CPU instead of 137 (alone, on the one-by-one writes: 246 instead of 257);
-    a run worker opens its instance and writes its first events in 88 ms of CPU instead of 155 (module
-    doc). At the paper's shape it was 13% of the daemon's samples while it launched runs (py-spy, 2026-12-04).
+    Buys (2026-12-07, 2 cores shared at load 16-27): creating a run (``bench_run_creation.py --runs 20``)
+    with the batched writes takes 94 ms of the daemon's CPU instead of 137 (alone, on the one-by-one writes:
+    246 instead of 257); a run worker opens its instance and writes its first events in 88 ms of CPU instead
+    of 155 (module doc). At the paper's shape it was 13% of the daemon's samples while it launched runs
+    (py-spy, 2026-12-04).
 
     Upstream: none found (searched dagster-io/dagster issues, 2026-12-07); ready-to-file text in
     ``dagster_upstream_issues.md``. Remove when Dagster caches its ``ScriptDirectory`` (or stops
@@ -244,10 +245,10 @@ def _install_sqlite_event_batches() -> None:
     projection/SCVI run (10 assets, 6 checks). The patch writes the batch in two transactions, the same
     rows in the same order within each database (``test_event_writes.py``).
 
-    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_run_creation.py --runs 20``): a run of 10 assets and 6 checks is created
-    with 2 connections instead of 38, in 137 ms of CPU instead of 257 and 1.1 s instead of 2.4 s (all
-    patches: 94 ms, 1.0 s). At the paper's shape the daemon's first settings evaluation submitted its
-    630 runs in 263 s instead of 973 s (2026-12-04).
+    Buys (2026-12-07, 2 cores shared at load 16-27; ``bench_run_creation.py --runs 20``): a run of 10 assets
+    and 6 checks is created with 2 connections instead of 38, in 137 ms of CPU instead of 257 and 1.1 s
+    instead of 2.4 s (all patches: 94 ms, 1.0 s). At the paper's shape the daemon's first settings
+    evaluation submitted its 630 runs in 263 s instead of 973 s (2026-12-04).
 
     Upstream: dagster-io/dagster#33831 (planned events written one row at a time at run launch; its
     PR #33832 batches them for PostgreSQL only); the SQLite side: ready-to-file text in
@@ -313,11 +314,11 @@ def _install_backfill_grouping() -> None:
     child partitions left out are what Dagster would have held back anyway, candidates again next
     tick. ``test_backfill_grouping.py`` shows both behaviours on a miniature of the study's graph.
 
-    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_patches_study.py --study geneformer``, 6 Geneformer settings over 3
-    qualities): 19 runs instead of 31, each setting's chain one run instead of three (``train_corpus``;
-    the model; embeddings and MI), 389 s instead of 435 s. At the paper's shape (2026-12-04): 1,144 runs
-    in a 25-minute window without it, 770 of them a one-record ``train_corpus`` run alone (88%
-    orchestration each); 400 with it.
+    Buys (2026-12-07, 2 cores shared at load 16-27; ``bench_patches_study.py --study geneformer``, 6
+    Geneformer settings over 3 qualities): 19 runs instead of 31, each setting's chain one run instead of
+    three (``train_corpus``; the model; embeddings and MI), 389 s instead of 435 s. At the paper's shape
+    (2026-12-04): 1,144 runs in a 25-minute window without it, 770 of them a one-record ``train_corpus`` run
+    alone (88% orchestration each); 400 with it.
 
     Upstream: none for this case (related: dagster-io/dagster#31315, #31323 on the same check); ready-
     to-file text in ``dagster_upstream_issues.md``. Remove when
@@ -366,9 +367,9 @@ def _install_backfill_snapshot_reads() -> None:
     the newest event on entry; later events are read by the next tick, which starts from Dagster's own
     cursor, taken before this one.
 
-    Buys: correctness under a race, so not measurable by a short study: ``test_backfill_grouping.py``
-    makes a run write between a tick's reads (Dagster alone: 2 of the run's 3 assets counted; patched:
-    none, all three next tick). Its cost: one ``get_maximum_record_id`` query a tick.
+    Buys: correctness under a race, so not measurable by a short study: ``test_backfill_grouping.py`` makes
+    a run write between a tick's reads (Dagster alone: 2 of the run's 3 assets counted; patched: none, all
+    three next tick). Its cost: one ``get_maximum_record_id`` query a tick.
 
     Upstream: none found (related: dagster-io/dagster#18657 lags the cursor for PostgreSQL's
     out-of-order ids, not this); ready-to-file text in ``dagster_upstream_issues.md``. Remove when
@@ -401,21 +402,21 @@ def _install_backfill_snapshot_reads() -> None:
 def _set_controller(name: str, value: float) -> None:
     from dagster._daemon import controller
 
-    if not hasattr(controller, name):  # renamed: setting it would do nothing (the version guard should stop us first)
+    if not hasattr(controller, name):  # renamed: setting it would do nothing (the version guard stops us first)
         raise RuntimeError(f"dagster._daemon.controller has no {name}; update {__file__}")
     setattr(controller, name, value)
 
 
 def _install_backfill_interval() -> None:
-    """Evaluate backfills every 5 s instead of 30 s (``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS``,
-    read by the backfill loop each time it sleeps; ``SCALING_ASSETS_BACKFILL_INTERVAL`` sets it).
+    """Evaluate backfills every 5 s instead of 30 s (``SCALING_ASSETS_BACKFILL_INTERVAL`` sets it):
+    ``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS``, read by the backfill loop each time it sleeps.
 
     Fixes: Dagster fixes the backfill daemon's pause at 30 s, and each stage of a study (shared data,
     settings, Geneformer's chains after their corpora, results) waits for an evaluation.
 
-    Buys (2026-12-07, 2 cores shared with other work at load 16-27; ``bench_patches_study.py --study pca``): the small PCA study spent 7 s with no run
-    queued or running instead of 56 s (190 s in all instead of 271; on so busy a machine the wall time
-    varies: an earlier pair took 237 s with it and 222 s without).
+    Buys (2026-12-07, 2 cores shared at load 16-27; ``bench_patches_study.py --study pca``): the small PCA
+    study spent 7 s with no run queued or running instead of 56 s (190 s in all instead of 271; on so busy a
+    machine the wall time varies: an earlier pair took 237 s with it and 222 s without).
 
     Upstream: dagster-io/dagster#11649 ("deep asset backfills can spend too much time in daemon sleep",
     open; PR #11860 proposed a shorter interval while backfills are active). Remove when Dagster's
@@ -433,10 +434,10 @@ def _install_code_reload_interval() -> None:
     definitions, and fetches the repository snapshot again. A daemon that reloads less often picks up
     edited code that much later (runs always load the code afresh).
 
-    Buys: a reload's code server takes 3.6 s of CPU to import the package and build the default
-    study's definitions (2026-12-07, 2 cores shared with other work at load 16-27), so Dagster's interval costs ~3.6 CPU s a minute of study, this one
-    ~0.4; measured before on the default study: ~60 CPU s of code servers in a 12-minute study, 14
-    with this patch (2026-12-02).
+    Buys: a reload's code server takes 3.6 s of CPU to import the package and build the default study's
+    definitions (2026-12-07, 2 cores shared at load 16-27), so Dagster's interval costs ~3.6 CPU s a minute
+    of study, this one ~0.4; measured before on the default study: ~60 CPU s of code servers in a 12-minute
+    study, 14 with this patch (2026-12-02).
 
     Upstream: dagster-io/dagster#32677 (open; PR #32693 exposes the interval). Remove when the interval
     can be set.
@@ -457,9 +458,10 @@ def _install_daemon_connection_pool() -> None:
     ``bench_paper_shape.py``). No statement timeout (0), unlike the webserver's 15 s.
     SQLite storage ignores it.
 
-    Buys (PostgreSQL only; 2026-12-07, 2 cores shared with other work at load 16-27; ``bench_run_creation.py --runs 15 --postgres-url``, a local
-    server): a run is created with 0.1 new connections instead of 38, in 0.39 s instead of 1.30 s and
-    58 ms of CPU instead of 104. At the paper's shape (2026-12-02): run submission 12.3 -> 2.5 s a run.
+    Buys (PostgreSQL only; 2026-12-07, 2 cores shared at load 16-27; ``bench_run_creation.py --runs 15
+    --postgres-url``, a local server): a run is created with 0.1 new connections instead of 38, in 0.39 s
+    instead of 1.30 s and 58 ms of CPU instead of 104. At the paper's shape (2026-12-02): run submission
+    12.3 -> 2.5 s a run.
 
     Upstream: dagster-io/dagster#33935 (pool settings configurable for every process, open; PR #33936).
     Remove when the daemon's pool can be configured in ``dagster.yaml``.

@@ -19,11 +19,11 @@ every run to the emptiest GPU), the plan replayed on 20 draws of the 200-run ben
 A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
 skipped run has waited ``reserve_after_s`` (the coordinator's ``reserve_after_seconds``), the GPU
 closest to fitting it is reserved: no run after it in the order is placed there, so that GPU drains
-until it fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such runs in the order; the others wait their
-turn. Reserving one GPU per waiting run stopped the whole box: with the calibrated Geneformer needs
-(24-30 GB), the 200-run bench had 20+ Geneformer runs waiting, each reserved a GPU, all 8 were
-reserved and 125 runs, most of them small enough to fit, waited ~7 minutes at 77% of GPU memory
-promised. Runs larger than every GPU are held with a reason and reserve nothing.
+until it fits. At most ``max_reserved_gpus`` GPUs (default 1) are reserved at once, for the first such
+runs in the order; the others wait their turn. Reserving one GPU per waiting run stopped the whole box:
+with the calibrated Geneformer needs (24-30 GB), the 200-run bench had 20+ Geneformer runs waiting, each
+reserved a GPU, all 8 were reserved and 125 runs, most of them small enough to fit, waited ~7 minutes at
+77% of GPU memory promised. Runs larger than every GPU are held with a reason and reserve nothing.
 """
 
 from __future__ import annotations
