@@ -3,7 +3,7 @@
     python benchmarks/gpu_colocation.py --out DIR --k 1 4 16 32     # on a GPU machine (~2 min on one H200)
     python benchmarks/gpu_colocation.py --out DIR --k 1 2 --tiny    # the same path on the CPU
 
-The run queue packs runs on a GPU by memory alone (``compute/coordinator.py``), so a GPU may hold dozens
+The run queue packs runs on a GPU by memory alone (``gpu/placement.py``), so a GPU may hold dozens
 of small SCVI fits at once. Whether stacking them on the fullest GPU (best fit, the coordinator's choice
 for runs under ``PACK_BELOW_MIB``) or spreading them (the GPU with the most room) is the better policy
 depends on how much they share the GPU's compute, which a replay of the plan

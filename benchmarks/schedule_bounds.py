@@ -215,7 +215,7 @@ def replay_plan_s(jobs: Sequence[tuple[int, float, int] | tuple[int, float, int,
     at time 0, with no launch cost: each plan launches every run it places; time moves to the next run's
     end (or the next ``tick_s``, for the reservations' clocks, while runs wait). ``schedule``, if given,
     gets (start, GPU index) for each job."""
-    from scaling_assets.compute.coordinator import QueuedGpuRun, plan_queue
+    from scaling_assets.gpu.placement import QueuedGpuRun, plan_queue
     from scaling_assets.gpu.nvml import GpuInfo
 
     gpus = [GpuInfo(i, f"GPU-replay-{i}", "replay", capacity_mib, capacity_mib, 0) for i in range(n_gpus)]

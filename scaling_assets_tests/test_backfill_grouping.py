@@ -14,6 +14,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+import pytest
 from dagster import (
     AssetIn,
     AssetKey,
@@ -52,6 +53,20 @@ def mi(model):
 
 
 defs = Definitions(assets=[pool, train, model, mi], executor=in_process_executor)
+PATCHES = ("backfill_grouping", "backfill_snapshot_reads")
+
+
+def install_patches() -> None:
+    from scaling_assets.compute import dagster_patches
+
+    if not set(PATCHES) <= set(dagster_patches.install(only=PATCHES)):
+        pytest.skip("the Dagster patches are off here (SCALING_ASSETS_DAGSTER_PATCHES, or an untested Dagster)")
+
+
+def dagster_alone(monkeypatch, module, name: str) -> None:
+    """``module.name`` as Dagster has it, patched or not, for the rest of the test."""
+    function = getattr(module, name)
+    monkeypatch.setattr(module, name, getattr(function, "__wrapped__", function))
 
 
 @contextlib.contextmanager
@@ -153,9 +168,7 @@ def materialised_by_a_tick_while_a_chain_run_writes(tmp_path: Path, monkeypatch)
 def test_each_setting_chain_is_one_run_when_the_seeds_finish_one_after_another(tmp_path):
     from dagster._core.execution import asset_backfill
 
-    from scaling_assets.compute import dagster_patches
-
-    dagster_patches.install()
+    install_patches()
     assert hasattr(asset_backfill._should_backfill_atomic_asset_subset_unit, "__wrapped__")
 
     runs = backfill_runs(tmp_path / "patched")
@@ -166,11 +179,7 @@ def test_dagster_alone_splits_the_chains_of_the_middle_seeds(tmp_path, monkeypat
     """What the patch is for; if a Dagster upgrade groups these runs itself, this fails and the patch can go."""
     from dagster._core.execution import asset_backfill
 
-    from scaling_assets.compute import dagster_patches
-
-    dagster_patches.install()
-    patched = asset_backfill._should_backfill_atomic_asset_subset_unit
-    monkeypatch.setattr(asset_backfill, "_should_backfill_atomic_asset_subset_unit", patched.__wrapped__)
+    dagster_alone(monkeypatch, asset_backfill, "_should_backfill_atomic_asset_subset_unit")
 
     runs = backfill_runs(tmp_path / "dagster")
     # seed 0 came first (no model materialised yet) and seed 2 last (nothing else left): grouped;
@@ -181,9 +190,7 @@ def test_dagster_alone_splits_the_chains_of_the_middle_seeds(tmp_path, monkeypat
 
 
 def test_a_tick_counts_a_runs_materialisations_all_or_none(tmp_path, monkeypatch):
-    from scaling_assets.compute import dagster_patches
-
-    dagster_patches.install()
+    install_patches()
     # the tick's reads stop at the newest event on entry: the chain's three are the next tick's
     assert materialised_by_a_tick_while_a_chain_run_writes(tmp_path / "patched", monkeypatch) == set()
 
@@ -191,10 +198,6 @@ def test_a_tick_counts_a_runs_materialisations_all_or_none(tmp_path, monkeypatch
 def test_dagster_alone_counts_a_runs_later_materialisations_without_its_earlier_ones(tmp_path, monkeypatch):
     from dagster._core.execution import asset_backfill
 
-    from scaling_assets.compute import dagster_patches
-
-    dagster_patches.install()
-    patched = asset_backfill.get_asset_backfill_iteration_materialized_subset
-    monkeypatch.setattr(asset_backfill, "get_asset_backfill_iteration_materialized_subset", patched.__wrapped__)
+    dagster_alone(monkeypatch, asset_backfill, "get_asset_backfill_iteration_materialized_subset")
     seen = materialised_by_a_tick_while_a_chain_run_writes(tmp_path / "dagster", monkeypatch)
     assert seen and seen != {"train", "model", "mi"}  # some of the run, not all: the split stop 36 measured

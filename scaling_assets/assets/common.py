@@ -195,7 +195,7 @@ def image_metadata(context, png: Path, title: str = "plot") -> MetadataValue:
 def _served_copy(context, png: Path) -> str | None:
     """Copy `png` under this run's compute-log folder; the URL the webserver serves it at, or None."""
     # the webserver's /logs route serves files of exactly these managers (dagster_webserver/webserver.py)
-    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from scaling_assets.compute.dagster_compat import LocalComputeLogManager
 
     logs = context.instance.compute_log_manager
     if not isinstance(logs, LocalComputeLogManager):

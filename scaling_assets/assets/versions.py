@@ -22,11 +22,9 @@ import dataclasses
 import hashlib
 import json
 
-from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
-from dagster._core.definitions.data_version import CODE_VERSION_TAG
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.events import DagsterEventType
+from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterEventType, DagsterInstance
 
+from scaling_assets.compute.dagster_compat import CODE_VERSION_TAG, AssetKeyPartitionKey
 from scaling_assets.data.simulate import SIMULATOR_VERSION
 from scaling_assets.data.tasks import SIMULATED, TASKS
 from scaling_assets.models.versions import settings_version

@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
-from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
 
 from scaling_assets.assets.storage import sweep_staging
+from scaling_assets.compute.dagster_compat import (BACKFILL_ID_TAG, WILL_RETRY_TAG, AssetGraphSubset,
+                                                   AssetKeyPartitionKey, BulkActionsFilter, BulkActionStatus,
+                                                   PartitionBackfill, is_sqlite_run_storage)
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
 from scaling_assets.assets.versions import outdated_partitions
@@ -313,9 +312,7 @@ def partition_count(asset_graph) -> int:
 
 def storage_warning(n_partitions: int, instance: DagsterInstance) -> str | None:
     """A warning when a study is larger than the instance's SQLite storage tracks comfortably."""
-    from dagster._core.storage.runs.sqlite import SqliteRunStorage
-
-    if n_partitions <= SQLITE_COMFORTABLE_PARTITIONS or not isinstance(instance.run_storage, SqliteRunStorage):
+    if n_partitions <= SQLITE_COMFORTABLE_PARTITIONS or not is_sqlite_run_storage(instance.run_storage):
         return None
     return (f"warning: this study tracks {n_partitions:,} asset partitions on SQLite storage "
             f"({instance.root_directory}); beyond ~{SQLITE_COMFORTABLE_PARTITIONS:,} the daemon's backfill "
