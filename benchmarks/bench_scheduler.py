@@ -30,7 +30,7 @@ placement by the launcher, so they include the daemon's start-up), the launch ov
 run initialisation),
 and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom);
 the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep), the
-other bounds and the shortest schedule of ``schedule_bounds.py`` (CP-SAT, ``--optimum-s``); the
+other bounds and the shortest schedule of ``gpu/schedule_bounds.py`` (CP-SAT, ``--optimum-s``); the
 run workers' memory every ``--mem-sample-s`` (sum of PSS, RSS and USS over the forkserver's children:
 PSS counts a page shared by n workers 1/n in each, so its sum is what they take; RSS counts the
 shared preloaded libraries once per worker), the daemon's CPU seconds and the load average
@@ -62,7 +62,7 @@ from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noq
 from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
-from schedule_bounds import (  # noqa: E402
+from scaling_assets.gpu.schedule_bounds import (  # noqa: E402
     memory_area_s, optimal_makespan_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s)
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
@@ -295,7 +295,7 @@ def policy_bounds(runs, unit_s: float, n_gpus: int, usable_mib: int, reserve_aft
                   makespan_s: float | None = None, optimum_time_limit_s: float = 0.0) -> dict:
     """The configuration-LP and overlap bounds, the coordinator's plan replayed without Dagster and,
     given a time limit, the shortest schedule the CP-SAT search finds and the bound it proves
-    (``schedule_bounds.py``), with the measured makespan against each."""
+    (``gpu/schedule_bounds.py``), with the measured makespan against each."""
     jobs = [(r["need_mib"], r["cost"] * unit_s) for r in runs]
     packing = packing_lower_bound_s(jobs, usable_mib, n_gpus)
     overlap = overlap_lower_bound_s(jobs, usable_mib, n_gpus)

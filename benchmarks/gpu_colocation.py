@@ -7,7 +7,7 @@ The run queue packs runs on a GPU by memory alone (``compute/coordinator.py``), 
 of small SCVI fits at once. Whether stacking them on the fullest GPU (best fit, the coordinator's choice
 for runs under ``PACK_BELOW_MIB``) or spreading them (the GPU with the most room) is the better policy
 depends on how much they share the GPU's compute, which a replay of the plan
-(``benchmarks/schedule_bounds.py``) cannot know. This measures it: each of K processes fits
+(``scaling_assets/gpu/schedule_bounds.py``) cannot know. This measures it: each of K processes fits
 ``SCVIModel`` (the paper's hyperparameters, models/scvi.py) on the same simulated counts for a fixed
 number of epochs (no early stopping, so every fit takes the same steps), all starting together;
 reported per K: the median and slowest ms per gradient step, the aggregate steps a second, and the

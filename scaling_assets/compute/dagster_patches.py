@@ -17,7 +17,8 @@ run's database and the index; a check a third) on connections opened and closed 
 connection checkpoints SQLite's write-ahead log. A setting's PCA/random projection/SCVI run (10 assets,
 6 checks) took 38 commits; at the paper's shape the daemon's first settings
 evaluation spent 87% of its time there (973 s for 630 runs, py-spy). The patch writes a run's batch in
-two transactions, the same rows in the same order within each database (``test_event_writes.py``).
+two transactions, the same rows in the same order within each database
+(``test_compute_dagster_patches_event_writes.py``).
 
 ``_should_backfill_atomic_asset_subset_unit`` (the asset backfill's run grouping): a child asset joins
 its parent's run only when the child's whole unrequested subset equals the parent subset requested
@@ -28,7 +29,8 @@ times, so from the second batch on every asset of the chain ran in a run of its 
 bench: 770 one-record ``train_corpus`` runs, each 88% orchestration). The patch narrows the child to the
 partitions whose same-partitioned parent is requested in this tick before Dagster's check, so the
 chain is grouped batch by batch; the child partitions left out are what Dagster would have held back
-anyway, and they are candidates again next tick. ``test_backfill_grouping.py`` shows both behaviours.
+anyway, and they are candidates again next tick. ``test_compute_dagster_patches_backfill_grouping.py``
+shows both behaviours.
 
 ``get_asset_backfill_iteration_materialized_subset`` (what a backfill tick counts as materialised):
 Dagster reads each target asset's new materialisations with a query of its own and no upper bound, so a

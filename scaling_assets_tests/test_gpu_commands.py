@@ -11,12 +11,7 @@ from scaling_assets.gpu import nvml
 from scaling_assets.gpu.leases import Ledger, gpu_step
 from scaling_assets.gpu.nvml import FakeNvml
 
-
-@pytest.fixture(autouse=True)
-def lease_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(tmp_path / "leases"))
-    yield
-    nvml.set_backend(None)
+pytestmark = pytest.mark.usefixtures("lease_dir")  # conftest.py: every test its own ledger
 
 
 def test_gpus_without_nvml(capsys):

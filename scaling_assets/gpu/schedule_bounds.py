@@ -1,6 +1,7 @@
 """How short a schedule of GPU runs can be, and what the run queue's own plan makes of it (no Dagster).
 
-``bench_scheduler.py`` compares its measured makespan with these:
+``benchmarks/bench_scheduler.py`` compares its measured makespan with these (OR-Tools and SciPy are
+imported only by the functions that need them; OR-Tools comes with the ``bench`` extra):
 
 - ``memory_area_s``: sum need x duration / total usable memory; with the longest run, the issue's bound.
   It treats GPU memory as one fluid pool. With Geneformer runs of 24-30 GB on 80 GB GPUs it is far

@@ -77,7 +77,7 @@ def backfill_of_the_graph(tmp_path: Path):
         "run_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"},
         "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
     }
-    logger = logging.getLogger("test_backfill_grouping")
+    logger = logging.getLogger("test_compute_dagster_patches_backfill_grouping")
     tmp_path.mkdir(parents=True)
     with instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance, \
             create_test_daemon_workspace_context(

@@ -1,12 +1,8 @@
-"""The makespan bounds ``benchmarks/bench_scheduler.py`` judges the GPU queue by (schedule_bounds.py)."""
-
-import sys
-from pathlib import Path
+"""The makespan bounds ``benchmarks/bench_scheduler.py`` judges the GPU queue by (``gpu/schedule_bounds.py``)."""
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from schedule_bounds import (  # noqa: E402
+from scaling_assets.gpu.schedule_bounds import (
     memory_area_s, optimal_makespan_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s)
 
 GPU = 81408  # an 80 GB GPU less the coordinator's 512-MiB headroom

@@ -1,6 +1,6 @@
 """Real cells end to end: a small grid of ``studies/example_real.yaml`` (CBMC CITE-seq RNA, 8,617 cells x
 500 genes, the dataset's own ``cell_type`` signal, no task) through ``scaling-assets study run``: a real
-dagster-daemon and queued runs, as test_platform_queue.py. About a minute on 2 cores."""
+dagster-daemon and queued runs, as test_study_backfills.py. About a minute on 2 cores."""
 
 from __future__ import annotations
 

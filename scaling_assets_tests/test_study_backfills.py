@@ -214,10 +214,10 @@ def test_ctrl_c_during_a_gpu_step_cancels_its_run_without_running_the_step_again
     """Ctrl-C while SCVI trains: the run is cancelled, not retried. (With a RetryPolicy on the GPU
     assets, Dagster turned the interrupt into a retry: the step trained again from the start, the
     rest of the run followed and it ended as a success a minute later.) SCVI here is the paper-shape
-    benchmark's synthetic model, which holds its step for ~40 s (benchmarks/paper_workload.py)."""
+    benchmark's synthetic model, which holds its step for ~40 s (models/stand_ins.py)."""
     path, home, env = make_study(tmp_path, "cancel_gpu", algorithms=["scvi"])
-    env.update(SCALING_ASSETS_MODEL_OVERRIDE="scvi=paper_workload:SyntheticSCVI", BENCH_PAPER_UNIT_S="25",
-               PYTHONPATH=os.pathsep.join([str(REPO / "benchmarks"), env.get("PYTHONPATH", "")]))
+    env.update(SCALING_ASSETS_MODEL_OVERRIDE="scvi=scaling_assets.models.stand_ins:SyntheticSCVI",
+               BENCH_PAPER_UNIT_S="25")
     instance = instance_at(home)
     run = study_run(path, env, tmp_path)
 
@@ -276,7 +276,7 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
 
 
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
-    from test_study_sources import UNSAMPLED_ROW, write_h5ad
+    from test_study_spec_sources import UNSAMPLED_ROW, write_h5ad
 
     # passes the sampled check at study load (a file that is not HDF5 is refused there); the ingest fails it
     broken = write_h5ad(tmp_path / "broken.h5ad", bad=(UNSAMPLED_ROW, -1))

@@ -1,14 +1,15 @@
-"""The synthetic SCVI and Geneformer of ``bench_paper_shape.py`` (benchmark only).
+"""Stand-ins for SCVI and Geneformer that sleep instead of training: the GPU workload of
+``benchmarks/bench_paper_shape.py`` and of the tests that need a GPU step to last (never used by a study).
 
-Put behind the algorithms' names by ``SCALING_ASSETS_MODEL_OVERRIDE=scvi=paper_workload:SyntheticSCVI,
-geneformer=paper_workload:SyntheticGeneformer`` (``scaling_assets.models.get_model_class``), with this
-folder on PYTHONPATH. The real ``model_*`` asset calls ``fit`` inside ``step_device``, so the step holds
-the lease of its ``needs.py`` estimate on the (fake NVML) GPU while ``fit`` sleeps for a duration drawn
-like ``bench_scheduler.py``'s: RELATIVE_COST[algorithm] x (0.5 + 0.5 log N / log N_max) x
-``BENCH_PAPER_UNIT_S`` seconds (N: the training cells), or, with ``BENCH_PAPER_DURATIONS=h200``, for
-what the paper budget's fit at N took on a real H200 (``h200_fit_s``). ``embed`` returns seeded Gaussian embeddings
-of the registry's width, which the real embeddings and MI assets store and estimate on; ``save``/``load``
-write a small ``model.json`` the real loader accepts.
+Put behind the algorithms' names by ``SCALING_ASSETS_MODEL_OVERRIDE`` (``OVERRIDE`` below;
+``scaling_assets.models.get_model_class``). The real ``model_*`` asset calls ``fit`` inside
+``step_device``, so the step holds the lease of its ``needs.py`` estimate on the (fake NVML) GPU while
+``fit`` sleeps for a duration drawn like ``bench_scheduler.py``'s: RELATIVE_COST[algorithm] x
+(0.5 + 0.5 log N / log N_max) x ``BENCH_PAPER_UNIT_S`` seconds (N: the training cells), or, with
+``BENCH_PAPER_DURATIONS=h200``, for what the paper budget's fit at N took on a real H200 (``h200_fit_s``,
+from the ``benchmarks/gpu_check.py`` report named by ``BENCH_PAPER_H200_CHECK``). ``embed`` returns seeded
+Gaussian embeddings of the registry's width, which the real embeddings and MI assets store and estimate
+on; ``save``/``load`` write a small ``model.json`` the real loader accepts.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ from scaling_assets.models.base import FitReport, RepresentationModel
 from scaling_assets.models.budget import get_budget
 
 RELATIVE_COST = {"geneformer": 10.0, "scvi": 2.0}  # as bench_scheduler.py: assumptions, not GPU timings
+OVERRIDE = ("scvi=scaling_assets.models.stand_ins:SyntheticSCVI,"
+            "geneformer=scaling_assets.models.stand_ins:SyntheticGeneformer")
 
 
 DURATIONS_ENV = "BENCH_PAPER_DURATIONS"  # "scaled" (default) or "h200"
-H200_CHECK = Path(__file__).with_name("gpu_check_h200.json")
+H200_CHECK_ENV = "BENCH_PAPER_H200_CHECK"  # a gpu_check.py report of the H200 (benchmarks/results/)
 
 
 @functools.lru_cache(maxsize=1)
 def _h200_runs() -> tuple[dict[int, float], float]:
     """SCVI's measured fit seconds by N (median over tasks and qualities) and Geneformer's seconds a step."""
-    results = json.loads(H200_CHECK.read_text())["results"]
+    results = json.loads(Path(os.environ[H200_CHECK_ENV]).read_text())["results"]
     by_n: dict[int, list[float]] = {}
     for r in results:
         if r["kind"] == "scvi":
@@ -46,8 +49,8 @@ def _h200_runs() -> tuple[dict[int, float], float]:
 
 
 def h200_fit_s(algorithm: str, n_cells: int) -> float:
-    """A paper-budget fit's seconds on the H200 (``gpu_check_h200.json``). SCVI: the measured fits,
-    interpolated in log N and clamped to the measured 100-25,600 cells. Geneformer: its shortest paper
+    """A paper-budget fit's seconds on the H200 (the report ``BENCH_PAPER_H200_CHECK`` names). SCVI: the
+    measured fits, interpolated in log N and clamped to the measured 100-25,600 cells. Geneformer: its shortest paper
     run, which early stopping cannot end before (patience + 1) evaluations (6,000 steps), at the
     measured seconds a 64-cell x 512-token step (1,000 genes; 20,000 genes took 3.8 times as long)."""
     scvi, geneformer_step_s = _h200_runs()
@@ -91,7 +94,7 @@ class _Synthetic(RepresentationModel):
         return {"algorithm": self.algorithm, "synthetic": True, "budget": self.budget}
 
     def _save_native(self, directory: Path) -> None:
-        (directory / "synthetic.txt").write_text("synthetic GPU workload (benchmarks/paper_workload.py)\n")
+        (directory / "synthetic.txt").write_text("synthetic GPU workload (scaling_assets/models/stand_ins.py)\n")
 
     @classmethod
     def _load_native(cls, directory: Path, meta: dict):
