@@ -1,6 +1,6 @@
 """Peak RSS of Geneformer CPU training: the 64-cell batch in one pass vs CPU micro-batches.
 
-    python benchmarks/bench_geneformer_memory.py [--cells 300] [--genes 1000]
+    python benchmarks/investigations/bench_geneformer_memory.py [--cells 300] [--genes 1000]
 
 Builds a corpus of long cells (up to 512 tokens, the BERT's positions), then in a fresh subprocess
 each: fits one default-budget step (one optimiser step of 64 cells, one small evaluation) and embeds

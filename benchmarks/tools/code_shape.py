@@ -1,6 +1,6 @@
 """The package's shape from its source alone (``ast``, nothing imported):
 
-    .venv/bin/python benchmarks/code_shape.py [path/to/scaling_assets]
+    .venv/bin/python benchmarks/tools/code_shape.py [path/to/scaling_assets]
 
 prints lines per package (a subfolder of ``scaling_assets``; a top-level module counts as its own
 node, e.g. ``layout.py``), the package-level import graph (lazy imports inside functions included:
@@ -133,4 +133,4 @@ def strongly_connected(nodes: list[str], edges: dict[str, set[str]]) -> list[set
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / PACKAGE).resolve())
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / PACKAGE).resolve())

@@ -1,7 +1,7 @@
 """PCA's size effect on the embedded simulator, in-process: MI by training cells and the size law's verdict.
 
-    .venv/bin/python benchmarks/bench_simulator_size_effect.py
-    .venv/bin/python benchmarks/bench_simulator_size_effect.py --tasks cite --test-cells 3000 --set N_TYPES=24
+    .venv/bin/python benchmarks/investigations/bench_simulator_size_effect.py
+    .venv/bin/python benchmarks/investigations/bench_simulator_size_effect.py --tasks cite --test-cells 3000 --set N_TYPES=24
 
 What a study of PCA on one seed would measure, without Dagster: simulate each task (``data/simulate.py``,
 its constants overridable with ``--set NAME=VALUE``), hold out ``--test-cells``, choose PCA's 750 HVGs on
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from scaling_assets.data import simulate as simulator  # noqa: E402
 from scaling_assets.data.counts import InMemoryCounts  # noqa: E402
 from scaling_assets.data.tasks import TASKS  # noqa: E402

@@ -1,6 +1,6 @@
 """Peak RSS per Dagster run of an in-process study (what `run_study` does), sampled every 50 ms.
 
-    python benchmarks/profile_study_memory.py [--datasets cite] [--no-tune-allocator]
+    python benchmarks/investigations/profile_study_memory.py [--datasets cite] [--no-tune-allocator]
 
 Prints, per batch (one Dagster run), the wall time and the process's peak RSS while it ran, so the
 stage that grows the process shows itself. Uses the default study's grid on a throw-away root.
@@ -11,28 +11,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
-
-class Sampler:
-    def __init__(self, period: float = 0.05):
-        self.proc, self.period, self.peak, self._stop = psutil.Process(), period, 0, False
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while not self._stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.period)
-
-    def reset(self) -> int:
-        rss = self.proc.memory_info().rss
-        self.peak = rss
-        return rss
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared harness
+from harness import ProcessSampler  # noqa: E402
 
 
 def main() -> None:
@@ -56,15 +43,17 @@ def main() -> None:
     (root / "study.yaml").write_text(yaml.safe_dump(default))
     study = load_study(root / "study.yaml")
 
-    sampler, rows = Sampler(), []
+    sampler, rows = ProcessSampler(lambda: [os.getpid()], 0.05), []
+    sampler.start()
     real = rs.materialize
 
     def measured(assets, selection, partition_key=None, **kw):
-        before = sampler.reset()
-        t0 = time.perf_counter()
+        before = psutil.Process().memory_info().rss
+        t0, wall0 = time.time(), time.perf_counter()
         result = real(assets, selection=selection, partition_key=partition_key, **kw)
-        rows.append((",".join(k.path[-1] for k in selection)[:60], partition_key or "", time.perf_counter() - t0,
-                     before, sampler.peak))
+        during = [max(s["max_one_mib"].values(), default=0) * 2**20 for s in list(sampler.samples) if s["t"] >= t0]
+        rows.append((",".join(k.path[-1] for k in selection)[:60], partition_key or "",
+                     time.perf_counter() - wall0, before, max([before, *during])))
         return result
 
     rs.materialize = measured

@@ -1,7 +1,7 @@
 """How much co-located SCVI fits slow each other on one GPU: K processes train at once, for K in --k.
 
-    python benchmarks/gpu_colocation.py --out DIR --k 1 4 16 32     # on a GPU machine (~2 min on one H200)
-    python benchmarks/gpu_colocation.py --out DIR --k 1 2 --tiny    # the same path on the CPU
+    python benchmarks/investigations/gpu_colocation.py --out DIR --k 1 4 16 32     # on a GPU machine (~2 min on one H200)
+    python benchmarks/investigations/gpu_colocation.py --out DIR --k 1 2 --tiny    # the same path on the CPU
 
 The run queue packs runs on a GPU by memory alone (``compute/coordinator.py``), so a GPU may hold dozens
 of small SCVI fits at once. Whether stacking them on the fullest GPU (best fit, the coordinator's choice
@@ -13,7 +13,7 @@ number of epochs (no early stopping, so every fit takes the same steps), all sta
 reported per K: the median and slowest ms per gradient step, the aggregate steps a second, and the
 slowdown against K = 1. Each process uses one CPU thread, so K past
 the machine's cores measures the CPU too (the report says how many cores there were).
-Writes DIR/gpu_colocation.json. On a lent H200, carry the wheels of ``benchmarks/device_wheels.sh``.
+Writes DIR/gpu_colocation.json. On a lent H200, carry the wheels of ``benchmarks/tools/device_wheels.sh``.
 Ran here only with ``--tiny`` on the CPU (K = 1, 2: 74-80 ms a step, x1.12-1.18 at K = 2 on 2 cores);
 the GPU figures are for the next session lent a GPU.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

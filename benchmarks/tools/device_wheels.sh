@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The wheels a lent H200 machine lacks to run the GPU checks (gpu_check.py, gpu_queue_check.py,
-# gpu_colocation.py): Dagster 1.13.27, scvi-tools 1.5.1, anndata 0.13.4 and what they need beyond the
+# investigations/gpu_colocation.py): Dagster 1.13.27, scvi-tools 1.5.1, anndata 0.13.4 and what they need beyond the
 # machine's image (Python 3.12 with torch, transformers, scikit-learn, h5py, pandas, lightning ...; it
 # reaches no package registry). 52 wheels, 26 MB, into the git-ignored .whl; run here, from the repo root:
-#     bash benchmarks/device_wheels.sh
+#     bash benchmarks/tools/device_wheels.sh
 # then on the machine (carry .whl):
 #     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
 #         && export PYTHONPATH=/tmp/site
@@ -11,7 +11,7 @@
 # scvi and the repository's definitions, and `gpu_queue_check.py --tiny` and `gpu_colocation.py --tiny`
 # run through. grpcio and protobuf are carried because grpcio-health-checking 1.81 needs protobuf >= 6.33.5.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p .whl
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)

@@ -1,7 +1,7 @@
 """The two LMI presets on the same embeddings: bits and time per estimate.
 
-    .venv/bin/python benchmarks/bench_lmi_presets.py --study-root study_runs/default
-    .venv/bin/python benchmarks/bench_lmi_presets.py --study-root /tmp/root --label-pairs 3000 --seeds 0 1
+    .venv/bin/python benchmarks/investigations/bench_lmi_presets.py --study-root study_runs/default
+    .venv/bin/python benchmarks/investigations/bench_lmi_presets.py --study-root /tmp/root --label-pairs 3000 --seeds 0 1
 
 Cases:
 - the default study's embeddings (materialised MI inputs under --study-root: for each dataset and
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from scaling_assets.metrics.lmi import PRESETS, estimate  # noqa: E402
 
 PRESET_NAMES = ("fast", "reference")

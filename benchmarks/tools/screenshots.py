@@ -5,7 +5,7 @@ the system chromium through Playwright (`pip install '.[screenshots]'`; no `play
 uses /usr/bin/chromium), takes one PNG per page, clicks where a view needs it, and stops the process
 group it started, also on errors or Ctrl-C:
 
-    python benchmarks/screenshots.py --home /tmp/ui_study/home --study /tmp/ui_study/study.yaml \
+    python benchmarks/tools/screenshots.py --home /tmp/ui_study/home --study /tmp/ui_study/study.yaml \
         --out /tmp/screens [--model cite/model_scvi --partition n=400_q=1.0_s=42]
 
 Pages: global asset lineage, a model partition (its loss curve in place), the MI table, the
@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WINDOW = {"width": 1280, "height": 1600}  # the UI scrolls inside its panes: full_page adds nothing
 DIALOG_LINK = "[Show Markdown]"  # how the UI shows a Markdown entry too long to render in place
 

@@ -1,7 +1,7 @@
 """How often the size law's parameters come out identified, for known laws and a known MI noise.
 
-    .venv/bin/python benchmarks/bench_size_law_identifiability.py
-    .venv/bin/python benchmarks/bench_size_law_identifiability.py --noise 0.08 0.046 --sizes 100 200 400 800 1600
+    .venv/bin/python benchmarks/investigations/bench_size_law_identifiability.py
+    .venv/bin/python benchmarks/investigations/bench_size_law_identifiability.py --noise 0.08 0.046 --sizes 100 200 400 800 1600
 
 For each true law I(N) = I_inf - (N/N_0)^(-s) on a grid of sizes (default: the default study's PCA
 sizes, 25-3,200), draws one estimate per size with Gaussian noise of the given sd (one seed), fits it
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from scaling_assets.metrics.laws import GOOD_R2, fit_size_law, size_law  # noqa: E402
 
 
