@@ -201,6 +201,7 @@ def dagster_env(tmp_path, monkeypatch):
     nvml.set_backend(None)
 
 
+@pytest.mark.slow
 def test_daemon_holds_gpu_runs_until_a_gpu_has_room_and_pins_the_rest(dagster_env):
     from dagster import DagsterInstance
     from dagster._core.storage.dagster_run import DagsterRunStatus

@@ -15,6 +15,7 @@ from conftest import REPO, study_jobs, write_tiny_study
 from scaling_assets.compute.instance import write_instance_yaml
 from scaling_assets.study.daemon import DaemonProcess
 
+@pytest.mark.slow
 def test_example_instance_file_reads_its_connection_from_the_environment(postgres_url, tmp_path, monkeypatch):
     from dagster import DagsterInstance
     from dagster_postgres import PostgresRunStorage
@@ -80,6 +81,7 @@ def _session_members(sid: int) -> list[tuple[int, str]]:
     return members
 
 
+@pytest.mark.slow
 def test_study_runs_through_the_queue_and_materialisations_are_in_postgres(pg_study, postgres_url):
     import psycopg2
     from dagster import AssetKey, DagsterInstance

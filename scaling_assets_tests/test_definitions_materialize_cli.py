@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_tiny_study
 
+pytestmark = pytest.mark.slow  # `dagster asset materialize` in subprocesses
+
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 

@@ -15,6 +15,8 @@ from scaling_assets.metrics.lmi import estimate
 from scaling_assets.metrics.signals import task_signals
 from scaling_assets.models import get_model_class
 
+pytestmark = pytest.mark.slow  # trains PCA and SCVI on simulated tasks and estimates their MI
+
 QUALITIES = (1.0, 0.05, 0.005, 0.001)
 SIZES = (40, 200, 1200)  # SCVI at full quality (the size law); both models at 1,200 cells (the noise law)
 

@@ -107,6 +107,7 @@ def restore_dagster_home():
         os.environ["DAGSTER_HOME"] = before
 
 
+@pytest.mark.slow
 def test_study_runs_through_the_daemon_and_resumes_after_the_daemon_is_killed(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "queued")
     study = load_study(path)
@@ -182,6 +183,7 @@ def code_server_sockets(daemon_pid: int) -> set[str]:
     return sockets
 
 
+@pytest.mark.slow
 def test_code_reloads_mid_study_lose_and_repeat_nothing(tmp_path, restore_dagster_home):
     """Issue 24: a long study's daemon reloads its code location (every 10 minutes; `dagster dev`'s
     reload button does the same) while runs are queued and running. Here it reloads every 4 s (4-5 code
@@ -210,6 +212,7 @@ def test_code_reloads_mid_study_lose_and_repeat_nothing(tmp_path, restore_dagste
     assert runs and all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_gpu_step_cancels_its_run_without_running_the_step_again(tmp_path, restore_dagster_home):
     """Ctrl-C while SCVI trains: the run is cancelled, not retried. (With a RetryPolicy on the GPU
     assets, Dagster turned the interrupt into a retry: the step trained again from the start, the
@@ -238,6 +241,7 @@ def test_ctrl_c_during_a_gpu_step_cancels_its_run_without_running_the_step_again
     assert not instance.get_materialized_partitions(AssetKey(["cite", "model_scvi"]))
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "cancelled")
     study = load_study(path)
@@ -275,6 +279,7 @@ def test_ctrl_c_cancels_the_backfill_and_leaves_no_half_written_partition(tmp_pa
     assert not alive(started_daemon_pid(out_again))
 
 
+@pytest.mark.slow
 def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_path, restore_dagster_home):
     from test_study_spec_sources import UNSAMPLED_ROW, write_h5ad
 
@@ -319,6 +324,7 @@ def test_a_failed_dataset_blocks_only_its_dependants_and_names_the_cause(tmp_pat
     assert meta["datasets_complete"].value == "cite, broken" and meta["datasets_missing"].value == "none"
 
 
+@pytest.mark.slow
 def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagster_home):
     path, home, env = make_study(tmp_path, "locked")
     with study_lock(load_study(path)):
@@ -328,6 +334,7 @@ def test_a_second_study_run_of_the_same_study_is_refused(tmp_path, restore_dagst
     assert "is already being run by" in out and f"pid {os.getpid()}" in out, out
 
 
+@pytest.mark.slow
 def test_the_settings_go_in_once_the_shared_data_is_written_not_when_the_daemon_marks_it(tmp_path,
                                                                                          restore_dagster_home):
     """The shared-data stage hands off as soon as its runs succeeded and every partition it targets is
@@ -519,6 +526,7 @@ def test_a_second_study_on_the_same_home_is_refused_naming_the_study_that_holds_
             process.wait()
 
 
+@pytest.mark.slow
 def test_the_rerun_of_a_killed_study_run_adopts_its_daemon_and_stops_it_at_the_end(tmp_path):
     """Issue 26 item 3: ``kill -9`` of ``study run`` leaves its daemon running; the rerun of the same
     study takes it over (it becomes the owner) and stops it when it ends."""
@@ -548,6 +556,7 @@ def test_the_rerun_of_a_killed_study_run_adopts_its_daemon_and_stops_it_at_the_e
         daemon.wait()
 
 
+@pytest.mark.slow
 def test_a_daemon_whose_study_run_is_gone_stops_once_nothing_is_left_to_run(tmp_path):
     """Issue 26 item 3, inside the daemon: it stops itself only when its owner's lock is free (the
     command died) and the instance has no backfill in progress and no unfinished run."""
@@ -597,6 +606,7 @@ def test_the_run_label_and_the_instance_settings_for_killed_run_workers():
         assert settings["run_retries"] == {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False}
 
 
+@pytest.mark.slow
 def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_path, restore_dagster_home):
     """Issue 26, on real daemons and runs, in the order a user meets them:
 

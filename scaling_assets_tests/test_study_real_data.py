@@ -35,6 +35,7 @@ def test_the_example_study_finds_the_shared_data_from_the_repository():
     assert study.algorithms == ("pca", "random_projection", "scvi")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _cbmc_path().is_file(), reason=f"{_cbmc_path()} not present (../shared/data beside the repo)")
 def test_a_small_grid_of_the_real_data_study_runs_through_the_queue(tmp_path):
     raw = yaml.safe_load(EXAMPLE.read_text())

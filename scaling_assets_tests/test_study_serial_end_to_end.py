@@ -15,6 +15,8 @@ from scaling_assets.data.tasks import TASKS
 from scaling_assets.study.serial import run_study
 from scaling_assets.study.spec import load_study
 
+pytestmark = pytest.mark.slow  # end-to-end studies (in-process)
+
 STUDY = """
 name: e2e
 root: {root}

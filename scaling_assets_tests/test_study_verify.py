@@ -17,6 +17,8 @@ from scaling_assets.layout import partition_dir
 from scaling_assets.study.serial import root_cause
 from scaling_assets.study.spec import load_study
 
+pytestmark = pytest.mark.slow  # a study materialised, then damaged and verified
+
 SEED, SETTING, OTHER = "s=42", "n=100_q=1_s=42", "n=100_q=0.5_s=42"
 
 

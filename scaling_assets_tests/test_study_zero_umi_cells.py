@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import DagsterInstance
 
 from scaling_assets.data.h5ad_io import CsrReader
@@ -18,6 +19,8 @@ from scaling_assets.data.thinning import thin_counts
 from scaling_assets.layout import COUNTS_FILE, RECORD_FILE, SPLIT_FILE, SUMMARY_FILE, partition_dir, result_paths
 from scaling_assets.study.serial import run_study
 from scaling_assets.study.spec import load_study
+
+pytestmark = pytest.mark.slow  # a whole study
 
 ALGORITHMS = ["pca", "random_projection", "scvi", "geneformer"]
 
