@@ -14,7 +14,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-import pytest
 from dagster import (
     AssetIn,
     AssetKey,
@@ -24,8 +23,6 @@ from dagster import (
     asset,
     in_process_executor,
 )
-
-pytestmark = pytest.mark.slow  # Dagster's backfill iterations over a miniature study graph
 
 SEEDS = ["0", "1", "2"]
 SETTINGS = [f"n={n}_s={s}" for s in SEEDS for n in (10, 20)]
