@@ -299,7 +299,8 @@ def main() -> None:
             for i in range(8)]
     fake = FakeNvml(gpus, path=work / "fake_nvml.json")
     env = study_env(home, work, **{FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(work / "leases"),
-                                   MODEL_OVERRIDE_ENV: OVERRIDE, H200_CHECK_ENV: str(H200_CHECK), LOG_LEVEL_ENV: "info"},
+                                   MODEL_OVERRIDE_ENV: OVERRIDE, H200_CHECK_ENV: str(H200_CHECK),
+                                   LOG_LEVEL_ENV: "info"},
                     BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", BENCH_PAPER_DURATIONS=args.durations)
     if args.heap_census:
         env.update(SCALING_ASSETS_HEAP_CENSUS=str(work / "heap_census.jsonl"),

@@ -1,6 +1,7 @@
-"""Shared fixtures and helpers. ``lease_dir``: a GPU lease ledger of the test's own. ``postgres_url``: a fresh database on a real PostgreSQL server (Debian's
-``postgresql`` package) started on localhost for the test session, in a temporary directory.
-``write_tiny_study`` / ``study_jobs``: a tiny simulated study and runs of its named jobs on an instance."""
+"""Shared fixtures and helpers. ``lease_dir``: a GPU lease ledger of the test's own. ``postgres_url``: a
+fresh database on a real PostgreSQL server (Debian's ``postgresql`` package) started on localhost for the
+test session, in a temporary directory. ``write_tiny_study`` / ``study_jobs``: a tiny simulated study and
+runs of its named jobs on an instance."""
 
 from __future__ import annotations
 

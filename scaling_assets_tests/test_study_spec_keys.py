@@ -19,7 +19,9 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "studies.md"
 MARKER = re.compile(r"<!-- keys: (\w+) -->")
 FIRST_CELL = re.compile(r"^\|\s*`([^`]+)`")
 
-SOURCE_FORMATS = {name: (fmt.paths, tuple(o for o in fmt.options if o not in fmt.paths and o not in ("task", "signals")))
+# a format's `options` in a study: its loader's options less its paths, and less the task and signals the
+# dataset gives itself
+SOURCE_FORMATS = {name: (fmt.paths, tuple(o for o in fmt.options if o not in (*fmt.paths, "task", "signals")))
                   for name, fmt in tasks.FORMATS.items()}
 PARSER = {
     "study": spec.STUDY_KEYS,
