@@ -207,6 +207,7 @@ def dagster_env(tmp_path, monkeypatch):
     nvml.set_backend(None)
 
 
+@pytest.mark.slow
 def test_daemon_holds_gpu_runs_until_a_gpu_has_room_and_pins_the_rest(dagster_env):
     from dagster import DagsterInstance
     from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -425,7 +426,7 @@ def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_
     assert gpu.tags[TAG_GPU_NEED] == str(scvi_train_mib(123))  # sized from 123 genes, not default_n_genes
     assert gpu.tags[TAG_CPU_SLOT] == "gpu" and cpu.tags[TAG_CPU_SLOT] == "cpu"  # the fake NVML has a GPU
     assert gpu.tags[TAG_THREADS] == cpu.tags[TAG_THREADS] == "2"
-    # what each run makes, for the UI's run list (test_run_labels.py)
+    # what each run makes, for the UI's run list (test_compute_run_labels.py)
     assert (gpu.tags[TAG_RUN], gpu.tags[TAG_STEPS]) == ("cite: scvi (model)", "cite: model_scvi")
     # the slowest training runs dequeue first: Geneformer over SCVI over the rest (no priority tag)
     geneformer = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_geneformer"]),

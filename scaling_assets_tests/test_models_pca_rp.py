@@ -174,7 +174,7 @@ def test_a_failed_save_leaves_the_previous_model_untouched(data, tmp_path, monke
 
 
 def test_model_override_is_benchmark_only(monkeypatch):
-    """SCALING_ASSETS_MODEL_OVERRIDE (benchmarks/bench_paper_shape.py) puts another class behind a name;
+    """SCALING_ASSETS_MODEL_OVERRIDE (the stand-ins of models/stand_ins.py) puts another class behind a name;
     unset, the registry's class."""
     from scaling_assets.models import MODEL_OVERRIDE_ENV
     from scaling_assets.models.random_projection import RandomProjectionModel
@@ -187,18 +187,13 @@ def test_model_override_is_benchmark_only(monkeypatch):
 
 
 def test_the_paper_shape_benchmark_models_take_the_fit_arguments_of_the_models_they_stand_in_for():
-    """benchmarks/paper_workload.py's synthetic SCVI and Geneformer are called by the real model asset:
-    a fit argument the real class gained (Geneformer's checkpoint_dir) failed every synthetic Geneformer
+    """models/stand_ins.py's synthetic SCVI and Geneformer are called by the real model asset: a fit
+    argument the real class gained (Geneformer's checkpoint_dir) failed every synthetic Geneformer
     setting of the paper-shape benchmark."""
     import inspect
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import paper_workload
-    finally:
-        sys.path.pop(0)
-    for name, synthetic in (("scvi", paper_workload.SyntheticSCVI), ("geneformer", paper_workload.SyntheticGeneformer)):
+    from scaling_assets.models import stand_ins
+
+    for name, synthetic in (("scvi", stand_ins.SyntheticSCVI), ("geneformer", stand_ins.SyntheticGeneformer)):
         real = set(inspect.signature(get_model_class(name).fit).parameters)
         assert real <= set(inspect.signature(synthetic.fit).parameters), name

@@ -20,7 +20,7 @@ BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the 
 
 # the summary's fields shown as metadata, under their own names but for those in SHORT_LABELS: the asset
 # Overview's key column is as wide as its longest name, and the loss curve must fit the value column beside
-# it (names of up to 22 characters leave it 294 px of a 1,280 px window; benchmarks/ui_fit.py measures it)
+# it (names of up to 22 characters leave it 294 px of a 1,280 px window; benchmarks/tools/ui_fit.py measures it)
 METADATA_FIELDS = ("parameters", "genes", "training_cells", "zero_umi_training_cells_dropped", "epochs", "steps",
                    "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device", "budget", "budget_smoke")
 SHORT_LABELS = {"zero_umi_training_cells_dropped": "zero_umi_cells_dropped"}

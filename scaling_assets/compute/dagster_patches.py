@@ -21,15 +21,15 @@ there, slower, with runs grouped worse; so are run workers started by the code s
 
 **Off switch.** ``SCALING_ASSETS_DAGSTER_PATCHES``: unset or ``on``: every patch; ``off``: none; a
 comma-separated list of names: only those (to measure one). A study runs correctly with none of them
-(``test_dagster_patches.py`` runs one both ways and gets the same MI table); it is slower and its runs
+(``test_compute_dagster_patches.py`` runs one both ways and gets the same MI table); it is slower and its runs
 are grouped worse.
 
 **Version guard.** The patches replace private functions of Dagster (the one place in the package that
 imports Dagster's private modules outside ``dagster_compat``). They were written and tested
 against ``TESTED_DAGSTER_VERSIONS`` only (``pyproject.toml`` pins that range). On any other Dagster
 ``install`` warns once and installs nothing, so an upgrade cannot break a study through them; to bring
-them back, run their tests on the new version (``test_dagster_patches.py``, ``test_backfill_grouping.py``,
-``test_event_writes.py``: each also shows what Dagster alone does, so a test of "Dagster alone" that
+them back, run their tests on the new version (``test_compute_dagster_patches.py``, ``test_compute_dagster_patches_backfill_grouping.py``,
+``test_compute_dagster_patches_event_writes.py``: each also shows what Dagster alone does, so a test of "Dagster alone" that
 starts failing says the patch can go), then add the version.
 
 Each patch's docstring says what it fixes, what it measurably buys (``benchmarks/bench_run_creation.py``,
@@ -165,7 +165,7 @@ def _install_alembic_scripts() -> None:
 
     Upstream: none found (searched dagster-io/dagster issues, 2026-12-07); ready-to-file text in
     ``dagster_upstream_issues.md``. Remove when Dagster caches its ``ScriptDirectory`` (or stops
-    checking the revision of each run database), i.e. when ``test_event_writes.py``'s stamping test
+    checking the revision of each run database), i.e. when ``test_compute_dagster_patches_event_writes.py``'s stamping test
     passes without this patch.
     """
     import sqlite3
@@ -243,7 +243,7 @@ def _install_sqlite_event_batches() -> None:
     (the run's database and the index; a check a third) on connections opened and closed for it, and
     a closed connection checkpoints SQLite's write-ahead log: 38 commits for a setting's PCA/random
     projection/SCVI run (10 assets, 6 checks). The patch writes the batch in two transactions, the same
-    rows in the same order within each database (``test_event_writes.py``).
+    rows in the same order within each database (``test_compute_dagster_patches_event_writes.py``).
 
     Buys (2026-12-07, 2 cores shared at load 16-27; ``bench_run_creation.py --runs 20``): a run of 10 assets
     and 6 checks is created with 2 connections instead of 38, in 137 ms of CPU instead of 257 and 1.1 s
@@ -253,7 +253,7 @@ def _install_sqlite_event_batches() -> None:
     Upstream: dagster-io/dagster#33831 (planned events written one row at a time at run launch; its
     PR #33832 batches them for PostgreSQL only); the SQLite side: ready-to-file text in
     ``dagster_upstream_issues.md``. Remove when ``SqliteEventLogStorage`` writes a batch of planned
-    events itself (``test_event_writes.py`` counts the connections Dagster's own path opens).
+    events itself (``test_compute_dagster_patches_event_writes.py`` counts the connections Dagster's own path opens).
     """
     from dagster import DagsterEventType, DagsterInvariantViolationError
     from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
@@ -312,7 +312,7 @@ def _install_backfill_grouping() -> None:
     batch on every asset of the chain ran in a run of its own. The patch narrows the child to the
     partitions whose same-partitioned parent is requested in this tick before Dagster's check; the
     child partitions left out are what Dagster would have held back anyway, candidates again next
-    tick. ``test_backfill_grouping.py`` shows both behaviours on a miniature of the study's graph.
+    tick. ``test_compute_dagster_patches_backfill_grouping.py`` shows both behaviours on a miniature of the study's graph.
 
     Buys (2026-12-07, 2 cores shared at load 16-27; ``bench_patches_study.py --study geneformer``, 6
     Geneformer settings over 3 qualities): 19 runs instead of 31, each setting's chain one run instead of
@@ -367,7 +367,7 @@ def _install_backfill_snapshot_reads() -> None:
     the newest event on entry; later events are read by the next tick, which starts from Dagster's own
     cursor, taken before this one.
 
-    Buys: correctness under a race, so not measurable by a short study: ``test_backfill_grouping.py`` makes
+    Buys: correctness under a race, so not measurable by a short study: ``test_compute_dagster_patches_backfill_grouping.py`` makes
     a run write between a tick's reads (Dagster alone: 2 of the run's 3 assets counted; patched: none, all
     three next tick). Its cost: one ``get_maximum_record_id`` query a tick.
 

@@ -33,6 +33,19 @@ SOURCES = (SIMULATED, *FORMATS)
 STUDY_ENV = "SCALING_ASSETS_STUDY"
 HOME_ENV = "SCALING_ASSETS_HOME"
 
+# The keys each block of a study file takes: the parser refuses any other, and docs/studies.md documents
+# exactly these (test_study_spec_keys.py compares the two). The `lmi` block takes LMIOptions' fields and
+# `preset` (metrics/lmi.py), a dataset's `signals` data/tasks.py's kinds, its `paths`/`options` its
+# source format's (data/tasks.py FORMATS).
+STUDY_KEYS = ("name", "description", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "split",
+              "algorithm_grids", "lmi", "fit_rules", "chunk_size", "datasets")
+SPLIT_KEYS = ("test_cells", "validation_cells")
+DATASET_KEYS = ("task", "source", "paths", "options", "cells", "genes", "seed", "umis_per_cell", "sizes",
+                "qualities", "split", "signals")
+ALGORITHM_GRID_KEYS = ("sizes", "qualities", "label")
+SIZE_GRID_KEYS = ("grid", "count", "smallest")
+QUALITY_GRID_KEYS = ("grid", "count", "min_umis")
+
 
 def format_quality(q: float) -> str:
     """Quality as it appears in keys and tables: 3 significant digits, no trailing zeros."""
@@ -228,6 +241,10 @@ def resolve_study_file(name_or_path: str | os.PathLike | None = None) -> Path:
 
 
 def load_study(name_or_path: str | os.PathLike | None = None, *, check_paths: bool = True) -> Study:
+    """The study of a built-in name (``default``, ``paper``, ``example_real``) or a YAML file's path;
+    without one, ``$SCALING_ASSETS_STUDY``, else ``default``. Every key is checked (docs/studies.md); an
+    invalid study raises ``StudyConfigError`` naming the file and the field. ``check_paths=False``
+    accepts data paths that do not exist yet."""
     path = resolve_study_file(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -256,6 +273,12 @@ def _err(path: Path | None, where: str, msg: str) -> StudyConfigError:
     return StudyConfigError(f"study file {path}: {where}: {msg}")
 
 
+def _check_keys(block: dict, allowed: tuple[str, ...], where: str, path: Path | None) -> None:
+    unknown = set(block) - set(allowed)
+    if unknown:
+        raise _err(path, where, f"unknown keys {sorted(unknown)}; expected some of {', '.join(allowed)}")
+
+
 def _resolve_root(root: str) -> Path:
     p = Path(os.path.expandvars(str(root))).expanduser()
     if p.is_absolute():
@@ -267,12 +290,7 @@ def _resolve_root(root: str) -> Path:
 def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True) -> Study:
     if not isinstance(raw, dict):
         raise _err(path, "top level", "expected a mapping with 'name', 'datasets', ...")
-    unknown = set(raw) - {
-        "name", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "datasets",
-        "split", "chunk_size", "lmi", "description", "algorithm_grids", "fit_rules",
-    }
-    if unknown:
-        raise _err(path, "top level", f"unknown keys {sorted(unknown)}")
+    _check_keys(raw, STUDY_KEYS, "top level", path)
     name = str(raw.get("name") or (path.stem if path else "study"))
     budget = raw.get("budget", "default")
     if budget not in BUDGETS:
@@ -285,6 +303,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
     if not seeds:
         raise _err(path, "seeds", "at least one seed is needed")
     split = raw.get("split") or {}
+    _check_keys(split, SPLIT_KEYS, "split", path)
     n_test = split.get("test_cells")
     n_validation = int(split.get("validation_cells", 1000))
     datasets_raw = raw.get("datasets")
@@ -330,9 +349,7 @@ def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, Algorit
         if algorithm not in algorithms:
             raise _err(path, where, f"{algorithm!r} is not one of the study's algorithms {list(algorithms)}")
         spec = spec or {}
-        unknown = set(spec) - {"sizes", "qualities", "label"}
-        if unknown:
-            raise _err(path, where, f"unknown keys {sorted(unknown)}; expected sizes, qualities, label")
+        _check_keys(spec, ALGORITHM_GRID_KEYS, where, path)
         sizes = tuple(int(n) for n in spec["sizes"]) if spec.get("sizes") is not None else None
         qualities = tuple(float(q) for q in spec["qualities"]) if spec.get("qualities") is not None else None
         for d in datasets.values():
@@ -349,6 +366,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
     where = f"datasets.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise _err(path, where, "dataset names may use letters, digits, '_' and '-' only")
+    _check_keys(d, DATASET_KEYS, where, path)
     task, source, paths = _parse_source(d, where, path, check_paths)
     signals = _parse_signals(d, task, source, where, path)
     cells = int(d["cells"]) if d.get("cells") is not None else None
@@ -356,6 +374,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
         raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
     umis = float(d["umis_per_cell"]) if d.get("umis_per_cell") is not None else None
     own_split = d.get("split") or {}
+    _check_keys(own_split, SPLIT_KEYS, f"{where}.split", path)
     own_test, own_val = own_split.get("test_cells"), own_split.get("validation_cells")
     test = int(own_test) if own_test is not None else n_test
     n_val = int(own_val) if own_val is not None else n_val
@@ -438,6 +457,7 @@ def _parse_sizes(spec, pool: int | None, pool_note: str | None, where: str, path
     if spec is None:
         raise _err(path, where, "no sizes given (per dataset or at the top level)")
     if isinstance(spec, dict):
+        _check_keys(spec, SIZE_GRID_KEYS, where, path)
         if pool is None:
             raise _err(path, where, "a size grid needs the dataset's 'cells' to know the pool size")
         sizes = size_grid(pool, int(spec.get("count", 10)), int(spec.get("smallest", 100)))
@@ -455,6 +475,7 @@ def _parse_qualities(spec, umis: float | None, where: str, path) -> tuple[float,
     if spec is None:
         raise _err(path, where, "no qualities given (per dataset or at the top level)")
     if isinstance(spec, dict):
+        _check_keys(spec, QUALITY_GRID_KEYS, where, path)
         if umis is None:
             raise _err(path, where, "a quality grid needs the dataset's 'umis_per_cell'")
         qualities = quality_grid(umis, int(spec.get("count", 10)), float(spec.get("min_umis", 10)))
