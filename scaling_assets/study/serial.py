@@ -144,12 +144,17 @@ def root_cause(events) -> str:
             err = event.step_failure_data.error
             while err.cause is not None:  # Dagster wraps user errors; the cause says what went wrong
                 err = err.cause
-            message = err.message.strip().splitlines()[-1] if err.message else err.cls_name
-            return f"{event.step_key}: {message}"
+            return f"{event.step_key}: {one_line(err.message) if err.message else err.cls_name}"
     for event in events:  # no step failed: the run itself did (launch, worker crash, termination)
         if event.event_type_value == "PIPELINE_FAILURE" and event.message:
             return event.message.strip().splitlines()[0]
     return "run failed (see the Dagster UI for the run's logs)"
+
+
+def one_line(message: str) -> str:
+    """An error message on one line. Some span lines: HDF5's write errors put a newline after their
+    ``time = <ctime>`` field, so a full disk read ", filename = '...', ... errno = 28 ..." when cut to a line."""
+    return " ".join(message.split()).replace(" ,", ",")
 
 
 def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict,

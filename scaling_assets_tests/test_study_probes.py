@@ -1,0 +1,131 @@
+"""What probing a study as a hostile user found (issue 43 item 5): a read-only root, a binary study file
+and a full disk each end in one line naming the file; a test set too small for a pair signal is refused
+before anything trains; a rebuilt partition rebuilds what was made from it; the progress counter never
+goes backwards; a rerun after ``kill -9`` does not wait for Dagster's start timeout."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_study
+
+from scaling_assets.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+# -- bad input and a bad place: one line naming the file --------------------------------------------
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8", b"name: x\n\x00\x01\x02",
+                                     "name: caf\xe9\n".encode("latin-1")])
+@pytest.mark.parametrize("command", ["show", "run", "plan", "verify"])
+def test_a_binary_or_undecodable_study_file_is_one_line_naming_it(tmp_path, capsys, content, command):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(content)
+    code, err = run_cli(capsys, "study", command, "--study", str(path))
+    assert code == 2
+    assert err.startswith(f"error: study file {path} is not a YAML text file: ") and "\n" not in err, err
+    assert err.endswith("expected a study written as UTF-8 YAML"), err
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: x\ndatasets: [a\n  b: 1\n")
+    code, err = run_cli(capsys, "study", "show", "--study", str(path))
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"error: study file {path} is not valid YAML: while parsing a flow sequence in "
+                          f'"{path}", line 2, column 11'), err
+
+
+def immutable(folder: Path):
+    """A folder nobody can write into, root included (``chattr +i``), as a read-only mount is; else skip."""
+    folder.mkdir()
+    if os.getuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("running as root without chattr +i: no way to make a folder read-only here")
+    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["run", "verify"])
+def test_a_read_only_study_root_is_refused_in_one_line_naming_it(tmp_path, capsys, monkeypatch, command):
+    locked = tmp_path / "mount"
+    release = immutable(locked)
+    try:
+        path = write_tiny_study(tmp_path / "study.yaml", locked / "root", "ro")
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+        code, err = run_cli(capsys, "study", command, "--study", str(path))
+    finally:
+        release()
+    assert code == 2, err
+    reason = "Permission denied" if os.getuid() else "Operation not permitted"
+    assert err == (f"error: study root {locked / 'root'} is not writable ({reason}); give the study root a folder "
+                   "this user can write"), err
+
+
+def test_a_read_only_mount_is_named_as_such(tmp_path, monkeypatch):
+    """A bind mount mounted read-only fails every write with EROFS, whatever the permission bits say."""
+    from scaling_assets.errors import InputError
+    from scaling_assets.fs import check_writable
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    with pytest.raises(InputError) as caught:
+        check_writable(tmp_path / "root", "study root")
+    root = tmp_path / "root"
+    assert re.fullmatch(rf"study root {root} is not writable \(Read-only file system: {root}/\.\.write-check\.tmp-"
+                        r"\d+-[0-9a-f]{8}\); give the study root a folder this user can write", str(caught.value)), caught
+    assert not list(root.iterdir())  # nothing left behind
+
+
+def test_a_full_disk_in_the_command_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import scaling_assets.fs
+
+    lock = tmp_path / "root" / ".study-run.lock"
+
+    def full(folder, what):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(lock))
+
+    monkeypatch.setattr(scaling_assets.fs, "check_writable", full)
+    path = write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "full")
+    code, err = run_cli(capsys, "study", "run", "--study", str(path))
+    assert code == 1  # not bad input
+    assert err == f"error: {lock}: No space left on device (errno 28)"
+
+
+# HDF5's message for a write on a full disk (h5py 3, on a 64 KiB tmpfs): a newline follows its time field
+HDF5_DISK_FULL = ("[Errno 28] Can't synchronously write data (file write failed: time = Mon Dec  7 19:31:20 2026\n"
+                  ", filename = '{path}', file descriptor = 3, errno = 28, error message = 'No space left on device', "
+                  "buf = 0x7f9d55cb7810, total write size = 736512, bytes this sub-write = 736512, offset = 65536)")
+
+
+def test_a_step_that_fills_the_disk_is_reported_in_one_line_that_starts_with_what_failed(tmp_path):
+    from dagster import DagsterInstance, asset, materialize
+
+    from scaling_assets.study.serial import root_cause
+
+    target = tmp_path / "root" / "cite" / "model_pca" / "a.h5"
+
+    @asset
+    def model_pca():
+        raise OSError(28, HDF5_DISK_FULL.format(path=target).split("] ", 1)[1])
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([model_pca], instance=instance, raise_on_error=False)
+    message = root_cause(result.all_events)
+    assert message == ("model_pca: OSError: [Errno 28] Can't synchronously write data (file write failed: time = Mon "
+                       f"Dec 7 19:31:20 2026, filename = '{target}', file descriptor = 3, errno = 28, error message = "
+                       "'No space left on device', buf = 0x7f9d55cb7810, total write size = 736512, bytes this "
+                       "sub-write = 736512, offset = 65536)"), message
