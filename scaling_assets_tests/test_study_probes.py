@@ -129,3 +129,73 @@ def test_a_step_that_fills_the_disk_is_reported_in_one_line_that_starts_with_wha
                        f"Dec 7 19:31:20 2026, filename = '{target}', file descriptor = 3, errno = 28, error message = "
                        "'No space left on device', buf = 0x7f9d55cb7810, total write size = 736512, bytes this "
                        "sub-write = 736512, offset = 65536)"), message
+
+
+# -- a partition made again: what was made from it is made again -------------------------------------
+SEED, SETTING = "s=42", "n=100_q=1_s=42"
+CHAIN = ("train_counts", "model_pca", "embeddings_pca", "mi_pca")
+
+
+@pytest.fixture
+def tiny_chain(tmp_path):
+    """A tiny study with its shared data and one setting's chain materialised; ``run(names, partition)``
+    materialises more, ``wanted()`` is what the next `study run` submits as {asset name: partitions}."""
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.study.backfills import missing_partitions
+    from scaling_assets.study.spec import load_study
+
+    study = load_study(write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "stale"))
+    defs = build_definitions(study)
+    graph = defs.resolve_asset_graph()
+    (tmp_path / "home").mkdir()
+    instance = DagsterInstance.local_temp(str(tmp_path / "home"))
+
+    def run(names, partition=None):
+        assert materialize(list(defs.assets), selection=[AssetKey(["cite", n]) for n in names], partition_key=partition,
+                           instance=instance, resources=dict(defs.resources)).success
+
+    def wanted() -> dict[str, set]:
+        found: dict[str, set] = {}
+        for p in missing_partitions(study, instance, graph, refresh=False).iterate_asset_partitions():
+            found.setdefault(p.asset_key.path[-1], set()).add(p.partition_key)
+        return found
+
+    run(["raw_counts"])
+    run(["split", "pool_counts", "eval_counts", "pca_genes"], SEED)
+    run(CHAIN, SETTING)
+    yield study, run, wanted
+    instance.dispose()
+
+
+@pytest.mark.slow
+def test_a_partition_deleted_or_made_again_has_what_was_made_from_it_made_again(tiny_chain):
+    from scaling_assets.layout import partition_dir
+
+    study, run, wanted = tiny_chain
+    other = "n=100_q=0.5_s=42"  # the grid's other setting, never made
+    assert {name: keys for name, keys in wanted().items() if name in CHAIN} == {n: {other} for n in CHAIN}
+
+    # the model's folder deleted: the model, and the embeddings and MI made from the deleted model
+    model = partition_dir(study.root, ["cite", "model_pca"], SETTING)
+    shutil.rmtree(model)
+    now = wanted()
+    assert now["model_pca"] == now["embeddings_pca"] == now["mi_pca"] == {SETTING, other}
+    assert now["train_counts"] == {other}
+
+    # the model made again alone (a UI re-materialisation, or an earlier `study run` that rebuilt only it):
+    # its embeddings and MI are older than it
+    run(["model_pca"], SETTING)
+    now = wanted()
+    assert now["model_pca"] == {other} and now["embeddings_pca"] == now["mi_pca"] == {SETTING, other}
+    assert now["mi_table"] == {None}  # the results summarise MI made again
+    run(["embeddings_pca", "mi_pca"], SETTING)
+    assert {name: keys for name, keys in wanted().items() if name in CHAIN} == {n: {other} for n in CHAIN}
+
+    # a seed's split made again: everything made from that seed
+    run(["split"], SEED)
+    now = wanted()
+    assert "split" not in now and "raw_counts" not in now
+    assert now["pool_counts"] == now["eval_counts"] == now["pca_genes"] == {SEED}
+    assert all(now[n] == {SETTING, other} for n in CHAIN), now

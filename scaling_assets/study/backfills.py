@@ -51,6 +51,7 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
 from scaling_assets.assets.storage import sweep_staging
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import STUDY_LOCK, partition_dir
+from scaling_assets.assets.staleness import superseded_partitions, with_dependants
 from scaling_assets.assets.versions import outdated_partitions
 from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.study.daemon import daemon_alive, study_daemon
@@ -98,12 +99,16 @@ class Progress:
 
 # -- what to submit -----------------------------------------------------------------------------
 def missing_partitions(study: Study, instance: DagsterInstance, asset_graph, refresh: bool) -> AssetGraphSubset:
-    """Every asset partition of the study that is not materialised (or all, with ``refresh``).
+    """Every asset partition of the study that is not materialised, or is stale (all, with ``refresh``).
 
-    Materialised means recorded in the instance under the asset's current code version, with its
-    folder still on disk; a partition of an older code version is redone with everything downstream
-    of it. The study-wide tables are redone whenever anything else is, since they summarise everything."""
-    wanted: set[AssetKeyPartitionKey] = set(outdated_partitions(instance, asset_graph))
+    Materialised means recorded in the instance with its folder still on disk. Stale: recorded under
+    another code version than its asset's current one, or made before one of its parents was made
+    again (``assets.staleness``). A partition redone (stale, or recorded but its folder deleted) is
+    redone with everything downstream of it: what was made from its old version. The study-wide
+    tables are redone whenever anything else is, since they summarise everything."""
+    stale: set[AssetKeyPartitionKey] = outdated_partitions(instance, asset_graph) | \
+        superseded_partitions(instance, asset_graph)
+    wanted: set[AssetKeyPartitionKey] = set()
     results = []
     for key in asset_graph.materializable_asset_keys:
         if key.path[0] == GROUP:
@@ -118,8 +123,11 @@ def missing_partitions(study: Study, instance: DagsterInstance, asset_graph, ref
             keys = partitions_def.get_partition_keys()
         for pk in keys:
             on_disk = partition_dir(study.root, list(key.path), pk).exists()
-            if refresh or pk not in done or not on_disk:
+            if pk in done and not on_disk:
+                stale.add(AssetKeyPartitionKey(key, pk))  # deleted: what was made from it goes with it
+            elif refresh or pk not in done:
                 wanted.add(AssetKeyPartitionKey(key, pk))
+    wanted |= with_dependants(asset_graph, stale)
     for key in results:
         recorded = instance.get_latest_materialization_event(key) is not None
         if refresh or wanted or not recorded or not partition_dir(study.root, list(key.path), None).exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, materialize
 
 from scaling_assets.layout import RESULTS as GROUP
-from scaling_assets.layout import partition_dir, result_paths
+from scaling_assets.layout import result_paths
 from scaling_assets.definitions import build_definitions
 from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.study.spec import Study, parse_quality_seed_key
@@ -78,28 +78,18 @@ def plan(study: Study) -> list[Batch]:
     return batches
 
 
-def _is_done(instance: DagsterInstance, study: Study, batch: Batch, cache: dict) -> bool:
-    for key in batch.keys:
-        if batch.partition is None:
-            if instance.get_latest_materialization_event(key) is None:
-                return False
-        else:
-            if key not in cache:
-                cache[key] = instance.get_materialized_partitions(key)
-            if batch.partition not in cache[key]:
-                return False
-        if not partition_dir(study.root, list(key.path), batch.partition).exists():
-            return False  # recorded, but its files were deleted: make it again
-    return True
-
-
 def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout) -> dict:
     """Materialise every partition of the study; returns counts and the failures."""
     defs = build_definitions(study)
     assets = list(defs.assets)
     resources = dict(defs.resources)
     batches = plan(study)
-    cache: dict = {}
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    from scaling_assets.study.backfills import missing_partitions
+
+    # what the queued mode would submit: not materialised, stale, or made from a partition that was deleted
+    wanted = missing_partitions(study, instance, defs.resolve_asset_graph(), refresh)
     failed: dict[str, str] = {}
     blocked: set[str] = set()
     done = skipped = 0
@@ -114,7 +104,7 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
             blocked.add(batch.blocks)
             print(f"{prefix} skipped: an upstream partition failed", file=out, flush=True)
             continue
-        if not refresh and not (is_results and done) and _is_done(instance, study, batch, cache):
+        if not (is_results and done) and not any(AssetKeyPartitionKey(k, batch.partition) in wanted for k in batch.keys):
             skipped += 1
             print(f"{prefix} already materialised", file=out, flush=True)
             continue
