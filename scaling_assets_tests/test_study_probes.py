@@ -199,3 +199,114 @@ def test_a_partition_deleted_or_made_again_has_what_was_made_from_it_made_again(
     assert "split" not in now and "raw_counts" not in now
     assert now["pool_counts"] == now["eval_counts"] == now["pca_genes"] == {SEED}
     assert all(now[n] == {SETTING, other} for n in CHAIN), now
+
+
+# -- a test set too small for an MI estimate: refused before anything trains --------------------------
+LINEAGE = {"task": "lineage", "source": "simulated", "cells": 2000, "genes": 40, "seed": 2}
+SHORT_LINEAGE = ("the test set of seed 43 (450 cells requested) holds 55 sister pairs (clones with an early and a "
+                 "late cell) for signal 'clone' (also short: seed 42 'clone' 58); an MI estimate needs at least 64 "
+                 "(validation_fraction 0.5, k 3, sampling project), so every MI step of the dataset would fail after "
+                 "its models trained. A test set of 524 cells holds enough: set datasets.lineage.split.test_cells: 524")
+
+
+def short_lineage_study(tmp_path, test_cells: int = 450) -> Path:
+    return write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "lin", seeds=[42, 43], sizes=[100, 200],
+                            qualities=[1.0], split={"validation_cells": 50, "test_cells": test_cells},
+                            datasets={"lineage": LINEAGE})
+
+
+@pytest.mark.parametrize("task", ["lineage", "spatial", "cite", "development"])
+def test_the_simulators_obs_without_its_counts_are_those_it_writes(tmp_path, task):
+    import pandas as pd
+
+    from scaling_assets.data.h5ad_io import CsrReader
+    from scaling_assets.data.simulate import BLOCK, simulate, simulated_obs
+
+    n = BLOCK + 300  # two blocks
+    simulate(task, n, 30, 5, tmp_path / "x.h5ad")
+    obs = simulated_obs(task, n, 30, 5)
+    with CsrReader(tmp_path / "x.h5ad") as reader:
+        written = reader.read_obs(columns=list(obs.columns))
+    pd.testing.assert_frame_equal(obs, written, check_dtype=False, check_categorical=False)
+
+
+def test_a_lineage_grid_whose_test_sets_hold_too_few_sister_pairs_is_refused_by_show_and_run(tmp_path, capsys,
+                                                                                             monkeypatch):
+    import scaling_assets.study.backfills
+    from scaling_assets.study.pairs import dataset_obs, test_pairs
+    from scaling_assets.study.spec import load_study
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the study was submitted")
+
+    monkeypatch.setattr(scaling_assets.study.backfills, "run_study_queued", reached)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    path = short_lineage_study(tmp_path)
+    for command in ("show", "run"):
+        code, err = run_cli(capsys, "study", command, "--study", str(path))
+        assert code == 2 and err == f"error: study file {path}: datasets.lineage: {SHORT_LINEAGE}", err
+    assert not (tmp_path / "root").exists()  # nothing made
+
+    # the counts are those the split makes of the simulated data, and the advice holds
+    enough = load_study(short_lineage_study(tmp_path, 524))
+    obs = dataset_obs(enough, "lineage")
+    assert {s: test_pairs(enough, "lineage", obs, s) for s in (42, 43)} == {42: {"clone": 67}, 43: {"clone": 65}}
+    assert run_cli(capsys, "study", "show", "--study", str(enough.source_file))[0] == 0
+
+
+def test_a_spatial_test_set_too_small_for_its_neighbour_pairs_is_refused(tmp_path):
+    from scaling_assets.errors import StudyConfigError
+    from scaling_assets.study.pairs import check_test_pairs
+    from scaling_assets.study.spec import load_study
+
+    spatial = {"task": "spatial", "source": "simulated", "cells": 600, "genes": 40, "seed": 3}
+    study = load_study(write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "sp", datasets={"spatial": spatial},
+                                        split={"validation_cells": 50, "test_cells": 40}))
+    with pytest.raises(StudyConfigError) as caught:
+        check_test_pairs(study)
+    assert str(caught.value).endswith(
+        "datasets.spatial: the test set of seed 42 (40 cells requested) holds 38 neighbour pairs (one per cell) for "
+        "signal 'neighbour'; an MI estimate needs at least 64 (validation_fraction 0.5, k 3, sampling project), so "
+        "every MI step of the dataset would fail after its models trained. A test set of 68 cells holds enough: set "
+        "datasets.spatial.split.test_cells: 68"), caught.value
+
+
+def test_a_dataset_too_small_for_enough_pairs_says_how_many_cells_it_needs(tmp_path):
+    from scaling_assets.errors import StudyConfigError
+    from scaling_assets.study.pairs import check_test_pairs
+    from scaling_assets.study.spec import load_study
+
+    small = dict(LINEAGE, cells=500)
+    study = load_study(write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "small", sizes=[100],
+                                        split={"validation_cells": 50, "test_cells": 300}, datasets={"lineage": small}))
+    with pytest.raises(StudyConfigError, match=r"holds 42 sister pairs .* Its 500 cells cannot hold enough: about 458 "
+                       r"test cells would, so the dataset needs about 608 cells \(458 test \+ 50 validation \+ the "
+                       r"largest training size 100\)$"):
+        check_test_pairs(study)
+
+
+@pytest.mark.slow
+def test_the_split_step_refuses_a_test_set_too_small_before_the_pools_are_written(tmp_path):
+    """Real data is checked once ingested; the split step checks it in any case (a run from the UI)."""
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from scaling_assets.definitions import build_definitions
+    from scaling_assets.layout import partition_dir
+    from scaling_assets.study.serial import root_cause
+    from scaling_assets.study.spec import load_study
+
+    study = load_study(short_lineage_study(tmp_path))
+    defs = build_definitions(study)
+    keys = [AssetKey(["lineage", n]) for n in ("raw_counts", "split", "pool_counts")]
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize(list(defs.assets), selection=keys[:1], instance=instance,
+                           resources=dict(defs.resources)).success
+        result = materialize(list(defs.assets), selection=keys[1:], partition_key="s=43", instance=instance,
+                             resources=dict(defs.resources), raise_on_error=False)
+    assert not result.success
+    assert root_cause(result.all_events) == (
+        "lineage__split: scaling_assets.errors.InputError: dataset 'lineage': the test set of seed 43 (450 cells requested) holds 55 sister "
+        "pairs (clones with an early and a late cell) for signal 'clone'; an MI estimate needs at least 64 "
+        "(validation_fraction 0.5, k 3, sampling project), so every MI step of the dataset would fail after its models "
+        "trained. A test set of 524 cells holds enough: set datasets.lineage.split.test_cells: 524")
+    assert not partition_dir(study.root, ["lineage", "pool_counts"], "s=43").exists()

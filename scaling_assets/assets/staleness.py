@@ -34,10 +34,17 @@ def latest_storage_ids(instance: DagsterInstance, key: AssetKey, partitioned: bo
     return {None: records[0].storage_id} if records else {}
 
 
-def superseded_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyPartitionKey]:
-    """Materialised partitions one of whose parent partitions was materialised after them."""
-    latest = {key: latest_storage_ids(instance, key, asset_graph.get(key).partitions_def is not None)
-              for key in asset_graph.materializable_asset_keys}
+def latest_materialisations(instance: DagsterInstance, asset_graph) -> dict[AssetKey, dict[str | None, int]]:
+    """``latest_storage_ids`` of every asset of the graph."""
+    return {key: latest_storage_ids(instance, key, asset_graph.get(key).partitions_def is not None)
+            for key in asset_graph.materializable_asset_keys}
+
+
+def superseded_partitions(instance: DagsterInstance, asset_graph,
+                          latest: dict[AssetKey, dict[str | None, int]] | None = None) -> set[AssetKeyPartitionKey]:
+    """Materialised partitions one of whose parent partitions was materialised after them (``latest``:
+    ``latest_materialisations``, when the caller has read it)."""
+    latest = latest_materialisations(instance, asset_graph) if latest is None else latest
     superseded = set()
     for key, ids in latest.items():
         for partition, parent_id in ids.items():

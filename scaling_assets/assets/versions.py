@@ -68,24 +68,28 @@ def with_code_versions(study, assets: list[AssetsDefinition]) -> list[AssetsDefi
             for a in assets]
 
 
-def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyPartitionKey]:
+def outdated_partitions(instance: DagsterInstance, asset_graph, latest: dict | None = None) -> set[AssetKeyPartitionKey]:
     """Materialised partitions recorded under another code version than their asset's current one,
-    and every partition downstream of them (redoing a model changes its embeddings and MI)."""
+    and every partition downstream of them (redoing a model changes its embeddings and MI). ``latest``:
+    ``staleness.latest_materialisations``, when the caller has read it."""
     outdated = set()
     for key in asset_graph.materializable_asset_keys:
         current = asset_graph.get(key).code_version
-        recorded = recorded_code_versions(instance, key, asset_graph.get(key).partitions_def is not None)
+        ids = None if latest is None else latest[key]
+        recorded = recorded_code_versions(instance, key, asset_graph.get(key).partitions_def is not None, ids)
         outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded.items()
                      if version is not None and version != current}
     return with_dependants(asset_graph, outdated)
 
 
-def recorded_code_versions(instance: DagsterInstance, key: AssetKey,
-                           partitioned: bool = True) -> dict[str | None, str | None]:
+def recorded_code_versions(instance: DagsterInstance, key: AssetKey, partitioned: bool = True,
+                           latest: dict[str | None, int] | None = None) -> dict[str | None, str | None]:
     """Partition key (None: unpartitioned) -> code version of its latest materialisation; None for one
     made before assets had code versions (Dagster then records the run id), which is kept: the settings
     it was made with are unknown, and redoing a whole paper-scale study on upgrade is not wanted."""
-    ids = list(latest_storage_ids(instance, key, partitioned).values())  # one query per asset, not per partition
+    if latest is None:
+        latest = latest_storage_ids(instance, key, partitioned)  # one query per asset, not per partition
+    ids = list(latest.values())
     versions = {}
     for i in range(0, len(ids), 500):  # SQLite bounds a query's variables
         for record in instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500]),

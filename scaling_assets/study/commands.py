@@ -43,10 +43,12 @@ def register(subparsers) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
     check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
+    check_test_pairs(s)  # a test set too small for an MI estimate, before anything trains
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     from scaling_assets.study.planner import sizes_report
@@ -126,10 +128,12 @@ def _run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
     from scaling_assets.fs import check_writable
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import STUDY_ENV, check_sources, load_study
 
     study = load_study(args.study)
     check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
+    check_test_pairs(study)  # a test set too small for an MI estimate, before anything trains
     check_writable(study.root, "study root")
 
     from dagster import DagsterInstance
