@@ -310,3 +310,137 @@ def test_the_split_step_refuses_a_test_set_too_small_before_the_pools_are_writte
         "(validation_fraction 0.5, k 3, sampling project), so every MI step of the dataset would fail after its models "
         "trained. A test set of 524 cells holds enough: set datasets.lineage.split.test_cells: 524")
     assert not partition_dir(study.root, ["lineage", "pool_counts"], "s=43").exists()
+
+
+# -- a run whose worker died while it was starting ----------------------------------------------------
+def test_runs_whose_worker_died_while_starting_are_failed_at_once_and_retried(tmp_path):
+    """Dagster's run monitoring looks at a worker only once its run started: one killed while starting
+    waited out the 180 s start timeout. Failed here, with the reason, its retry is due at once."""
+    import socket
+    import sys
+
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.tags import WILL_RETRY_TAG
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+    from scaling_assets.compute.run_workers import TAG_WORKER, fail_runs_of_dead_workers
+    from scaling_assets.processes import process_identity
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    dead, live = worker(), worker()
+    dead_identity = process_identity(dead.pid)
+    dead.kill()
+    dead.wait()
+    try:
+        with instance_for_test(temp_dir=str(tmp_path), overrides={"run_retries": {"enabled": True, "max_retries": 1}}) \
+                as instance:
+            def starting(tags=None):
+                return create_run_for_test(instance, status=DagsterRunStatus.STARTING, tags=tags or {}).run_id
+
+            killed = starting({TAG_WORKER: dead_identity})
+            running = starting({TAG_WORKER: process_identity(live.pid)})
+            elsewhere = starting({TAG_WORKER: f"{socket.gethostname()}-other 123 1.0"})
+            launching = starting()  # launched, no worker yet
+            retrying = create_run_for_test(instance, status=DagsterRunStatus.STARTING, parent_run_id=killed,
+                                           root_run_id=killed, tags={TAG_WORKER: dead_identity}).run_id
+            done = create_run_for_test(instance, status=DagsterRunStatus.SUCCESS,
+                                       tags={TAG_WORKER: dead_identity}).run_id
+
+            assert fail_runs_of_dead_workers(instance) == [killed]
+            run = instance.get_run_by_id(killed)
+            assert run.status == DagsterRunStatus.FAILURE and run.tags[WILL_RETRY_TAG] == "true"
+            failure = instance.all_logs(killed)[-1]
+            assert failure.dagster_event.event_type_value == "PIPELINE_FAILURE"
+            assert failure.message == (f"Run failed before it started: its run worker (pid {dead.pid}) is gone: it "
+                                       "died while the run was starting (found by `study run`, not left for the 180 s "
+                                       "start timeout).")
+            # a retry carries its parent's tags, the dead worker's among them, until its own worker is tagged
+            for run_id in (running, elsewhere, launching, retrying):
+                assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTING
+            assert instance.get_run_by_id(done).status == DagsterRunStatus.SUCCESS
+
+            # no daemon alive: nothing launches the run that has no worker yet
+            assert sorted(fail_runs_of_dead_workers(instance, launcher_gone=True)) == sorted([launching, retrying])
+            assert "the dagster-daemon launching it is gone" in instance.all_logs(launching)[-1].message
+            assert instance.get_run_by_id(running).status == DagsterRunStatus.STARTING
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow
+def test_a_rerun_after_kill_9_while_a_run_starts_does_not_wait_out_the_start_timeout(tmp_path):
+    """The probe: ``kill -9`` of the command, the daemon and the run workers while a run was starting; the
+    rerun stalled 180 s ("Run timed out due to taking longer than 180 seconds to start"). Its progress
+    counter, joining the killed command's backfill and then submitting the next stage, never goes back."""
+    import re
+    import signal
+    import time
+
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG
+    from test_platform_queue import instance_at, make_study, recorded_daemon_pid, study_run
+
+    from scaling_assets.compute.run_workers import TAG_WORKER
+
+    before = os.environ.get("DAGSTER_HOME")
+    path, home, env = make_study(tmp_path, "killed")
+    instance = instance_at(home)
+    first = study_run(path, env, tmp_path)
+    daemon = None
+    try:
+        deadline, caught = time.time() + 300, None
+        while caught is None and time.time() < deadline and first.poll() is None:
+            for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
+                if TAG_WORKER in run.tags:
+                    os.kill(int(run.tags[TAG_WORKER].split()[1]), signal.SIGSTOP)  # held where it is: starting
+                    if instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTING:
+                        caught = run
+                        break
+            time.sleep(0.05)
+        assert caught is not None, "no run was seen starting"
+        daemon = recorded_daemon_pid(home)
+        first.kill()
+        os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, fork server and run workers
+        first.communicate()
+
+        start = time.time()
+        rerun = study_run(path, env, tmp_path)
+        out, _ = rerun.communicate(timeout=900)
+        took = time.time() - start
+        print(out)
+        assert rerun.returncode == 0, out
+        assert f"1 run(s) left starting by a worker that is gone marked failed ({caught.run_id[:8]})" in out, out
+        killed = instance.get_run_by_id(caught.run_id)
+        assert killed.status == DagsterRunStatus.FAILURE
+        failure = [e.message for e in instance.all_logs(caught.run_id)
+                   if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+        assert len(failure) == 1 and failure[0].startswith("Run failed before it started: its run worker"), failure
+        retry = instance.get_runs(RunsFilter(tags={PARENT_RUN_ID_TAG: caught.run_id}))
+        assert len(retry) == 1 and retry[0].status == DagsterRunStatus.SUCCESS
+        retry_started = instance.get_run_record_by_id(retry[0].run_id).start_time
+        print(f"rerun: {took:.1f} s; the killed run's retry started {retry_started - start:.1f} s after it began")
+        for run in instance.get_runs():
+            failure = [e.message for e in instance.all_logs(run.run_id) if e.dagster_event and
+                       e.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+            assert not any("seconds to start" in m for m in failure), failure
+        assert retry_started - start < 120  # the start timeout is 180 s from the kill
+        # the progress counter over the joined backfill and the stage submitted after it never goes back
+        counts = [(int(d), int(t)) for d, t in re.findall(r"partitions (\d+)/(\d+) done", out)]
+        assert counts and counts[-1][0] == counts[-1][1], out
+        assert all(a[0] <= b[0] for a, b in zip(counts, counts[1:])), counts
+        assert "joining backfill" in out and "settings (" in out
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if daemon is not None:
+            try:
+                os.killpg(daemon, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if before is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = before

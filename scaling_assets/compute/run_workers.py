@@ -128,6 +128,10 @@ def fail_runs_of_dead_workers(instance, launcher_gone: bool = False) -> list[str
     for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
         run = record.dagster_run
         tag = run.tags.get(TAG_WORKER)
+        if tag is not None and run.parent_run_id is not None:
+            parent = instance.get_run_by_id(run.parent_run_id)
+            if parent is not None and parent.tags.get(TAG_WORKER) == tag:
+                tag = None  # a retry carries its parent's tags until the launcher tags its own worker
         if tag is None and launcher_gone:
             why = "its launch was cut short: the dagster-daemon launching it is gone and no run worker was started"
         elif tag is not None and not worker_on_other_host(tag) and find_worker(tag) is None:
