@@ -139,8 +139,8 @@ def _sisters(spec: SignalSpec, obs: pd.DataFrame, empty_ok: bool = False) -> tup
     frame = pd.DataFrame({"clone": clone.to_numpy(), "row": np.arange(len(obs))})[has_clone]
     early = frame[np.isin(day[has_clone], early_times)]
     late = frame[np.isin(day[has_clone], late_times)]
-    early_rows = early.groupby("clone", sort=True, observed=True)["row"].apply(np.asarray)
-    late_rows = late.groupby("clone", sort=True, observed=True)["row"].apply(np.asarray)
+    early_rows = early.groupby("clone", sort=True)["row"].apply(np.asarray)
+    late_rows = late.groupby("clone", sort=True)["row"].apply(np.asarray)
     clones = early_rows.index.intersection(late_rows.index).sort_values()
     if len(clones) == 0 and not empty_ok:
         raise InputError(

@@ -533,8 +533,10 @@ def _watch(instance, backfill_id, asset_graph, daemon, out, poll_s, hand_off: bo
     its outcome.
 
     Each poll reads the backfill alone (and, until the daemon has folded in any materialisation, one run
-    count); the runs are counted by status only for a line that is printed (when a partition ends, or every
-    30 s), and runs whose worker died while starting are looked for every 10 s (``fail_runs_of_dead_workers``).
+    count); the runs are counted by status only for a line that is printed (when partitions ended, at most
+    every 5 s; at least every 30 s), and runs whose worker died while starting are looked for every 10 s
+    (``fail_runs_of_dead_workers``). Reading every status and every succeeded run at each 2-s poll was most
+    of the command's CPU (issue 42: 4.9 CPU-minutes over a 19.5-minute default study).
 
     ``hand_off``: end as soon as every run of the backfill succeeded and every partition it targets
     is materialised, rather than when the daemon's next evaluation (up to one backfill interval later)

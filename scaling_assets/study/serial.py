@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
+from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import result_paths
@@ -84,9 +85,7 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
     assets = list(defs.assets)
     resources = dict(defs.resources)
     batches = plan(study)
-    from dagster._core.definitions.events import AssetKeyPartitionKey
-
-    from scaling_assets.study.backfills import missing_partitions
+    from scaling_assets.study.backfills import missing_partitions  # (it imports this module)
 
     # what the queued mode would submit: not materialised, stale, or made from a partition that was deleted
     wanted = missing_partitions(study, instance, defs.resolve_asset_graph(), refresh)
