@@ -24,6 +24,7 @@ import json
 
 from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterEventType, DagsterInstance
 
+from scaling_assets.assets.staleness import latest_storage_ids, with_dependants
 from scaling_assets.compute.dagster_compat import CODE_VERSION_TAG, AssetKeyPartitionKey
 from scaling_assets.data.simulate import SIMULATOR_VERSION
 from scaling_assets.data.tasks import SIMULATED, TASKS
@@ -66,39 +67,32 @@ def with_code_versions(study, assets: list[AssetsDefinition]) -> list[AssetsDefi
             for a in assets]
 
 
-def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyPartitionKey]:
+def outdated_partitions(instance: DagsterInstance, asset_graph, latest: dict | None = None) -> set[AssetKeyPartitionKey]:
     """Materialised partitions recorded under another code version than their asset's current one,
-    and every partition downstream of them (redoing a model changes its embeddings and MI)."""
+    and every partition downstream of them (redoing a model changes its embeddings and MI). ``latest``:
+    ``staleness.latest_materialisations``, when the caller has read it."""
     outdated = set()
     for key in asset_graph.materializable_asset_keys:
         current = asset_graph.get(key).code_version
-        outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded_code_versions(instance, key).items()
+        ids = None if latest is None else latest[key]
+        recorded = recorded_code_versions(instance, key, asset_graph.get(key).partitions_def is not None, ids)
+        outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded.items()
                      if version is not None and version != current}
-    frontier = list(outdated)
-    while frontier:
-        node = frontier.pop()
-        for child in asset_graph.get_children_partitions(node.asset_key, node.partition_key):
-            if child not in outdated:
-                outdated.add(child)
-                frontier.append(child)
-    return outdated
+    return with_dependants(asset_graph, outdated)
 
 
-def recorded_code_versions(instance: DagsterInstance, key: AssetKey) -> dict[str | None, str | None]:
+def recorded_code_versions(instance: DagsterInstance, key: AssetKey, partitioned: bool = True,
+                           latest: dict[str | None, int] | None = None) -> dict[str | None, str | None]:
     """Partition key (None: unpartitioned) -> code version of its latest materialisation; None for one
     made before assets had code versions (Dagster then records the run id), which is kept: the settings
     it was made with are unknown, and redoing a whole paper-scale study on upgrade is not wanted."""
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        key, DagsterEventType.ASSET_MATERIALIZATION)  # one query per asset, not one per partition
-    if latest:
-        ids = list(latest.values())
-        filters = [AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500])  # SQLite bounds a query's
-                   for i in range(0, len(ids), 500)]                                # variables
-    else:  # unpartitioned, or never materialised
-        filters = [AssetRecordsFilter(asset_key=key)]
+    if latest is None:
+        latest = latest_storage_ids(instance, key, partitioned)  # one query per asset, not per partition
+    ids = list(latest.values())
     versions = {}
-    for records_filter in filters:
-        for record in instance.fetch_materializations(records_filter, limit=500).records:
+    for i in range(0, len(ids), 500):  # SQLite bounds a query's variables
+        for record in instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500]),
+                                                      limit=500).records:
             version = (record.asset_materialization.tags or {}).get(CODE_VERSION_TAG)
             versions.setdefault(record.partition_key, None if version == record.run_id else version)
     return versions

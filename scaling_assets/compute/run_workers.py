@@ -104,3 +104,37 @@ def find_worker(tag: str | None) -> psutil.Process | None:
 
 def worker_on_other_host(tag: str | None) -> bool:
     return bool(tag) and tag.split()[0] != socket.gethostname()
+
+
+def fail_runs_of_dead_workers(instance, launcher_gone: bool = False) -> list[str]:
+    """Mark failed, now, the runs still starting whose worker on this host is gone; returns their ids.
+
+    Dagster's run monitoring asks the launcher about a run's worker only once the run has started
+    (``check_run_worker_health``); a run whose worker died while starting (``kill -9`` of a study's
+    processes, an OOM kill during imports) waited for the start timeout, 180 s, before it failed and was
+    retried. Failed here (``DagsterInstance.report_run_failed``, as run monitoring does), Dagster's run
+    retries re-execute it at once. ``launcher_gone``: nothing launches runs any more (the daemon that
+    launched them died): a starting run that has no worker yet never gets one either."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    failed = []
+    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
+        run = record.dagster_run
+        tag = run.tags.get(TAG_WORKER)
+        if tag is not None and run.parent_run_id is not None:
+            parent = instance.get_run_by_id(run.parent_run_id)
+            if parent is not None and parent.tags.get(TAG_WORKER) == tag:
+                tag = None  # a retry carries its parent's tags until the launcher tags its own worker
+        if tag is None and launcher_gone:
+            why = "its launch was cut short: the dagster-daemon launching it is gone and no run worker was started"
+        elif tag is not None and not worker_on_other_host(tag) and find_worker(tag) is None:
+            why = f"its run worker (pid {tag.split()[1]}) is gone: it died while the run was starting"
+        else:
+            continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status != DagsterRunStatus.STARTING:
+            continue  # it moved on meanwhile: its own events say what became of it
+        instance.report_run_failed(current, f"Run failed before it started: {why} (found by `study run`, not left "
+                                   f"for the {instance.run_monitoring_start_timeout_seconds:.0f} s start timeout).")
+        failed.append(run.run_id)
+    return failed

@@ -43,10 +43,12 @@ def register(subparsers) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
     check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
+    check_test_pairs(s)  # a test set too small for an MI estimate, before anything trains
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     from scaling_assets.study.planner import sizes_report
@@ -125,10 +127,14 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+    from scaling_assets.fs import check_writable
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import STUDY_ENV, check_sources, load_study
 
     study = load_study(args.study)
     check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
+    check_test_pairs(study)  # a test set too small for an MI estimate, before anything trains
+    check_writable(study.root, "study root")
 
     from dagster import DagsterInstance
 
@@ -136,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     from scaling_assets.study.backfills import run_study_queued
     if args.study:
         os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
-    ensure_dagster_home()
+    check_writable(ensure_dagster_home(), "DAGSTER_HOME")
     with DagsterInstance.get() as instance:
         if args.serial:
             result = run_study(study, instance, refresh=args.refresh)
@@ -148,13 +154,15 @@ def _run(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
+    from scaling_assets.fs import check_writable
     from scaling_assets.study.serial import ensure_dagster_home
     from scaling_assets.study.spec import load_study
     from scaling_assets.study.verify import verify_study
 
     study = load_study(args.study, check_paths=False)  # the stored partitions are checked, not the sources
+    check_writable(study.root, "study root")  # its lock is written even by a dry run
     if args.dry_run:
         return 1 if verify_study(study, None, mark=False)["bad"] else 0
-    ensure_dagster_home()
+    check_writable(ensure_dagster_home(), "DAGSTER_HOME")
     with DagsterInstance.get() as instance:
         return 1 if verify_study(study, instance)["bad"] else 0

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
 
+from scaling_assets.compute.dagster_compat import AssetKeyPartitionKey
 from scaling_assets.layout import RESULTS as GROUP
-from scaling_assets.layout import partition_dir, result_paths
+from scaling_assets.layout import result_paths
 from scaling_assets.definitions import build_definitions
 from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.study.spec import Study, parse_quality_seed_key
@@ -78,28 +79,16 @@ def plan(study: Study) -> list[Batch]:
     return batches
 
 
-def _is_done(instance: DagsterInstance, study: Study, batch: Batch, cache: dict) -> bool:
-    for key in batch.keys:
-        if batch.partition is None:
-            if instance.get_latest_materialization_event(key) is None:
-                return False
-        else:
-            if key not in cache:
-                cache[key] = instance.get_materialized_partitions(key)
-            if batch.partition not in cache[key]:
-                return False
-        if not partition_dir(study.root, list(key.path), batch.partition).exists():
-            return False  # recorded, but its files were deleted: make it again
-    return True
-
-
 def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout) -> dict:
     """Materialise every partition of the study; returns counts and the failures."""
     defs = build_definitions(study)
     assets = list(defs.assets)
     resources = dict(defs.resources)
     batches = plan(study)
-    cache: dict = {}
+    from scaling_assets.study.backfills import missing_partitions  # (it imports this module)
+
+    # what the queued mode would submit: not materialised, stale, or made from a partition that was deleted
+    wanted = missing_partitions(study, instance, defs.resolve_asset_graph(), refresh)
     failed: dict[str, str] = {}
     blocked: set[str] = set()
     done = skipped = 0
@@ -114,7 +103,7 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
             blocked.add(batch.blocks)
             print(f"{prefix} skipped: an upstream partition failed", file=out, flush=True)
             continue
-        if not refresh and not (is_results and done) and _is_done(instance, study, batch, cache):
+        if not (is_results and done) and not any(AssetKeyPartitionKey(k, batch.partition) in wanted for k in batch.keys):
             skipped += 1
             print(f"{prefix} already materialised", file=out, flush=True)
             continue
@@ -144,12 +133,17 @@ def root_cause(events) -> str:
             err = event.step_failure_data.error
             while err.cause is not None:  # Dagster wraps user errors; the cause says what went wrong
                 err = err.cause
-            message = err.message.strip().splitlines()[-1] if err.message else err.cls_name
-            return f"{event.step_key}: {message}"
+            return f"{event.step_key}: {one_line(err.message) if err.message else err.cls_name}"
     for event in events:  # no step failed: the run itself did (launch, worker crash, termination)
         if event.event_type_value == "PIPELINE_FAILURE" and event.message:
             return event.message.strip().splitlines()[0]
     return "run failed (see the Dagster UI for the run's logs)"
+
+
+def one_line(message: str) -> str:
+    """An error message on one line. Some span lines: HDF5's write errors put a newline after their
+    ``time = <ctime>`` field, so a full disk read ", filename = '...', ... errno = 28 ..." when cut to a line."""
+    return " ".join(message.split()).replace(" ,", ",")
 
 
 def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict,

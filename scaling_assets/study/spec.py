@@ -247,9 +247,17 @@ def load_study(name_or_path: str | os.PathLike | None = None, *, check_paths: bo
     accepts data paths that do not exist yet."""
     path = resolve_study_file(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as stream:  # yaml decodes it: an undecodable byte is a YAMLError naming the file
+            raw = yaml.safe_load(stream)
+    except yaml.reader.ReaderError as exc:  # a binary file, or text in another encoding
+        what = (f"character #x{exc.character:04x} is not allowed in YAML" if exc.encoding == "unicode" else
+                f"byte #x{exc.character:02x} is not {exc.encoding} text")
+        raise StudyConfigError(f"study file {path} is not a YAML text file: {what} (position {exc.position}); "
+                               "expected a study written as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
-        raise StudyConfigError(f"study file {path} is not valid YAML: {exc}") from exc
+        raise StudyConfigError(f"study file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise StudyConfigError(f"study file {path} cannot be read: {exc.strerror}") from None
     return parse_study(raw, path, check_paths=check_paths)
 
 
