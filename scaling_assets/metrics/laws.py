@@ -345,7 +345,9 @@ def fit_noise_laws(mi_df: pd.DataFrame, rules: str = DEFAULT_FIT_RULES) -> pd.Da
 
 
 def fit_size_laws(mi_df: pd.DataFrame, rules: str = DEFAULT_FIT_RULES) -> pd.DataFrame:
-    """Size-law fit per (dataset, signal, algorithm, quality) on every seed's estimate at each cell count."""
+    """Size-law fit per (dataset, signal, algorithm, quality) on every seed's estimate at each cell count.
+    A frozen pretrained model (rows at 0 cells: it learns from none of the study's cells) has no size law."""
+    mi_df = mi_df[mi_df["cells"] > 0] if "cells" in mi_df.columns else mi_df
     return _fit_groups(mi_df, "size", SIZE_GROUP, "cells",
                        lambda x, y, row, rules, se: fit_size_law(x, y, algorithm=row["algorithm"], rules=rules,
                                                                  mi_se=se),

@@ -101,7 +101,8 @@ def _draw_law(ax, pts, fits_df, x_col, series_col, law, params, fit_keys, xlabel
         smoke = _budget_smoke(spts)
         name = f"q={series:g}" if series_col == "quality" else str(series)
         if any(v is SERIES_OWN for v in fit_keys.values()) and pts["cells"].nunique() > 1:
-            name += f" n={compact_number(spts['cells'].iloc[0])}"  # the series' own largest N
+            cells = spts["cells"].iloc[0]  # the series' own largest N; 0: a frozen pretrained model
+            name += f" n={compact_number(cells)}" if cells else " (frozen)"
         grid = _grid_note(spts)
         ax.errorbar(means[x_col], means["mean"], yerr=means["std"].fillna(0), fmt="o", ms=3.5,
                     color=colour, capsize=2, mfc="none" if smoke else colour,  # hollow: budget smoke
