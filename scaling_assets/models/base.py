@@ -96,7 +96,7 @@ class RepresentationModel(abc.ABC):
     What it receives:
       ``__init__(gene_ids, budget, seed, device, **params)``: the dataset's genes (the columns of every
       count set it will see), the study's budget name, the setting's seed, the leased device
-      ("cpu" or "cuda:N") and the study file's ``params``.
+      ("cpu" or "cuda:N") and the study file's ``params`` as keyword arguments (kept as ``self.params``).
       ``fit(train, validation)``: ``train`` is a ``CountSource`` over the setting's training cells
       (``n_obs``, ``n_vars``, ``var_names``, ``iter_chunks(chunk_size)``, ``read_rows(start, stop)``;
       raw integer counts, read chunk by chunk, never the whole set in memory) or, for a corpus model,
@@ -120,6 +120,18 @@ class RepresentationModel(abc.ABC):
     pretrained: ClassVar[bool] = False
     dagster_kind: ClassVar[str] = "python"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "algorithm"):  # a user's class outside a study is named after itself
+            cls.algorithm = cls.__name__
+
+    def __new__(cls, *args, **kwargs):
+        model = super().__new__(cls)
+        # the keyword arguments it is built with beyond the four (a study's params): saved in model.json,
+        # given back to the class when the model is loaded
+        model.params = {k: v for k, v in kwargs.items() if k not in ("gene_ids", "budget", "seed", "device")}
+        return model
+
     def __init__(
         self,
         gene_ids: list[str] | np.ndarray,
@@ -138,7 +150,6 @@ class RepresentationModel(abc.ABC):
         self.budget = budget
         self.seed = int(seed)
         self.device = resolve_device(device)
-        self.params: dict[str, Any] = {}  # the study's params (``ModelEntry.build`` sets them)
         self.fit_report: FitReport | None = None
 
     # --- declarations read before any data (override where params decide them) ---------------
@@ -218,9 +229,9 @@ class RepresentationModel(abc.ABC):
                 f"{directory} holds a {meta.get('algorithm')!r} model, not {expected!r}; "
                 f"load it with load_model() or the {meta.get('algorithm')!r} class"
             )
-        meta.setdefault("params", {})
+        meta.setdefault("params", {})  # saved before models took params
         model = cls._load_native(directory, meta)
-        model.algorithm, model.params = expected, dict(meta["params"])
+        model.algorithm = expected
         history = pd.read_csv(directory / HISTORY_CSV) if (directory / HISTORY_CSV).exists() else None
         model.fit_report = FitReport.from_dict(meta["fit_report"], history)
         return model

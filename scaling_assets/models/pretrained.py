@@ -299,8 +299,9 @@ class PretrainedBertModel(RepresentationModel):
         """The cells' token ids in the checkpoint's dictionary (rank value encoding, DESIGN §4)."""
         from scaling_assets.data.corpus import rank_value_encode
 
-        # ranks within a cell do not depend on its total, so the known genes' columns are ranked alone
-        local = rank_value_encode(sp.csr_matrix(X)[:, self.gene_columns], self.gene_medians, self.max_tokens)
+        X = sp.csr_matrix(X)
+        local = rank_value_encode(X[:, self.gene_columns], self.gene_medians, self.max_tokens,
+                                  totals=np.asarray(X.sum(axis=1)).ravel())  # scaled by the cell's whole total
         return [self.token_ids[c - 2] for c in local]  # rank_value_encode numbers columns from 2
 
     def _load_encoder(self):

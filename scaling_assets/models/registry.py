@@ -94,7 +94,6 @@ class ModelEntry:
         """An unfitted model for these genes, named after this entry."""
         model = self.model_cls()(gene_ids, budget=budget, seed=seed, device=device, **dict(self.params))
         model.algorithm = self.name  # a class registered twice (other params) saves under each name
-        model.params = dict(self.params)
         return model
 
     def load(self, directory: str | os.PathLike) -> RepresentationModel:
