@@ -308,13 +308,16 @@ class PretrainedBertModel(RepresentationModel):
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
-        level = hf_logging.get_verbosity()
+        level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # an MLM checkpoint's head weights are unused by the encoder: no warning
+        hf_logging.disable_progress_bar()
         try:
             safetensors = any(w.suffix == ".safetensors" for w in self.checkpoint.weights)
             return AutoModel.from_pretrained(self.checkpoint.weights_dir, use_safetensors=safetensors).eval()
         finally:
             hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
 
     def embed(self, data, batch_size: int | None = None) -> np.ndarray:
         self._require_fitted()
