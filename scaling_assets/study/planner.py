@@ -11,8 +11,8 @@ each named in the output:
   SCVI/Geneformer and GPU hours are upper bounds.
 - throughputs: ``THROUGHPUTS`` below are configured assumptions for one data-centre GPU; pass measured
   ones with ``--throughput scvi=..`` etc.
-- a study's own model (``models:`` block, entry point): its training reads its cells once (no epoch rule
-  is known) and its model holds ``parameter_count(genes)`` parameters (its declaration); its GPU hours are
+- a study's own model (``models:`` block, entry point): its training is counted as one read of its cells
+  (its epochs are its own: a lower bound) and its model holds ``parameter_count(genes)`` parameters (its declaration); its GPU hours are
   priced with ``--throughput <name>=<training cells/s>`` when it declares a GPU need, and listed as not
   priced otherwise. A frozen pretrained model trains nothing: its cost is its embeddings. On an H200 (``benchmarks/gpu_check_h200*.json``, 2026-12-04)
   SCVI's 25,600-cell paper fit read ~20,000 cells/s (105 epochs of ~21,000 training cells in 110 s,
@@ -216,7 +216,9 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
              f"throughputs: {', '.join(f'{k} {v:,.0f}/s' for k, v in rates.items())} "
              f"({'given: ' + ', '.join(measured) if measured else 'configured assumptions, not measured'}; "
              "scvi/embed in cells/s, geneformer in tokens/s)",
-             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner)", ""]
+             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner)"
+             + ("; a study's own models read their training cells once here (their epochs are their own: a lower "
+                "bound)" if any(a not in BUILTIN for a in study.algorithms) else ""), ""]
     total_bytes: dict[str, float] = {}
     totals = {"runs": 0, "read": 0.0, "gpu": 0.0, "copy": 0.0}
     for p in plans:
