@@ -278,3 +278,21 @@ def test_the_planner_prices_a_study_with_own_models(tmp_path):
     assert "not priced: top (give --throughput NAME=training cells/s)" in format_plan(study, [plan])
     [priced] = plan_study(study, {"top": 10.0})
     assert priced.gpu_hours["top"] == pytest.approx(600 / 10 / 3600) and not priced.not_priced
+
+
+@pytest.mark.parametrize("values, problem", [
+    (np.ones((9, 3)), r"shape \(9, 3\), expected \(10, 3\): one row per test cell, its declared width"),
+    (np.ones((10, 4)), r"shape \(10, 4\), expected \(10, 3\)"),
+    (np.ones(30), r"shape \(30,\), expected \(10, 3\)"),
+    (np.where(np.eye(10, 3) > 0, np.nan, 1.0), r"3 NaN and 0 infinite values in 3 of 10 rows \(first rows \[0, 1, 2\]\)"),
+    (np.where(np.eye(10, 3) > 0, -np.inf, 1.0), r"0 NaN and 3 infinite values in 3 of 10 rows"),
+    (np.full((10, 3), "a"), r"dtype <U1, expected numbers"),
+])
+def test_an_embedding_that_is_not_one_finite_row_per_test_cell_is_refused_naming_model_and_partition(values, problem):
+    from scaling_assets.assets.embeddings import check_embedding
+    from scaling_assets.errors import InputError
+
+    with pytest.raises(InputError, match=rf"^model 'mine' embedded the test cells of cite n=100_q=1_s=42 wrongly: {problem}"):
+        check_embedding(values, 10, 3, "mine", "cite n=100_q=1_s=42")
+    good = check_embedding(np.ones((10, 3), dtype=np.float64), 10, 3, "mine", "cite n=100_q=1_s=42")
+    assert good.dtype == np.float32 and good.shape == (10, 3)

@@ -40,10 +40,9 @@ def checkpoint_dir(ds: DatasetAssets, name: str, partition_key: str) -> Path:
     return work_dir(ds.study.root, [ds.name, name], partition_key)
 
 
-def model_inputs(ds: DatasetAssets, entry: ModelEntry) -> dict:
-    """What the model of ``entry`` is fitted on: its training set and the seed's validation set at the
-    setting's quality (a frozen model: the evaluation counts, for the dataset's genes)."""
-    settings = ds.settings_of(entry.name)
+def model_inputs(ds: DatasetAssets, entry: ModelEntry, settings) -> dict:
+    """What the model of ``entry`` is fitted on at its ``settings``: its training set and the seed's validation
+    set at the setting's quality (a frozen model: the evaluation counts, for the dataset's genes)."""
     if entry.reads_corpus:
         ins = {"eval_corpus": ds.quality_seed_in("eval_corpus", entry.name)}
         if not entry.pretrained:
@@ -153,9 +152,10 @@ def _description(ds: DatasetAssets, entry: ModelEntry) -> str:
 
 def model_asset(ds: DatasetAssets, entry: ModelEntry):
     name = f"model_{entry.name}"
+    settings = ds.settings_of(entry.name)
 
-    @asset(key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(entry.name), kinds={entry.dagster_kind},
-           ins=model_inputs(ds, entry), description=_description(ds, entry))
+    @asset(key=ds.key(name), group_name=ds.name, partitions_def=settings, kinds={entry.dagster_kind},
+           ins=model_inputs(ds, entry, settings), description=_description(ds, entry))
     def model(context: AssetExecutionContext, **inputs):
         return _train(ds, context, entry, inputs, new_stage(ds.study, name))
 
