@@ -178,7 +178,7 @@ class SklearnModel(RepresentationModel):
         """The numbers the fitted transform holds: its fitted arrays (``components_``, ...); before
         fitting, n_components x the genes it reads."""
         if self.estimator is None:
-            return self.embedding_dim * (PCA_HVG if self.hvg_genes else len(self.gene_ids))
+            return self.embedding_dim * (min(PCA_HVG, len(self.gene_ids)) if self.hvg_genes else len(self.gene_ids))
         arrays = [v for k, v in vars(self.estimator).items() if k.endswith("_") and not k.startswith("_")
                   and (isinstance(v, np.ndarray) or sp.issparse(v))]
         return int(sum(v.nnz if sp.issparse(v) else v.size for v in arrays))

@@ -115,9 +115,9 @@ def _sklearn_entry(name: str, spec_: dict, params: dict, where: str) -> ModelEnt
     from scaling_assets.models.sklearn_model import INPUTS, SklearnModel, check_params, estimator_class, output_width
 
     path = spec_["sklearn"]
-    cls = _import(path, f"{where}.sklearn")
+    _import(path, f"{where}.sklearn")  # an import error, said as such
     try:
-        estimator_class(path)
+        cls = estimator_class(path)
     except TypeError as exc:
         raise ModelSpecError(f"{where}.sklearn", str(exc)) from None
     if spec_.get("input") not in INPUTS:
