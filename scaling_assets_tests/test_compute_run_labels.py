@@ -48,3 +48,10 @@ def test_part_of_a_chain_shared_data_and_results_name_their_steps():
     assert run_label(["results/scaling_plots", "results/mi_table"], None) == "results: mi_table, scaling_plots"
     # "mi_table" is no algorithm's MI step; a key that is not the study's shape is kept as it is
     assert run_label(["table"], "2026-12-07") == "2026-12-07: table"
+
+
+def test_a_studys_own_models_are_named_like_the_built_ins_after_them():
+    names = [f"cite/{stage}_{algorithm}" for algorithm in ("nmf16", "pca", "linear_ae")
+             for stage in ("model", "embeddings", "mi")] + ["cite/train_counts"]
+    assert run_label(names, "n=200_q=1_s=42") == "cite n=200 q=1 s=42: pca, linear_ae, nmf16"
+    assert run_label(["cite/mi_nmf16"], "n=200_q=1_s=42") == "cite n=200 q=1 s=42: nmf16 (mi)"

@@ -282,11 +282,11 @@ def test_gpu_steps_retry_out_of_memory_only_and_no_asset_has_a_retry_policy(fake
     monkeypatch.setenv(nvml.FAKE_NVML_ENV, str(fake.path))
     context = SimpleNamespace(run=SimpleNamespace(tags={}, run_id="r"), retry_number=0, log=SimpleNamespace(info=print))
     with pytest.raises(RetryRequested):
-        with step_device(context, "model_scvi", 1000):
+        with step_device(context, "model_scvi", asset_need_mib("model_scvi", 1000)):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert Ledger().oom_gpus("r") == {"GPU-a"}
     with pytest.raises(ValueError, match="bad shape"):
-        with step_device(context, "model_scvi", 1000):
+        with step_device(context, "model_scvi", asset_need_mib("model_scvi", 1000)):
             raise ValueError("bad shape")
     for node in build_definitions(load_study("default")).resolve_asset_graph().asset_nodes:
         assert node.assets_def.op.retry_policy is None, node.key
@@ -349,7 +349,7 @@ def test_step_on_a_simulated_gpu_holds_the_lease_and_computes_on_cpu(tmp_path, l
     nvml.set_backend(f)
     try:
         context = SimpleNamespace(run=SimpleNamespace(tags={}, run_id="r1"), log=SimpleNamespace(info=lambda m: None))
-        with step_device(context, "model_scvi", 2000) as device:
+        with step_device(context, "model_scvi", asset_need_mib("model_scvi", 2000)) as device:
             assert device == "cpu"
             records = Ledger(lease_dir).records()
             assert [(r.kind, r.gpu_uuid) for r in records] == [("lease", "GPU-sim")]

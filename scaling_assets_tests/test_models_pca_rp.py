@@ -9,7 +9,7 @@ from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
 from scaling_assets.models import get_model_class, load_model
 from scaling_assets.gpu.needs import GPU_NEEDS
-from scaling_assets.models.registry import ALGORITHMS, MODELS, reads_corpus
+from scaling_assets.models.registry import ALGORITHMS, MODELS
 from scaling_assets.models.base import normalise_log1p
 from scaling_assets.models.pca import PCAModel
 from scaling_assets.models.random_projection import RandomProjectionModel
@@ -24,10 +24,17 @@ def data():
 def test_registry():
     assert ALGORITHMS == ("pca", "random_projection", "scvi", "geneformer")
     assert get_model_class("pca") is PCAModel
-    for entry in MODELS.values():  # each entry names its class and says what that class does
+    for entry in MODELS.values():  # each entry names its class and says what that class declares
         cls = get_model_class(entry.name)
-        assert (cls.algorithm, cls.embedding_dim) == (entry.name, entry.embedding_dim)
-    assert [a for a in ALGORITHMS if reads_corpus(a)] == ["geneformer"]
+        assert (cls.algorithm, cls.embedding_width({}), cls.reads, cls.dagster_kind, cls.learns_from_cells,
+                cls.pretrained) == (entry.name, entry.embedding_dim, entry.reads, entry.dagster_kind,
+                                    entry.learns_from_cells, entry.pretrained), entry.name
+        for genes in (1_000, 20_000):
+            assert cls.parameter_count(genes, {}) == entry.parameters(genes), entry.name
+            for stage in ("model", "embeddings"):
+                assert cls.gpu_mib(stage, genes, {}) == entry.gpu_need_mib(stage, genes), (entry.name, stage)
+    assert [a for a, e in MODELS.items() if e.reads_corpus] == ["geneformer"]
+    assert [a for a, e in MODELS.items() if not e.learns_from_cells] == ["random_projection"]
     assert set(GPU_NEEDS) == {f"{stage}_{a}" for a in ALGORITHMS for stage in MODELS[a].gpu_mib}
     with pytest.raises(InputError, match="unknown algorithm"):
         get_model_class("umap")

@@ -12,6 +12,7 @@ import pytest
 from scaling_assets.data import tasks
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.metrics.lmi import LMIOptions
+from scaling_assets.models import user
 from scaling_assets.study import spec
 from scaling_assets_tests.test_study_spec import MINIMAL, write
 
@@ -33,6 +34,7 @@ PARSER = {
     "lmi": ("preset", *(f.name for f in dataclasses.fields(LMIOptions))),
     "signal": (*tasks._SPEC_KINDS, *sorted(set().union(*tasks._SPEC_OPTIONS.values()))),
     "source": (spec.SIMULATED, *tasks.FORMATS),
+    "model": (*user.KEYS, *sorted(set().union(*user.KEYS.values()))),
 }
 
 

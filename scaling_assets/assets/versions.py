@@ -2,7 +2,8 @@
 
 - ``model_<algorithm>``: the fingerprint of the algorithm's recorded hyperparameters and budget
   section (``models.versions.settings_version``): changing the study's budget or a setting marks
-  every trained model of that algorithm stale, and through them their embeddings and MI.
+  every trained model of that algorithm stale, and through them their embeddings and MI. A study's own
+  model adds its ``params`` (and a checkpoint's files): changing them marks that model alone stale.
 - ``mi_<algorithm>``: the study's LMI options.
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - a simulated dataset's raw counts: ``DATA_VERSION`` and the simulator's version.
@@ -51,9 +52,9 @@ def code_version(study, key: AssetKey) -> str:
 
 def _code_version(study, key: AssetKey) -> str:
     name = key.path[-1]
-    for algorithm in study.algorithms:
+    for algorithm, entry in study.models.items():
         if name == f"model_{algorithm}":
-            return settings_version(algorithm, study.budget)
+            return settings_version(entry, study.budget)
         if name == f"mi_{algorithm}":
             lmi = json.dumps(study.lmi, sort_keys=True, default=str)
             return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"

@@ -36,6 +36,7 @@ coordinator's limits, gate included; put tag limits in this coordinator's config
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import time
@@ -85,6 +86,28 @@ def _priority(tags: Mapping[str, str]) -> int:
         return int(tags.get(TAG_PRIORITY, "0"))
     except ValueError:
         return 0
+
+
+def study_models() -> dict:
+    """The models of the code location's study ($SCALING_ASSETS_STUDY), its own ones included, so that a
+    study-file or entry-point model's runs are sized by its declared needs; the built-ins when the study
+    cannot be loaded here. Cached per study file and its modification time (read once per run submitted)."""
+    from scaling_assets.models.registry import BUILTIN
+    from scaling_assets.study.spec import resolve_study_file
+
+    try:
+        path = resolve_study_file(None)
+        return _study_models(str(path), path.stat().st_mtime_ns)
+    except Exception:  # a run of some other code location: the built-in models' needs
+        log.warning("could not read the models of the code location's study", exc_info=True)
+        return BUILTIN
+
+
+@functools.lru_cache(maxsize=4)
+def _study_models(path: str, mtime_ns: int) -> dict:
+    from scaling_assets.study.spec import load_study
+
+    return load_study(path, check_paths=False).models
 
 
 def _cells(tags: Mapping[str, str]) -> int:
@@ -184,7 +207,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             n_genes = run.tags.get(TAG_N_GENES) or tags.get(TAG_N_GENES) or self.default_n_genes
             if n_genes:
                 names = [key.to_user_string() for key in run.asset_selection]
-                need = gpu_need_mib(names, int(n_genes))
+                need = gpu_need_mib(names, int(n_genes), study_models())
                 if need:
                     tags[TAG_GPU_NEED] = str(need)
         if need > 0:
@@ -193,7 +216,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             tags[TAG_GATE] = run.run_id
             tags[TAG_DEVICE] = DEVICE_PENDING
         if TAG_PRIORITY not in run.tags and run.asset_selection:  # longest runs first
-            priority = run_priority(key.to_user_string() for key in run.asset_selection)
+            priority = run_priority((key.to_user_string() for key in run.asset_selection), study_models())
             if priority:
                 tags[TAG_PRIORITY] = str(priority)
         tags[TAG_CPU_SLOT] = "gpu" if need > 0 and self._has_gpu() else "cpu"

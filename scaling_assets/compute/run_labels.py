@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from scaling_assets.layout import RESULT_TABLES
 from scaling_assets.models.registry import ALGORITHMS
 
 TAG_RUN = "scaling_assets/run"
@@ -36,16 +37,19 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _chain_step(asset: str) -> tuple[str, str] | None:
-    """(algorithm, stage) of ``model_pca``, ``embeddings_pca``, ``mi_pca``; None for other assets."""
+    """(algorithm, stage) of ``model_pca``, ``embeddings_nmf16``, ``mi_pca`` (any model, a study's own too);
+    None for other assets (``mi_table`` is a results table)."""
     stage, _, algorithm = asset.partition("_")
-    return (algorithm, stage) if stage in CHAIN and algorithm in ALGORITHMS else None
+    return (algorithm, stage) if stage in CHAIN and algorithm and asset not in RESULT_TABLES else None
 
 
 def _order(asset: str) -> tuple[int, int, str]:
+    """Built-in models in the registry's order, then a study's own, each chain in pipeline order."""
     step = _chain_step(asset)
     stem = step[1] if step else asset
     rank = PIPELINE_ORDER.index(stem) if stem in PIPELINE_ORDER else len(PIPELINE_ORDER)
-    return (ALGORITHMS.index(step[0]) if step else -1, rank, asset)
+    model = -1 if step is None else ALGORITHMS.index(step[0]) if step[0] in ALGORITHMS else len(ALGORITHMS)
+    return (model, rank, asset)
 
 
 def run_label(asset_names: Iterable[str], partition: str | None) -> str:

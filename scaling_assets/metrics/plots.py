@@ -192,7 +192,8 @@ def _series_name(panel: Panel, series) -> str:
     if "sizes_pooled" in spts.columns and spts["sizes_pooled"].max() > 1:
         name += " all n"  # pooled over N: a model that does not learn from its cells
     elif panel.pts["cells"].nunique() > 1:
-        name += f" n={compact_number(spts['cells'].iloc[0])}"  # the series' own largest N
+        cells = spts["cells"].iloc[0]  # the series' own largest N; 0: a frozen pretrained model
+        name += f" n={compact_number(cells)}" if cells else " (frozen)"
     return name + _grid_note(spts)
 
 

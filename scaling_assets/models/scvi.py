@@ -27,7 +27,8 @@ import torch
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr
 from scaling_assets.models.budget import get_budget
-from scaling_assets.models.spec import SCVI_BATCH, SCVI_MODEL, SCVI_PLAN
+from scaling_assets.models.spec import (SCVI_BATCH, SCVI_MODEL, SCVI_PLAN, scvi_embed_mib, scvi_parameters,
+                                        scvi_train_mib)
 
 IN_MEMORY_MAX_CELLS = 200_000
 STREAM_BLOCK_CELLS = 16_384
@@ -136,7 +137,16 @@ def _check_split(n: int) -> int:
 
 class SCVIModel(RepresentationModel):
     algorithm = "scvi"
-    embedding_dim = 16
+    embedding_dim = SCVI_MODEL["n_latent"]
+    dagster_kind = "pytorch"
+
+    @classmethod
+    def gpu_mib(cls, stage: str, n_genes: int, params: dict) -> int:
+        return {"model": scvi_train_mib, "embeddings": scvi_embed_mib}.get(stage, lambda g: 0)(n_genes)
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict) -> int:
+        return scvi_parameters(n_genes)
 
     def __init__(self, gene_ids, budget="default", seed=0, device=None):
         super().__init__(gene_ids, budget, seed, device)

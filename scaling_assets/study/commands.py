@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     plan.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
     plan.add_argument("--throughput", action="append", default=[], metavar="NAME=RATE",
                       help="measured throughput replacing a configured one: scvi=cells/s, geneformer=tokens/s, "
-                      "embed=cells/s (repeatable)")
+                      "embed=cells/s, or a study's own model's training cells/s (repeatable)")
     plan.set_defaults(func=_plan)
 
     run = sub.add_parser("run", help="submit the study to the Dagster instance (an asset backfill run by the "
@@ -58,6 +58,11 @@ def _show(args: argparse.Namespace) -> int:
               f"cells {d.cells}, qualities {list(d.qualities)}")
         for line in sizes_report(s, name):  # the sizes it really gets, and each seed's pool once split
             print(f"    {line}")
+    for algorithm, entry in s.models.items():
+        if entry.origin != "built-in":  # the study's own models: what runs, from where, with what
+            print(f"  {algorithm}: {entry.origin}; reads {entry.reads}, embedding width {entry.embedding_dim}"
+                  + ("; pretrained, frozen: no size axis (n=0)" if entry.pretrained else "")
+                  + (f"; params {dict(entry.params)}" if entry.params else ""))
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm}{f' ({grid.label})' if grid.label else ''}: sizes {list(grid.sizes) if grid.sizes else 'all'}, "
               f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
@@ -107,6 +112,10 @@ def _plan(args: argparse.Namespace) -> int:
     from scaling_assets.study.planner import THROUGHPUTS, format_plan, plan_study
     from scaling_assets.study.spec import load_study
 
+    from scaling_assets.models.registry import BUILTIN
+
+    study = load_study(args.study, check_paths=False)
+    names = sorted(THROUGHPUTS) + [a for a in study.algorithms if a not in BUILTIN]
     given = {}
     for item in args.throughput:
         name, _, rate = item.partition("=")
@@ -114,11 +123,10 @@ def _plan(args: argparse.Namespace) -> int:
             value = float(rate)
         except ValueError:
             value = -1.0
-        if name not in THROUGHPUTS or not value > 0:
-            raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {sorted(THROUGHPUTS)} "
+        if name not in names or not value > 0:
+            raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {names} "
                              "and a positive rate")
         given[name] = value
-    study = load_study(args.study, check_paths=False)
     print(format_plan(study, plan_study(study, given), given))
     return 0
 

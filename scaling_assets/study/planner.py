@@ -10,7 +10,11 @@ each named in the output:
 - epochs are the budget's upper bounds (early stopping ends most runs sooner), so cells read by
   SCVI/Geneformer and GPU hours are upper bounds.
 - throughputs: ``THROUGHPUTS`` below are configured assumptions for one data-centre GPU; pass measured
-  ones with ``--throughput scvi=..`` etc. On an H200 (``benchmarks/gpu_check_h200*.json``, 2026-12-04)
+  ones with ``--throughput scvi=..`` etc.
+- a study's own model (``models:`` block, entry point): its training is counted as one read of its cells
+  (its epochs are its own: a lower bound) and its model holds ``parameter_count(genes)`` parameters (its declaration); its GPU hours are
+  priced with ``--throughput <name>=<training cells/s>`` when it declares a GPU need, and listed as not
+  priced otherwise. A frozen pretrained model trains nothing: its cost is its embeddings. On an H200 (``benchmarks/gpu_check_h200*.json``, 2026-12-04)
   SCVI's 25,600-cell paper fit read ~20,000 cells/s (105 epochs of ~21,000 training cells in 110 s,
   8 processes sharing the GPU), as assumed; Geneformer trained 712,000 tokens/s at 1,000 genes and
   ~190,000 at 20,000 (64 x 512 tokens a step in 46 and 173 ms), so 150,000 errs long for real datasets.
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 
 from scaling_assets.models.budget import get_budget
 from scaling_assets.models.spec import MAX_TOKENS
-from scaling_assets.models.registry import MODELS
+from scaling_assets.models.registry import BUILTIN
 from scaling_assets.study.spec import Study
 
 ASSUMED_GENES = 20_000  # real datasets whose gene count the study file does not give
@@ -48,6 +52,7 @@ class DatasetPlan:
     bytes_by_asset: dict[str, float] = field(default_factory=dict)
     copy_layout_bytes: float = 0.0  # train_counts / train_corpus written per setting (the old layout)
     gpu_hours: dict[str, float] = field(default_factory=dict)
+    not_priced: list[str] = field(default_factory=list)  # own models with a GPU need and no given throughput
 
 
 def nnz_per_cell(umis: float, genes: int) -> float:
@@ -84,14 +89,16 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     budget = get_budget(study.budget)
     gf = "geneformer" in algorithms
     gf_qualities = study.qualities_of(name, "geneformer") if gf else ()
+    models = study.models
     nnz = {q: nnz_per_cell(q * umis, genes) for q in qualities}
 
     read = p.cells_read
     read["split"] = seeds * d.cells
     read["pool_counts"] = seeds * p.pool
     read["eval_counts"] = seeds * len(qualities) * n_eval
-    if "pca" in algorithms:
-        read["pca_genes"] = 2 * seeds * max(study.sizes_of(name, "pca"))  # zero-UMI scan + gene statistics
+    hvg = [a for a in algorithms if models[a].hvg_genes]
+    if hvg:  # zero-UMI scan + gene statistics of the largest training set of the models that read the genes
+        read["pca_genes"] = 2 * seeds * max(max(study.sizes_of(name, a)) for a in hvg)
     if gf:
         read["gene_medians"] = seeds * p.pool  # one table per seed, at full quality
         read["pool_corpus"] = seeds * len(gf_qualities) * p.pool
@@ -105,6 +112,8 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
             read["model_scvi"] = sum(s.cells * budget.scvi.max_epochs(s.cells) for s in trained)
         elif a == "geneformer":
             read["model_geneformer"] = sum(s.cells * budget.geneformer.max_epochs(s.cells) for s in trained)
+        else:  # a study's own model: one pass over its training cells (a frozen one reads none)
+            read[f"model_{a}"] = sum(s.cells for s in trained)
         read[f"embeddings_{a}"] = len(trained) * n_test
 
     b = p.bytes_by_asset
@@ -119,8 +128,9 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
         b["train_corpus"] = len(runs["geneformer"]) * RECORD_BYTES
         p.copy_layout_bytes += sum(corpus_bytes(s.cells, nnz[s.quality]) for s in runs["geneformer"])
     for a, trained in runs.items():
-        b[f"model_{a}"] = len(trained) * 4 * MODELS[a].parameters(genes)
-        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * MODELS[a].embedding_dim
+        # a frozen model's partition is a pointer to its checkpoint, not a copy
+        b[f"model_{a}"] = 0 if models[a].pretrained else len(trained) * 4 * models[a].parameters(genes)
+        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * models[a].embedding_dim
 
     if "scvi" in algorithms:
         p.gpu_hours["scvi"] = read["model_scvi"] / throughputs["scvi"] / 3600
@@ -128,7 +138,14 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
         tokens = sum(s.cells * budget.geneformer.max_epochs(s.cells) * min(nnz[s.quality], MAX_TOKENS)
                      for s in runs["geneformer"])
         p.gpu_hours["geneformer"] = tokens / throughputs["geneformer"] / 3600
-    gpu_algos = [a for a in algorithms if a in ("scvi", "geneformer")]
+    for a in algorithms:
+        if a in BUILTIN or not models[a].gpu_need_mib("model", genes):
+            continue
+        if a in throughputs:
+            p.gpu_hours[a] = read[f"model_{a}"] / throughputs[a] / 3600
+        else:
+            p.not_priced.append(a)
+    gpu_algos = [a for a in algorithms if models[a].gpu_need_mib("embeddings", genes)]
     p.gpu_hours["embeddings"] = sum(read[f"embeddings_{a}"] for a in gpu_algos) / throughputs["embed"] / 3600
     return p
 
@@ -199,7 +216,9 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
              f"throughputs: {', '.join(f'{k} {v:,.0f}/s' for k, v in rates.items())} "
              f"({'given: ' + ', '.join(measured) if measured else 'configured assumptions, not measured'}; "
              "scvi/embed in cells/s, geneformer in tokens/s)",
-             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner)", ""]
+             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner)"
+             + ("; a study's own models read their training cells once here (their epochs are their own: a lower "
+                "bound)" if any(a not in BUILTIN for a in study.algorithms) else ""), ""]
     total_bytes: dict[str, float] = {}
     totals = {"runs": 0, "read": 0.0, "gpu": 0.0, "copy": 0.0}
     for p in plans:
@@ -210,7 +229,9 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
                      + (f" [{'; '.join(p.notes)}]" if p.notes else ""))
         lines += [f"   {line}" for line in sizes_report(study, p.name)]
         lines.append(f"   training runs {p.training_runs:,}; cells read {sum(p.cells_read.values()):,.0f}; "
-                     f"GPU hours {gpu:,.1f} ({', '.join(f'{k} {v:,.1f}' for k, v in p.gpu_hours.items())})")
+                     f"GPU hours {gpu:,.1f} ({', '.join(f'{k} {v:,.1f}' for k, v in p.gpu_hours.items())})"
+                     + (f"; not priced: {', '.join(p.not_priced)} (give --throughput NAME=training cells/s)"
+                        if p.not_priced else ""))
         lines.append("   cells read by asset: " + ", ".join(f"{k} {v:,.0f}" for k, v in p.cells_read.items()))
         lines.append("   bytes by asset: " + ", ".join(f"{k} {_size(v)}" for k, v in p.bytes_by_asset.items()))
         counted = p.bytes_by_asset.get("pool_counts", 0) + p.bytes_by_asset.get("pool_corpus", 0)

@@ -27,7 +27,7 @@ from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS, SignalSpec, par
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.metrics.laws import DEFAULT_FIT_RULES, FIT_RULES
 from scaling_assets.models.budget import BUDGETS
-from scaling_assets.models.registry import ALGORITHMS
+from scaling_assets.models.registry import ALGORITHMS, BUILTIN, FROZEN_CELLS, ModelEntry
 
 SOURCES = (SIMULATED, *FORMATS)
 STUDY_ENV = "SCALING_ASSETS_STUDY"
@@ -38,7 +38,7 @@ HOME_ENV = "SCALING_ASSETS_HOME"
 # `preset` (metrics/lmi.py), a dataset's `signals` data/tasks.py's kinds, its `paths`/`options` its
 # source format's (data/tasks.py FORMATS).
 STUDY_KEYS = ("name", "description", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "split",
-              "algorithm_grids", "lmi", "fit_rules", "chunk_size", "datasets")
+              "algorithm_grids", "lmi", "fit_rules", "chunk_size", "datasets", "models")
 SPLIT_KEYS = ("test_cells", "validation_cells")
 DATASET_KEYS = ("task", "source", "paths", "options", "cells", "genes", "seed", "umis_per_cell", "sizes",
                 "qualities", "split", "signals")
@@ -160,6 +160,13 @@ class Study:
     # An algorithm's own smaller grid (a subset of every dataset's): {algorithm: AlgorithmGrid}
     algorithm_grids: dict[str, AlgorithmGrid] = field(default_factory=dict)
     fit_rules: str = DEFAULT_FIT_RULES  # the scaling-law fit rules (metrics/laws.py): reference or wide
+    # Each algorithm's entry (what it reads, needs and is built from): the built-ins' and the study's own
+    # models (a `models:` block, an installed package's entry point; models/user.py)
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [a for a in self.algorithms if a not in self.models]
+        self.models.update({a: BUILTIN[a] for a in missing if a in BUILTIN})  # a Study built in code
 
     # -- the grid -------------------------------------------------------------------------------
     def settings(self, dataset: str, algorithm: str | None = None) -> list[Setting]:
@@ -174,7 +181,10 @@ class Study:
         return [quality_seed_key(q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)]
 
     def sizes_of(self, dataset: str, algorithm: str | None = None) -> tuple[int, ...]:
-        """The training sizes an algorithm runs at on a dataset (all of the dataset's without one)."""
+        """The training sizes an algorithm runs at on a dataset (all of the dataset's without one); a frozen
+        pretrained model has no size axis: it runs at n=0."""
+        if self.is_frozen(algorithm):
+            return (FROZEN_CELLS,)
         grid = self.algorithm_grids.get(algorithm)
         sizes = self.datasets[dataset].sizes
         return sizes if grid is None or grid.sizes is None else tuple(n for n in sizes if n in grid.sizes)
@@ -185,6 +195,15 @@ class Study:
         if grid is None or grid.qualities is None:
             return qualities
         return tuple(q for q in qualities if format_quality(q) in {format_quality(g) for g in grid.qualities})
+
+    def is_frozen(self, algorithm: str | None) -> bool:
+        """A pretrained model evaluated frozen (no size axis)."""
+        entry = self.models.get(algorithm) if algorithm is not None else None
+        return bool(entry is not None and entry.pretrained)
+
+    def has_own_grid(self, algorithm: str | None) -> bool:
+        """The algorithm's partitions are not the dataset's settings: its own smaller grid, or n=0 (frozen)."""
+        return algorithm in self.algorithm_grids or self.is_frozen(algorithm)
 
     def grid_label(self, algorithm: str) -> str:
         """How tables and plots label an algorithm's results ('' on the study grid)."""
@@ -208,8 +227,8 @@ class Study:
 
     def largest_size(self, dataset: str) -> int:
         """The largest training size any algorithm runs at on the dataset (what every seed's pool must hold)."""
-        return max(max(self.sizes_of(dataset, a)) for a in self.algorithms) if self.algorithms else \
-            max(self.datasets[dataset].sizes)
+        trained = [a for a in self.algorithms if not self.is_frozen(a)]
+        return max(max(self.sizes_of(dataset, a)) for a in trained) if trained else max(self.datasets[dataset].sizes)
 
     def validation_size(self, dataset: str) -> int:
         d = self.datasets[dataset]
@@ -303,10 +322,8 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
     budget = raw.get("budget", "default")
     if budget not in BUDGETS:
         raise _err(path, "budget", f"{budget!r} is not one of {list(BUDGETS)}")
-    algorithms = tuple(raw.get("algorithms", ALGORITHMS))
-    for a in algorithms:
-        if a not in ALGORITHMS:
-            raise _err(path, "algorithms", f"unknown algorithm {a!r}; known: {list(ALGORITHMS)}")
+    algorithms = tuple(str(a) for a in raw.get("algorithms", ALGORITHMS + tuple(raw.get("models") or ())))
+    models = _study_models(raw.get("models"), algorithms, path)
     seeds = tuple(int(s) for s in raw.get("seeds", [42]))
     if not seeds:
         raise _err(path, "seeds", "at least one seed is needed")
@@ -324,7 +341,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         datasets[dname] = _parse_dataset(
             str(dname), draw or {}, study_sizes, study_qualities, n_test, n_validation, path, check_paths
         )
-    algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path)
+    algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path, models)
     fit_rules = raw.get("fit_rules", DEFAULT_FIT_RULES)
     if fit_rules not in FIT_RULES:
         raise _err(path, "fit_rules", f"{fit_rules!r} is not one of {list(FIT_RULES)}")
@@ -342,10 +359,21 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         source_file=path,
         algorithm_grids=algorithm_grids,
         fit_rules=fit_rules,
+        models=models,
     )
 
 
-def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, AlgorithmGrid]:
+def _study_models(block, algorithms, path) -> dict[str, ModelEntry]:
+    """The algorithms' entries: built-in, the file's own models, installed packages' (models/user.py)."""
+    from scaling_assets.models.user import ModelSpecError, study_models
+
+    try:
+        return study_models(block, algorithms, path.parent if path is not None else None)
+    except ModelSpecError as exc:
+        raise _err(path, exc.field, exc.message) from None
+
+
+def _parse_algorithm_grids(raw, algorithms, datasets, path, models) -> dict[str, AlgorithmGrid]:
     """``{algorithm: {sizes: [...], qualities: [...], label: ...}}``; every value must be on each dataset's grid."""
     if raw is None:
         return {}
@@ -359,6 +387,9 @@ def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, Algorit
         spec = spec or {}
         _check_keys(spec, ALGORITHM_GRID_KEYS, where, path)
         sizes = tuple(int(n) for n in spec["sizes"]) if spec.get("sizes") is not None else None
+        if sizes is not None and models[algorithm].pretrained:
+            raise _err(path, f"{where}.sizes", f"{algorithm!r} is a pretrained model evaluated frozen: it has no size "
+                                               "axis (it runs at n=0); give it qualities only")
         qualities = tuple(float(q) for q in spec["qualities"]) if spec.get("qualities") is not None else None
         for d in datasets.values():
             missing = [n for n in sizes or () if n not in d.sizes]
