@@ -52,7 +52,7 @@ def plan(study: Study) -> list[Batch]:
     for ds in study.datasets:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
-        for s in study.seeds:
+        for s in study.all_seeds():  # an algorithm's own seeds need their shared data too
             names = (["split", "pool_counts", "eval_counts"] + (["gene_medians"] if geneformer else [])
                      + (["pca_genes"] if "pca" in study.algorithms else []))
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
