@@ -101,7 +101,8 @@ def test_the_paper_budget_is_design_section_5():
     assert (paper.max_epochs_cap, paper.early_stopping_patience, paper.early_stopping_min_delta) == (None, 5, 0.01)
     assert (paper.min_steps, paper.max_steps) == (0, None)  # early stopping from the first epoch; no step cap
     assert [paper.max_epochs(n) for n in (100, 3_000, 10_000_000, 30_000_000)] == [100_000, 3_333, 1, 1]
-    assert paper.train_cells(1_000) == 800 and paper.min_epochs(100) == 0  # the 80/20 split
+    assert paper.min_epochs(100) == 0 and spec.SCVI_TRAIN_SIZE == 0.8  # the 80/20 split
+    assert [budget_mod.scvi_steps_per_epoch(n) for n in (100, 640, 641, 100_000)] == [1, 1, 2, 157]
     assert spec.SCVI_MODEL == dict(n_hidden=512, n_latent=16, n_layers=1, dropout_rate=0.1, dispersion="gene",
                                    gene_likelihood="zinb", latent_distribution="normal")
     plan = spec.SCVI_PLAN

@@ -23,10 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from scaling_assets.models.spec import SCVI_BATCH
+from scaling_assets.models.spec import SCVI_BATCH, SCVI_TRAIN_SIZE
 
 CELLS_PER_EPOCH_BUDGET = 10_000_000  # DESIGN §5: max epochs = max(1, ⌊k × 1e7 / N⌋)
-SCVI_TRAIN_FRACTION = 0.8  # DESIGN §5: SCVI's 80/20 train/validation split of its N cells
 
 
 def scvi_max_epochs(n_cells: int) -> int:
@@ -34,6 +33,11 @@ def scvi_max_epochs(n_cells: int) -> int:
     if n_cells <= 0:
         raise ValueError("n_cells must be positive")
     return max(1, CELLS_PER_EPOCH_BUDGET // int(n_cells))
+
+
+def scvi_steps_per_epoch(n_cells: int) -> int:
+    """Optimiser steps in one SCVI epoch: batches of 512 over the 80% of N it trains on (at least one)."""
+    return max(1, math.ceil(math.ceil(SCVI_TRAIN_SIZE * n_cells) / SCVI_BATCH))
 
 
 def geneformer_max_epochs(n_cells: int) -> int:
@@ -57,21 +61,14 @@ class ScviBudget:
     min_steps: int = 0
     max_steps: int | None = None
 
-    def train_cells(self, n_cells: int) -> int:
-        """Cells SCVI trains on: ceil(0.8 N) of the 80/20 split, as scvi-tools' DataSplitter sizes it."""
-        return math.ceil(SCVI_TRAIN_FRACTION * n_cells)
-
-    def steps_per_epoch(self, n_cells: int) -> int:
-        return max(1, math.ceil(self.train_cells(n_cells) / SCVI_BATCH))
-
     def min_epochs(self, n_cells: int) -> int:
         """Epochs before early stopping may end training (``min_steps`` in whole epochs)."""
-        return math.ceil(self.min_steps / self.steps_per_epoch(n_cells))
+        return math.ceil(self.min_steps / scvi_steps_per_epoch(n_cells))
 
     def max_epochs(self, n_cells: int) -> int:
         """The epoch rule under the caps (epochs, steps), but never fewer epochs than ``min_steps`` needs."""
         caps = [scvi_max_epochs(n_cells), self.max_epochs_cap,
-                None if self.max_steps is None else math.ceil(self.max_steps / self.steps_per_epoch(n_cells))]
+                None if self.max_steps is None else math.ceil(self.max_steps / scvi_steps_per_epoch(n_cells))]
         return max(min(c for c in caps if c is not None), self.min_epochs(n_cells))
 
 

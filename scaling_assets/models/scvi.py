@@ -27,12 +27,12 @@ import torch
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr
 from scaling_assets.models.budget import get_budget
-from scaling_assets.models.spec import SCVI_BATCH, SCVI_MODEL, SCVI_PLAN
+from scaling_assets.models.spec import SCVI_BATCH, SCVI_MODEL, SCVI_PLAN, SCVI_TRAIN_SIZE
 
 IN_MEMORY_MAX_CELLS = 200_000
 STREAM_BLOCK_CELLS = 16_384
 BATCH_SIZE = SCVI_BATCH
-TRAIN_SIZE = 0.8
+TRAIN_SIZE = SCVI_TRAIN_SIZE
 
 MODEL_KWARGS, PLAN_KWARGS = SCVI_MODEL, SCVI_PLAN  # the reference's settings (models/spec.py)
 

@@ -18,10 +18,9 @@ each named in the output:
   one with a measured figure. The H200's are measured (``benchmarks/gpu_check_h200*.json``, 2026-12-04,
   8 processes sharing one H200, 1,000 genes): 36 SCVI fits (paper budget, 100-25,600 cells) took 1.6 s
   + cells read / 24,400 per s (least squares over the fits, an epoch reading the N cells; 20,000 is
-  configured, 20% slower); a fast-preset LMI
-  estimate on 3,000 test cells (100 epochs) a median 2.75 s (1.6-3.6 s); Geneformer trained 712,000
-  tokens/s at 1,000 genes and ~190,000 at 20,000 (64 x 512 tokens a step in 46 and 173 ms), so the
-  configured 150,000 errs long for real datasets. The embedding rate (50,000 cells/s) is assumed: a
+  configured, 20% slower); a fast-preset LMI estimate on 3,000 test cells (100 epochs) a median 2.75 s
+  (1.6-3.6 s); Geneformer trained 712,000 tokens/s at 1,000 genes and ~190,000 at 20,000 (64 x 512
+  tokens a step in 46 and 173 ms), so the configured 150,000 errs long for real datasets. The embedding rate (50,000 cells/s) is assumed: a
   Geneformer embedding measured 4,600 cells/s (3,000 cells of 512 tokens in 0.65 s), an SCVI one was
   not timed apart from its fit. No H100 has run these steps: see ``GPUS["h100"]`` for how its rates
   are derived.
