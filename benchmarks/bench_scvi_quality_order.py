@@ -78,15 +78,14 @@ def register_trial_budget(spec: str) -> str:
     """``NAME:KEY=VALUE,...`` -> a budget NAME whose SCVI settings are the default's with those fields."""
     name, _, fields = spec.partition(":")
     base = BUDGETS["default"]
-    known = {f.name: f.type for f in dataclasses.fields(base.scvi)}
+    known = [f.name for f in dataclasses.fields(base.scvi)]
     changes = {}
     for item in filter(None, fields.split(",")):
         key, _, value = item.partition("=")
         if key not in known:
-            raise SystemExit(f"--scvi {spec!r}: ScviBudget has no field {key!r}; fields: {sorted(known)}")
-        current = getattr(base.scvi, key)
-        changes[key] = (None if value == "None" else value if isinstance(current, str) or value.isalpha()
-                        else type(current)(float(value)) if current is not None else int(value))
+            raise SystemExit(f"--scvi {spec!r}: ScviBudget has no field {key!r}; fields: {known}")
+        float_field = isinstance(getattr(base.scvi, key), float)  # min delta; the others are counts
+        changes[key] = None if value == "None" else float(value) if float_field else int(value)
     BUDGETS[name] = Budget(name, dataclasses.replace(base.scvi, **changes), base.geneformer)
     return name
 

@@ -95,6 +95,23 @@ def test_min_steps_hold_early_stopping_off(monkeypatch):
     assert m.hyperparameters()["early_stopping_warmup_epochs"] == 10
 
 
+def test_default_budget_trains_every_quality_past_the_warm_up():
+    """What keeps SCVI's curves ordered in quality (docs/scvi-budget.md): at 100 cells an epoch is one step,
+    and the reference's rules stopped after 15-30 steps wherever a 20-cell validation ELBO stalled. Under
+    the default budget every quality trains its 50 warm-up steps, then stops by early stopping (a result,
+    not a budget smoke test) within a few epochs."""
+    from scaling_assets.data.thinning import thin_counts
+    from scaling_assets.models.budget import trained_below_rules
+
+    full = simulate_counts(100, 60, seed=4)
+    X = full.read_rows(0, 100)
+    for q in (1.0, 0.3):
+        train = InMemoryCounts(thin_counts(X, np.arange(100), q, 42), var_names=full.var_names)
+        r = SCVIModel(full.var_names, budget="default", seed=42).fit(train)
+        assert r.stop_reason == "early_stopping" and 50 < r.steps <= 50 + 20, (q, r.steps)
+        assert not trained_below_rules("scvi", "default", 100, r.stop_reason)
+
+
 def test_the_paper_budget_is_design_section_5():
     """DESIGN §5's SCVI settings are the paper budget's: nothing the default budget changes leaks into it."""
     paper = BUDGETS["paper"].scvi
