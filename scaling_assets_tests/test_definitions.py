@@ -38,17 +38,18 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
         return None if pd is None else pd.get_partition_keys()
 
     assert partition_keys(["cite", "raw_counts"]) is None
-    assert partition_keys(["cite", "split"]) == ["s=42"]
-    assert partition_keys(["cite", "gene_medians"]) == ["s=42"]
-    assert partition_keys(["cite", "pca_genes"]) == ["s=42"]
-    # per seed: a setting's whole chain then depends only on per-seed assets (one run per setting)
-    for asset in ("pool_counts", "eval_counts"):
-        assert partition_keys(["cite", asset]) == ["s=42"]
-    # the default study: PCA on 8 sizes x 4 qualities, SCVI on its own grid (5 sizes), train_counts the union
-    assert "n=200_q=0.1_s=42" in partition_keys(["cite", "model_scvi"])
+    # per seed, for every seed an algorithm trains with (SCVI's second seed included): a setting's whole
+    # chain then depends only on per-seed assets (one run per setting)
+    for asset in ("split", "gene_medians", "pca_genes", "pool_counts", "eval_counts"):
+        assert partition_keys(["cite", asset]) == ["s=42", "s=1404"]
+    # the default study: PCA on 8 sizes x 4 qualities, SCVI on its own grid (2 sizes x 2 seeds), random
+    # projection at one size, train_counts the union
+    assert "n=400_q=0.1_s=1404" in partition_keys(["cite", "model_scvi"])
     assert "n=3200_q=0.1_s=42" not in partition_keys(["cite", "model_scvi"])
-    assert len(partition_keys(["cite", "model_scvi"])) == 20
-    assert len(partition_keys(["cite", "model_pca"])) == 32 == len(partition_keys(["cite", "train_counts"]))
+    assert len(partition_keys(["cite", "model_scvi"])) == 16
+    assert len(partition_keys(["cite", "model_random_projection"])) == 4
+    assert len(partition_keys(["cite", "model_pca"])) == 32
+    assert len(partition_keys(["cite", "train_counts"])) == 32 + 8  # PCA's, and SCVI's of seed 1404
     # Geneformer runs on its own smaller grid (a smoke test), and so do its corpora
     for asset in ("train_corpus", "model_geneformer", "embeddings_geneformer", "mi_geneformer"):
         assert partition_keys(["cite", asset]) == ["n=3200_q=0.03_s=42"]
@@ -76,7 +77,10 @@ def test_a_setting_partition_loads_exactly_its_upstream_partitions(graph):
     assert parents(graph, ["cite", "mi_pca"], setting, ["cite", "eval_counts"]) == ["s=42"]
     children = graph.get_child_partition_keys_of_parent("s=42", AssetKey(["cite", "eval_counts"]),
                                                         AssetKey(["cite", "mi_scvi"]))
-    assert len(children) == 20
+    assert len(children) == 8
+    scvi = "n=400_q=0.1_s=1404"
+    assert parents(graph, ["cite", "train_counts"], scvi, ["cite", "pool_counts"]) == ["s=1404"]
+    assert parents(graph, ["cite", "mi_scvi"], scvi, ["cite", "eval_counts"]) == ["s=1404"]
     gf_children = graph.get_child_partition_keys_of_parent("q=0.03_s=42", AssetKey(["cite", "pool_corpus"]),
                                                            AssetKey(["cite", "train_corpus"]))
     assert list(gf_children) == [gf]

@@ -38,12 +38,15 @@ def test_default_study_shows_both_laws_with_geneformer_as_a_smoke_test():
     assert set(study.datasets) == {"cite", "lineage", "spatial", "development"}
     assert study.algorithms == ("pca", "random_projection", "scvi", "geneformer")
     for name in study.datasets:
-        for algorithm in ("pca", "random_projection", "scvi"):  # enough points for both law fits
-            assert len(study.sizes_of(name, algorithm)) >= 4 and len(study.qualities_of(name, algorithm)) >= 4
-            assert study.grid_label(algorithm) == ""
+        # PCA: enough points for both law fits; SCVI and random projection: the noise law's qualities
+        assert len(study.sizes_of(name, "pca")) >= 4
+        for algorithm in ("pca", "random_projection", "scvi"):
+            assert len(study.qualities_of(name, algorithm)) >= 4 and study.grid_label(algorithm) == ""
+        assert len(study.sizes_of(name, "random_projection")) == 1  # its embedding does not depend on N
         assert len(study.settings(name, "geneformer")) < len(study.settings(name))
     assert study.grid_label("geneformer") == "smoke test"
-    assert study.budget == "default" and len(study.seeds) == 1
+    assert study.budget == "default" and study.seeds == (42,)
+    assert study.seeds_of("scvi") == (42, 1404)  # SCVI's curves carry the scatter of two seeds
 
 
 def test_paper_study_is_the_reference_grid(monkeypatch):
@@ -112,6 +115,30 @@ def test_an_algorithm_can_have_its_own_smaller_grid(tmp_path):
         load_study(write(tmp_path, text + "algorithm_grids: {scvi: {sizes: [300]}}\n"))
     with pytest.raises(StudyConfigError, match="'geneformer' is not one of the study's algorithms"):
         load_study(write(tmp_path, text + "algorithm_grids: {geneformer: {sizes: [400]}}\n"))
+
+
+def test_an_algorithm_can_have_its_own_seeds(tmp_path):
+    text = MINIMAL.format(root=tmp_path).replace("algorithms: [pca]", "algorithms: [pca, scvi]")
+    study = load_study(write(tmp_path, text + "algorithm_grids: {scvi: {sizes: [400], seeds: [7, 1404]}}\n"))
+    assert study.setting_keys("cite", "scvi") == ["n=400_q=1_s=7", "n=400_q=0.25_s=7",
+                                                  "n=400_q=1_s=1404", "n=400_q=0.25_s=1404"]
+    # every other algorithm keeps the study's seeds (a grid of its own within the union below)
+    assert study.seeds_of("pca") == (7,) and study.setting_keys("cite", "pca") == [
+        "n=100_q=1_s=7", "n=400_q=1_s=7", "n=100_q=0.25_s=7", "n=400_q=0.25_s=7"]
+    # the extra seed gets its own split, pools and evaluation sets ...
+    assert study.all_seeds() == (7, 1404) and study.seed_keys() == ["s=7", "s=1404"]
+    # ... and training sets only where an algorithm trains with it
+    assert study.setting_keys("cite") == ["n=100_q=1_s=7", "n=400_q=1_s=7", "n=100_q=0.25_s=7", "n=400_q=0.25_s=7",
+                                          "n=400_q=1_s=1404", "n=400_q=0.25_s=1404"]
+    assert study.quality_seed_keys("cite") == ["q=1_s=7", "q=0.25_s=7"]  # the study's seeds
+    assert study.n_training_runs() == 8
+    for seeds, message in [("[]", "expected a non-empty list of integer seeds, got []"),
+                           ("[7, 7]", "seed(s) [7] given twice"), ("[1.5]", "seeds must be non-negative integers, got [1.5]"),
+                           ("3", "expected a non-empty list of integer seeds, got 3")]:
+        path = write(tmp_path, text + f"algorithm_grids: {{scvi: {{seeds: {seeds}}}}}\n")
+        with pytest.raises(StudyConfigError) as err:
+            load_study(path)
+        assert str(err.value) == f"study file {path}: algorithm_grids.scvi.seeds: {message}"
 
 
 def test_missing_data_path_is_named(tmp_path):

@@ -19,9 +19,11 @@ def register(subparsers) -> None:
     plan = sub.add_parser("plan", help="what the study costs before it runs: training runs, cells read, bytes "
                           "on disk by asset, GPU hours (from the study file; no data needed)")
     plan.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
+    plan.add_argument("--gpu", default="h200", help="whose rates price the GPU steps: h200 (measured) or h100 "
+                      "(derived from the H200's, not measured; the plan says how)")
     plan.add_argument("--throughput", action="append", default=[], metavar="NAME=RATE",
-                      help="measured throughput replacing a configured one: scvi=cells/s, geneformer=tokens/s, "
-                      "embed=cells/s, or a study's own model's training cells/s (repeatable)")
+                      help="measured throughput replacing one of the GPU's: scvi=cells/s, geneformer=tokens/s, "
+                      "embed=cells/s, lmi=estimates/s, or a study's own model's training cells/s (repeatable)")
     plan.set_defaults(func=_plan)
 
     run = sub.add_parser("run", help="submit the study to the Dagster instance (an asset backfill run by the "
@@ -65,7 +67,7 @@ def _show(args: argparse.Namespace) -> int:
                   + (f"; params {dict(entry.params)}" if entry.params else ""))
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm}{f' ({grid.label})' if grid.label else ''}: sizes {list(grid.sizes) if grid.sizes else 'all'}, "
-              f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
+              f"qualities {list(grid.qualities) if grid.qualities else 'all'}, seeds {list(s.seeds_of(algorithm))}")
     print(f"{s.n_training_runs()} training runs")
     _show_stale(s, remove=args.remove_stale)
     return 0
@@ -127,7 +129,7 @@ def _plan(args: argparse.Namespace) -> int:
             raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {names} "
                              "and a positive rate")
         given[name] = value
-    print(format_plan(study, plan_study(study, given), given))
+    print(format_plan(study, plan_study(study, given, args.gpu), given, args.gpu))
     return 0
 
 

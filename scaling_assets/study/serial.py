@@ -55,7 +55,7 @@ def plan(study: Study) -> list[Batch]:
     for ds in study.datasets:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
-        for s in study.seeds:
+        for s in study.all_seeds():  # an algorithm's own seeds need their shared data too
             names = (["split", "pool_counts", "eval_counts"] + (["gene_medians"] if corpus_readers else [])
                      + (["pca_genes"] if any(models[a].hvg_genes for a in study.algorithms) else []))
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))

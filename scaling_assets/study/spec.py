@@ -42,7 +42,7 @@ STUDY_KEYS = ("name", "description", "root", "budget", "seeds", "algorithms", "s
 SPLIT_KEYS = ("test_cells", "validation_cells")
 DATASET_KEYS = ("task", "source", "paths", "options", "cells", "genes", "seed", "umis_per_cell", "sizes",
                 "qualities", "split", "signals")
-ALGORITHM_GRID_KEYS = ("sizes", "qualities", "label")
+ALGORITHM_GRID_KEYS = ("sizes", "qualities", "seeds", "label")
 SIZE_GRID_KEYS = ("grid", "count", "smallest")
 QUALITY_GRID_KEYS = ("grid", "count", "min_umis")
 
@@ -137,11 +137,13 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class AlgorithmGrid:
-    """An algorithm's own smaller grid: sizes and qualities picked from the dataset grids (None: all)."""
+    """An algorithm's own grid: sizes and qualities picked from the dataset grids (None: all), and its
+    own seeds (None: the study's), e.g. more seeds for a model whose training scatters more."""
 
     sizes: tuple[int, ...] | None = None
     qualities: tuple[float, ...] | None = None
     label: str = ""  # shown next to the algorithm in tables and plots (e.g. "smoke test"); none by default
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,32 @@ class Study:
 
     # -- the grid -------------------------------------------------------------------------------
     def settings(self, dataset: str, algorithm: str | None = None) -> list[Setting]:
-        """The dataset's settings; with an algorithm, those it trains at (its own grid, if it has one)."""
-        return [Setting(n, q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)
+        """With an algorithm, the settings it trains at (its own grid, if it has one); without, every
+        setting some algorithm trains at (the full grid when one algorithm runs on all of it)."""
+        if algorithm is None and any(g.seeds is not None for g in self.algorithm_grids.values()):
+            trained = {s for a in self.algorithms for s in self.settings(dataset, a)}
+            return [s for s in self._grid(dataset, None, self.all_seeds()) if s in trained]
+        return self._grid(dataset, algorithm, self.seeds_of(algorithm))
+
+    def _grid(self, dataset: str, algorithm: str | None, seeds) -> list[Setting]:
+        return [Setting(n, q, s) for s in seeds for q in self.qualities_of(dataset, algorithm)
                 for n in self.sizes_of(dataset, algorithm)]
 
     def setting_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
         return [s.key for s in self.settings(dataset, algorithm)]
 
     def quality_seed_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
-        return [quality_seed_key(q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)]
+        return [quality_seed_key(q, s) for s in self.seeds_of(algorithm) for q in self.qualities_of(dataset, algorithm)]
+
+    def seeds_of(self, algorithm: str | None = None) -> tuple[int, ...]:
+        """The seeds an algorithm trains with: its own grid's, else the study's."""
+        grid = self.algorithm_grids.get(algorithm)
+        return self.seeds if grid is None or grid.seeds is None else grid.seeds
+
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed some algorithm trains with (each gets its own split, pools and evaluation sets)."""
+        extra = [s for g in self.algorithm_grids.values() for s in g.seeds or () if s not in self.seeds]
+        return (*self.seeds, *dict.fromkeys(extra))
 
     def sizes_of(self, dataset: str, algorithm: str | None = None) -> tuple[int, ...]:
         """The training sizes an algorithm runs at on a dataset (all of the dataset's without one); a frozen
@@ -211,7 +230,7 @@ class Study:
         return grid.label if grid is not None else ""
 
     def seed_keys(self) -> list[str]:
-        return [seed_key(s) for s in self.seeds]
+        return [seed_key(s) for s in self.all_seeds()]
 
     def n_training_runs(self) -> int:
         return sum(len(self.settings(d, a)) for d in self.datasets for a in self.algorithms)
@@ -374,11 +393,12 @@ def _study_models(block, algorithms, path) -> dict[str, ModelEntry]:
 
 
 def _parse_algorithm_grids(raw, algorithms, datasets, path, models) -> dict[str, AlgorithmGrid]:
-    """``{algorithm: {sizes: [...], qualities: [...], label: ...}}``; every value must be on each dataset's grid."""
+    """``{algorithm: {sizes: [...], qualities: [...], seeds: [...], label: ...}}``; sizes and qualities must be
+    on each dataset's grid; seeds are the algorithm's own (any, the study's or others)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _err(path, "algorithm_grids", "expected a mapping of algorithm -> {sizes, qualities, label}")
+        raise _err(path, "algorithm_grids", "expected a mapping of algorithm -> {sizes, qualities, seeds, label}")
     grids = {}
     for algorithm, spec in raw.items():
         where = f"algorithm_grids.{algorithm}"
@@ -397,8 +417,26 @@ def _parse_algorithm_grids(raw, algorithms, datasets, path, models) -> dict[str,
             if missing:
                 raise _err(path, where, f"{missing} not on dataset {d.name!r}'s grid (sizes {list(d.sizes)}, "
                                         f"qualities {list(d.qualities)}); an algorithm grid picks from it")
-        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "")))
+        seeds = _parse_seeds(spec["seeds"], f"{where}.seeds", path) if spec.get("seeds") is not None else None
+        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "")), seeds)
+    if any(g.seeds is not None for g in grids.values()):
+        # An algorithm's own seeds make the dataset's settings (train_counts) the union of the algorithms';
+        # every other algorithm then trains on a subset of them (the study's seeds): its own grid too.
+        grids.update({a: AlgorithmGrid() for a in algorithms if a not in grids})
     return grids
+
+
+def _parse_seeds(raw, where: str, path) -> tuple[int, ...]:
+    """A non-empty list of distinct non-negative integers."""
+    if not isinstance(raw, list) or not raw:
+        raise _err(path, where, f"expected a non-empty list of integer seeds, got {raw!r}")
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise _err(path, where, f"seeds must be non-negative integers, got {bad}")
+    repeated = sorted({s for s in raw if raw.count(s) > 1})
+    if repeated:
+        raise _err(path, where, f"seed(s) {repeated} given twice")
+    return tuple(raw)
 
 
 def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, check_paths) -> DatasetConfig:
