@@ -13,7 +13,8 @@ staged folder into place, ``assets/storage.py``)::
     <root>/<dataset>/eval_corpus/q=<q>_s=<seed>/   test/, validation/, summary.json
     <root>/<dataset>/train_counts/<setting>/       record.json (a row range of the seed's pool)
     <root>/<dataset>/train_corpus/<setting>/       record.json (a row range of the pool corpus)
-    <root>/<dataset>/model_<algorithm>/<setting>/  model/, history.csv, loss.png, summary.json, fingerprint.json
+    <root>/<dataset>/model_<algorithm>/<setting>/  model/, history.csv, loss.png (iterative fits), summary.json,
+                                                   fingerprint.json
     <root>/<dataset>/embeddings_<algorithm>/<setting>/  embeddings.npz, fingerprint.json
     <root>/<dataset>/mi_<algorithm>/<setting>/     record.json
     <root>/results/<table>/all/                    table.parquet, table.csv

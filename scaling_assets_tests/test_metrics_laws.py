@@ -186,22 +186,168 @@ def test_learned_models_bounds_and_unidentified_parameters():
     assert not loose.identified and ("standard error" in loose.reason or "bound" in loose.reason)
 
 
-def test_a_series_that_does_not_depend_on_n_is_not_fitted():
+def test_a_series_that_does_not_depend_on_n_has_a_plateau_and_no_shape():
     # random projection: the same projection at every N; MI moves only by estimation noise
     rng = np.random.default_rng(4)
     mi = 1.2 + rng.normal(0, 0.01, len(CELLS))
     flat = fit_size_law(CELLS, mi, algorithm="random_projection", mi_se=np.full(len(CELLS), 0.03))
-    assert not flat.fitted and flat.reason.startswith("no dependence on N") and np.isnan(flat.r2)
+    assert not flat.fitted and not flat.identified and flat.depends_on_n is False
+    assert flat.reason.startswith("no dependence on N") and np.isnan(flat.r2)
+    assert set(flat.params) == {"i_inf"} and np.isfinite(flat.params["i_inf"])  # n0 and s empty
     # identical values (the same projection and the same test cells) need no standard errors
     assert fit_size_law(CELLS, np.full(len(CELLS), 1.2), algorithm="random_projection").reason.startswith(
         "no dependence on N")
     # the same spread with tiny standard errors is a dependence, and gets fitted
     rising = size_law(CELLS, 1.3, 20.0, 0.8)
-    assert fit_size_law(CELLS, rising, algorithm="pca", mi_se=np.full(len(CELLS), 1e-4)).fitted
+    fit = fit_size_law(CELLS, rising, algorithm="pca", mi_se=np.full(len(CELLS), 1e-4))
+    assert fit.fitted and fit.depends_on_n is True
     # seeds' scatter counts as standard error too: a 0.05-bit rise under 0.3 bits of seed noise is none
     cells = np.repeat(CELLS, 3)
     seeds = np.tile([-0.3, 0.0, 0.3], len(CELLS)) + np.repeat(np.linspace(0, 0.05, len(CELLS)), 3)
     assert fit_size_law(cells, 1.0 + seeds, algorithm="scvi").reason.startswith("no dependence on N")
+    assert fit_size_law(CELLS[:3], [1, 2, 3], algorithm="pca").depends_on_n is None  # too few points: untested
+
+
+# A flat series: three seeds at four sizes, means 1.00, 1.04, 0.98, 1.02 with unequal seed scatter.
+FLAT_CELLS = np.repeat([100, 200, 400, 800], 3)
+FLAT_OFFSETS = np.array([[-0.10, 0.0, 0.10], [-0.05, 0.0, 0.05], [-0.20, 0.0, 0.20], [-0.02, 0.0, 0.02]])
+FLAT_MI = (np.array([1.00, 1.04, 0.98, 1.02])[:, None] + FLAT_OFFSETS).ravel()
+# by hand: a mean's standard error is the seeds' sd / sqrt(3); sd of (-d, 0, d) is d
+FLAT_SE = np.array([0.10, 0.05, 0.20, 0.02]) / np.sqrt(3)
+
+
+def test_a_flat_series_plateau_under_each_rule_computed_by_hand():
+    ref = fit_size_law(FLAT_CELLS, FLAT_MI, algorithm="pca")
+    # reference, PCA: the box's lower bound, the largest mean over N, with that mean's standard error
+    assert ref.params["i_inf"] == pytest.approx(1.04) and ref.se["i_inf"] == pytest.approx(0.05 / np.sqrt(3))
+    assert ref.bounds.startswith("reference (linear): no N dependence, i_inf = the largest mean over N")
+    assert ref.reason.startswith("no dependence on N: MI spread 0.060 bits over 100-800 cells")
+    # wide (and learned models under reference): the inverse-variance-weighted mean, SE 1/sqrt(sum w)
+    w = FLAT_SE ** -2.0
+    weighted = float((w * [1.00, 1.04, 0.98, 1.02]).sum() / w.sum())
+    # weights 3/d^2 of d = 0.1, 0.05, 0.2, 0.02: in proportion 100, 400, 25, 2500
+    assert weighted == pytest.approx((100 * 1.00 + 400 * 1.04 + 25 * 0.98 + 2500 * 1.02) / 3025, rel=1e-12)
+    for fit in (fit_size_law(FLAT_CELLS, FLAT_MI, algorithm="pca", rules="wide"),
+                fit_size_law(FLAT_CELLS, FLAT_MI, algorithm="scvi")):
+        assert fit.params["i_inf"] == pytest.approx(weighted, rel=1e-12)
+        assert fit.se["i_inf"] == pytest.approx(w.sum() ** -0.5, rel=1e-12)
+        assert "inverse-variance-weighted mean" in fit.bounds and not fit.identified
+    # the reference's learned box holds I_inf to [0.1, 10]: a flat series near zero sits at 0.1, said so
+    low = fit_size_law(FLAT_CELLS, FLAT_MI - 1.0, algorithm="scvi")
+    assert low.params["i_inf"] == 0.1 and "i_inf at its lower bound 0.1 (weighted mean 0.022)" in low.reason
+
+
+def test_the_max_mean_plateau_is_biased_upward_by_noise_and_the_weighted_mean_is_not():
+    """What the docs say of the reference's rule: the largest of K noisy means of one level overshoots it
+    by about E[max of K standard normals] standard errors (1.54 for K = 10); the weighted mean does not."""
+    from scaling_assets.metrics.laws import size_plateau
+
+    rng = np.random.default_rng(11)
+    cells, sd = np.geomspace(100, 1e5, 10), 0.05
+    draws = 2.0 + rng.normal(0, sd, (2000, len(cells)))
+    se = np.full(len(cells), sd)
+    ref = [size_plateau(cells, mi, se, "pca", "reference")[0] for mi in draws]
+    wide = [size_plateau(cells, mi, se, "pca", "wide")[0] for mi in draws]
+    assert np.mean(ref) - 2.0 == pytest.approx(1.539 * sd, abs=0.05 * sd)
+    assert abs(np.mean(wide) - 2.0) < 3 * sd / np.sqrt(draws.size)
+
+
+def rp_table(algorithm="random_projection", column=None):
+    """One (dataset, signal): PCA and a random projection at three sizes, four qualities, two seeds; the
+    projection's estimates are the same at every N (seed 1404 missing at N = 800, as in the reference's PBMC)."""
+    rows = []
+    for cells in (200, 400, 800):
+        for q, u in zip((1.0, 0.3, 0.1, 0.03), (3000, 900, 300, 90)):
+            for seed, shift in ((42, 0.02), (1404, -0.02)):
+                if seed == 1404 and cells == 800:
+                    continue
+                rows.append(dict(dataset="d", signal="s", algorithm=algorithm, cells=cells, quality=q,
+                                 umis_nominal=u, umis_per_cell=float(u), seed=seed,
+                                 mi_bits_raw=noise_law(u, 1.5, 400.0) + shift))
+                rows.append(dict(rows[-1], algorithm="pca", mi_bits_raw=noise_law(u, size_law(cells, 2.5, 30, 0.5), 300.0)
+                                 + shift))
+    df = pd.DataFrame(rows).assign(mi_bits=lambda d: d.mi_bits_raw.clip(lower=0))
+    if column is not None:
+        df["learns_from_cells"] = df["algorithm"].map(column)
+    return df
+
+
+def test_a_model_that_does_not_learn_from_its_cells_is_fitted_once():
+    from scaling_assets.metrics.laws import identified_counts
+
+    df = rp_table()
+    noise = fit_noise_laws(df)
+    rp, pca = noise[noise.algorithm == "random_projection"], noise[noise.algorithm == "pca"]
+    assert len(pca) == 3 and pca.learns_from_cells.all() and (pca.sizes_pooled == 1).all()
+    assert len(rp) == 1  # one fit for its three sizes, at its largest N
+    row = rp.iloc[0]
+    assert not row.learns_from_cells and row.sizes_pooled == 3 and row.cells == 800
+    assert row.n_rows == 8 and row.n_points == 4  # one estimate per (quality, seed), not 20 copies
+    # pooled = the copies averaged over N per (quality, seed): here the copies are equal, so it is the fit of
+    # one estimate per seed, although seed 1404 lacks N = 800
+    one = df[(df.algorithm == "random_projection") & (df.cells == 200)]
+    expected = fit_noise_law(one.umis_nominal, one.mi_bits_raw)
+    assert row.i_max == pytest.approx(expected.params["i_max"], rel=1e-9)
+    assert row.u_bar == pytest.approx(expected.params["u_bar"], rel=1e-9)
+    counts = identified_counts(noise).set_index("algorithm")
+    assert counts.loc["random_projection", "fits"] == 1 and counts.loc["pca", "fits"] == 3
+    # the size law: one plateau per quality, from the seeds' pooled estimates (mean 0 shift: the level)
+    size = fit_size_laws(df).set_index(["algorithm", "quality"])
+    flat = size.loc[("random_projection", 1.0)]
+    assert flat.reason == "no dependence on N: random_projection does not learn from its cells"
+    assert flat.i_inf == pytest.approx(noise_law(3000, 1.5, 400.0), abs=1e-12)  # mean of +0.02 and -0.02
+    assert flat.i_inf_se == pytest.approx(0.02, rel=1e-9)  # sd of the two seeds / sqrt(2)
+    assert flat.sizes_pooled == 3 and flat.n_points == 1 and not flat.depends_on_n
+    assert np.isnan(flat.n0) and np.isnan(flat.s)
+
+
+def test_learns_from_cells_comes_from_the_table_else_the_name_in_any_spelling():
+    from scaling_assets.errors import InputError
+    from scaling_assets.metrics.laws import learns_from_cells
+
+    # the reference's spelling: still one fit
+    assert len(fit_noise_laws(rp_table("RandomProjection")).query("algorithm == 'RandomProjection'")) == 1
+    # the table's column decides: a user's model that does not learn, or a random projection that does
+    assert learns_from_cells(rp_table("my_model", {"my_model": False, "pca": True})) == {"my_model": False, "pca": True}
+    assert len(fit_noise_laws(rp_table("my_model", {"my_model": False, "pca": True})).query(
+        "algorithm == 'my_model'")) == 1
+    assert len(fit_noise_laws(rp_table(column={"random_projection": True, "pca": True})).query(
+        "algorithm == 'random_projection'")) == 3
+    # an empty cell falls back to the name
+    assert learns_from_cells(rp_table(column={"random_projection": None, "pca": True}))["random_projection"] is False
+    mixed = rp_table(column={"random_projection": False, "pca": True})
+    mixed.loc[mixed.index[0], "learns_from_cells"] = True
+    with pytest.raises(InputError, match="column learns_from_cells is both true and false for algorithm "
+                                         "'random_projection'; expected one value per algorithm"):
+        fit_noise_laws(mixed)
+
+
+def test_linear_bounds_apply_to_the_reference_spelling():
+    mi = size_law(CELLS, 3.0, 40.0, 0.5) + np.array([0.01, -0.01, 0.0, 0.01, -0.01, 0.0])
+    assert fit_size_law(CELLS, mi, algorithm="PCA").bounds.startswith("reference (linear)")
+    assert fit_size_law(CELLS, mi, algorithm="Geneformer").bounds.startswith("reference (learned)")
+
+
+def test_counts_report_the_series_that_depend_on_n():
+    from scaling_assets.metrics.law_report import summary_table, summary_text
+    from scaling_assets.metrics.laws import identified_counts
+
+    df = rp_table()
+    noise, size = fit_noise_laws(df), fit_size_laws(df)
+    # PCA: 4 qualities x 3 sizes, too few (need 4) -> depends_on_n untested; the projection: flat
+    assert size.depends_on_n.isna().sum() == 4 and (~size.depends_on_n.fillna(True)).sum() == 4
+    counts = identified_counts(size).set_index("algorithm")
+    assert counts.loc["pca", "depends_on_n"] == 0 and counts.loc["random_projection", "depends_on_n"] == 0
+    assert np.isnan(counts.loc["pca", "good_share_of_dependent"])
+    wide = pd.concat([rp_table().assign(cells=lambda d: d.cells * k) for k in (1, 8)], ignore_index=True)
+    table = summary_table(fit_noise_laws(wide), fit_size_laws(wide)).set_index(["law", "algorithm"])
+    pca = table.loc[("size", "pca")]
+    assert pca.fits == 4 and pca.depends_on_n == 4 and pca.good_share_of_dependent == pca.identified_r2_ge_0_9 / 4
+    assert pd.isna(table.loc[("noise", "pca"), "depends_on_n"])
+    text = summary_text(fit_noise_laws(wide), fit_size_laws(wide), ["algorithm"])
+    assert text.splitlines()[0].split() == ["law", "algorithm", "fits", "fitted", "identified", "R^2>=0.9", "depend",
+                                            "on", "N", "R^2>=0.9", "of", "those"]
+    assert f"{pca.identified_r2_ge_0_9 / 4:.0%}" in text.splitlines()[3]
 
 
 def test_wide_rules_are_the_earlier_fit_for_comparison():

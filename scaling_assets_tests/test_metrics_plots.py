@@ -8,6 +8,7 @@ from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
 from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_signal_laws
 from scaling_assets_tests.test_metrics_laws import grid
+from scaling_assets_tests.test_assets_ui_fit import VALUE_COLUMN_PX
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -48,7 +49,7 @@ def test_one_figure_per_dataset_and_signal_with_points_in_every_panel(tmp_path):
 
 
 def test_only_identified_fits_are_drawn_and_the_others_say_why(tmp_path):
-    from scaling_assets.metrics.plots import short_reason
+    from scaling_assets.metrics.laws import fit_status
 
     df = grid()
     size = fit_size_laws(df)
@@ -58,11 +59,117 @@ def test_only_identified_fits_are_drawn_and_the_others_say_why(tmp_path):
     size.loc[pca.index[0], "reason"] = "n0 at its lower bound 10"
     drawn = plot_signal_laws(df, fit_noise_laws(df), size, "sim", "cell_type", tmp_path / "p.png")
     assert drawn.curves["size law, pca"] == len(pca) - 1
-    assert short_reason(size.loc[pca.index[0]]) == "n0 at bound"
-    assert short_reason(pd.Series({"fitted": True, "reason": "s standard error 0.4 not below half its value 0.3"})) \
-        == "s uncertain"
-    assert short_reason(pd.Series({"fitted": False, "reason": "no dependence on N: MI spread ..."})) == "no N dependence"
-    assert short_reason(None) == "not fitted"
+    unidentified = drawn.markers[(drawn.markers.panel == "size law, pca")
+                                 & (drawn.markers.series == size.loc[pca.index[0], "quality"])]
+    assert len(unidentified) == 4 and set(unidentified.marker) == {"s"}  # a square: fitted, not identified
+    assert fit_status(size.loc[pca.index[0]]) == "not identified"
+    assert fit_status(pd.Series({"fitted": False, "reason": "no dependence on N: MI spread ..."})) == "no N dependence"
+    assert fit_status(pd.Series({"fitted": False, "reason": "too few points: 3 distinct cell counts"})) == \
+        "too few points"
+    assert fit_status(pd.Series({"fitted": False, "reason": "fit failed: curve_fit did not converge"})) == "not fitted"
+    assert fit_status(None) == "not fitted"
+
+
+def study_like_table():
+    """The default study's shape in small: PCA rising with N, a random projection flat in N (its estimates
+    the same at every N), SCVI with one budget-smoke model (n = 1,000, q = 0.03), Geneformer at one
+    setting on its own grid ("smoke test"), and a signal whose PCA size series is too short (3 sizes)."""
+    from scaling_assets_tests.test_metrics_laws import noise_law, size_law
+
+    rng = np.random.default_rng(8)
+    rows = []
+    grid_of = {"pca": [(n, q) for n in (100, 300, 1000, 3000) for q in (1.0, 0.3, 0.1, 0.03)],
+               "random_projection": [(n, q) for n in (100, 1000, 3000) for q in (1.0, 0.3, 0.1, 0.03)],
+               "scvi": [(n, q) for n in (100, 300, 1000, 3000) for q in (1.0, 0.3, 0.1, 0.03)],
+               "geneformer": [(3000, 0.03)]}
+    for algorithm, settings in grid_of.items():
+        for n, q in settings:
+            u = round(q * 2000)
+            ceiling = {"pca": size_law(n, 2.5, 30.0, 0.5), "scvi": size_law(n, 2.8, 60.0, 0.4),
+                       "random_projection": 1.4, "geneformer": 0.5}[algorithm]
+            mi = noise_law(u, ceiling, 200.0) + (0.0 if algorithm == "random_projection" else rng.normal(0, 0.01))
+            rows.append(dict(dataset="sim", task="cite", signal="cell_type", algorithm=algorithm, cells=n, quality=q,
+                             umis_nominal=u, umis_per_cell=float(u), seed=42, mi_bits_raw=mi, mi_bits=max(mi, 0.0),
+                             grid="smoke test" if algorithm == "geneformer" else "study",
+                             budget_smoke=algorithm == "scvi" and n == 1000 and q == 0.03,
+                             learns_from_cells=algorithm != "random_projection"))
+    df = pd.DataFrame(rows)
+    short = df[(df.algorithm == "pca") & (df.cells < 3000)].assign(signal="protein")
+    return pd.concat([df, short], ignore_index=True)
+
+
+def test_each_point_drawn_has_the_marker_of_its_fit_row_and_hollow_only_where_it_is_budget_smoke(tmp_path):
+    from scaling_assets.metrics.laws import fit_status
+    from scaling_assets.metrics.plots import MARKERS
+
+    df = study_like_table()
+    noise, size = fit_noise_laws(df), fit_size_laws(df)
+    drawn = plot_signal_laws(df, noise, size, "sim", "cell_type", tmp_path / "p.png")
+    m = drawn.markers
+    noise_panel = "noise law at n = 3,000"
+    assert list(drawn.points) == [noise_panel, "size law, pca", "size law, random_projection", "size law, scvi"]
+    # size panels: every point of a quality's series carries the marker of that (algorithm, quality) fit row
+    for row in size[(size.signal == "cell_type") & (size.algorithm != "geneformer")].itertuples():  # one size: no panel
+        pts = m[(m.panel == f"size law, {row.algorithm}") & (m.series == row.quality)]
+        assert len(pts) == (row.n_points if row.learns_from_cells else row.sizes_pooled)  # a point per size
+        assert set(pts.status) == {fit_status(size.loc[row.Index])} and set(pts.marker) == {
+            MARKERS[fit_status(size.loc[row.Index])]}
+    assert set(m[m.panel == "size law, random_projection"].status) == {"no N dependence"}
+    # the plateau lines: one per flat series, at the fit table's I_inf
+    plateaus = drawn.lines[drawn.lines.kind == "plateau"]
+    flat = size[(size.signal == "cell_type") & ~size.depends_on_n.fillna(True)]
+    assert sorted(zip(plateaus.series, plateaus.level)) == sorted(zip(flat.quality, flat.i_inf)) and len(flat) == 4
+    # hollow: exactly the budget-smoke point, not its whole series
+    smoke = m[m.hollow]
+    assert smoke[["panel", "series", "x"]].values.tolist() == [["size law, scvi", 0.03, 1000.0]]
+    assert not m[(m.panel == "size law, scvi") & (m.series == 0.03) & (m.x != 1000)].hollow.any()
+    # noise panel: one series per algorithm; random projection pooled over N (one point per quality)
+    noise_pts = m[m.panel == noise_panel]
+    assert noise_pts.groupby("series").size().to_dict() == {"geneformer": 1, "pca": 4, "random_projection": 4,
+                                                           "scvi": 4}
+    assert set(noise_pts[noise_pts.series == "geneformer"].status) == {"too few points"}
+    nrow = noise[noise.algorithm == "random_projection"]
+    assert len(nrow) == 1 and set(noise_pts[noise_pts.series == "random_projection"].status) == {fit_status(nrow.iloc[0])}
+    # the short signal: 3 sizes, too few points for a size law
+    protein = plot_signal_laws(df, noise, size, "sim", "protein", tmp_path / "q.png").markers
+    assert set(protein[protein.panel == "size law, pca"].status) == {"too few points"}
+
+
+def test_figures_are_legible_at_the_ui_width_and_no_legend_covers_data():
+    """Text >= 9 pt at DPI 100 (12.5-px lines, ~9-px capitals) with the image WIDTH_PX wide; every text inside
+    the image; legends in axes of their own, clear of every data axes. On the default study's shape and on
+    the real-data example's (3 algorithms x 5 sizes x 5 qualities, one seed)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    from scaling_assets.metrics.plots import MIN_TEXT_PT, WIDTH_PX, draw_signal_laws
+
+    cbmc = study_like_table()
+    cbmc = cbmc[(cbmc.algorithm != "geneformer") & (cbmc.signal == "cell_type")].assign(dataset="cbmc")
+    for df, dataset in ((study_like_table(), "sim"), (cbmc, "cbmc")):
+        fig, drawn = draw_signal_laws(df, fit_noise_laws(df), fit_size_laws(df), dataset, "cell_type")
+        try:
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            width, height = fig.bbox.width, fig.bbox.height
+            assert width == WIDTH_PX
+            texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+            assert len(texts) > 20
+            for t in texts:
+                assert t.get_fontsize() >= MIN_TEXT_PT, t.get_text()
+                box = t.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, t.get_text()
+            data_axes = [ax for ax in fig.axes if ax.axison]
+            legends = fig.findobj(Legend)
+            assert len(data_axes) == len(drawn.points) and len(legends) == len(data_axes) + 1
+            for legend in legends:
+                box = legend.get_window_extent(renderer)
+                assert not legend.axes.axison  # in an axes of its own
+                assert box.x0 >= 0 and box.x1 <= width
+                assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in data_axes)
+        finally:
+            plt.close(fig)
 
 
 def test_law_report_writes_tables_and_a_figure_per_signal(tmp_path):
@@ -114,10 +221,11 @@ def test_images_fit_the_ui_metadata_column_and_mark_budget_smoke(tmp_path):
     noise = fit_noise_laws(df)
     assert set(noise.loc[noise.budget_smoke, "algorithm"]) == {"scvi"}  # fits inherit the marker
     path = plot_signal_laws(df, noise, fit_size_laws(df), "sim", "cell_type", tmp_path / "sim.png").path
-    width = matplotlib.image.imread(path).shape[1]
-    assert 300 < width <= 408  # uncut in the asset Overview's value column (~408 px) in a 1,280 px window
+    from scaling_assets.metrics.plots import WIDTH_PX
+
+    assert matplotlib.image.imread(path).shape[1] == WIDTH_PX <= VALUE_COLUMN_PX  # uncut in the asset Overview's value column
     loss = plot_loss_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0]}), tmp_path / "loss.png")
-    assert 300 < matplotlib.image.imread(loss).shape[1] <= 408
+    assert matplotlib.image.imread(loss).shape[1] == WIDTH_PX
 
 
 def test_trained_below_rules_and_rounding():

@@ -32,6 +32,38 @@ SETTING_KEY_NOTE = (" Partition key `n=…_q=…_s=…`: n training cells, q the
                     "binomial thinning; 1 = full depth), s the seed of the split and thinning.")
 
 
+# Grids of more partitions show their seeds without links: each link costs ~90 bytes of the description, which
+# Dagster copies into every job snapshot holding the asset (the paper's 300-partition grids: +1.4 MB, 67%)
+GRID_LINKS_MAX = 100
+
+
+def setting_grid(study, dataset: str, asset: str, algorithm: str | None = None) -> str:
+    """Markdown for an asset's description: its setting partitions laid out as the study's grid, a row
+    per training size n, a column per quality q, each cell its seeds linked to their partition pages (in
+    grids of more than GRID_LINKS_MAX partitions, the number of seeds).
+
+    Dagster's multi-partitions would draw this grid with each partition's status, but they take two
+    dimensions: with the seed inside one (n x q_s), the seed-level assets upstream (split, pool_counts,
+    pca_genes) reach a model only through a custom PartitionMapping, which the webserver's snapshot drops
+    (DESIGN §8). So the keys stay flat and the grid is drawn here."""
+    settings = study.settings(dataset, algorithm)
+    linked = len(settings) <= GRID_LINKS_MAX
+    path = f"/assets/{urllib.parse.quote(dataset)}/{urllib.parse.quote(asset)}?view=partitions&partition="
+    cells: dict[tuple[int, float], list[str]] = {}
+    for s in settings:
+        cells.setdefault((s.cells, s.quality), []).append(f"[s={s.seed}]({path}{urllib.parse.quote(s.key, safe='')})")
+    sizes, qualities = sorted({n for n, _ in cells}), sorted({q for _, q in cells}, reverse=True)
+
+    def cell(n: int, q: float) -> str:
+        return " ".join(cells[n, q]) if linked else f"{len(cells[n, q])} seed{'s' * (len(cells[n, q]) > 1)}"
+
+    rows = [f"| n \\ q | {' | '.join(format_quality(q) for q in qualities)} |", f"|---:|{'---|' * len(qualities)}"]
+    rows += [f"| {n:,} | {' | '.join(cell(n, q) for q in qualities)} |" for n in sizes]
+    how = ("a link opens the partition" if linked else
+           f"the Partitions tab's filter finds a row, `n={sizes[0]}_`, or a column, `_q={format_quality(qualities[-1])}_`")
+    return f"\n\nPartitions as the study's grid (training cells n x quality q; {how}):\n\n" + "\n".join(rows)
+
+
 def new_stage(study, label: str) -> Path:
     return stage_dir(study.root, label)
 
@@ -124,15 +156,14 @@ def verify_partition(folder: Path) -> None:
         verify_folder(folder, full_hash=True)
 
 
-def load_trained_model(folder: Path, algorithm: str):
-    """The model saved in a ``model_*`` partition (``verify_partition`` it first); a file that cannot be
-    read names the partition to rebuild instead of surfacing as the reader's bare error."""
+def load_trained_model(folder: Path, entry):
+    """The model saved in a ``model_*`` partition by ``entry``'s class (``verify_partition`` it first); a file
+    that cannot be read names the partition to rebuild instead of surfacing as the reader's bare error."""
     from scaling_assets.data.integrity import CorruptFileError
     from scaling_assets.layout import MODEL_DIR
-    from scaling_assets.models import load_model
 
     try:
-        return load_model(folder / MODEL_DIR, algorithm=algorithm)
+        return entry.load(folder / MODEL_DIR)
     except CorruptFileError:
         raise
     except _unreadable_errors() as exc:
@@ -163,7 +194,7 @@ def image_metadata(context, png: Path, title: str = "plot") -> MetadataValue:
 def _served_copy(context, png: Path) -> str | None:
     """Copy `png` under this run's compute-log folder; the URL the webserver serves it at, or None."""
     # the webserver's /logs route serves files of exactly these managers (dagster_webserver/webserver.py)
-    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from scaling_assets.compute.dagster_compat import LocalComputeLogManager
 
     logs = context.instance.compute_log_manager
     if not isinstance(logs, LocalComputeLogManager):

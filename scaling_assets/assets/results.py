@@ -39,6 +39,8 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "dataset": dataset, "task": record["task"], "signal": sig["signal"], "algorithm": algorithm,
                 "cells": record["cells"], "quality": record["quality"], "umis_per_cell": record["umis_per_cell"],
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
+                # False: the embedding does not depend on the training cells; the laws fit it once
+                "learns_from_cells": study.models[algorithm].learns_from_cells,
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
                 "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",
@@ -51,7 +53,8 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
     from scaling_assets.metrics.tables import MI_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(MI_COLUMNS) + ["mi_bits_raw", "mi_bits_se", "pairs_evaluated", "lmi_preset",
-                                                      "umis_nominal", "grid", "budget_smoke", "test_cells",
+                                                      "umis_nominal", "grid", "budget_smoke", "learns_from_cells",
+                                                      "test_cells",
                                                       "zero_umi_test_cells_dropped", "training_cells",
                                                       "zero_umi_training_cells_dropped",
                                                       "zero_umi_validation_cells_dropped"])
@@ -158,7 +161,9 @@ def _table_assets(study: Study) -> list:
            "the grid the algorithm ran on, the cells left out with no UMI at q (`zero_umi_*_cells_dropped`: "
            "training, validation, test; `cells` stays the nominal N, `training_cells` is what trained), and "
            "`budget_smoke` (model trained below the study's stopping rules "
-           f"under the `{study.budget}` budget: a smoke test, not a result).")
+           f"under the `{study.budget}` budget: a smoke test, not a result), and `learns_from_cells` (false for a "
+           "model whose embedding does not depend on its training cells, such as random projection: the laws fit "
+           "it once, pooled over N).")
     def mi_table(context: AssetExecutionContext):
         df, missing = mi_rows(study)
         coverage = dataset_coverage(study, mi_partitions_done(df))
@@ -188,14 +193,16 @@ MI_IN = {"mi_table": AssetIn(key=[GROUP, "mi_table"])}
 
 
 def _fit_metadata(fits: pd.DataFrame) -> dict:
-    """The table's metadata, and per dataset how many fits are identified (and with R^2 >= 0.9)."""
+    """The table's metadata, and per dataset how many fits are identified (and with R^2 >= 0.9; for the
+    size law, of the series whose MI depends on N)."""
     from scaling_assets.metrics.laws import identified_counts
 
     meta = _table_metadata(fits)
     if len(fits):
         for row in identified_counts(fits, ["dataset"]).itertuples():
+            dependent = f"; {row.depends_on_n} depend on N" if hasattr(row, "depends_on_n") else ""
             meta[f"identified_{row.dataset}"] = MetadataValue.text(
-                f"{row.identified} of {row.fits} ({row.identified_r2_ge_0_9} with R^2 >= 0.9)")
+                f"{row.identified} of {row.fits} ({row.identified_r2_ge_0_9} with R^2 >= 0.9{dependent})")
     return meta
 
 
@@ -206,7 +213,9 @@ def _law_fit_assets(study: Study) -> list:
            description="Noise law I(u) = I_max - 1/2 log2((1 + u/u_bar) / (u/u_bar + 2^(-2 I_max))) per "
            f"(dataset, signal, algorithm, cells) under the `{rules}` fit rules, with standard errors, R^2, "
            "`identified` (no parameter at a bound, each standard error below half its value) and its reason, "
-           "and `budget_smoke` (any point from a model trained below the study's stopping rules).")
+           "and `budget_smoke` (any point from a model trained below the study's stopping rules). A model that does "
+           "not learn from its cells (`learns_from_cells` false: random projection) has one fit per (dataset, "
+           "signal), its estimates averaged over N (`sizes_pooled`).")
     def noise_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_noise_laws
 
@@ -215,8 +224,11 @@ def _law_fit_assets(study: Study) -> list:
 
     @asset(key=[GROUP, "size_law_fits"], group_name=GROUP, ins=MI_IN, kinds={"parquet"},
            description=f"Size law I(N) = I_inf - (N/N0)^(-s) per (dataset, signal, algorithm, quality) under the "
-           f"`{rules}` fit rules, with standard errors, R^2, `identified` and its reason (a series whose MI does "
-           "not depend on N, such as random projection's, is not fitted), and `budget_smoke`.")
+           f"`{rules}` fit rules, with standard errors, R^2, `identified` and its reason, `depends_on_n`, and "
+           "`budget_smoke`. A series whose MI does not depend on N (random projection's, or a spread within two "
+           "standard errors) has no shape but a plateau: `i_inf` (the largest mean over N for PCA and random "
+           "projection under the reference rules, else the inverse-variance-weighted mean) with its standard "
+           "error, n0 and s empty, reason \"no dependence on N\".")
     def size_law_fits(context: AssetExecutionContext, mi_table: pd.DataFrame):
         from scaling_assets.metrics.laws import fit_size_laws
 
@@ -232,8 +244,10 @@ def _plots_asset(study: Study):
                 "size_law_fits": AssetIn(key=[GROUP, "size_law_fits"])},
            description="One figure per (dataset, signal) (an entry named `<dataset>/<signal>`; PNG files in the "
            "asset's folder): MI against UMIs per cell with the noise laws, then MI against cells with the size "
-           "laws per algorithm. Only identified fits are drawn as curves; the others are points with the reason "
-           "in the legend. Hollow markers: budget smoke.")
+           "laws per algorithm. A point's marker says what it is: filled circle, its series' law identified (drawn "
+           "as a line); square, fitted but not identified; diamond, no N dependence (the plateau dashed); "
+           "triangle, too few points or not fitted; hollow, from a budget-smoke model. Colour keys sit under "
+           "each panel, the marker key at the bottom.")
     def scaling_plots(context: AssetExecutionContext, mi_table: pd.DataFrame, noise_law_fits: pd.DataFrame,
                       size_law_fits: pd.DataFrame):
         from scaling_assets.metrics.law_report import plot_laws

@@ -25,7 +25,7 @@ def _fit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from scaling_assets.errors import InputError
-    from scaling_assets.metrics.law_report import read_mi_table, write_law_report
+    from scaling_assets.metrics.law_report import read_mi_table, summary_text, write_law_report
 
     mi_path, out = Path(args.mi).resolve(), Path(args.out).resolve()
     if out == mi_path.parent and mi_path.stem in ("noise_law_fits", "size_law_fits"):
@@ -34,8 +34,9 @@ def _fit(args: argparse.Namespace) -> int:
     report = write_law_report(mi, out, args.rules)
     print(f"fitted {len(report.noise)} noise-law and {len(report.size)} size-law groups of {mi_path} "
           f"({len(mi):,} rows) with the {args.rules} rules")
-    print("identified fits (and identified with R^2 >= 0.9) per law, dataset and algorithm:")
-    print(report.summary.to_string(index=False))
+    print("fits identified (and with R^2 >= 0.9; size law: of the series whose MI depends on N) per law, "
+          "dataset and algorithm:")
+    print(summary_text(report.noise, report.size))
     for name, path in report.paths.items():
         print(f"{name:>24}: {path}")
     return 0

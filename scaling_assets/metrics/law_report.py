@@ -74,11 +74,30 @@ def plot_laws(mi_df: pd.DataFrame, noise: pd.DataFrame, size: pd.DataFrame, fold
             for d, s in signals_of(mi_df)}
 
 
-def summary_table(noise: pd.DataFrame, size: pd.DataFrame) -> pd.DataFrame:
-    """Per law, dataset and algorithm: fits, fitted, identified, identified with R^2 >= 0.9."""
-    return pd.concat([identified_counts(noise).assign(law="noise"), identified_counts(size).assign(law="size")],
-                     ignore_index=True)[["law", "dataset", "algorithm", "fits", "fitted", "identified",
-                                         "identified_r2_ge_0_9"]]
+SUMMARY_COLUMNS = ["fits", "fitted", "identified", "identified_r2_ge_0_9", "depends_on_n", "good_share_of_dependent"]
+
+
+def summary_table(noise: pd.DataFrame, size: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Per law and group (default: dataset and algorithm): fits, fitted, identified, identified with
+    R^2 >= 0.9; for the size law also the series whose MI depends on N and the share of those identified
+    with R^2 >= 0.9 (empty for the noise law)."""
+    by = by or ["dataset", "algorithm"]
+    table = pd.concat([identified_counts(noise, by).assign(law="noise"), identified_counts(size, by).assign(law="size")],
+                      ignore_index=True).reindex(columns=["law", *by, *SUMMARY_COLUMNS])
+    table["depends_on_n"] = table["depends_on_n"].astype("Int64")
+    return table
+
+
+def summary_text(noise: pd.DataFrame, size: pd.DataFrame, by: list[str] | None = None) -> str:
+    """The summary as a reader reads it: one line per law and group, the size law's share as a percentage."""
+    table = summary_table(noise, size, by)
+    if table.empty:
+        return ""
+    share = table.pop("good_share_of_dependent")
+    table["depends_on_n"] = [str(v) if pd.notna(v) else "" for v in table["depends_on_n"]]  # empty: noise law
+    table["share"] = [f"{v:.0%}" if pd.notna(v) else "" for v in share]
+    return table.rename(columns={"identified_r2_ge_0_9": "R^2>=0.9", "depends_on_n": "depend on N",
+                                 "share": "R^2>=0.9 of those"}).to_string(index=False, na_rep="")
 
 
 @dataclass

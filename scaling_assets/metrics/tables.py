@@ -42,5 +42,10 @@ def analysis_hyperparameters(lmi_options: dict, fit_rules: str = "reference") ->
         ("laws", "fit_rules", fit_rules),
         ("laws", "identified", "no parameter at a bound and each standard error below half its value"),
         ("laws", "size_law_needs", "MI depending on N beyond 2 standard errors"),
+        ("laws", "flat_size_series", "plateau only (n0, s empty, not identified): the largest mean over N for PCA "
+                                     "and random projection under the reference rules, else the "
+                                     "inverse-variance-weighted mean over N"),
+        ("laws", "learns_from_cells_false", "estimates averaged over N per (quality, seed); one noise-law fit per "
+                                            "(dataset, signal)"),
     ]
     return [{"algorithm": stage, "hyperparameter": name, "value": str(value)} for stage, name, value in rows]
