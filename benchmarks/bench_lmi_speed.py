@@ -1,24 +1,29 @@
-"""LMI cost and accuracy, this tree's estimator against an earlier one, side by side on one machine.
+"""LMI cost and accuracy: this tree's estimator against main's before the stacked training, side by side.
 
-    .venv/bin/python benchmarks/bench_lmi_speed.py                                  # Gaussian pairs, 3 seeds
-    .venv/bin/python benchmarks/bench_lmi_speed.py --study-root study_runs/default --per-algorithm 2
-    .venv/bin/python benchmarks/bench_lmi_speed.py --baseline /work/main --new-options patience=8 --new-options hidden=64
+    .venv/bin/python benchmarks/bench_lmi_speed.py --study-root /work/baseline/study_runs/default
+    .venv/bin/python benchmarks/bench_lmi_speed.py                      # Gaussian pairs only, 3 seeds
+    .venv/bin/python benchmarks/bench_lmi_speed.py --baseline /work/main --new-options patience=8
 
-The baseline is the estimator of a git commit (`--baseline-commit`, default 4303f90: before the
+The baseline is the estimator of a git commit (`--baseline-commit`, default f6f8b68: main before the
 stacked training; extracted with `git archive`) or of a checkout (`--baseline`). Each estimator runs
 in a worker process of its own (PYTHONPATH = its tree, one CPU thread, torch imported before timing);
-per seed the baseline's worker runs every setting, then this tree's, so that the two see the same
-machine load. A setting is what one MI step estimates (a dataset's signals against one model's
-embeddings, see lmi_cases.py; a Gaussian MI level is a setting of one signal): the baseline estimates
-its signals one by one (`estimate_pointwise`), this tree with `estimate_pointwise_many`, as the MI
-asset calls it.
+per seed the baseline's worker runs every setting, then this tree's, so that both see the same stretch
+of machine load. A setting is what one MI step estimates (a dataset's signals against one model's
+embeddings at one size, quality and seed, see lmi_cases.py; a Gaussian MI level is a setting of one
+signal): the baseline estimates its signals one by one (`estimate_pointwise`), this tree with
+`estimate_pointwise_many`, as the MI asset calls it.
 
-`--new-options` (repeatable) runs this tree once more per set of options, e.g. to try a preset's
-settings. Prints per signal the analytic MI where known, then for the baseline and each run of this
-tree the mean estimate over seeds, its scatter (sample sd), the difference from the baseline, the CPU
-seconds per estimate of the setting and the mean epochs trained; then per run of this tree: CPU seconds
-per estimate against the baseline's, and how many signals moved by less than their seed scatter
-(|mean difference| < the larger of the two sds).
+Cases: Gaussian pairs of known MI (a 2-d latent in 16-d x and y, `--gaussian-pairs` pairs, the default
+study's test-set size) and, with `--study-root`, up to `--per-algorithm` settings of each dataset and
+algorithm of a materialised study (the largest and the smallest size at the highest and the lowest
+quality). `--new-options` (repeatable) runs this tree once more per set of options.
+
+Prints per signal the analytic MI where known, then for the baseline and each run of this tree the mean
+estimate over seeds, its scatter (sample sd over seeds), the difference from the baseline, the CPU
+seconds per estimate of the setting and the mean epochs trained; then per run: CPU seconds per estimate
+and per MI step (study settings) against the baseline's, and how many signals moved by less than their
+seed scatter (|mean difference| < the larger of the two sds). `--json` (default
+results/<date>_<machine>_bench_lmi_speed.json) keeps every row.
 """
 
 from __future__ import annotations
@@ -102,19 +107,20 @@ def main() -> None:
     p.add_argument("--gaussian-bits", type=float, nargs="*", default=[0.5, 1, 2, 3, 4])
     p.add_argument("--gaussian-pairs", type=int, default=3000, help="the default study's test cells")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--baseline-commit", default="4303f90")
+    p.add_argument("--baseline-commit", default="f6f8b68")
     p.add_argument("--baseline", type=Path, help="a tree holding the baseline's scaling_assets (instead of a commit)")
     p.add_argument("--options", nargs="*", default=[], help="LMI options for both, key=value")
     p.add_argument("--new-options", nargs="*", action="append", default=None,
                    help="LMI options for this tree only, key=value; repeat to run this tree once per set")
-    p.add_argument("--json", type=Path, help="also write every row here")
+    p.add_argument("--json", type=Path, help="also write every row here (default: results/<date>_<machine>_...)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.seed, json.loads(args.options[0]) if args.options else {})
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(HERE))
+    from harness import load, result_path
     from lmi_cases import gaussian_settings, study_settings
 
     settings = gaussian_settings(args.gaussian_bits, args.gaussian_pairs)
@@ -131,14 +137,16 @@ def main() -> None:
         baseline = baseline_tree(args, Path(tmp))
         print(f"baseline: {baseline} ({args.baseline or args.baseline_commit}); this tree: {ROOT}; "
               f"{len(settings)} settings, {sum(len(s.signals) for s in settings)} signals, seeds {args.seeds}; "
-              f"one CPU thread each; options: {runs}", flush=True)
+              f"one CPU thread each; options: {runs}; load average {load()}", flush=True)
         for seed in args.seeds:  # interleaved: every run sees the same stretch of machine load
             for name, options in runs.items():
                 t = time.perf_counter()
                 rows[name] += run_worker(baseline if name == "baseline" else ROOT, cases, seed, options)
                 print(f"  seed {seed} {name}: {time.perf_counter() - t:.0f} s wall", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"settings": [s.name for s in settings], "options": runs, **rows}, indent=1))
+    print(f"load average at the end {load()}")
+    out = args.json or result_path("bench_lmi_speed.json")
+    out.write_text(json.dumps({"settings": [s.name for s in settings], "truth": [s.truth for s in settings],
+                               "options": runs, "load": load(), **rows}, indent=1))
     report(settings, rows, len(args.seeds))
 
 
@@ -151,12 +159,18 @@ def report(settings, rows: dict[str, list[dict]], n_seeds: int) -> None:
     head = " ".join(f"{name + ' bits':>15} {'diff':>6} {'cpu s':>5} {'ep':>3}" for name in names)
     print(f"\n{'setting':<46} {'signal':<10} {'truth':>5} {head}")
     cpu = {name: 0.0 for name in names}
+    step_cpu = {name: 0.0 for name in names}  # study settings only: what one mi_<algorithm> step costs
+    steps = 0
     moved_less = {name: 0 for name in names}
     estimates = signals = 0
     for s in settings:
         for name in names:
             cpu[name] += sum(r["cpu_s"] for r in by[name][s.name])
         estimates += len(by["baseline"][s.name]) * len(s.signals)
+        if not s.name.startswith("gaussian"):
+            steps += len(by["baseline"][s.name])
+            for name in names:
+                step_cpu[name] += sum(r["cpu_s"] for r in by[name][s.name])
         for i, (signal, _, _) in enumerate(s.signals):
             signals += 1
             cells, base, base_sd = [], None, None
@@ -176,6 +190,10 @@ def report(settings, rows: dict[str, list[dict]], n_seeds: int) -> None:
         print(f"{name}: {cpu[name] / estimates:.2f} CPU s per estimate against the baseline's "
               f"{cpu['baseline'] / estimates:.2f} ({cpu['baseline'] / cpu[name]:.2f}x cheaper, {estimates} estimates each)"
               + (f"; {moved_less[name]} of {signals} signals moved by less than their seed scatter" if n_seeds > 1 else ""))
+        if steps:
+            print(f"{name}: {step_cpu[name] / steps:.2f} CPU s per MI step against the baseline's "
+                  f"{step_cpu['baseline'] / steps:.2f} ({step_cpu['baseline'] / step_cpu[name]:.2f}x cheaper, "
+                  f"{steps} steps each)")
 
 
 if __name__ == "__main__":

@@ -375,6 +375,21 @@ def test_dropout_masks_cover_the_cross_decoders_only():
         members, lmi.resolve_options({"cross_dropout": 0.0}), "cpu")._dropout_masks(256) is None
 
 
+@pytest.mark.parametrize("mi_levels,tolerances", [((0.5, 1.0, 2.0, 3.0), (0.25, 0.25, 0.35, 0.6))])
+def test_a_settings_signals_estimated_together_recover_their_analytic_mi(mi_levels, tolerances):
+    # as an MI step calls it: 16-d embeddings against signals of other widths (padded to 16), in one stack
+    pairs, truths = [], []
+    for mi, dy in zip(mi_levels, (16, 4, 12, 7)):
+        x_i, y_i, truth = latent_gaussian_pairs(4000, mi, dx=16, dy=dy, seed=1)
+        pairs.append((x_i, y_i))
+        truths.append(truth)
+    results = lmi.estimate_pointwise_many(pairs, seed=0)
+    for r, truth, tolerance in zip(results, truths, tolerances):
+        assert abs(r.mi_bits - truth) <= tolerance, (r.mi_bits, truth)
+    # higher MI reads higher: the stack keeps the signals apart
+    assert [r.mi_bits for r in results] == sorted(r.mi_bits for r in results)
+
+
 def test_pairs_of_other_sizes_train_apart_with_the_same_result():
     x, y = small_pairs()
     together = lmi.estimate_pointwise_many([(x, y), (x[:300], y[:300])], seed=1, epochs=10)

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lmi_cases
 from scaling_assets.metrics.lmi import PRESETS, estimate  # noqa: E402
 
 PRESET_NAMES = ("fast", "reference")
