@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--new-options", nargs="*", action="append", default=None,
                    help="LMI options for this tree only, key=value; repeat to run this tree once per set")
     p.add_argument("--json", type=Path, help="also write every row here (default: results/<date>_<machine>_...)")
+    p.add_argument("--report", type=Path, help="print the tables of a saved --json file and exit")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -121,7 +122,19 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from harness import load, result_path
-    from lmi_cases import gaussian_settings, study_settings
+    from lmi_cases import Setting, gaussian_settings, study_settings
+
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        names = [n for n in saved["options"]]
+        found = {r["setting"]: len(r["mi"]) for r in saved["baseline"]}
+        truths = saved.get("truth") or [[np.nan] * found[name] for name in saved["settings"]]
+        settings = [Setting(name, [(f"signal {i}", None, None) for i in range(found[name])], truth)
+                    for name, truth in zip(saved["settings"], truths)]
+        for s, signals in zip(settings, saved.get("signals", [None] * len(settings))):
+            if signals:
+                s.signals = [(signal, None, None) for signal in signals]
+        return report(settings, {n: saved[n] for n in names}, len({r["seed"] for r in saved["baseline"]}))
 
     settings = gaussian_settings(args.gaussian_bits, args.gaussian_pairs)
     if args.study_root:
@@ -146,6 +159,7 @@ def main() -> None:
     print(f"load average at the end {load()}")
     out = args.json or result_path("bench_lmi_speed.json")
     out.write_text(json.dumps({"settings": [s.name for s in settings], "truth": [s.truth for s in settings],
+                               "signals": [[signal for signal, _, _ in s.signals] for s in settings],
                                "options": runs, "load": load(), **rows}, indent=1))
     report(settings, rows, len(args.seeds))
 
@@ -186,6 +200,9 @@ def report(settings, rows: dict[str, list[dict]], n_seeds: int) -> None:
                              f"{np.mean([r['cpu_s'] for r in found]) / len(s.signals):>5.2f} "
                              f"{np.mean([r['epochs'][i] for r in found]):>3.0f}")
             print(f"{s.name:<46} {signal:<10} {s.truth[i]:>5.2f} " + " ".join(cells))
+    chance = same_distribution_pass_rate(n_seeds)
+    print(f"(two estimators with the same distribution pass |mean difference| < the larger sd on "
+          f"{100 * chance:.0f}% of signals with {n_seeds} seeds each: {chance * signals:.1f} of {signals})")
     for name in names[1:]:
         print(f"{name}: {cpu[name] / estimates:.2f} CPU s per estimate against the baseline's "
               f"{cpu['baseline'] / estimates:.2f} ({cpu['baseline'] / cpu[name]:.2f}x cheaper, {estimates} estimates each)"
@@ -194,6 +211,16 @@ def report(settings, rows: dict[str, list[dict]], n_seeds: int) -> None:
             print(f"{name}: {step_cpu[name] / steps:.2f} CPU s per MI step against the baseline's "
                   f"{step_cpu['baseline'] / steps:.2f} ({step_cpu['baseline'] / step_cpu[name]:.2f}x cheaper, "
                   f"{steps} steps each)")
+
+
+def same_distribution_pass_rate(n_seeds: int, draws: int = 200_000) -> float:
+    """How often two sets of n_seeds draws from one normal distribution have |mean difference| below the
+    larger sample sd: the share of signals that pass the scatter rule when nothing changed."""
+    if n_seeds < 2:
+        return float("nan")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, draws, n_seeds))
+    return float(np.mean(np.abs(a.mean(1) - b.mean(1)) < np.maximum(a.std(1, ddof=1), b.std(1, ddof=1))))
 
 
 if __name__ == "__main__":

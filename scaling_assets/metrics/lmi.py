@@ -6,10 +6,13 @@ part of the pairs with early stopping on the held-back pairs; the KSG estimator 
 max-norm, Kraskov estimator 1) is then applied to the latents of the held-back pairs. MI in bits
 is the mean pointwise MI.
 
-Two presets (``preset`` option): ``fast`` (the default) trains 128/64-wide networks at lr 5e-3 with
-one CPU thread, an "epoch" capped at 16 steps and half the pairs held back; on the Gaussian
-benchmarks it gives the reference's estimates (within its seed spread) in about a second of CPU
-time for 1,500 pairs. ``reference`` is latentmi's estimate (0.1.3, at the reference study's call:
+Two presets (``preset`` option): ``fast`` (the default) trains 128/64-wide networks at lr 1e-2 with
+one CPU thread, an "epoch" capped at 16 steps, half the pairs held back and early stopping after 6
+epochs without a 0.1% drop of the loss on <= 512 held-back pairs; the estimates of one call
+(``estimate_pointwise_many``: an MI step's signals) train together as one stack of networks
+(``_StackedTraining``), each as it would alone. About 0.6 CPU s per estimate of 3,000 pairs,
+~3.4x less than the unstacked lr 5e-3 / patience 15 estimator it replaced, at estimates that
+move by less than their seed scatter (benchmarks/bench_lmi_speed.py, docs/laws.md). ``reference`` is latentmi's estimate (0.1.3, at the reference study's call:
 30% of the pairs held back, batch 512, up to 300 full-pass epochs, Adam lr 1e-4 (eps 1e-7),
 patience 30, networks 1024/512/256; minutes per estimate on a CPU), quirks included: encoders ending
 in a LeakyReLU, the validation loss computed with dropout on, the last epoch's weights kept, its
@@ -19,8 +22,9 @@ torch.manual_seed(s)`` (on one CPU thread, same torch). benchmarks/bench_lmi_ref
 both side by side; benchmarks/investigations/bench_lmi_presets.py compares the presets. KSG neighbour
 search uses KD-trees (max-norm radius counts), so memory stays linear in the number of pairs.
 
-Entry points: ``estimate(x, y, seed=0, **options) -> float`` and
-``estimate_pointwise(...) -> LMIResult``; options are the fields of ``LMIOptions``.
+Entry points: ``estimate(x, y, seed=0, **options) -> float``,
+``estimate_pointwise(...) -> LMIResult`` and ``estimate_pointwise_many(pairs, ...)`` (several pairs at
+once); options are the fields of ``LMIOptions`` (metrics/lmi_options.py, torch-free).
 """
 
 from __future__ import annotations
@@ -145,45 +149,37 @@ def _mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = False) 
 
 
 class CrossAutoencoder(nn.Module):
-    """Paired autoencoder: x and y each encode to a latent that must rebuild both x and y.
-
-    latentmi_order: initialise and run the decoders in latentmi's order (its AECross), so that the
-    random draws of initialisation and dropout match it for a matched torch seed.
+    """Paired autoencoder: x and y each encode to a latent that must rebuild both x and y; latentmi's
+    AECross, whose order of initialisation and of the decoders' dropout draws the `reference` preset keeps
+    (for a matched torch seed). The `fast` preset trains the same six networks stacked (_StackedTraining).
     """
 
     def __init__(self, dx: int, dy: int, latent: int, widths: tuple[int, ...], cross_dropout: float,
-                 latent_activation: bool = False, widths_y: tuple[int, ...] | None = None,
-                 latentmi_order: bool = False):
+                 latent_activation: bool = False, widths_y: tuple[int, ...] | None = None):
         super().__init__()
         hx, hy = list(widths), list(widths_y or widths)
-        self.latentmi_order = latentmi_order
         self.enc_x = _mlp([dx, *hx, latent], last_activation=latent_activation)
         self.enc_y = _mlp([dy, *hy, latent], last_activation=latent_activation)
         self.dec_xx = _mlp([latent, *hx[::-1], dx])
         self.dec_yy = _mlp([latent, *hy[::-1], dy])
         self.dec_yx = _mlp([latent, *hx[::-1], dx], cross_dropout)  # y latent -> x
         self.dec_xy = _mlp([latent, *hy[::-1], dy], cross_dropout)  # x latent -> y
-        nets = [self.enc_x, self.enc_y, self.dec_xx, self.dec_yy]
-        nets += [self.dec_xy, self.dec_yx] if latentmi_order else [self.dec_yx, self.dec_xy]
-        for net in nets:
+        for net in (self.enc_x, self.enc_y, self.dec_xx, self.dec_yy, self.dec_xy, self.dec_yx):
             for m in net.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.xavier_uniform_(m.weight)
                     nn.init.zeros_(m.bias)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """AECross.learning_loss: auto decoders, then the xy decoder before yx; cross + auto."""
         zx, zy = self.enc_x(x), self.enc_y(y)
         mse = nn.functional.mse_loss
-        if self.latentmi_order:  # AECross.learning_loss: xy decoder before yx, cross + auto
-            x_auto, y_auto = self.dec_xx(zx), self.dec_yy(zy)
-            y_cross = self.dec_xy(zx)
-            x_cross = self.dec_yx(zy)
-            auto = mse(x_auto, x) + mse(y_auto, y)
-            cross = mse(x_cross, x) + mse(y_cross, y)
-            return cross + auto
-        auto = mse(self.dec_xx(zx), x) + mse(self.dec_yy(zy), y)
-        cross = mse(self.dec_yx(zy), x) + mse(self.dec_xy(zx), y)
-        return auto + cross
+        x_auto, y_auto = self.dec_xx(zx), self.dec_yy(zy)
+        y_cross = self.dec_xy(zx)
+        x_cross = self.dec_yx(zy)
+        auto = mse(x_auto, x) + mse(y_auto, y)
+        cross = mse(x_cross, x) + mse(y_cross, y)
+        return cross + auto
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -382,7 +378,7 @@ def _train_and_embed_latentmi(xs, ys, train_idx, eval_idx, opts, device):
     vy = torch.as_tensor(ys[eval_idx], dtype=torch.float32, device=dev)
     model = CrossAutoencoder(
         xs.shape[1], ys.shape[1], opts.latent_dim, opts.widths_for(xs.shape[1]), opts.cross_dropout,
-        latent_activation=opts.latent_activation, widths_y=opts.widths_for(ys.shape[1]), latentmi_order=True,
+        latent_activation=opts.latent_activation, widths_y=opts.widths_for(ys.shape[1]),
     ).to(dev)
     # latentmi's Adam is torch's default implementation; fused Adam rounds differently
     optim = torch.optim.Adam(model.parameters(), lr=opts.lr, eps=opts.adam_eps, weight_decay=opts.weight_decay)
