@@ -1,7 +1,7 @@
 """LMI cost and accuracy: this tree's estimator against main's before the stacked training, side by side.
 
     .venv/bin/python benchmarks/bench_lmi_speed.py --study-root /work/baseline/study_runs/default
-    .venv/bin/python benchmarks/bench_lmi_speed.py                      # Gaussian pairs only, 3 seeds
+    .venv/bin/python benchmarks/bench_lmi_speed.py --gaussian-dims 64x10 10x10 --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/bench_lmi_speed.py --baseline /work/main --new-options patience=8
 
 The baseline is the estimator of a git commit (`--baseline-commit`, default f6f8b68: main before the
@@ -13,7 +13,8 @@ embeddings at one size, quality and seed, see lmi_cases.py; a Gaussian MI level 
 signal): the baseline estimates its signals one by one (`estimate_pointwise`), this tree with
 `estimate_pointwise_many`, as the MI asset calls it.
 
-Cases: Gaussian pairs of known MI (a 2-d latent in 16-d x and y, `--gaussian-pairs` pairs, the default
+Cases: Gaussian pairs of known MI (a 2-d latent in dx-d x and dy-d y, `--gaussian-dims`, default 16x16;
+`--gaussian-pairs` pairs, the default
 study's test-set size) and, with `--study-root`, up to `--per-algorithm` settings of each dataset and
 algorithm of a materialised study (the largest and the smallest size at the highest and the lowest
 quality). `--new-options` (repeatable) runs this tree once more per set of options.
@@ -106,6 +107,8 @@ def main() -> None:
     p.add_argument("--per-algorithm", type=int, default=2, help="settings of each dataset and algorithm")
     p.add_argument("--gaussian-bits", type=float, nargs="*", default=[0.5, 1, 2, 3, 4])
     p.add_argument("--gaussian-pairs", type=int, default=3000, help="the default study's test cells")
+    p.add_argument("--gaussian-dims", nargs="+", default=["16x16"],
+                   help="features of x and y of the Gaussian pairs, DXxDY (the study's embeddings: 10-64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--baseline-commit", default="f6f8b68")
     p.add_argument("--baseline", type=Path, help="a tree holding the baseline's scaling_assets (instead of a commit)")
@@ -136,7 +139,8 @@ def main() -> None:
                 s.signals = [(signal, None, None) for signal in signals]
         return report(settings, {n: saved[n] for n in names}, len({r["seed"] for r in saved["baseline"]}))
 
-    settings = gaussian_settings(args.gaussian_bits, args.gaussian_pairs)
+    dims = [tuple(int(d) for d in text.split("x")) for text in args.gaussian_dims]
+    settings = gaussian_settings(args.gaussian_bits, args.gaussian_pairs, dims)
     if args.study_root:
         settings += study_settings(args.study_root, args.algorithms, args.per_algorithm)
     common = parse_options(args.options)

@@ -24,14 +24,17 @@ class Setting:
     truth: list[float]  # analytic MI (bits) of each signal, nan where unknown
 
 
-def gaussian_settings(bits: list[float], pairs: int, dims: int = 16) -> list[Setting]:
-    """One setting per MI level: a 2-d latent mapped into `dims`-d X and Y plus noise (analytic MI)."""
+def gaussian_settings(bits: list[float], pairs: int, dims: list[tuple[int, int]] = ((16, 16),)) -> list[Setting]:
+    """One setting per MI level and (dx, dy): a 2-d latent mapped into dx-d X and dy-d Y plus noise
+    (analytic MI)."""
     from scaling_assets.metrics.synthetic import latent_gaussian_pairs
 
     out = []
-    for b in bits:
-        x, y, truth = latent_gaussian_pairs(pairs, b, dx=dims, dy=dims, seed=1)
-        out.append(Setting(f"gaussian {b:g} bits {dims}-d", [("gaussian", x, y)], [truth]))
+    for dx, dy in dims:
+        for b in bits:
+            x, y, truth = latent_gaussian_pairs(pairs, b, dx=dx, dy=dy, seed=1)
+            name = f"gaussian {b:g} bits {dx}-d" + (f" vs {dy}-d" if dy != dx else "")
+            out.append(Setting(name, [("gaussian", x, y)], [truth]))
     return out
 
 
