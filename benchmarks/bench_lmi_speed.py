@@ -14,8 +14,7 @@ signal): the baseline estimates its signals one by one (`estimate_pointwise`), t
 `estimate_pointwise_many`, as the MI asset calls it.
 
 Cases: Gaussian pairs of known MI (a 2-d latent in dx-d x and dy-d y, `--gaussian-dims`, default 16x16;
-`--gaussian-pairs` pairs, the default
-study's test-set size) and, with `--study-root`, up to `--per-algorithm` settings of each dataset and
+`--gaussian-pairs` pairs, the default study's test-set size) and, with `--study-root`, up to `--per-algorithm` settings of each dataset and
 algorithm of a materialised study (the largest and the smallest size at the highest and the lowest
 quality). `--new-options` (repeatable) runs this tree once more per set of options.
 
