@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scaling_assets.assets.eval_sets import thinning  # noqa: E402
 from scaling_assets.data.h5ad_io import CsrReader, write_rows  # noqa: E402
 from scaling_assets.data.pools import CountsRange, find_zero_umi_rows, write_pool  # noqa: E402
-from scaling_assets.data.simulate import SIMULATOR_VERSION, simulate  # noqa: E402
+from scaling_assets.data import simulate as simulator  # noqa: E402
+from scaling_assets.data.simulate import simulate  # noqa: E402
 from scaling_assets.data.splits import make_split  # noqa: E402
 from scaling_assets.data.tasks import SIMULATED, signal_columns, signal_obsm_keys  # noqa: E402
 from scaling_assets.data.thinning import rows_with_counts  # noqa: E402
@@ -58,9 +59,16 @@ KEY = ["dataset", "sim_cells", "genes", "data_seed", "simulator", "test_request"
 SETTING = ["seed", "quality", "cells"]
 
 
+SIMULATOR_SETTINGS: list[str] = []  # --set NAME=VALUE overrides, part of the cache key
+
+
+def simulator_label() -> str:
+    return " ".join([str(simulator.SIMULATOR_VERSION), *SIMULATOR_SETTINGS])
+
+
 def dataset_key(study, name: str, hvg_cells: int) -> dict:
     cfg = study.datasets[name]
-    return dict(dataset=name, sim_cells=cfg.cells, genes=cfg.genes, data_seed=cfg.seed, simulator=SIMULATOR_VERSION,
+    return dict(dataset=name, sim_cells=cfg.cells, genes=cfg.genes, data_seed=cfg.seed, simulator=simulator_label(),
                 test_request=study.test_size(name), val_request=study.validation_size(name), hvg_cells=hvg_cells)
 
 
@@ -123,7 +131,7 @@ def pca_settings(study, name: str, seed: int, qualities, sizes, work: Path, done
 
 
 def load_cache(path: Path | None) -> pd.DataFrame:
-    return pd.read_csv(path) if path is not None and path.exists() else pd.DataFrame()
+    return pd.read_csv(path, dtype={"simulator": str}) if path is not None and path.exists() else pd.DataFrame()
 
 
 def compute(study, args) -> pd.DataFrame:
@@ -150,7 +158,9 @@ def compute(study, args) -> pd.DataFrame:
         print(f"step seconds per setting, mean of {len(steps)} computed now (machine shared): "
               f"PCA {steps.pca_s.mean():.2f}, embed {steps.embed_s.mean():.2f}, LMI {steps.lmi_s.mean():.2f} "
               f"({len(new) / len(steps):.2f} signals a setting)")
-    sel = table[table.dataset.isin(args.datasets) & (table.hvg_cells == hvg_cells)]
+    sel = table[table.dataset.isin(args.datasets) & (table.hvg_cells == hvg_cells)
+                & (table.simulator.astype(str) == simulator_label())
+                & (table.sim_cells == table.dataset.map({n: study.datasets[n].cells for n in args.datasets}))]
     return sel.drop_duplicates(["dataset", "signal", *SETTING], keep="last")
 
 
@@ -191,8 +201,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="sizes to compute (default: PCA's grid); the largest "
                     "is where the HVGs are chosen, as in the study")
     ap.add_argument("--qualities", type=float, nargs="+", help="default: PCA's grid")
-    ap.add_argument("--cells", type=int, help="simulate this many cells per dataset instead of the study's")
+    ap.add_argument("--add-cells", type=int, default=0, help="simulate this many more cells per dataset than the "
+                    "study (a larger training pool, for sizes above the study's)")
     ap.add_argument("--test-cells", type=int, help="test cells per dataset instead of the study's")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="simulator constants to override (data/simulate.py), for probes of the simulator")
     ap.add_argument("--cache", type=Path, help="CSV of MI rows, read and appended to")
     ap.add_argument("--grid", action="append", default=[], help="sizes to fit, comma-separated (repeatable)")
     ap.add_argument("--grid-seeds", action="append", default=[], help="seeds to fit, comma-separated (repeatable)")
@@ -200,10 +213,16 @@ def main() -> None:
     ap.add_argument("--detail", action="store_true", help="print every series' MI and fit")
     args = ap.parse_args()
     study = load_study(args.study, check_paths=False)
+    for item in args.set:
+        name, value = item.split("=", 1)
+        if not hasattr(simulator, name):
+            ap.error(f"--set: the simulator has no constant {name!r}")
+        setattr(simulator, name, type(getattr(simulator, name))(float(value)))
+        SIMULATOR_SETTINGS.append(f"{name}={value}")
     simulated = [n for n, d in study.datasets.items() if d.source == SIMULATED]
     args.datasets = args.datasets or simulated
-    if args.cells or args.test_cells:
-        datasets = {n: dataclasses.replace(d, cells=args.cells or d.cells,
+    if args.add_cells or args.test_cells:
+        datasets = {n: dataclasses.replace(d, cells=d.cells + args.add_cells,
                                            test_cells=args.test_cells or study.test_size(n))
                     for n, d in study.datasets.items()}
         study = dataclasses.replace(study, datasets=datasets)
