@@ -1,7 +1,7 @@
 """The `paper` grid's full shape through `scaling-assets study run` and the real daemon (issue 24).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_paper_shape.py --backend sqlite --window-min 12
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_paper_shape.py --backend postgres --window-min 12
+    .venv/bin/python benchmarks/bench_paper_shape.py --backend sqlite --window-min 12
+    .venv/bin/python benchmarks/bench_paper_shape.py --backend postgres --window-min 12
 
 The study (``benchmarks/paper_shape.yaml``) has the paper's shape: 4 datasets x 10 sizes x 10 qualities
 x 3 seeds x 4 algorithms (17,110 asset partitions), on tiny simulated datasets (1,500 cells x 100
@@ -17,11 +17,11 @@ their environment variables are set:
   Under it ``step_device`` holds the lease of the step's ``needs.py`` estimate on the simulated GPU and
   runs the step's work on the CPU (``assets/devices.py``).
 - SCVI and Geneformer: ``SCALING_ASSETS_MODEL_OVERRIDE`` (``models.get_model_class``) puts
-  ``benchmarks/paper_workload.py``'s synthetic models behind their names: training sleeps, holding the
+  ``scaling_assets/models/stand_ins.py``'s synthetic models behind their names: training sleeps, holding the
   lease, for RELATIVE_COST x (0.5 + 0.5 log N / log N_max) x ``--unit-s`` seconds (Geneformer 10, SCVI 2
   units, as ``bench_scheduler.py``); embeddings are seeded Gaussians the real assets store and estimate on.
   With ``--durations h200`` a fit lasts what the paper budget's fit took on a real H200 instead (SCVI
-  2-5 s at these sizes, Geneformer at least 276 s: ``paper_workload.h200_fit_s``), so the share of
+  2-5 s at these sizes, Geneformer at least 276 s: ``stand_ins.h200_fit_s``), so the share of
   orchestration is measured against GPU work of the length the paper's smallest settings have.
 
 The study runs for ``--window-min`` minutes (a 2-core machine cannot finish 1,200 setting runs in a
@@ -34,7 +34,7 @@ partitions done. From the instance: runs, partitions, and per run the time in st
 in-process executor) against launch -> run end (orchestration: worker start-up, Dagster's run and step
 events, input/output bookkeeping). GraphQL (Dagster's in-process context, the webserver's schema): the
 partition statuses of one 300-partition asset and of four (1,200 partitions), the backfills page and a
-backfill's page. Results: ``benchmarks/bench_paper_shape_<backend>.json``.
+backfill's page. Results: ``benchmarks/results/<date>_<machine>_bench_paper_shape_<backend>.json``.
 """
 
 from __future__ import annotations
@@ -44,100 +44,24 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import REPO, ProcessSampler, StudyRun, load, result_path, study_env, study_home
+from scaling_assets.gpu.leases import LEASE_DIR_ENV
+from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml
+from scaling_assets.models import MODEL_OVERRIDE_ENV
+from scaling_assets.models.stand_ins import H200_CHECK_ENV, OVERRIDE
+from scaling_assets.study.daemon import LOG_LEVEL_ENV, log_file
+
 BENCH = Path(__file__).resolve().parent
 STUDY_YAML = BENCH / "paper_shape.yaml"
-sys.path.insert(0, str(REPO))
-from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
-from scaling_assets.gpu.leases import LEASE_DIR_ENV  # noqa: E402
-from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
-from scaling_assets.study.daemon import LOG_LEVEL_ENV, log_file  # noqa: E402
-from scaling_assets.models import MODEL_OVERRIDE_ENV  # noqa: E402
-
-OVERRIDE = "scvi=paper_workload:SyntheticSCVI,geneformer=paper_workload:SyntheticGeneformer"
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def role_of(p: psutil.Process) -> str:
-    try:
-        cmd = " ".join(p.cmdline())
-    except psutil.Error:
-        return "gone"
-    if "scaling_assets.cli" in cmd and "study" in cmd:
-        return "cli"
-    if "scaling_assets.study.daemon" in cmd or "dagster-daemon" in cmd:
-        return "daemon"
-    if "grpc" in cmd or "api grpc" in cmd:
-        return "code_server"
-    if "forkserver" in cmd:
-        return "run_worker"
-    return "other"
-
-
-class Sampler(threading.Thread):
-    def __init__(self, home: Path, root: Path, period: float):
-        super().__init__(daemon=True)
-        self.home, self.root, self.period = home, root, period
-        self.cli: psutil.Process | None = None
-        self.samples: list[dict] = []
-        self.seen: dict[int, tuple[float, str]] = {}  # pid -> (create_time, role): everything we started
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.sample()
-            self.stop.wait(self.period)
-
-    def sample(self) -> None:
-        procs = []
-        if self.cli is not None:
-            try:
-                procs = [self.cli, *self.cli.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-        # orphans (the daemon's tree after its owner CLI died) are still ours
-        known = {p.pid for p in procs}
-        for pid, (created, _) in list(self.seen.items()):
-            if pid not in known:
-                try:
-                    p = psutil.Process(pid)
-                    if p.create_time() == created:
-                        procs.append(p)
-                except psutil.Error:
-                    pass
-        rss: dict[str, float] = {}
-        peak_one: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        count: dict[str, int] = {}
-        for p in procs:
-            try:
-                if p.pid not in self.seen:
-                    self.seen[p.pid] = (p.create_time(), role_of(p))
-                role = self.seen[p.pid][1]
-                mem = p.memory_info().rss / 2**20
-                t = p.cpu_times()
-            except psutil.Error:
-                continue
-            rss[role] = rss.get(role, 0) + mem
-            peak_one[role] = max(peak_one.get(role, 0), mem)
-            count[role] = count.get(role, 0) + 1
-            if role in ("daemon", "cli"):
-                cpu[role] = cpu.get(role, 0) + t.user + t.system
-        self.samples.append({"t": time.time(), "rss_mib": rss, "max_one_mib": peak_one, "cpu_s": cpu, "n": count,
-                             "load": load(), "home_mib": dir_sizes(self.home)})
+H200_CHECK = BENCH / "results" / "2026-12-04_h200_gpu_check.json"  # the paper budget's fits on an H200
 
 
 def dir_sizes(home: Path) -> dict[str, float]:
@@ -147,41 +71,6 @@ def dir_sizes(home: Path) -> dict[str, float]:
         if d.exists():
             out[child] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
     return out
-
-
-class Cli:
-    """``scaling-assets study run`` with every stdout line timestamped."""
-
-    def __init__(self, env: dict, cwd: Path, log: Path):
-        self.lines: list[tuple[float, str]] = []
-        self.start = time.time()
-        self.log = open(log, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study",
-                                      str(STUDY_YAML)], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append((time.time(), line.rstrip()))
-            self.log.write(f"{time.time() - self.start:8.1f} {line}")
-            self.log.flush()
-
-    def first(self, pattern: str, after: float = 0) -> float | None:
-        rx = re.compile(pattern)
-        return next((t for t, line in self.lines if t >= after and rx.search(line)), None)
-
-    def wait_for(self, pattern: str, timeout: float) -> float | None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            t = self.first(pattern)
-            if t is not None:
-                return t
-            if self.proc.poll() is not None:
-                time.sleep(0.5)
-                return self.first(pattern)
-            time.sleep(0.5)
-        return None
 
 
 PROGRESS = re.compile(r"partitions (\d+)/(\d+) done, (\d+) failed")
@@ -376,17 +265,6 @@ def graphql_timings(home: Path, backfill_ids: list[str]) -> dict:
     return out
 
 
-def kill_tree(sampler: Sampler) -> None:
-    """End every process this benchmark started (by pid, checked against its start time)."""
-    for pid, (created, _) in sampler.seen.items():
-        try:
-            p = psutil.Process(pid)
-            if p.create_time() == created:
-                p.kill()
-        except psutil.Error:
-            pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -395,15 +273,15 @@ def main() -> None:
     parser.add_argument("--unit-s", type=float, default=1.0, help="seconds per synthetic GPU cost unit")
     parser.add_argument("--durations", choices=["scaled", "h200"], default="scaled",
                         help="synthetic SCVI/Geneformer fits: --unit-s scaled costs, or what the paper budget's "
-                             "fit took on a real H200 (paper_workload.h200_fit_s; Geneformer >= 276 s)")
+                             "fit took on a real H200 (stand_ins.h200_fit_s; Geneformer >= 276 s)")
     parser.add_argument("--max-concurrent-runs", type=int, default=6)
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--heap-census", action="store_true",
-                        help="the daemon writes a heap census every 2 minutes (benchmarks/heap_census) to "
+                        help="the daemon writes a heap census every 2 minutes (benchmarks/tools/heap_census) to "
                              "<work>/heap_census.jsonl, summarised in the report")
     args = parser.parse_args()
-    out_path = args.out or BENCH / f"bench_paper_shape_{args.backend}.json"
+    out_path = args.out or result_path(f"bench_paper_shape_{args.backend}.json")
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-paper-{args.backend}-"))
     home = work / "home"
@@ -416,28 +294,29 @@ def main() -> None:
         pg = PostgresServer(_postgres_bin_dir(), "postgres" if os.getuid() == 0 else None)
         pg.start()
         url = pg.create_database()
-    write_instance_yaml(home, postgres_url=url, coordinator={"max_concurrent_runs": args.max_concurrent_runs})
+    study_home(home, postgres_url=url, coordinator={"max_concurrent_runs": args.max_concurrent_runs})
     gpus = [{"uuid": f"GPU-sim-{i}", "name": "simulated 80GB", "total_mib": 80 * 1024, "free_mib": 80 * 1024}
             for i in range(8)]
     fake = FakeNvml(gpus, path=work / "fake_nvml.json")
-    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_HOME=str(work), SCALING_ASSETS_PROGRESS="0",
-               **{FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(work / "leases"), MODEL_OVERRIDE_ENV: OVERRIDE},
-               BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", BENCH_PAPER_DURATIONS=args.durations,
-               **{LOG_LEVEL_ENV: "info"},
-               PYTHONPATH=os.pathsep.join([str(REPO), str(BENCH)]))
+    env = study_env(home, work, **{FAKE_NVML_ENV: str(fake.path), LEASE_DIR_ENV: str(work / "leases"),
+                                   MODEL_OVERRIDE_ENV: OVERRIDE, H200_CHECK_ENV: str(H200_CHECK),
+                                   LOG_LEVEL_ENV: "info"},
+                    BENCH_PAPER_UNIT_S=str(args.unit_s), BENCH_PAPER_N_MAX="1100", BENCH_PAPER_DURATIONS=args.durations)
     if args.heap_census:
         env.update(SCALING_ASSETS_HEAP_CENSUS=str(work / "heap_census.jsonl"),
-                   PYTHONPATH=os.pathsep.join([str(BENCH / "heap_census"), env["PYTHONPATH"]]))
+                   PYTHONPATH=os.pathsep.join([str(BENCH / "tools" / "heap_census"), env["PYTHONPATH"]]))
     os.environ.update({k: env[k] for k in ("DAGSTER_HOME", FAKE_NVML_ENV, LEASE_DIR_ENV, MODEL_OVERRIDE_ENV,
                                            "SCALING_ASSETS_HOME")})
     report: dict = {"backend": args.backend, "machine": f"{psutil.cpu_count()} cores (shared)",
                     "max_concurrent_runs": args.max_concurrent_runs, "unit_s": args.unit_s,
                     "durations": args.durations, "load_at_start": load(), "work": str(work)}
-    sampler = Sampler(home, work / "study_runs", args.sample_s)
+    current: list[StudyRun] = []  # the command sampled: the first run, then the rerun
+    sampler = ProcessSampler(lambda: [current[-1].pid] if current else [], args.sample_s,
+                             extra=lambda: {"home_mib": dir_sizes(home)})
     print(f"work dir {work}; backend {args.backend}", flush=True)
     try:
-        cli = Cli(env, work, work / "cli.log")
-        sampler.cli = psutil.Process(cli.proc.pid)
+        cli = StudyRun(STUDY_YAML, env, work, work / "cli.log")
+        current.append(cli)
         sampler.start()
         t0 = cli.start
         t_shared = cli.wait_for(r"^backfill \w+: shared data", 600)
@@ -454,7 +333,7 @@ def main() -> None:
         while time.time() < deadline and cli.proc.poll() is None:
             time.sleep(5)
         # -- the daemon killed mid-study -------------------------------------------------------
-        daemons = [pid for pid, (_, role) in sampler.seen.items() if role == "daemon"]
+        daemons = sampler.pids("daemon")
         sampler.sample()
         from dagster import DagsterInstance
 
@@ -479,8 +358,8 @@ def main() -> None:
         report["graphql"] = graphql_timings(home, ids)
         print(json.dumps(report["graphql"]), flush=True)
         # -- the rerun ---------------------------------------------------------------------------
-        rerun = Cli(env, work, work / "cli_rerun.log")
-        sampler.cli = psutil.Process(rerun.proc.pid)
+        rerun = StudyRun(STUDY_YAML, env, work, work / "cli_rerun.log")
+        current.append(rerun)
         t_join = rerun.wait_for(r"joining backfill", 300)
         t_first_progress = None
         end = time.time() + args.resume_min * 60
@@ -510,8 +389,8 @@ def main() -> None:
             report["runs_total"] = run_breakdown(instance, t0, time.time())
         print(json.dumps(report["resume"]), flush=True)
     finally:
-        sampler.stop.set()
-        kill_tree(sampler)
+        sampler.finish()
+        sampler.kill_all()
         if pg is not None:
             time.sleep(2)
             pg.stop()
@@ -550,7 +429,7 @@ def evaluations(ticks: list[dict], samples: list[dict]) -> dict:
     return out
 
 
-def summarise(report: dict, cli: Cli) -> dict:
+def summarise(report: dict, cli: StudyRun) -> dict:
     samples = report["samples"]
     progress = [(t, int(m.group(1)), int(m.group(2))) for t, line in cli.lines if (m := PROGRESS.search(line))]
     t0 = cli.start

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import StudyRun, study_env, study_home
+
 STUDY = {
     "budget": "test",
     "seeds": [42],
@@ -35,24 +33,15 @@ STUDY = {
 
 def study_run(tmp: Path, name: str, launcher: dict | None) -> tuple[float, pd.DataFrame, str]:
     """Run the study in a fresh DAGSTER_HOME whose launcher is ``launcher`` (None: the repository's)."""
-    home, root = tmp / f"{name}_home", tmp / name
-    home.mkdir()
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    if launcher:
-        config["run_launcher"] = launcher
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    home, root = study_home(tmp / f"{name}_home", launcher=launcher), tmp / name
     study = tmp / f"{name}.yaml"
     study.write_text(yaml.safe_dump({"name": name, "root": str(root), **STUDY}))
-    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_PROGRESS="0", SCALING_ASSETS_HOME=str(tmp),
-               SCALING_ASSETS_LEASE_DIR=str(tmp / "leases"), PYTHONPATH=str(REPO))
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", str(study)],
-                          env=env, cwd=tmp, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: study run failed\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    run = StudyRun(study, study_env(home, tmp, SCALING_ASSETS_LEASE_DIR=str(tmp / "leases")), tmp,
+                   tmp / f"{name}.log")
+    if run.wait(timeout=1800) != 0:
+        raise SystemExit(f"{name}: study run failed\n{run.output()[-6000:]}")
     mi = pd.read_parquet(root / "results" / "mi_table" / "all" / "table.parquet")
-    return wall, mi, proc.stdout
+    return run.wall_s, mi, run.output()
 
 
 def main() -> None:

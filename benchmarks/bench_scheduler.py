@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_scheduler.py --runs 40 --unit-s 5   # a quick look
     # 256 small runs (needs that all fit at once) of 600 s each: does the box hold 256 in flight?
     .venv/bin/python benchmarks/bench_scheduler.py --runs 256 --algorithms scvi,pca,random_projection \
-        --sleep-s 600 --out benchmarks/bench_scheduler_256
+        --sleep-s 600 --out benchmarks/results/<date>_cpu2_bench_scheduler_256
 
 What is real: a temporary DAGSTER_HOME whose dagster.yaml is the repository's run queue
 (``GpuAwareRunCoordinator`` + ``GpuAwareRunLauncher``, the repository's ``dagster.yaml``),
@@ -30,7 +30,7 @@ placement by the launcher, so they include the daemon's start-up), the launch ov
 run initialisation),
 and a check that no GPU ever had more memory promised than it offers (80 GB minus the headroom);
 the makespan against its lower bound max(sum need x sleep / usable GPU memory, longest sleep), the
-other bounds and the shortest schedule of ``schedule_bounds.py`` (CP-SAT, ``--optimum-s``); the
+other bounds and the shortest schedule of ``gpu/schedule_bounds.py`` (CP-SAT, ``--optimum-s``); the
 run workers' memory every ``--mem-sample-s`` (sum of PSS, RSS and USS over the forkserver's children:
 PSS counts a page shared by n workers 1/n in each, so its sum is what they take; RSS counts the
 shared preloaded libraries once per worker), the daemon's CPU seconds and the load average
@@ -53,16 +53,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from harness import DAEMON, FORKSERVER, REPO, RUN_WORKER, ProcessSampler, result_path
 from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
 from scaling_assets.gpu.leases import HEADROOM_MIB, LEASE_DIR_ENV, Ledger  # noqa: E402
 from scaling_assets.gpu.needs import TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib, run_priority  # noqa: E402
 from scaling_assets.gpu.nvml import FAKE_NVML_ENV, FakeNvml  # noqa: E402
 from scaling_assets.study.daemon import DaemonProcess, daemon_alive  # noqa: E402
-from schedule_bounds import (  # noqa: E402
+from scaling_assets.gpu.schedule_bounds import (  # noqa: E402
     memory_area_s, optimal_makespan_s, overlap_lower_bound_s, packing_lower_bound_s, replay_plan_s)
 
 WORKLOAD = Path(__file__).with_name("scheduler_workload.py")
@@ -121,97 +121,42 @@ class LedgerSampler(threading.Thread):
             self.stop.wait(self.period_s)
 
 
-class MemorySampler(threading.Thread):
-    """Every period: the memory of the run workers (the forkserver's children) and of every process of
-    the daemon's session (daemon, code server, forkserver, workers and their helpers). PSS counts a
-    page shared by n processes as 1/n of it in each, so its sum is what the workers really take; the
-    sum of RSS counts every shared page (the preloaded libraries) once per worker."""
+MIN_AVAILABLE_MIB = 2048  # the bench stops itself below this much free memory, before the OOM killer acts
 
-    def __init__(self, daemon_pid_fn, period_s: float):
-        super().__init__(daemon=True)
-        self.daemon_pid_fn, self.period_s = daemon_pid_fn, period_s
-        self.samples: list[dict] = []
-        self.stop = threading.Event()
-        self.min_available_mib = 2048
-        self.out_of_memory: dict | None = None
 
-    def sample(self) -> dict | None:
-        import psutil
-
-        pid = self.daemon_pid_fn()
-        if pid is None:
-            return None
-        try:
-            sid = os.getsid(pid)
-        except OSError:
-            return None
-        session, cmd = [], {}
-        for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
-            try:
-                if os.getsid(p.pid) == sid:
-                    session.append(p)
-                    cmd[p.pid] = " ".join(p.info["cmdline"] or [])
-            except OSError:
-                continue
-        servers = {p.pid for p in session
-                   if "forkserver" in cmd[p.pid] and "forkserver" not in cmd.get(p.info["ppid"], "")}
-        out = {"t": time.time(), "workers": 0, "worker_pss_mib": 0.0, "worker_rss_mib": 0.0,
-               "worker_uss_mib": 0.0, "session_processes": 0, "session_pss_mib": 0.0}
-        for p in session:
-            try:
-                mem = p.memory_full_info()
-            except psutil.Error:
-                continue
-            if p.pid == pid or p.pid in servers:  # CPU seconds so far: the daemon, the forkserver
-                try:
-                    t = p.cpu_times()
-                    out["daemon_cpu_s" if p.pid == pid else "forkserver_cpu_s"] = t.user + t.system
-                except psutil.Error:
-                    pass
-            out["session_processes"] += 1
-            out["session_pss_mib"] += mem.pss / 2**20
-            if p.info["ppid"] in servers:
-                out["workers"] += 1
-                out["worker_pss_mib"] += mem.pss / 2**20
-                out["worker_rss_mib"] += mem.rss / 2**20
-                out["worker_uss_mib"] += mem.uss / 2**20
+def memory_sampler(daemon_pid_fn, period_s: float) -> ProcessSampler:
+    """Every period: the memory (PSS, RSS, USS) and CPU of every process under the daemon (code server,
+    forkserver, run workers and their helpers), and the machine's memory in use and available."""
+    def machine() -> dict:
         vm = psutil.virtual_memory()
-        out["machine_used_mib"] = (vm.total - vm.available) / 2**20
-        out["load_1min"] = os.getloadavg()[0]
-        return out
+        return {"machine_used_mib": (vm.total - vm.available) / 2**20, "available_mib": vm.available / 2**20}
 
-    def run(self) -> None:
-        import psutil
-
-        while not self.stop.is_set():
-            s = self.sample()
-            if s is not None:
-                self.samples.append(s)
-            if psutil.virtual_memory().available < self.min_available_mib * 2**20:
-                self.out_of_memory = s  # wait_until_finished stops the bench before the OOM killer acts
-            self.stop.wait(self.period_s)
+    return ProcessSampler(lambda: [pid] if (pid := daemon_pid_fn()) is not None else [], period_s,
+                          full_memory=True, extra=machine)
 
 
 def memory_summary(samples: list[dict]) -> dict:
-    """The sample with the most workers (ties: the largest PSS sum), and per-worker figures there."""
+    """The sample with the most run workers (ties: the largest PSS sum), and per-worker figures there. PSS
+    counts a page shared by n workers 1/n in each, so its sum is what they take; the sum of RSS counts the
+    shared preloaded libraries once per worker."""
+    samples = [s for s in samples if s["n"]]
     if not samples:
         return {}
-    peak = max(samples, key=lambda s: (s["workers"], s["worker_pss_mib"]))
-    n = max(peak["workers"], 1)
+    peak = max(samples, key=lambda s: (s["n"].get(RUN_WORKER, 0), s["pss_mib"].get(RUN_WORKER, 0)))
+    workers = peak["n"].get(RUN_WORKER, 0)
+    n = max(workers, 1)
+    worker = {kind: peak[f"{kind}_mib"].get(RUN_WORKER, 0.0) for kind in ("pss", "rss", "uss")}
     return {
-        "samples": len(samples), "workers_at_peak": peak["workers"],
-        "worker_pss_mib_sum": round(peak["worker_pss_mib"]), "worker_rss_mib_sum": round(peak["worker_rss_mib"]),
-        "worker_uss_mib_sum": round(peak["worker_uss_mib"]),
-        "worker_pss_mib_mean": round(peak["worker_pss_mib"] / n, 1),
-        "worker_rss_mib_mean": round(peak["worker_rss_mib"] / n, 1),
-        "worker_uss_mib_mean": round(peak["worker_uss_mib"] / n, 1),
-        "session_processes": peak["session_processes"], "session_pss_mib": round(peak["session_pss_mib"]),
+        "samples": len(samples), "workers_at_peak": workers,
+        **{f"worker_{kind}_mib_sum": round(v) for kind, v in worker.items()},
+        **{f"worker_{kind}_mib_mean": round(v / n, 1) for kind, v in worker.items()},
+        "session_processes": sum(peak["n"].values()), "session_pss_mib": round(sum(peak["pss_mib"].values())),
         "machine_used_mib": round(peak["machine_used_mib"]),
         "machine_used_mib_max": round(max(s["machine_used_mib"] for s in samples)),
-        "load_1min_at_peak": peak["load_1min"],
-        "daemon_cpu_s_last_sample": samples[-1].get("daemon_cpu_s"),
-        "forkserver_cpu_s_last_sample": samples[-1].get("forkserver_cpu_s"),
-        "load_1min_mean": sum(s["load_1min"] for s in samples) / len(samples),
+        "load_1min_at_peak": peak["load"][0],
+        "daemon_cpu_s_last_sample": samples[-1]["cpu_s"].get(DAEMON),
+        "forkserver_cpu_s_last_sample": samples[-1]["cpu_s"].get(FORKSERVER),
+        "load_1min_mean": sum(s["load"][0] for s in samples) / len(samples),
     }
 
 
@@ -295,7 +240,7 @@ def policy_bounds(runs, unit_s: float, n_gpus: int, usable_mib: int, reserve_aft
                   makespan_s: float | None = None, optimum_time_limit_s: float = 0.0) -> dict:
     """The configuration-LP and overlap bounds, the coordinator's plan replayed without Dagster and,
     given a time limit, the shortest schedule the CP-SAT search finds and the bound it proves
-    (``schedule_bounds.py``), with the measured makespan against each."""
+    (``gpu/schedule_bounds.py``), with the measured makespan against each."""
     jobs = [(r["need_mib"], r["cost"] * unit_s) for r in runs]
     packing = packing_lower_bound_s(jobs, usable_mib, n_gpus)
     overlap = overlap_lower_bound_s(jobs, usable_mib, n_gpus)
@@ -459,7 +404,7 @@ def main() -> None:
                              "runs small enough that hundreds fit on the GPUs at once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres-url", help="instance storage on PostgreSQL instead of SQLite")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scheduler"),
+    parser.add_argument("--out", type=Path, default=result_path("bench_scheduler"),
                         help="writes <out>.png and <out>.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME")
     parser.add_argument("--optimum-s", type=float, default=60.0,
@@ -508,7 +453,7 @@ def main() -> None:
         daemon = DaemonProcess(dict(os.environ), tmp / "daemon.log", tmp / "daemon.pid",
                                code=["-w", str(tmp / "workspace.yaml")])
         daemon.start()
-        mem_sampler = MemorySampler(lambda: daemon.pid, args.mem_sample_s)
+        mem_sampler = memory_sampler(lambda: daemon.pid, args.mem_sample_s)
         mem_sampler.start()
         try:
             wait_until_finished(instance, ids, sampler, t_submit, mem_sampler)
@@ -523,9 +468,8 @@ def main() -> None:
         finally:
             daemon.stop()
         sampler.stop.set()
-        mem_sampler.stop.set()
+        mem_sampler.finish()
         sampler.join()
-        mem_sampler.join()
         loads["end"] = uptime()
         events = {r: run_events(instance, r) for r in ids}
     records = {p.stem: json.loads(p.read_text()) for p in out_dir.glob("*.json")}
@@ -583,9 +527,10 @@ def wait_until_finished(instance, ids, sampler, t0, mem_sampler=None) -> None:
     from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
 
     while True:
-        if mem_sampler is not None and mem_sampler.out_of_memory is not None:
-            raise MemoryError(f"under {mem_sampler.min_available_mib} MiB of memory available with "
-                              f"{mem_sampler.out_of_memory.get('workers')} run workers")
+        low = mem_sampler.samples[-1] if mem_sampler is not None and mem_sampler.samples else None
+        if low is not None and low["available_mib"] < MIN_AVAILABLE_MIB:
+            raise MemoryError(f"under {MIN_AVAILABLE_MIB} MiB of memory available with "
+                              f"{low['n'].get(RUN_WORKER, 0)} run workers")
         if time.time() - t0 > 120 and not daemon_alive(instance):
             raise RuntimeError("dagster-daemon is not heart-beating: see daemon.log under the DAGSTER_HOME")
         finished = instance.get_runs_count(RunsFilter(run_ids=ids, statuses=list(FINISHED_STATUSES)))

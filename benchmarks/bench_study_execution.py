@@ -20,85 +20,32 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import RUN_WORKER, ProcessSampler, StudyRun, study_env, study_home
 
 
 def run_mode(mode: str, study: str, work: Path, max_cpu_runs: int | None, threads: int | None) -> dict:
-    home = work / f"home-{mode}"
-    home.mkdir(parents=True)
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    coordinator = config["run_coordinator"]["config"]
-    if max_cpu_runs:
-        coordinator["max_cpu_runs"] = max_cpu_runs
-    if threads:
-        coordinator["threads_per_run"] = threads
-    if mode == "queued-spawn":  # Dagster's own way: the code server spawns a fresh interpreter per run
-        config["run_launcher"]["config"] = {"fork_workers": False}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_HOME=str(work / mode), SCALING_ASSETS_PROGRESS="0")
-    cmd = [sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", study]
-    if mode == "serial":
-        cmd.append("--serial")
+    coordinator = {key: value for key, value in (("max_cpu_runs", max_cpu_runs), ("threads_per_run", threads))
+                   if value}
+    # queued-spawn: Dagster's own way, the code server spawns a fresh interpreter per run
+    home = study_home(work / f"home-{mode}", coordinator=coordinator,
+                      launcher_config={"fork_workers": False} if mode == "queued-spawn" else None)
     (work / mode).mkdir()
-    log = open(work / f"{mode}.log", "w")
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=work / mode, stdout=log, stderr=subprocess.STDOUT)
-    peak: dict[int, tuple[int, str]] = {}
-    cpu: dict[int, float] = {}  # last CPU seconds seen per process: where the cores went
-    role: dict[int, str] = {}  # named at first sight (an exiting process has no command line)
-    most_workers = 0
-    root = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            tree = []
-        for p in tree:
-            try:
-                if p.pid not in role:
-                    parent = p.parent()
-                    role[p.pid] = _describe(" ".join(p.cmdline()), " ".join(parent.cmdline()) if parent else "")
-                rss, times = p.memory_info().rss, p.cpu_times()
-            except psutil.Error:
-                continue
-            cpu[p.pid] = times.user + times.system
-            if rss > peak.get(p.pid, (0, ""))[0]:
-                peak[p.pid] = (rss, role[p.pid])
-        most_workers = max(most_workers, sum(role.get(p.pid) == WORKER and p.is_running() for p in tree))
-        time.sleep(0.5)
-    wall = time.perf_counter() - start
-    log.close()
-    rss, largest = max(peak.values(), default=(0, ""))
-    cpu_by_role: dict[str, float] = {}
-    for pid, seconds in cpu.items():
-        cpu_by_role[role[pid]] = cpu_by_role.get(role[pid], 0.0) + seconds
-    return {"cpu_by_role": cpu_by_role, "processes": len(cpu), "mode": mode, "exit": proc.returncode, "wall_s": wall, "peak_rss_gb": rss / 1e9,
-            "largest": largest, "most_run_workers": most_workers, "log": work / f"{mode}.log"}
-
-
-WORKER = "a run worker"
-
-
-def _describe(cmdline: str, parent: str) -> str:
-    # the launcher forks each run's worker from its forkserver (compute/run_workers.py); with
-    # fork_workers: false the code server spawns it (multiprocessing.spawn)
-    if "multiprocessing.forkserver" in cmdline:
-        return WORKER if "multiprocessing.forkserver" in parent else "the forkserver (imports)"
-    for marker, name in (("--serial", "the CLI (all steps in-process)"), ("multiprocessing.spawn", WORKER),
-                         ("execute_run", WORKER), ("daemon", "the daemon"), ("grpc", "a code server"),
-                         ("study run", "the CLI")):
-        if marker in cmdline:
-            return name
-    return cmdline[:60]
+    run = StudyRun(study, study_env(home, work / mode), work / mode, work / f"{mode}.log",
+                   ["--serial"] if mode == "serial" else [])
+    sampler = ProcessSampler(lambda: [run.pid], 0.5)
+    sampler.start()
+    code = run.wait()
+    wall = run.wall_s
+    sampler.finish()
+    rss, largest = sampler.largest()
+    return {"cpu_by_role": sampler.cpu_by_role(), "processes": len(sampler.cpu), "mode": mode, "exit": code,
+            "wall_s": wall, "peak_rss_gb": rss / 1e9, "largest": largest,
+            "most_run_workers": sampler.most_at_once(RUN_WORKER), "log": work / f"{mode}.log"}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ Writes DIR/gpu_queue_check.json and DIR/study_run.log. Without NVML the coordina
 2-core machine; with ``SCALING_ASSETS_FAKE_NVML`` the runs are pinned to the simulated GPU).
 
 On a lent GPU machine (Python 3.12; torch, transformers, scikit-learn, h5py there; no package registry)
-carry the wheels ``benchmarks/device_wheels.sh`` downloads (Dagster 1.13.27, scvi-tools, anndata and what
+carry the wheels ``benchmarks/tools/device_wheels.sh`` downloads (Dagster 1.13.27, scvi-tools, anndata and what
 they need beyond the image: 52 wheels, 26 MB) and run ``python3 -m pip install -q --no-index --no-deps
 --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 benchmarks/gpu_queue_check.py --out $OUT``.
 With that set, ``--tiny`` ran through in a clean Python 3.12 with the image's packages (48 s on 2 cores,
@@ -32,23 +32,17 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from gpu_check import Sampler, busiest_sample, inventory, peak_mib_by_pid  # noqa: E402
-from scaling_assets.compute.instance import write_instance_yaml  # noqa: E402
-from scaling_assets.compute.coordinator import TAG_RUN  # noqa: E402
-from scaling_assets.compute.run_workers import TAG_WORKER  # noqa: E402
-from scaling_assets.gpu.leases import LEASE_DIR_ENV  # noqa: E402
-from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED  # noqa: E402
+from gpu_check import Sampler, busiest_sample, inventory, peak_mib_by_pid
+from harness import StudyRun, study_env, study_home
+from scaling_assets.compute.coordinator import TAG_RUN
+from scaling_assets.compute.run_workers import TAG_WORKER
+from scaling_assets.gpu.leases import LEASE_DIR_ENV
+from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED
 
 STEP_LINE = re.compile(r"GPU step on (\S+):")
 
@@ -101,31 +95,24 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-queue-check-"))
-    home, study_file = work / "home", work / "study.yaml"
-    write_instance_yaml(home)  # the repository's run queue, SQLite storage
+    home, study_file = study_home(work / "home"), work / "study.yaml"  # the repository's run queue, SQLite
     study_file.write_text(yaml.safe_dump(study_yaml(args.tiny, work / "study_runs"), sort_keys=False))
     # children (daemon, code server, run workers) share the ledger the sampler reads; none may take the
     # GPU through JAX, which scvi-tools can import and which would preallocate most of its memory
-    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_HOME=str(work), SCALING_ASSETS_PROGRESS="0",
-               XLA_PYTHON_CLIENT_PREALLOCATE="false", JAX_PLATFORMS="cpu",
-               **{LEASE_DIR_ENV: str(work / "leases")},
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = study_env(home, work, XLA_PYTHON_CLIENT_PREALLOCATE="false", JAX_PLATFORMS="cpu",
+                    **{LEASE_DIR_ENV: str(work / "leases")})
     os.environ.update({LEASE_DIR_ENV: env[LEASE_DIR_ENV], "DAGSTER_HOME": str(home)})
     report: dict = {"tiny": args.tiny, "work": str(work), "inventory": inventory(),
                     "study": yaml.safe_load(study_file.read_text())}
     sampler = Sampler()
     sampler.start()
-    start = time.perf_counter()
     log_path = args.out / "study_run.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study",
-                                 str(study_file)], env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            report["exit_code"] = proc.wait(timeout=args.timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.terminate()  # `study run` cancels its backfills and stops its daemon on SIGTERM
-            report["exit_code"] = f"stopped after {args.timeout_s:.0f} s ({proc.wait(timeout=120)})"
-    report["wall_s"] = round(time.perf_counter() - start, 1)
+    run = StudyRun(study_file, env, work, log_path)
+    try:
+        report["exit_code"] = run.wait(timeout=args.timeout_s)
+    except subprocess.TimeoutExpired:
+        report["exit_code"] = f"stopped after {args.timeout_s:.0f} s ({run.stop()})"
+    report["wall_s"] = round(run.wall_s, 1)
     report["mi_rows"] = None
     sampler.stop.set()
     sampler.join()
@@ -139,7 +126,7 @@ def main() -> None:
         table = pd.read_parquet(mi)
         report["mi_rows"] = len(table)
         report["mi_by_algorithm"] = table.groupby("algorithm").size().to_dict() if "algorithm" in table else None
-    report["study_run_tail"] = log_path.read_text().splitlines()[-15:]
+    report["study_run_tail"] = [line for _, line in run.lines[-15:]]
     report["samples"] = sampler.samples
     (args.out / "gpu_queue_check.json").write_text(json.dumps(report, indent=1, default=str))
     print_summary(report)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from scaling_assets.errors import InputError
+from scaling_assets.fs import UNWRITABLE
+
+FILE_SYSTEM_ERRORS = (*UNWRITABLE, errno.ENOSPC, errno.EDQUOT)
 
 # (module, function) pairs; each function takes the sub-parsers object and adds its commands.
 _COMMAND_MODULES = [
@@ -41,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a place the user named that cannot be written, or a full disk: one line, the file named
+        if exc.errno not in FILE_SYSTEM_ERRORS:
+            raise
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror} (errno {exc.errno})", file=sys.stderr)
+        return 2 if exc.errno in UNWRITABLE else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
     dagster asset materialize -m scaling_assets --select 'cite/raw_counts'
 
 Definitions load in seconds even for the `paper` grid: asset bodies import the heavy libraries
-(torch, scvi-tools, transformers) only when they run.
+(torch, scvi-tools, transformers) only when they run. Every process that loads this module (the CLI, the
+daemon, run workers, the webserver) reads the same study file through $SCALING_ASSETS_STUDY, so the
+study's own models (its `models:` block, installed entry points; ``models/user.py``) resolve to the same
+classes, parameters and code versions in each.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from scaling_assets.assets.training_sets import (
 )
 from scaling_assets.assets.versions import with_code_versions
 from scaling_assets.data.h5ad_io import tune_allocator
-from scaling_assets.models.registry import MODELS, reads_corpus
 from scaling_assets.study.spec import Study, load_study
 
 # Chunked CSR reads allocate tens of MB per chunk; letting glibc reuse those buffers instead of
@@ -42,12 +44,15 @@ def dataset_assets(ds: DatasetAssets) -> list:
     """The pipeline of one dataset, in order: raw -> split -> eval sets -> training sets -> models -> MI."""
     assets = [raw_counts_asset(ds), split_asset(ds), pool_counts_asset(ds), eval_counts_asset(ds),
               train_counts_asset(ds)]
-    if any(reads_corpus(a) for a in ds.study.algorithms):
-        assets += [gene_medians_asset(ds), eval_corpus_asset(ds), pool_corpus_asset(ds), train_corpus_asset(ds)]
-    if any(MODELS[a].hvg_genes for a in ds.study.algorithms):
+    models = ds.study.models.values()  # each algorithm's entry: built in, or the study's own
+    if any(e.reads_corpus for e in models):
+        assets += [gene_medians_asset(ds), eval_corpus_asset(ds)]
+    if any(e.reads_corpus and not e.pretrained for e in models):
+        assets += [pool_corpus_asset(ds), train_corpus_asset(ds)]
+    if any(e.hvg_genes for e in models):
         assets.append(pca_genes_asset(ds))
-    for algorithm in ds.study.algorithms:
-        assets += [model_asset(ds, algorithm), embeddings_asset(ds, algorithm), mi_asset(ds, algorithm)]
+    for entry in models:
+        assets += [model_asset(ds, entry), embeddings_asset(ds, entry), mi_asset(ds, entry)]
     return assets
 
 

@@ -8,6 +8,7 @@ wanted is "no half-written file", not durability through a power cut.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -72,3 +73,27 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, path)
+
+
+# What a folder the user named (a study root, DAGSTER_HOME) may fail with: the place, not the code, is wrong.
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Refuse, in one line naming the folder, one this process cannot create or write into (a read-only
+    mount, no permission, an immutable folder). A file is created and removed there: ``os.access`` does
+    not see every cause (as root it passes on a folder without write permission bits)."""
+    from scaling_assets.errors import InputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_sibling(folder / ".write-check")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        raise InputError(f"{what} {folder} is not writable ({exc.strerror}"
+                         f"{'' if exc.filename in (None, str(folder)) else f': {exc.filename}'}); "
+                         f"give the {what} a folder this user can write") from None

@@ -1,6 +1,7 @@
-"""Shared fixtures and helpers. ``postgres_url``: a fresh database on a real PostgreSQL server (Debian's
-``postgresql`` package) started on localhost for the test session, in a temporary directory.
-``write_tiny_study`` / ``study_jobs``: a tiny simulated study and runs of its named jobs on an instance."""
+"""Shared fixtures and helpers. ``lease_dir``: a GPU lease ledger of the test's own. ``postgres_url``: a
+fresh database on a real PostgreSQL server (Debian's ``postgresql`` package) started on localhost for the
+test session, in a temporary directory. ``write_tiny_study`` / ``study_jobs``: a tiny simulated study and
+runs of its named jobs on an instance."""
 
 from __future__ import annotations
 
@@ -159,6 +160,18 @@ class PostgresServer:
 def libpq_url(url: str) -> str:
     """The same URL for psycopg2/libpq, which do not know SQLAlchemy's ``+driver`` suffix."""
     return url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+@pytest.fixture
+def lease_dir(tmp_path, monkeypatch) -> Path:
+    """A GPU lease ledger of this test's own (``SCALING_ASSETS_LEASE_DIR``, not yet created); the NVML
+    backend a test set is put back to the real one afterwards."""
+    from scaling_assets.gpu import nvml
+
+    path = tmp_path / "leases"
+    monkeypatch.setenv("SCALING_ASSETS_LEASE_DIR", str(path))
+    yield path
+    nvml.set_backend(None)
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,12 @@ import yaml
 from dagster import Definitions, job, op
 
 from scaling_assets.gpu import nvml
-from scaling_assets.compute.coordinator import (
-    PACK_BELOW_MIB,
-    TAG_GATE,
-    GpuAwareRunCoordinator,
-    GpuAwareRunLauncher,
-    QueuedGpuRun,
-    _cells,
-    pick_gpu,
-    plan_queue,
-)
+from scaling_assets.compute.coordinator import TAG_GATE, GpuAwareRunCoordinator, GpuAwareRunLauncher, _cells
+from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS
 from scaling_assets.gpu.leases import Ledger, choose_gpu, gpu_step
 from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY, gpu_need_mib
 from scaling_assets.gpu.nvml import FakeNvml, GpuInfo
+from scaling_assets.gpu.placement import PACK_BELOW_MIB, QueuedGpuRun, pick_gpu, place_run, plan_queue
 
 INSTANCE_YAML = Path(__file__).parents[1] / "dagster.yaml"  # the instance the README uses
 
@@ -55,6 +48,19 @@ defs = Definitions(jobs=[gpu_job])
 def _gpu(i, total, free=None, healthy=True):
     free = total if free is None else free
     return GpuInfo(i, f"G{i}", "fake", total, free, total - free, healthy, None if healthy else "lost")
+
+
+def test_the_gpu_package_and_the_queue_plan_import_no_dagster():
+    """``gpu/`` (placement included) is Dagster-free: the benchmarks that replay the plan need no Dagster."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, scaling_assets.gpu as gpu\n"
+            "for m in pkgutil.iter_modules(gpu.__path__): importlib.import_module('scaling_assets.gpu.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_plan_places_in_priority_order_and_backfills():
@@ -201,6 +207,7 @@ def dagster_env(tmp_path, monkeypatch):
     nvml.set_backend(None)
 
 
+@pytest.mark.slow
 def test_daemon_holds_gpu_runs_until_a_gpu_has_room_and_pins_the_rest(dagster_env):
     from dagster import DagsterInstance
     from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -419,6 +426,8 @@ def test_runs_get_cpu_slots_threads_and_the_study_gene_count(gate_instance, tmp_
     assert gpu.tags[TAG_GPU_NEED] == str(scvi_train_mib(123))  # sized from 123 genes, not default_n_genes
     assert gpu.tags[TAG_CPU_SLOT] == "gpu" and cpu.tags[TAG_CPU_SLOT] == "cpu"  # the fake NVML has a GPU
     assert gpu.tags[TAG_THREADS] == cpu.tags[TAG_THREADS] == "2"
+    # what each run makes, for the UI's run list (test_compute_run_labels.py)
+    assert (gpu.tags[TAG_RUN], gpu.tags[TAG_STEPS]) == ("cite: scvi (model)", "cite: model_scvi")
     # the slowest training runs dequeue first: Geneformer over SCVI over the rest (no priority tag)
     geneformer = _submit(gate_instance, asset_selection={AssetKey(["cite", "model_geneformer"]),
                                                          AssetKey(["cite", "model_scvi"])})
@@ -467,8 +476,6 @@ def test_plan_packs_the_largest_runs_first_and_the_launcher_follows_its_packing(
     """Within a priority the plan packs the largest needs first (decreasing-size packing; in the
     200-run bench, queue order left 3 of 45 Geneformer runs out); the launcher, called in the
     daemon's FIFO order, puts each run on the GPU the plan chose while it still has room."""
-    from scaling_assets.compute.coordinator import place_run
-
     gpus = [_gpu(0, 40000), _gpu(1, 40000)]
     queued = [QueuedGpuRun("a14", 14000, 0, 1), QueuedGpuRun("b14", 14000, 0, 2),
               QueuedGpuRun("c16", 16000, 0, 3), QueuedGpuRun("d16", 16000, 0, 4), QueuedGpuRun("e6", 6000, 0, 5)]

@@ -167,6 +167,7 @@ def _job_logs(url, run_ids) -> str:
     )
 
 
+@pytest.mark.slow
 def test_small_runs_share_one_gpu_three_at_a_time_and_too_large_runs_are_refused(cluster, ray_instance):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -197,6 +198,7 @@ def test_small_runs_share_one_gpu_three_at_a_time_and_too_large_runs_are_refused
         print("%-9s %-9s %-9s %-9s %s" % row)
 
 
+@pytest.mark.slow
 def test_a_lost_node_fails_its_run_and_the_retry_completes_on_the_remaining_node(cluster, ray_instance):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -254,6 +256,7 @@ def _kill_node(c, node):
     c.remove_node(node, allow_graceful=False)
 
 
+@pytest.mark.slow
 def test_a_node_that_cannot_see_the_study_root_refuses_the_run(ray_instance):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -305,6 +308,7 @@ def blind_node(cluster, ray_instance):
         assert not alive, f"processes of the blind node outlived it: {[p.pid for p in alive]}"
 
 
+@pytest.mark.slow
 def test_a_node_that_mounts_another_file_system_at_the_root_refuses_the_run(ray_instance, blind_node):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -380,6 +384,7 @@ def _weights(path: Path) -> dict:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+@pytest.mark.slow
 def test_a_small_study_through_ray_gives_the_local_launchers_results(cluster, tmp_path, monkeypatch):
     from scaling_assets.compute.ray_launcher import MARKER_NAME
 

@@ -89,6 +89,7 @@ def _wait(predicate, timeout_s=120, what="it"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_runs_are_forked_with_the_libraries_loaded_and_the_launchers_current_environment(daemon_context, monkeypatch):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -118,6 +119,7 @@ def test_runs_are_forked_with_the_libraries_loaded_and_the_launchers_current_env
     assert psutil.Process(first_info["ppid"]).ppid() == os.getpid()
 
 
+@pytest.mark.slow
 def test_terminate_interrupts_the_worker_and_the_run_ends_canceled(daemon_context):
     from dagster._core.storage.dagster_run import DagsterRunStatus
     from dagster._core.test_utils import poll_for_finished_run
@@ -132,6 +134,7 @@ def test_terminate_interrupts_the_worker_and_the_run_ends_canceled(daemon_contex
     assert not instance.run_launcher.terminate(run_id)  # finished: nothing to do
 
 
+@pytest.mark.slow
 def test_run_monitoring_fails_a_run_whose_worker_was_killed(daemon_context):
     import logging
 
@@ -157,6 +160,7 @@ def test_run_monitoring_fails_a_run_whose_worker_was_killed(daemon_context):
     assert any(f"run worker process {info['pid']} is gone" in (e.message or "") for e in instance.all_logs(run_id))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("daemon_context", [{"fork_workers": False}], indirect=True)
 def test_without_fork_workers_the_code_server_spawns_the_run(daemon_context):
     from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -191,6 +195,7 @@ def test_a_worker_tag_finds_only_that_process():
     assert find_worker(None) is None and find_worker("garbage") is None
 
 
+@pytest.mark.slow
 def test_the_daemon_has_the_server_import_the_launchers_modules_as_it_starts(tmp_path):
     import subprocess
 

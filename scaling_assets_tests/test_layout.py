@@ -14,7 +14,7 @@ from dagster import AssetKey, build_output_context
 import scaling_assets.layout as layout
 from scaling_assets.assets.storage import StudyIOManager
 from scaling_assets.study.spec import load_study
-from scaling_assets_tests.test_study_config import MINIMAL, write
+from scaling_assets_tests.test_study_spec import MINIMAL, write
 
 
 def study(tmp_path):
@@ -79,7 +79,7 @@ def test_the_gpu_package_runs_without_dagster(tmp_path):
             "print(' '.join(names))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     # every module of the package, so a new one cannot slip in a Dagster import
-    assert done.returncode == 0 and done.stdout.strip() == "commands leases needs nvml", done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.strip() == "commands leases needs nvml placement schedule_bounds", done.stderr[-2000:]
 
 
 def test_a_partition_folder_parses_back_to_its_asset_and_partition_key(tmp_path):

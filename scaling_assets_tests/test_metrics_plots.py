@@ -8,7 +8,7 @@ from scaling_assets.errors import InputError
 from scaling_assets.metrics.laws import fit_noise_laws, fit_size_laws
 from scaling_assets.metrics.plots import loss_points, plot_loss_curves, plot_signal_laws
 from scaling_assets_tests.test_metrics_laws import grid
-from scaling_assets_tests.test_ui_fit import VALUE_COLUMN_PX
+from scaling_assets_tests.test_assets_ui_fit import VALUE_COLUMN_PX
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

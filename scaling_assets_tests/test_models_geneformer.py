@@ -37,6 +37,7 @@ def fitted(corpora):
     return m
 
 
+@pytest.mark.slow
 def test_fit_embed_save_reload_identical(corpora, fitted, tmp_path):
     src, train, val, _ = corpora
     r = fitted.fit_report
@@ -52,6 +53,7 @@ def test_fit_embed_save_reload_identical(corpora, fitted, tmp_path):
     assert again.fit_report.steps == 4 and len(again.fit_report.history) == 2
 
 
+@pytest.mark.slow
 def test_embedding_is_the_masked_mean_of_the_second_to_last_layer(corpora, fitted):
     _, _, val, _ = corpora
     model = fitted.model.eval()
@@ -67,6 +69,7 @@ def test_embedding_is_the_masked_mean_of_the_second_to_last_layer(corpora, fitte
         assert not np.allclose(z[i], out.last_hidden_state[0].mean(0).numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):
     cfg = fitted.model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (3, 256, 4, 512)
@@ -82,6 +85,7 @@ def test_design_settings_land_in_the_model_and_trainer(corpora, fitted):
     assert (paper["warmup_steps"], paper["eval_steps"], paper["early_stopping_patience"]) == (5000, 1000, 5)
 
 
+@pytest.mark.slow
 def test_cpu_micro_batches_accumulate_to_the_one_batch_gradient():
     # 512-token cells take ~50 MB of attention activations each on a CPU: 8 per pass, 8 passes a step.
     assert spec.geneformer_micro_batch(512, "cpu") == 8 and spec.geneformer_micro_batch(100, "cpu") == 64
@@ -107,6 +111,7 @@ def test_cpu_micro_batches_accumulate_to_the_one_batch_gradient():
                                torch.nn.functional.cross_entropy(out.logits.reshape(-1, 32), batch["labels"].reshape(-1)))
 
 
+@pytest.mark.slow
 def test_accumulated_training_reports_the_batch_loss(corpora, monkeypatch):
     # A tiny activation budget forces 2-cell micro-batches (32 per step). The logged training loss must
     # stay the batch mean (near ln(vocab) for a fresh model), not 32 micro-batch means added up.
@@ -148,6 +153,7 @@ def test_parameter_count_grows_by_257_per_gene():
     assert counts == [spec.geneformer_parameters(g) for g in (100, 101, 1100)]  # what GPU needs are sized from
 
 
+@pytest.mark.slow
 def test_early_stopping_stops(corpora, monkeypatch):
     # With a zero learning rate and fixed validation masks every evaluation gives the same loss,
     # so with patience 1 the second evaluation ends training long before the step cap.
@@ -161,6 +167,7 @@ def test_early_stopping_stops(corpora, monkeypatch):
     assert r.history["validation_loss"].nunique() == 1
 
 
+@pytest.mark.slow
 def test_checkpoints_are_marked_complete(corpora, tmp_path):
     src, train, val, _ = corpora
     m = GeneformerModel(src.var_names, budget="test")
@@ -172,6 +179,7 @@ def test_checkpoints_are_marked_complete(corpora, tmp_path):
     assert gf.latest_complete_checkpoint(tmp_path / "ckpt").name == "checkpoint-2"
 
 
+@pytest.mark.slow
 def test_bad_inputs(corpora, fitted, tmp_path):
     src, train, val, tmp = corpora
     # a corpus built with another dictionary

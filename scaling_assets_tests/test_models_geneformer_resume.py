@@ -6,8 +6,11 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from scaling_assets.models import geneformer as gf
+
+pytestmark = pytest.mark.slow  # a Geneformer fit killed in a child process, then resumed
 
 # 6 steps, a checkpoint every 2: the child process is killed right after checkpoint-4 is written.
 SCRIPT = textwrap.dedent("""

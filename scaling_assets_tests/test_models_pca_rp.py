@@ -9,7 +9,7 @@ from scaling_assets.data.counts import InMemoryCounts
 from scaling_assets.errors import InputError
 from scaling_assets.models import get_model_class, load_model
 from scaling_assets.gpu.needs import GPU_NEEDS
-from scaling_assets.models.registry import ALGORITHMS, MODELS, reads_corpus
+from scaling_assets.models.registry import ALGORITHMS, MODELS
 from scaling_assets.models.base import normalise_log1p
 from scaling_assets.models.pca import PCAModel
 from scaling_assets.models.random_projection import RandomProjectionModel
@@ -24,10 +24,17 @@ def data():
 def test_registry():
     assert ALGORITHMS == ("pca", "random_projection", "scvi", "geneformer")
     assert get_model_class("pca") is PCAModel
-    for entry in MODELS.values():  # each entry names its class and says what that class does
+    for entry in MODELS.values():  # each entry names its class and says what that class declares
         cls = get_model_class(entry.name)
-        assert (cls.algorithm, cls.embedding_dim) == (entry.name, entry.embedding_dim)
-    assert [a for a in ALGORITHMS if reads_corpus(a)] == ["geneformer"]
+        assert (cls.algorithm, cls.embedding_width({}), cls.reads, cls.dagster_kind, cls.learns_from_cells,
+                cls.pretrained) == (entry.name, entry.embedding_dim, entry.reads, entry.dagster_kind,
+                                    entry.learns_from_cells, entry.pretrained), entry.name
+        for genes in (1_000, 20_000):
+            assert cls.parameter_count(genes, {}) == entry.parameters(genes), entry.name
+            for stage in ("model", "embeddings"):
+                assert cls.gpu_mib(stage, genes, {}) == entry.gpu_need_mib(stage, genes), (entry.name, stage)
+    assert [a for a, e in MODELS.items() if e.reads_corpus] == ["geneformer"]
+    assert [a for a, e in MODELS.items() if not e.learns_from_cells] == ["random_projection"]
     assert set(GPU_NEEDS) == {f"{stage}_{a}" for a in ALGORITHMS for stage in MODELS[a].gpu_mib}
     with pytest.raises(InputError, match="unknown algorithm"):
         get_model_class("umap")
@@ -174,7 +181,7 @@ def test_a_failed_save_leaves_the_previous_model_untouched(data, tmp_path, monke
 
 
 def test_model_override_is_benchmark_only(monkeypatch):
-    """SCALING_ASSETS_MODEL_OVERRIDE (benchmarks/bench_paper_shape.py) puts another class behind a name;
+    """SCALING_ASSETS_MODEL_OVERRIDE (the stand-ins of models/stand_ins.py) puts another class behind a name;
     unset, the registry's class."""
     from scaling_assets.models import MODEL_OVERRIDE_ENV
     from scaling_assets.models.random_projection import RandomProjectionModel
@@ -187,18 +194,13 @@ def test_model_override_is_benchmark_only(monkeypatch):
 
 
 def test_the_paper_shape_benchmark_models_take_the_fit_arguments_of_the_models_they_stand_in_for():
-    """benchmarks/paper_workload.py's synthetic SCVI and Geneformer are called by the real model asset:
-    a fit argument the real class gained (Geneformer's checkpoint_dir) failed every synthetic Geneformer
+    """models/stand_ins.py's synthetic SCVI and Geneformer are called by the real model asset: a fit
+    argument the real class gained (Geneformer's checkpoint_dir) failed every synthetic Geneformer
     setting of the paper-shape benchmark."""
     import inspect
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import paper_workload
-    finally:
-        sys.path.pop(0)
-    for name, synthetic in (("scvi", paper_workload.SyntheticSCVI), ("geneformer", paper_workload.SyntheticGeneformer)):
+    from scaling_assets.models import stand_ins
+
+    for name, synthetic in (("scvi", stand_ins.SyntheticSCVI), ("geneformer", stand_ins.SyntheticGeneformer)):
         real = set(inspect.signature(get_model_class(name).fit).parameters)
         assert real <= set(inspect.signature(synthetic.fit).parameters), name

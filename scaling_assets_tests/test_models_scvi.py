@@ -82,6 +82,53 @@ def test_early_stopping_stops(monkeypatch):
     assert r.stop_reason == "early_stopping" and r.epochs == 6 and len(r.history) == 6
 
 
+def test_min_steps_hold_early_stopping_off(monkeypatch):
+    # Nothing improves by 1e9, so early stopping ends training 6 validations after it starts counting:
+    # at once without min_steps (the test above), after 10 one-step epochs with min_steps=10.
+    monkeypatch.setitem(BUDGETS, "es", Budget("es", ScviBudget(max_epochs_cap=40, early_stopping_min_delta=1e9,
+                                                               min_steps=10), BUDGETS["test"].geneformer))
+    train = simulate_counts(120, 40, seed=2)
+    m = SCVIModel(train.var_names, budget="es")
+    r = m.fit(train)
+    assert r.stop_reason == "early_stopping" and r.epochs == 16 and r.steps == 16
+    assert m.model.trainer.early_stopping_callback.warmup_epochs == 10
+    assert m.hyperparameters()["early_stopping_warmup_epochs"] == 10
+
+
+def test_default_budget_trains_every_quality_past_the_warm_up():
+    """What keeps SCVI's curves ordered in quality (docs/scvi-budget.md): at 100 cells an epoch is one step,
+    and the reference's rules stopped after 15-30 steps wherever a 20-cell validation ELBO stalled. Under
+    the default budget every quality trains its 50 warm-up steps, then stops by early stopping (a result,
+    not a budget smoke test) within a few epochs."""
+    from scaling_assets.data.thinning import thin_counts
+    from scaling_assets.models.budget import trained_below_rules
+
+    full = simulate_counts(100, 60, seed=4)
+    X = full.read_rows(0, 100)
+    for q in (1.0, 0.3):
+        train = InMemoryCounts(thin_counts(X, np.arange(100), q, 42), var_names=full.var_names)
+        r = SCVIModel(full.var_names, budget="default", seed=42).fit(train)
+        assert r.stop_reason == "early_stopping" and 50 < r.steps <= 50 + 20, (q, r.steps)
+        assert not trained_below_rules("scvi", "default", 100, r.stop_reason)
+
+
+def test_the_paper_budget_is_design_section_5():
+    """DESIGN §5's SCVI settings are the paper budget's: nothing the default budget changes leaks into it."""
+    paper = BUDGETS["paper"].scvi
+    assert (paper.max_epochs_cap, paper.early_stopping_patience, paper.early_stopping_min_delta) == (None, 5, 0.01)
+    assert (paper.min_steps, paper.max_steps) == (0, None)  # early stopping from the first epoch; no step cap
+    assert [paper.max_epochs(n) for n in (100, 3_000, 10_000_000, 30_000_000)] == [100_000, 3_333, 1, 1]
+    assert paper.min_epochs(100) == 0 and spec.SCVI_TRAIN_SIZE == 0.8  # the 80/20 split
+    assert [budget_mod.scvi_steps_per_epoch(n) for n in (100, 640, 641, 100_000)] == [1, 1, 2, 157]
+    assert spec.SCVI_MODEL == dict(n_hidden=512, n_latent=16, n_layers=1, dropout_rate=0.1, dispersion="gene",
+                                   gene_likelihood="zinb", latent_distribution="normal")
+    plan = spec.SCVI_PLAN
+    assert (plan["optimizer"], plan["lr"], plan["weight_decay"], plan["eps"]) == ("Adam", 1e-3, 1e-6, 0.01)
+    assert (plan["reduce_lr_on_plateau"], plan["lr_scheduler_metric"], plan["lr_min"]) == (True, "elbo_validation", 1e-6)
+    assert (plan["n_epochs_kl_warmup"], plan["min_kl_weight"], plan["max_kl_weight"]) == (1, 0.0, 1.0)
+    assert spec.SCVI_BATCH == 512
+
+
 def test_streaming_datamodule_path_trains_the_same_model(fitted):
     train, _ = fitted
     m = SCVIModel(train.var_names, budget="test", seed=0)
@@ -124,8 +171,12 @@ def test_epoch_rules():
     assert budget_mod.geneformer_max_epochs(100_000_000) == 1
     assert budget_mod.geneformer_max_epochs(10_000_000) == 10
     assert BUDGETS["paper"].scvi.max_epochs(3_000) == 3_333
-    assert BUDGETS["default"].scvi.max_epochs(3_000) == 100
-    assert BUDGETS["default"].scvi.max_epochs(500_000) == 20  # the rule is below the cap
+    default = BUDGETS["default"].scvi
+    # at most 600 optimiser steps, in whole epochs: 2,400 training cells are 5 steps an epoch
+    assert default.max_epochs(3_000) == 120 and default.max_epochs(100_000) == 4  # 157 steps an epoch
+    # early stopping held off for 50 steps: 50 one-step epochs at 100 cells, 17 three-step ones at 1,600
+    assert (default.min_epochs(100), default.min_epochs(1_600), default.min_epochs(100_000)) == (50, 17, 1)
+    assert default.max_epochs(100) == 600 and default.max_epochs(200_000_000) == 1  # the epoch rule below the cap
     paper = BUDGETS["paper"].geneformer
     assert (paper.warmup_steps, paper.eval_steps, paper.early_stopping_patience, paper.max_steps) == (5000, 1000, 5, None)
     with pytest.raises(ValueError):

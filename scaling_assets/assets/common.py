@@ -156,15 +156,14 @@ def verify_partition(folder: Path) -> None:
         verify_folder(folder, full_hash=True)
 
 
-def load_trained_model(folder: Path, algorithm: str):
-    """The model saved in a ``model_*`` partition (``verify_partition`` it first); a file that cannot be
-    read names the partition to rebuild instead of surfacing as the reader's bare error."""
+def load_trained_model(folder: Path, entry):
+    """The model saved in a ``model_*`` partition by ``entry``'s class (``verify_partition`` it first); a file
+    that cannot be read names the partition to rebuild instead of surfacing as the reader's bare error."""
     from scaling_assets.data.integrity import CorruptFileError
     from scaling_assets.layout import MODEL_DIR
-    from scaling_assets.models import load_model
 
     try:
-        return load_model(folder / MODEL_DIR, algorithm=algorithm)
+        return entry.load(folder / MODEL_DIR)
     except CorruptFileError:
         raise
     except _unreadable_errors() as exc:
@@ -195,7 +194,7 @@ def image_metadata(context, png: Path, title: str = "plot") -> MetadataValue:
 def _served_copy(context, png: Path) -> str | None:
     """Copy `png` under this run's compute-log folder; the URL the webserver serves it at, or None."""
     # the webserver's /logs route serves files of exactly these managers (dagster_webserver/webserver.py)
-    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from scaling_assets.compute.dagster_compat import LocalComputeLogManager
 
     logs = context.instance.compute_log_manager
     if not isinstance(logs, LocalComputeLogManager):

@@ -8,19 +8,18 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def step_device(context, asset_name: str, n_genes: int):
+def step_device(context, asset_name: str, need: int):
     """Yield the torch device for this step ("cuda:N" or "cpu"), holding a lease on it meanwhile.
+    ``need``: the step's GPU MiB (``ModelEntry.gpu_need_mib``; 0: the step runs on the CPU).
 
     Runs launched by the GPU-aware coordinator carry their device as a run tag; runs started with
     ``dagster asset materialize`` (no coordinator) pick a device with room through the same lease
     ledger, so concurrent runs cannot oversubscribe a GPU.
     """
     from scaling_assets.gpu.leases import gpu_step, is_oom
-    from scaling_assets.gpu.needs import asset_need_mib
     from scaling_assets.gpu.nvml import FAKE_NVML_ENV
 
     limit_threads(context)
-    need = asset_need_mib(asset_name, n_genes)
     if need <= 0:
         yield "cpu"
         return

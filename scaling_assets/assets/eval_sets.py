@@ -130,9 +130,9 @@ def eval_corpus_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("eval_corpus"),
         group_name=ds.name,
-        partitions_def=ds.quality_seeds_of("geneformer"),
-        ins={"eval_counts": ds.seed_in("eval_counts", "quality_seed", "geneformer"),
-             "gene_medians": ds.seed_in("gene_medians", "quality_seed", "geneformer")},
+        partitions_def=ds.quality_seeds_of(ds.corpus_grid),
+        ins={"eval_counts": ds.seed_in("eval_counts", "quality_seed", ds.corpus_grid),
+             "gene_medians": ds.seed_in("gene_medians", "quality_seed", ds.corpus_grid)},
         kinds={"numpy"},
         description="Test and validation cells at the partition's quality (`q=…_s=…`) as Geneformer "
         "rank-value token corpora.",

@@ -10,10 +10,12 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, budget_smoke_of, eva
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
 from scaling_assets.layout import EvalCountsFolder
+from scaling_assets.models.registry import ModelEntry
 from scaling_assets.study.spec import parse_setting_key
 
 
-def mi_asset(ds: DatasetAssets, algorithm: str):
+def mi_asset(ds: DatasetAssets, entry: ModelEntry):
+    algorithm = entry.name
     name = f"mi_{algorithm}"
     key = ds.key(name)
 
@@ -46,7 +48,7 @@ def mi_asset(ds: DatasetAssets, algorithm: str):
         # for every seed (so seeds average at each quality), as the reference.
         dataset_umis = float(read_summary(raw)["umis_per_cell"])
         lmi_preset = ds.study.lmi.get("preset", "fast")
-        with step_device(context, name, values.shape[1]) as device, timed() as elapsed:
+        with step_device(context, name, entry.gpu_need_mib("mi", values.shape[1])) as device, timed() as elapsed:
             results = signal_estimates(
                 signals, lambda x, y: estimate_pointwise(x, y, seed=setting.seed, device=device, **ds.study.lmi),
                 lmi_preset)

@@ -1,6 +1,11 @@
-"""Stage 5: one trained model per algorithm and setting (PCA, random projection, SCVI, Geneformer)."""
+"""Stage 5: one trained model per algorithm and setting: the built-in four and a study's own models.
 
+Each model asset is made from the algorithm's ``ModelEntry``: what it reads decides its inputs (training
+counts, a training corpus, the seed's highly variable genes), its class builds the model, and a frozen
+pretrained model reads no training data (it is bound to the dataset's genes at n=0).
+"""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
@@ -9,10 +14,9 @@ from scaling_assets.assets.common import (SETTING_KEY_NOTE, image_metadata, new_
                                           seal_folder, setting_grid, show_progress, write_summary)
 from scaling_assets.assets.devices import step_device
 from scaling_assets.assets.partitions import DatasetAssets
-from scaling_assets.data.pools import CorpusRange, CountsRange
+from scaling_assets.layout import PCA_GENES_FILE, EvalCorpusFolder, EvalCountsFolder, ModelFolder, work_dir
 from scaling_assets.models.budget import trained_below_rules
-from scaling_assets.models.registry import MODELS, reads_corpus
-from scaling_assets.layout import PCA_GENES_FILE, EvalCorpusFolder, ModelFolder, work_dir
+from scaling_assets.models.registry import ModelEntry
 from scaling_assets.study.spec import parse_setting_key
 
 BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the study's stopping rules "
@@ -20,7 +24,7 @@ BUDGET_NOTE = (" Metadata `budget_smoke` is true when the budget's cap, not the 
 
 # the summary's fields shown as metadata, under their own names but for those in SHORT_LABELS: the asset
 # Overview's key column is as wide as its longest name, and the loss curve must fit the value column beside
-# it (names of up to 22 characters leave it 294 px of a 1,280 px window; benchmarks/ui_fit.py measures it)
+# it (names of up to 22 characters leave it 294 px of a 1,280 px window; benchmarks/tools/ui_fit.py measures it)
 METADATA_FIELDS = ("parameters", "genes", "training_cells", "zero_umi_training_cells_dropped", "epochs", "steps",
                    "stop_reason", "train_loss", "validation_loss", "wall_time_s", "device", "budget", "budget_smoke")
 SHORT_LABELS = {"zero_umi_training_cells_dropped": "zero_umi_cells_dropped"}
@@ -55,32 +59,72 @@ def checkpoint_dir(ds: DatasetAssets, name: str, partition_key: str) -> Path:
     return work_dir(ds.study.root, [ds.name, name], partition_key)
 
 
-def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage: Path, prepare=None):
+def model_inputs(ds: DatasetAssets, entry: ModelEntry, settings) -> dict:
+    """What the model of ``entry`` is fitted on at its ``settings``: its training set and the seed's validation
+    set at the setting's quality (a frozen model: the evaluation counts, for the dataset's genes)."""
+    if entry.reads_corpus:
+        ins = {"eval_corpus": ds.quality_seed_in("eval_corpus", entry.name)}
+        if not entry.pretrained:
+            ins["train_corpus"] = ds.same_in("train_corpus", settings)
+        return ins
+    ins = {"eval_counts": ds.seed_in("eval_counts", "setting", entry.name)}
+    if not entry.pretrained:
+        ins["train_counts"] = ds.same_in("train_counts", settings)
+    if entry.hvg_genes:
+        ins["pca_genes"] = ds.seed_in("pca_genes", "setting", entry.name)
+    return ins
+
+
+@contextmanager
+def training_data(entry: ModelEntry, inputs: dict, quality: float):
+    """(training set, validation set, genes) of a setting: row-range readers or corpora; no training set
+    for a frozen model."""
+    if entry.reads_corpus:
+        from scaling_assets.data.corpus import Corpus
+
+        validation = Corpus(EvalCorpusFolder(inputs["eval_corpus"]).held_out("validation"))
+        train = inputs["train_corpus"].open() if "train_corpus" in inputs else None
+        yield train, validation, validation.token_dictionary.gene_ids
+        return
+    from scaling_assets.data.h5ad_io import CsrReader
+
+    with CsrReader(EvalCountsFolder(inputs["eval_counts"]).held_out(quality, "validation")) as validation:
+        if "train_counts" not in inputs:
+            yield None, validation, validation.var_names
+            return
+        with inputs["train_counts"].open() as train:  # rows [0, N) of the seed's pool, thinned on read
+            yield train, validation, train.var_names
+
+
+def _train(ds: DatasetAssets, context, entry: ModelEntry, inputs: dict, stage: Path):
     import shutil
 
-    from scaling_assets.metrics.plots import plot_loss_curves
-    from scaling_assets.models import get_model_class
+    import numpy as np
 
+    from scaling_assets.metrics.plots import plot_loss_curves
+
+    algorithm = entry.name
     setting = parse_setting_key(context.partition_key)
-    gene_ids = train.token_dictionary.gene_ids if reads_corpus(algorithm) else train.var_names
-    resumable = MODELS[algorithm].resumable
     work = checkpoint_dir(ds, f"model_{algorithm}", context.partition_key)
-    with step_device(context, f"model_{algorithm}", len(gene_ids)) as device:
-        model = get_model_class(algorithm)(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
-        if prepare is not None:
-            prepare(model)
-        options = {"checkpoint_dir": work} if resumable else {}
-        report = model.fit(train, validation=validation, progress=show_progress(), **options)
+    with training_data(entry, inputs, setting.quality) as (train, validation, gene_ids):
+        with step_device(context, f"model_{algorithm}", entry.gpu_need_mib("model", len(gene_ids))) as device:
+            model = entry.build(gene_ids, budget=ds.study.budget, seed=setting.seed, device=device)
+            if entry.hvg_genes:  # the seed's highly variable genes, chosen once for every setting
+                model.use_genes(np.load(inputs["pca_genes"] / PCA_GENES_FILE),
+                                read_summary(inputs["pca_genes"])["chosen_on"])
+            options = {"checkpoint_dir": work} if entry.resumable else {}
+            report = model.fit(train, validation=validation, progress=show_progress(), **options)
+        training_cells = 0 if train is None else len(train) if entry.reads_corpus else int(train.n_obs)
     if getattr(model, "resumed_from_step", None):
         context.log.info(f"{algorithm}: resumed from the checkpoint of step {model.resumed_from_step} in {work}")
     folder = ModelFolder(stage)
     model.save(folder.model)
-    if resumable:
+    if entry.resumable:
         shutil.rmtree(work, ignore_errors=True)
     record = fit_report_record(report, model, algorithm, setting, ds.study.budget)
     # N stays the nominal size; the model trained on the cells with at least one UMI at q (DESIGN §3)
-    record["training_cells"] = len(train) if reads_corpus(algorithm) else int(train.n_obs)
-    record["zero_umi_training_cells_dropped"] = setting.cells - record["training_cells"]
+    record["training_cells"] = training_cells
+    record["zero_umi_training_cells_dropped"] = setting.cells - training_cells
     record["budget_smoke"] = trained_below_rules(algorithm, ds.study.budget, setting.cells, record["stop_reason"])
     write_summary(stage, record)
     metadata = readable({SHORT_LABELS.get(k, k): record[k] for k in METADATA_FIELDS if record.get(k) is not None})
@@ -99,62 +143,35 @@ def _train(ds: DatasetAssets, context, algorithm: str, train, validation, stage:
     return Output(stage, metadata=metadata)
 
 
-def model_asset(ds: DatasetAssets, algorithm: str):
-    name = f"model_{algorithm}"
-    common = dict(
-        key=ds.key(name), group_name=ds.name, partitions_def=ds.settings_of(algorithm), kinds={MODELS[algorithm].dagster_kind},
-    )
+def _description(ds: DatasetAssets, entry: ModelEntry) -> str:
+    if entry.pretrained:
+        what = (f"{entry.name} ({entry.origin}): a pretrained model evaluated frozen, bound to the dataset's genes; "
+                "trained on none of the study's cells, so its partitions are n=0 at each quality and seed (no loss "
+                "curve).")
+    elif entry.name == "pca":
+        what = ("PCA fitted on the setting's training counts, on the seed's highly variable genes (closed form: no "
+                "training budget, no loss curve; `train_loss` is the fraction of the training counts' sum of squares "
+                "on those genes that the components leave unexplained).")
+    elif entry.name == "geneformer":
+        what = ("Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's corpus; early stopping on the "
+                f"validation corpus; budget `{ds.study.budget}`." + LOSS_CURVE_NOTE + BUDGET_NOTE)
+    elif entry.name == "random_projection":
+        what = ("random_projection model fitted on the setting's training counts (rows [0, N) of the seed's pool "
+                "thinned to q). Closed form: no training budget, no loss curve.")
+    else:
+        data = "corpus" if entry.reads_corpus else "training counts (rows [0, N) of the seed's pool thinned to q)"
+        what = (f"{entry.name} model ({entry.origin}) fitted on the setting's {data}; budget `{ds.study.budget}`."
+                + (LOSS_CURVE_NOTE + BUDGET_NOTE if entry.name == "scvi" else ""))
+    return describe(ds, entry.name, what)
 
-    if reads_corpus(algorithm):
-        @asset(
-            **common,
-            ins={"train_corpus": ds.same_in("train_corpus"),
-                 "eval_corpus": ds.quality_seed_in("eval_corpus", algorithm)},
-            description=describe(ds, algorithm, "Geneformer (BertForMaskedLM, HF Trainer) trained on the setting's "
-                                 f"corpus; early stopping on the validation corpus; budget `{ds.study.budget}`."
-                                 + LOSS_CURVE_NOTE + BUDGET_NOTE),
-        )
-        def model(context: AssetExecutionContext, train_corpus: CorpusRange, eval_corpus: EvalCorpusFolder):
-            from scaling_assets.data.corpus import Corpus
 
-            stage = new_stage(ds.study, name)
-            return _train(ds, context, algorithm, train_corpus.open(), Corpus(eval_corpus.held_out("validation")), stage)
+def model_asset(ds: DatasetAssets, entry: ModelEntry):
+    name = f"model_{entry.name}"
+    settings = ds.settings_of(entry.name)
 
-        return model
-
-    if MODELS[algorithm].hvg_genes:
-        @asset(
-            **common,
-            ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm)),
-                 "pca_genes": ds.seed_in("pca_genes", "setting", algorithm)},
-            description=describe(ds, algorithm, "PCA fitted on the setting's training counts, on the seed's highly "
-                                 "variable genes (closed form: no training budget, no loss curve; `train_loss` is the "
-                                 "fraction of the training counts' sum of squares on those genes that the components "
-                                 "leave unexplained)."),
-        )
-        def model(context: AssetExecutionContext, train_counts: CountsRange, pca_genes: Path):
-            import numpy as np
-
-            genes = np.load(pca_genes / PCA_GENES_FILE)
-            chosen_on = read_summary(pca_genes)["chosen_on"]
-            stage = new_stage(ds.study, name)
-            with train_counts.open() as reader:  # rows [0, N) of the seed's pool, thinned on read
-                return _train(ds, context, algorithm, reader, None, stage,
-                              prepare=lambda m: m.use_genes(genes, chosen_on))
-
-        return model
-
-    @asset(
-        **common,
-        ins={"train_counts": ds.same_in("train_counts", ds.settings_of(algorithm))},
-        description=describe(ds, algorithm, f"{algorithm} model fitted on the setting's training counts (rows [0, N) "
-                             f"of the seed's pool thinned to q); budget `{ds.study.budget}`."
-                             + (LOSS_CURVE_NOTE + BUDGET_NOTE if algorithm == "scvi"
-                                else " Closed form: no training budget, no loss curve.")),
-    )
-    def model(context: AssetExecutionContext, train_counts: CountsRange):
-        stage = new_stage(ds.study, name)
-        with train_counts.open() as reader:  # rows [0, N) of the seed's pool, thinned on read
-            return _train(ds, context, algorithm, reader, None, stage)
+    @asset(key=ds.key(name), group_name=ds.name, partitions_def=settings, kinds={entry.dagster_kind},
+           ins=model_inputs(ds, entry, settings), description=_description(ds, entry))
+    def model(context: AssetExecutionContext, **inputs):
+        return _train(ds, context, entry, inputs, new_stage(ds.study, name))
 
     return model

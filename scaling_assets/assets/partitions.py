@@ -48,19 +48,23 @@ class DatasetAssets:
     def settings(self) -> StaticPartitionsDefinition:
         return StaticPartitionsDefinition(self.study.setting_keys(self.name))
 
-    def has_own_grid(self, algorithm: str | None) -> bool:
-        return algorithm in self.study.algorithm_grids
-
     def settings_of(self, algorithm: str | None) -> StaticPartitionsDefinition:
-        """The settings an algorithm trains at: the dataset's, or its own smaller grid's."""
-        if not self.has_own_grid(algorithm):
+        """The settings an algorithm trains at: the dataset's, its own smaller grid's, or n=0 (frozen)."""
+        if not self.study.has_own_grid(algorithm):
             return self.settings
         return StaticPartitionsDefinition(self.study.setting_keys(self.name, algorithm))
 
     def quality_seeds_of(self, algorithm: str | None) -> StaticPartitionsDefinition:
-        if not self.has_own_grid(algorithm):
+        if not self.study.has_own_grid(algorithm):
             return self.quality_seeds
         return StaticPartitionsDefinition(self.study.quality_seed_keys(self.name, algorithm))
+
+    @cached_property
+    def corpus_grid(self) -> str | None:
+        """Whose grid the corpora are made at: the one model that reads them, or every quality and seed
+        (None) when several do."""
+        readers = [e.name for e in self.study.models.values() if e.reads_corpus]
+        return readers[0] if len(readers) == 1 else None
 
     # -- inputs with their partition mappings -----------------------------------------------
     def raw_in(self) -> AssetIn:

@@ -14,7 +14,6 @@ from scaling_assets.assets.common import budget_smoke_of, image_metadata, new_st
 from scaling_assets.assets.storage import read_record
 from scaling_assets.layout import RESULTS as GROUP
 from scaling_assets.layout import partition_dir
-from scaling_assets.models.registry import MODELS
 from scaling_assets.study.spec import Study
 
 
@@ -41,7 +40,7 @@ def mi_rows(study: Study) -> tuple[pd.DataFrame, list[str]]:
                 "cells": record["cells"], "quality": record["quality"], "umis_per_cell": record["umis_per_cell"],
                 "seed": record["seed"], "mi_bits": sig["mi_bits"], "pairs": sig["pairs"],
                 # False: the embedding does not depend on the training cells; the laws fit it once
-                "learns_from_cells": MODELS[algorithm].learns_from_cells,
+                "learns_from_cells": study.models[algorithm].learns_from_cells,
                 "mi_bits_raw": sig["mi_bits_raw"], "mi_bits_se": sig["mi_bits_se"],
                 "pairs_evaluated": sig["pairs_evaluated"], "lmi_preset": sig.get("lmi_preset", "fast"),
                 "umis_nominal": record.get("umis_nominal"), "grid": study.grid_label(algorithm) or "study",

@@ -41,12 +41,15 @@ def split_asset(ds: DatasetAssets):
 
         from scaling_assets.data.h5ad_io import CsrReader
         from scaling_assets.data.splits import make_split
+        from scaling_assets.study.pairs import check_split, dataset_obs_of
 
         seed = parse_seed_key(context.partition_key)
         n_test, n_val = ds.study.test_size(ds.name), ds.study.validation_size(ds.name)
         with CsrReader(raw / COUNTS_FILE) as reader:
             result = make_split(reader, ds.config.signals, seed, n_test=n_test, n_val=n_val)
             cells = reader.n_obs
+            # Refuse here too, before anything is trained, a test set too small for an MI estimate of a signal
+            check_split(ds.study, ds.name, dataset_obs_of(reader, ds.config.signals), seed, result.test)
         # Refuse here, before the seed's pools and evaluation sets are written, a grid the pool cannot hold
         # (a study file whose `cells` differs from the cells the raw file really has).
         largest = ds.study.largest_size(ds.name)

@@ -110,7 +110,7 @@ def _annotated_type(context: InputContext) -> type | None:
         wanted = getattr(context.dagster_type, "typing_type", None)
     except DagsterInvariantViolationError:  # a context built without a type (tests, direct loads)
         return None
-    return wanted if isinstance(wanted, type) and wanted is not object else None
+    return wanted if isinstance(wanted, type) and wanted not in (object, Any) else None  # Any: ``**inputs``
 
 
 def read_record(folder: Path) -> dict[str, Any]:

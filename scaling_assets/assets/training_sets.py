@@ -95,9 +95,9 @@ def pool_corpus_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("pool_corpus"),
         group_name=ds.name,
-        partitions_def=ds.quality_seeds_of("geneformer"),
-        ins={"pool_counts": ds.seed_in("pool_counts", "quality_seed", "geneformer"),
-             "gene_medians": ds.seed_in("gene_medians", "quality_seed", "geneformer")},
+        partitions_def=ds.quality_seeds_of(ds.corpus_grid),
+        ins={"pool_counts": ds.seed_in("pool_counts", "quality_seed", ds.corpus_grid),
+             "gene_medians": ds.seed_in("gene_medians", "quality_seed", ds.corpus_grid)},
         kinds={"numpy"},
         description="The training pool thinned to q as a Geneformer rank-value corpus, in pool order; a "
         "setting's corpus is the cells of its first N pool rows.",
@@ -125,8 +125,8 @@ def train_corpus_asset(ds: DatasetAssets):
     @asset(
         key=ds.key("train_corpus"),
         group_name=ds.name,
-        partitions_def=ds.settings_of("geneformer"),
-        ins={"pool_corpus": ds.quality_seed_in("pool_corpus", "geneformer")},
+        partitions_def=ds.settings_of(ds.corpus_grid),
+        ins={"pool_corpus": ds.quality_seed_in("pool_corpus", ds.corpus_grid)},
         kinds={"numpy"},
         description="The setting's Geneformer corpus: the cells of pool rows [0, N) of the pool corpus at q "
         "(a record, not a copy)." + SETTING_KEY_NOTE,
@@ -165,7 +165,8 @@ def pca_genes_asset(ds: DatasetAssets):
         from scaling_assets.models.hvg import seurat_highly_variable
         from scaling_assets.models.pca import N_HVG
 
-        cells = max(ds.study.sizes_of(ds.name, "pca"))  # PCA's own grid, if it has one
+        # the largest training set of the models that read these genes (PCA's own grid, if it has one)
+        cells = max(max(ds.study.sizes_of(ds.name, e.name)) for e in ds.study.models.values() if e.hvg_genes)
         seed = parse_seed_key(context.partition_key)
         stage = new_stage(ds.study, "pca-genes")
         with timed() as elapsed:

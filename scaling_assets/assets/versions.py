@@ -2,7 +2,8 @@
 
 - ``model_<algorithm>``: the fingerprint of the algorithm's recorded hyperparameters and budget
   section (``models.versions.settings_version``): changing the study's budget or a setting marks
-  every trained model of that algorithm stale, and through them their embeddings and MI.
+  every trained model of that algorithm stale, and through them their embeddings and MI. A study's own
+  model adds its ``params`` (and a checkpoint's files): changing them marks that model alone stale.
 - ``mi_<algorithm>``: the study's LMI options.
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - a simulated dataset's raw counts: ``DATA_VERSION`` and the simulator's version.
@@ -22,11 +23,10 @@ import dataclasses
 import hashlib
 import json
 
-from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
-from dagster._core.definitions.data_version import CODE_VERSION_TAG
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.events import DagsterEventType
+from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterEventType, DagsterInstance
 
+from scaling_assets.assets.staleness import latest_storage_ids, with_dependants
+from scaling_assets.compute.dagster_compat import CODE_VERSION_TAG, AssetKeyPartitionKey
 from scaling_assets.data.simulate import SIMULATOR_VERSION
 from scaling_assets.data.tasks import SIMULATED, TASKS
 from scaling_assets.models.versions import settings_version
@@ -52,9 +52,9 @@ def code_version(study, key: AssetKey) -> str:
 
 def _code_version(study, key: AssetKey) -> str:
     name = key.path[-1]
-    for algorithm in study.algorithms:
+    for algorithm, entry in study.models.items():
         if name == f"model_{algorithm}":
-            return settings_version(algorithm, study.budget)
+            return settings_version(entry, study.budget)
         if name == f"mi_{algorithm}":
             lmi = json.dumps(study.lmi, sort_keys=True, default=str)
             return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
@@ -68,39 +68,32 @@ def with_code_versions(study, assets: list[AssetsDefinition]) -> list[AssetsDefi
             for a in assets]
 
 
-def outdated_partitions(instance: DagsterInstance, asset_graph) -> set[AssetKeyPartitionKey]:
+def outdated_partitions(instance: DagsterInstance, asset_graph, latest: dict | None = None) -> set[AssetKeyPartitionKey]:
     """Materialised partitions recorded under another code version than their asset's current one,
-    and every partition downstream of them (redoing a model changes its embeddings and MI)."""
+    and every partition downstream of them (redoing a model changes its embeddings and MI). ``latest``:
+    ``staleness.latest_materialisations``, when the caller has read it."""
     outdated = set()
     for key in asset_graph.materializable_asset_keys:
         current = asset_graph.get(key).code_version
-        outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded_code_versions(instance, key).items()
+        ids = None if latest is None else latest[key]
+        recorded = recorded_code_versions(instance, key, asset_graph.get(key).partitions_def is not None, ids)
+        outdated |= {AssetKeyPartitionKey(key, pk) for pk, version in recorded.items()
                      if version is not None and version != current}
-    frontier = list(outdated)
-    while frontier:
-        node = frontier.pop()
-        for child in asset_graph.get_children_partitions(node.asset_key, node.partition_key):
-            if child not in outdated:
-                outdated.add(child)
-                frontier.append(child)
-    return outdated
+    return with_dependants(asset_graph, outdated)
 
 
-def recorded_code_versions(instance: DagsterInstance, key: AssetKey) -> dict[str | None, str | None]:
+def recorded_code_versions(instance: DagsterInstance, key: AssetKey, partitioned: bool = True,
+                           latest: dict[str | None, int] | None = None) -> dict[str | None, str | None]:
     """Partition key (None: unpartitioned) -> code version of its latest materialisation; None for one
     made before assets had code versions (Dagster then records the run id), which is kept: the settings
     it was made with are unknown, and redoing a whole paper-scale study on upgrade is not wanted."""
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        key, DagsterEventType.ASSET_MATERIALIZATION)  # one query per asset, not one per partition
-    if latest:
-        ids = list(latest.values())
-        filters = [AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500])  # SQLite bounds a query's
-                   for i in range(0, len(ids), 500)]                                # variables
-    else:  # unpartitioned, or never materialised
-        filters = [AssetRecordsFilter(asset_key=key)]
+    if latest is None:
+        latest = latest_storage_ids(instance, key, partitioned)  # one query per asset, not per partition
+    ids = list(latest.values())
     versions = {}
-    for records_filter in filters:
-        for record in instance.fetch_materializations(records_filter, limit=500).records:
+    for i in range(0, len(ids), 500):  # SQLite bounds a query's variables
+        for record in instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=ids[i:i + 500]),
+                                                      limit=500).records:
             version = (record.asset_materialization.tags or {}).get(CODE_VERSION_TAG)
             versions.setdefault(record.partition_key, None if version == record.run_id else version)
     return versions

@@ -16,12 +16,12 @@ import os
 import sys
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from dagster import Field, StringSource
-from dagster._core.execution.compute_logs import redirect_to_file
-from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
-from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
-from dagster._utils import ensure_file, touch_file
+
+from scaling_assets.compute.dagster_compat import (IO_TYPE_EXTENSION, CapturedLogContext, ComputeIOType,
+                                                   LocalComputeLogManager, redirect_to_file)
 
 
 class FileComputeLogManager(LocalComputeLogManager):
@@ -49,8 +49,13 @@ class FileComputeLogManager(LocalComputeLogManager):
     def capture_logs(self, log_key: Sequence[str]) -> Generator[CapturedLogContext, None, None]:
         outpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
         errpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
-        ensure_file(outpath)
-        ensure_file(errpath)
+        _touch(outpath)
+        _touch(errpath)
         with redirect_to_file(sys.stdout, outpath), redirect_to_file(sys.stderr, errpath):
             yield CapturedLogContext(log_key)
-        touch_file(self.complete_artifact_path(log_key))  # the capture is complete
+        _touch(self.complete_artifact_path(log_key))  # the capture is complete
+
+
+def _touch(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).touch()

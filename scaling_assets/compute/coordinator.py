@@ -16,29 +16,8 @@ and drops every queued run that its ``tag_concurrency_limits`` block, *before* i
    it as its own process, forked from a server with the heavy libraries imported (``run_workers``).
    The run's ``gpu_step`` turns the promise into a lease.
 
-Queue order and starvation: the plan walks queued GPU runs by ``dagster/priority`` descending (the
-cost rank of the model a run trains: Geneformer's first), then the largest training set N first (its
-setting partition ``n=<N>_...``: larger sets train longer, as the H200 fits measured, 2 s at N = 100
-and 80-110 s at 25,600 for SCVI, so the longest runs start first and do not end the study alone),
-then the largest need, then oldest first, and notes the GPU it packs each on; the launcher puts the
-run there if it still fits (so the daemon's FIFO launch order does not undo the packing). Where a run
-goes (``pick_gpu``): every run goes to the fullest GPU it fits on (best fit), into the gaps beside the
-runs already there, keeping room whole for the next large run; but while the queue holds no more large
-runs (``PACK_BELOW_MIB`` or more: Geneformer's at the paper's gene counts) than there are idle GPUs
-(``IDLE_FRACTION`` of their memory available), each large run takes an idle GPU of its own, so that a
-few of them do not share one GPU's compute while others idle (the launcher, for a run whose planned
-GPU filled up, spreads a large run the same way). Against the previous order (largest need first,
-every run to the emptiest GPU), the plan replayed on 20 draws of the 200-run bench
-(``bench_scheduler.py --bounds-only 20``) ends 1.43x -> 1.32x the memory-area bound on average (1.25x ->
-1.15x the packing bound), with 83% -> 89% of GPU memory promised while runs queued.
-A run that does not fit is skipped, so smaller runs behind it may use the room (backfill). Once a
-skipped run has waited ``reserve_after_seconds``, the GPU closest to fitting it is reserved: no run
-after it in the order is placed there, so that GPU drains until it fits. At most ``max_reserved_gpus``
-GPUs (default 1) are reserved at once, for the first such runs in the order; the others wait their
-turn. Reserving one GPU per waiting run stopped the whole box: with the calibrated Geneformer needs
-(24-30 GB), the 200-run bench had 20+ Geneformer runs waiting, each reserved a GPU, all 8 were
-reserved and 125 runs, most of them small enough to fit, waited ~7 minutes at 77% of GPU memory
-promised. Runs larger than every GPU are held with a reason and reserve nothing.
+Queue order, where each run goes (best fit, large runs spread over idle GPUs) and the reservation of
+a GPU for a run that waited ``reserve_after_seconds``: ``scaling_assets.gpu.placement`` (no Dagster).
 
 CPU runs: every run is tagged ``TAG_CPU_SLOT`` at submit: ``cpu`` unless it needs a GPU and this
 machine has one. ``max_cpu_runs`` (default: the number of cores) limits how many ``cpu`` runs execute
@@ -57,24 +36,22 @@ coordinator's limits, gate included; put tag limits in this coordinator's config
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from dagster import Bool, Field, IntSource
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
-from dagster._core.run_coordinator import SubmitRunContext
-from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator, RunQueueConfig
-from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import (Bool, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Field, IntSource, QueuedRunCoordinator,
+                     RunsFilter, SubmitRunContext, serialize_value)
 
-from scaling_assets.compute import dagster_patches
+from scaling_assets.compute.dagster_compat import (ACTIVE_RUN_STATUSES, CheckRunHealthResult, ExecuteRunArgs,
+                                                   LaunchRunContext, RunQueueConfig, WorkerStatus)
+from scaling_assets.compute.run_labels import TAG_RUN, TAG_STEPS, run_label, run_steps
 from scaling_assets.compute.run_workers import PRELOAD, TAG_WORKER, find_worker, start_worker, worker_on_other_host
 from scaling_assets.gpu import nvml
-from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib, choose_gpu
+from scaling_assets.gpu.leases import HEADROOM_MIB, Ledger, available_mib
 from scaling_assets.gpu.needs import (
     TAG_CPU_SLOT,
     TAG_DEVICE,
@@ -86,39 +63,14 @@ from scaling_assets.gpu.needs import (
     gpu_need_mib,
     run_priority,
 )
-from scaling_assets.gpu.nvml import GpuInfo
+from scaling_assets.gpu.placement import QueuedGpuRun, place_run, plan_queue
 
 log = logging.getLogger(__name__)
-dagster_patches.install()  # the daemon and every run worker load this module with the instance
 
 TAG_GATE = "scaling_assets/gpu_gate"
-# Large runs (this or more) get an idle GPU each while they are no more than the idle GPUs (module
-# doc). At the paper's ~20,000 genes PCA, random projection and SCVI runs need 1.2-2.8 GiB and
-# Geneformer's 24 GiB (needs.py); under ~3,000 genes a Geneformer run is small too and is packed.
-PACK_BELOW_MIB = 4096
-IDLE_FRACTION = 0.95  # a GPU with this share of its usable memory available counts as idle
-# what the run makes, readable in the UI's run list (its job is Dagster's anonymous asset job):
-# "cite n=200_q=1_s=42: train_counts, model_pca, embeddings_pca, mi_pca"
-TAG_RUN = "scaling_assets/run"
 PARTITION_TAG = "dagster/partition"
-PIPELINE_ORDER = ("raw_counts", "split", "pool_counts", "eval_counts", "gene_medians", "pca_genes", "eval_corpus",
-                  "pool_corpus", "train_counts", "train_corpus", "model", "embeddings", "mi")
 TAG_GPU_UUID = "scaling_assets/gpu_uuid"
 DEVICE_PENDING = "pending"  # TAG_DEVICE of a queued GPU run not placed yet
-
-
-def run_label(asset_names: Sequence[str], partition: str | None, limit: int = 200) -> str:
-    """``"<datasets> <partition>: <assets in pipeline order>"`` for a run of the given assets."""
-    def rank(name: str) -> tuple[int, str]:
-        base = name.split("/")[-1]
-        stem = base.split("_")[0] if base.split("_")[0] in ("model", "embeddings", "mi") else base
-        return (PIPELINE_ORDER.index(stem) if stem in PIPELINE_ORDER else len(PIPELINE_ORDER), base)
-
-    keys = sorted(asset_names, key=rank)
-    datasets = sorted({name.split("/")[0] for name in keys})
-    where = " ".join([",".join(datasets)] + ([partition] if partition else []))
-    label = f"{where}: {', '.join(name.split('/')[-1] for name in keys)}"
-    return label if len(label) <= limit else label[:limit - 1] + "…"
 
 
 def run_need_mib(tags: Mapping[str, str]) -> int:
@@ -136,13 +88,26 @@ def _priority(tags: Mapping[str, str]) -> int:
         return 0
 
 
-@dataclass(frozen=True)
-class QueuedGpuRun:
-    run_id: str
-    need_mib: int
-    priority: int = 0
-    queued_at: float = 0.0
-    cells: int = 0  # the training-set size N of the run's setting partition (0: not a setting run)
+def study_models() -> dict:
+    """The models of the code location's study ($SCALING_ASSETS_STUDY), its own ones included, so that a
+    study-file or entry-point model's runs are sized by its declared needs; the built-ins when the study
+    cannot be loaded here. Cached per study file and its modification time (read once per run submitted)."""
+    from scaling_assets.models.registry import BUILTIN
+    from scaling_assets.study.spec import resolve_study_file
+
+    try:
+        path = resolve_study_file(None)
+        return _study_models(str(path), path.stat().st_mtime_ns)
+    except Exception:  # a run of some other code location: the built-in models' needs
+        log.warning("could not read the models of the code location's study", exc_info=True)
+        return BUILTIN
+
+
+@functools.lru_cache(maxsize=4)
+def _study_models(path: str, mtime_ns: int) -> dict:
+    from scaling_assets.study.spec import load_study
+
+    return load_study(path, check_paths=False).models
 
 
 def _cells(tags: Mapping[str, str]) -> int:
@@ -154,75 +119,6 @@ def _cells(tags: Mapping[str, str]) -> int:
         return parse_setting_key(tags.get(PARTITION_TAG, "")).cells
     except StudyConfigError:  # not a setting key: a shared-data partition, or no partition
         return 0
-
-
-def idle_gpus(gpus: Sequence[GpuInfo], available: Mapping[str, int], headroom_mib: int) -> list[GpuInfo]:
-    """The GPUs with at least ``IDLE_FRACTION`` of their usable memory available."""
-    return [g for g in gpus if available.get(g.uuid, 0) >= IDLE_FRACTION * (g.total_mib - headroom_mib)]
-
-
-def pick_gpu(gpus: Sequence[GpuInfo], available: Mapping[str, int], need_mib: int, headroom_mib: int,
-             exclude: set[str] = frozenset(), spread_large: bool = True) -> GpuInfo | None:
-    """Where a run goes (module doc): with ``spread_large``, a large run (``PACK_BELOW_MIB`` or more) to
-    the idle GPU with the most room while there is one; otherwise the fullest GPU it fits on (best
-    fit); None if none fits."""
-    if spread_large and need_mib >= PACK_BELOW_MIB:
-        gpu = choose_gpu(idle_gpus(gpus, available, headroom_mib), available, need_mib, exclude=exclude)
-        if gpu is not None:
-            return gpu
-    return choose_gpu(gpus, available, need_mib, exclude=exclude, fill=True)
-
-
-def plan_queue(
-    queued: Sequence[QueuedGpuRun],
-    gpus: Sequence[GpuInfo],
-    available: Mapping[str, int],
-    *,
-    now: float,
-    reserve_after_s: float,
-    headroom_mib: int = HEADROOM_MIB,
-    placed: dict[str, str] | None = None,
-    max_reserved_gpus: int = 1,
-) -> dict[str, str]:
-    """Which queued GPU runs must wait now: ``{run_id: reason}``; the others fit and may launch
-    (``placed``, if given, gets ``{run_id: GPU uuid}`` for them: where the launcher should put them).
-    Pure function of the queue, the inventory and the per-GPU available MiB (see module doc)."""
-    avail = dict(available)
-    reserved: set[str] = set()
-    held: dict[str, str] = {}
-    healthy = [g for g in gpus if g.healthy]
-    # large runs get a GPU each only while the idle GPUs are enough for all of them (module doc)
-    spread_large = sum(r.need_mib >= PACK_BELOW_MIB for r in queued) <= len(idle_gpus(healthy, avail, headroom_mib))
-    # Priority (the model's cost rank) desc, then the largest training set first, then the largest
-    # need, then FIFO: see the module doc.
-    for run in sorted(queued, key=lambda r: (-r.priority, -r.cells, -r.need_mib, r.queued_at)):
-        gpu = pick_gpu(healthy, avail, run.need_mib, headroom_mib, exclude=reserved, spread_large=spread_large)
-        if gpu is not None:
-            avail[gpu.uuid] -= run.need_mib
-            if placed is not None:
-                placed[run.run_id] = gpu.uuid
-            continue
-        could_fit = [
-            g for g in healthy if g.uuid not in reserved and g.total_mib - headroom_mib >= run.need_mib
-        ]
-        if not could_fit:
-            biggest = max((g.total_mib - headroom_mib for g in healthy), default=0)
-            held[run.run_id] = f"needs {run.need_mib} MiB, more than any usable GPU ({biggest} MiB)"
-            continue
-        waited = now - run.queued_at
-        if waited >= reserve_after_s and len(reserved) < max_reserved_gpus:
-            target = max(could_fit, key=lambda g: avail.get(g.uuid, 0))
-            reserved.add(target.uuid)
-            held[run.run_id] = (
-                f"waiting for {run.need_mib} MiB; {target.device} reserved for it "
-                f"(queued {waited:.0f} s)"
-            )
-        elif waited >= reserve_after_s:
-            held[run.run_id] = (f"waiting for {run.need_mib} MiB; queued {waited:.0f} s, behind the "
-                                f"run(s) that {len(reserved)} reserved GPU(s) drain for")
-        else:
-            held[run.run_id] = f"waiting for a GPU with {run.need_mib} MiB free"
-    return held
 
 
 class GpuAwareRunCoordinator(QueuedRunCoordinator):
@@ -311,7 +207,7 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             n_genes = run.tags.get(TAG_N_GENES) or tags.get(TAG_N_GENES) or self.default_n_genes
             if n_genes:
                 names = [key.to_user_string() for key in run.asset_selection]
-                need = gpu_need_mib(names, int(n_genes))
+                need = gpu_need_mib(names, int(n_genes), study_models())
                 if need:
                     tags[TAG_GPU_NEED] = str(need)
         if need > 0:
@@ -320,12 +216,14 @@ class GpuAwareRunCoordinator(QueuedRunCoordinator):
             tags[TAG_GATE] = run.run_id
             tags[TAG_DEVICE] = DEVICE_PENDING
         if TAG_PRIORITY not in run.tags and run.asset_selection:  # longest runs first
-            priority = run_priority(key.to_user_string() for key in run.asset_selection)
+            priority = run_priority((key.to_user_string() for key in run.asset_selection), study_models())
             if priority:
                 tags[TAG_PRIORITY] = str(priority)
         tags[TAG_CPU_SLOT] = "gpu" if need > 0 and self._has_gpu() else "cpu"
-        if TAG_RUN not in run.tags and run.asset_selection:
-            tags[TAG_RUN] = run_label([k.to_user_string() for k in run.asset_selection], run.tags.get(PARTITION_TAG))
+        if TAG_RUN not in run.tags and run.asset_selection:  # what it makes, for the UI's run list
+            names = [k.to_user_string() for k in run.asset_selection]
+            tags[TAG_RUN] = run_label(names, run.tags.get(PARTITION_TAG))
+            tags[TAG_STEPS] = run_steps(names)
         tags.setdefault(TAG_THREADS, run.tags.get(TAG_THREADS) or str(self.threads_per_run))
         self._instance.add_run_tags(run.run_id, tags)
         return super().submit_run(context)
@@ -461,28 +359,6 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def place_run(run_id: str, need_mib: int, headroom_mib: int = HEADROOM_MIB, ledger: Ledger | None = None,
-              planned_uuid: str | None = None):
-    """Pick the GPU for a run about to launch and write its promise. Returns (GpuInfo|None, reason).
-    ``planned_uuid``: the GPU the queue's plan packed the run on, taken if it still has room."""
-    gpus = [g for g in nvml.list_gpus() if g.healthy]
-    if not gpus:
-        return None, "no usable GPU: the run's GPU steps will run on CPU"
-    ledger = ledger or Ledger()
-    with ledger.locked():
-        records = [r for r in ledger.records() if r.run_id != run_id]
-        available = available_mib(gpus, ledger.promised_by_gpu(records), headroom_mib)
-        planned = [g for g in gpus if g.uuid == planned_uuid and available[g.uuid] >= need_mib]
-        gpu = planned[0] if planned else pick_gpu(gpus, available, need_mib, headroom_mib)
-        if gpu is not None:
-            reason = f"{available[gpu.uuid]} MiB available, need {need_mib}" + (" (as planned)" if planned else "")
-        else:  # admitted by the queue but overtaken by a CLI run: take the roomiest, its lease waits
-            gpu = max(gpus, key=lambda g: available[g.uuid])
-            reason = f"no GPU fits {need_mib} MiB right now; best is {available[gpu.uuid]} MiB"
-        ledger.promise(gpu, need_mib, run_id)
-    return gpu, reason
-
-
 class GpuAwareRunLauncher(DefaultRunLauncher):
     """Starts each run as its own process, pinning GPU runs to a device first.
 
@@ -538,9 +414,6 @@ class GpuAwareRunLauncher(DefaultRunLauncher):
             raise
 
     def _fork_worker(self, run: DagsterRun) -> None:
-        from dagster._grpc.types import ExecuteRunArgs
-        from dagster._serdes import serialize_value
-
         args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         worker = start_worker(serialize_value(args), run.run_id, self.preload_modules)
         self._instance.add_run_tags(run.run_id, {TAG_WORKER: worker})

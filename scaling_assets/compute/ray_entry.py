@@ -44,9 +44,9 @@ def ray_node_id(job_server: str, submission_id: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from dagster import DagsterInstance
-    from dagster._serdes import deserialize_value
-    from dagster._cli.api import ExecuteRunArgs
+    from dagster import DagsterInstance, deserialize_value
+
+    from scaling_assets.compute.dagster_compat import ExecuteRunArgs, dagster_cli_main
 
     job_server, root, token, sep, *command = argv
     assert sep == "--", "usage: ray_entry JOB_SERVER ROOT TOKEN -- COMMAND..."
@@ -68,9 +68,7 @@ def main(argv: list[str]) -> int:
         )
     command[-1] = command[-1].strip("'")
     if command[1:3] == ["-m", "dagster"]:  # same interpreter: run the worker here, skip a 2nd start-up
-        from dagster._cli import cli
-
-        return cli.main(args=command[3:], prog_name="dagster", auto_envvar_prefix="DAGSTER")
+        return dagster_cli_main(command[3:])
     os.execvp(command[0], command)
 
 

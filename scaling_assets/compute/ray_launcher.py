@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from dagster import Field, IntSource, Noneable, StringSource
-from dagster._cli.api import ExecuteRunArgs
-from dagster._core.launcher import LaunchRunContext
 from dagster_ray import RayRunLauncher
 from dagster_ray.core.run_launcher import RayLauncherConfig, get_job_submission_id_from_run_id
 
 from scaling_assets.compute.coordinator import run_need_mib
+from scaling_assets.compute.dagster_compat import ExecuteRunArgs, LaunchRunContext
 from scaling_assets.fs import write_text_atomic
 
 TAG_RAY_CONFIG = "dagster-ray/config"  # dagster-ray reads per-run resource requests from this tag

@@ -24,6 +24,7 @@ import socket
 
 import psutil
 
+from scaling_assets.compute.dagster_compat import RUN_WORKER_MODULES, dagster_cli_main, setup_interrupt_handlers
 from scaling_assets.processes import process_identity, running_process
 
 TAG_WORKER = "scaling_assets/run_worker"  # the worker's process identity (processes.py)
@@ -31,14 +32,9 @@ TAG_WORKER = "scaling_assets/run_worker"  # the worker's process identity (proce
 # Imported once by the forkserver. No CUDA is initialised by importing (a forked child could not use
 # it), and no thread pool runs yet; each run sets its own thread counts (assets/devices.py).
 PRELOAD = (
-    "dagster._cli.api",
-    # what every run imports to open the instance (~0.5 CPU s of a worker's ~1 s start on SQLite)
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-    "dagster._core.storage.local_compute_log_manager",
-    "dagster._daemon",
+    # Dagster's run entry point and what every run imports to open the instance (~0.5 CPU s of a
+    # worker's ~1 s start on SQLite)
+    *RUN_WORKER_MODULES,
     "alembic.runtime.migration",
     "alembic.script",
     "torch",
@@ -93,11 +89,8 @@ def _execute_run(serialized_args: str, environ: dict[str, str], cwd: str) -> Non
     os.chdir(cwd)
     # as `dagster api execute_run` from a shell: Ctrl-C / SIGINT interrupts, SIGTERM too
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from dagster._cli import cli
-    from dagster._utils.interrupts import setup_interrupt_handlers
-
     setup_interrupt_handlers()
-    cli.main(args=["api", "execute_run", serialized_args], prog_name="dagster", auto_envvar_prefix="DAGSTER")
+    dagster_cli_main(["api", "execute_run", serialized_args])
 
 
 def find_worker(tag: str | None) -> psutil.Process | None:
@@ -111,3 +104,37 @@ def find_worker(tag: str | None) -> psutil.Process | None:
 
 def worker_on_other_host(tag: str | None) -> bool:
     return bool(tag) and tag.split()[0] != socket.gethostname()
+
+
+def fail_runs_of_dead_workers(instance, launcher_gone: bool = False) -> list[str]:
+    """Mark failed, now, the runs still starting whose worker on this host is gone; returns their ids.
+
+    Dagster's run monitoring asks the launcher about a run's worker only once the run has started
+    (``check_run_worker_health``); a run whose worker died while starting (``kill -9`` of a study's
+    processes, an OOM kill during imports) waited for the start timeout, 180 s, before it failed and was
+    retried. Failed here (``DagsterInstance.report_run_failed``, as run monitoring does), Dagster's run
+    retries re-execute it at once. ``launcher_gone``: nothing launches runs any more (the daemon that
+    launched them died): a starting run that has no worker yet never gets one either."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    failed = []
+    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
+        run = record.dagster_run
+        tag = run.tags.get(TAG_WORKER)
+        if tag is not None and run.parent_run_id is not None:
+            parent = instance.get_run_by_id(run.parent_run_id)
+            if parent is not None and parent.tags.get(TAG_WORKER) == tag:
+                tag = None  # a retry carries its parent's tags until the launcher tags its own worker
+        if tag is None and launcher_gone:
+            why = "its launch was cut short: the dagster-daemon launching it is gone and no run worker was started"
+        elif tag is not None and not worker_on_other_host(tag) and find_worker(tag) is None:
+            why = f"its run worker (pid {tag.split()[1]}) is gone: it died while the run was starting"
+        else:
+            continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status != DagsterRunStatus.STARTING:
+            continue  # it moved on meanwhile: its own events say what became of it
+        instance.report_run_failed(current, f"Run failed before it started: {why} (found by `study run`, not left "
+                                   f"for the {instance.run_monitoring_start_timeout_seconds:.0f} s start timeout).")
+        failed.append(run.run_id)
+    return failed

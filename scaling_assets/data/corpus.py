@@ -88,11 +88,12 @@ class TokenDictionary:
         return cls([g for _, g in genes])
 
 
-def _normalised(X: sp.csr_matrix) -> sp.csr_matrix:
-    """Counts scaled to 10,000 per cell by the cell's total count (float64)."""
+def _normalised(X: sp.csr_matrix, totals: np.ndarray | None = None) -> sp.csr_matrix:
+    """Counts scaled to 10,000 per cell by the cell's total count (float64); ``totals``: the cells' totals
+    when ``X`` holds some of their genes only."""
     X = sp.csr_matrix(X, dtype=np.float64, copy=True)
     X.eliminate_zeros()
-    totals = np.asarray(X.sum(axis=1)).ravel()
+    totals = np.asarray(X.sum(axis=1)).ravel() if totals is None else np.asarray(totals, dtype=np.float64)
     X.data *= np.repeat(TARGET_SUM / np.where(totals > 0, totals, 1.0), np.diff(X.indptr))
     return X
 
@@ -167,13 +168,15 @@ def _hist_medians(hist, n_bins):
     return medians
 
 
-def rank_value_encode(csr_chunk, medians: np.ndarray, max_len: int = MAX_LEN) -> list[np.ndarray]:
+def rank_value_encode(csr_chunk, medians: np.ndarray, max_len: int = MAX_LEN,
+                      totals: np.ndarray | None = None) -> list[np.ndarray]:
     """Token ids (int32) of each cell: nonzero genes by normalised/median descending.
 
     Ties go to the lower token id; genes whose median is NaN (never expressed in the
-    training pool) are skipped; at most ``max_len`` tokens per cell.
+    training pool) are skipped; at most ``max_len`` tokens per cell. ``totals``: each cell's total
+    count over all its genes, when ``csr_chunk`` holds only some (a checkpoint's vocabulary).
     """
-    X = _normalised(csr_chunk)
+    X = _normalised(csr_chunk, totals)
     medians = np.asarray(medians, dtype=np.float64)
     if X.shape[1] != len(medians):
         raise InputError(f"rank_value_encode: {X.shape[1]} genes but {len(medians)} medians")

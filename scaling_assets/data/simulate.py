@@ -168,6 +168,18 @@ def _block(task: str, m: _Model, seed: int, block: int, n: int, median_umis: flo
     return X, obs, obsm
 
 
+def simulated_obs(task: str, n_cells: int, n_genes: int, seed: int) -> pd.DataFrame:
+    """The obs columns ``simulate`` writes for these arguments, without the counts (the same RNG draws, a
+    block at a time): what a split and the signals' pair counts need, in milliseconds per thousand cells."""
+    m = _Model(task, n_genes, seed)
+    blocks = []
+    for b in range((n_cells + BLOCK - 1) // BLOCK):
+        n = min(BLOCK, n_cells - b * BLOCK)
+        _, cols = _latent(task, m, np.random.default_rng([seed, TASK_ORDER.index(task), 1, b]), n, b)
+        blocks.append(pd.DataFrame(cols, index=[f"c{i:09d}" for i in range(b * BLOCK, b * BLOCK + n)]))
+    return pd.concat(blocks)
+
+
 def simulate(
     task: str,
     n_cells: int,

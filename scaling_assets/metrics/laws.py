@@ -535,7 +535,9 @@ def fit_noise_laws(mi_df: pd.DataFrame, rules: str = DEFAULT_FIT_RULES) -> pd.Da
 
 def fit_size_laws(mi_df: pd.DataFrame, rules: str = DEFAULT_FIT_RULES) -> pd.DataFrame:
     """Size-law fit per (dataset, signal, algorithm, quality) on every seed's estimate at each cell count;
-    the plateau of a series that does not depend on N."""
+    the plateau of a series that does not depend on N. A frozen pretrained model (rows at 0 cells: it learns
+    from none of the study's cells) has no size law."""
+    mi_df = mi_df[mi_df["cells"] > 0] if "cells" in mi_df.columns else mi_df
     return _fit_groups(mi_df, "size", SIZE_GROUP, "cells",
                        lambda x, y, row, rules, se, learns: fit_size_law(
                            x, y, algorithm=row["algorithm"], rules=rules, mi_se=se, learns_from_cells=learns),

@@ -16,8 +16,8 @@ in a LeakyReLU, the validation loss computed with dropout on, the last epoch's w
 batching and split, and its random streams, so that ``estimate(x, y, seed=s, preset="reference")``
 equals latentmi's ``estimate(x, y, validation_split=0.3)`` after ``np.random.seed(s);
 torch.manual_seed(s)`` (on one CPU thread, same torch). benchmarks/bench_lmi_reference.py runs
-both side by side; benchmarks/bench_lmi_presets.py compares the presets. KSG neighbour search uses
-KD-trees (max-norm radius counts), so memory stays linear in the number of pairs.
+both side by side; benchmarks/investigations/bench_lmi_presets.py compares the presets. KSG neighbour
+search uses KD-trees (max-norm radius counts), so memory stays linear in the number of pairs.
 
 Entry points: ``estimate(x, y, seed=0, **options) -> float`` and
 ``estimate_pointwise(...) -> LMIResult``; options are the fields of ``LMIOptions``.

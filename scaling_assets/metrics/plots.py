@@ -26,7 +26,7 @@ from scaling_assets.metrics.tables import require_columns  # noqa: E402
 DPI = 100
 # The one width of every image, in pixels: shown whole and at its own size (so its type sizes hold) in the
 # asset Overview's value column of a 1,280 px window, which is 294 px beside metadata names of 22 characters
-# on the widest dates (scaling_assets_tests/test_ui_fit.py measures it in Chromium).
+# on the widest dates (scaling_assets_tests/test_assets_ui_fit.py measures it in Chromium).
 WIDTH_PX = 280
 WIDTH_IN = WIDTH_PX / DPI
 
@@ -192,7 +192,8 @@ def _series_name(panel: Panel, series) -> str:
     if "sizes_pooled" in spts.columns and spts["sizes_pooled"].max() > 1:
         name += " all n"  # pooled over N: a model that does not learn from its cells
     elif panel.pts["cells"].nunique() > 1:
-        name += f" n={compact_number(spts['cells'].iloc[0])}"  # the series' own largest N
+        cells = spts["cells"].iloc[0]  # the series' own largest N; 0: a frozen pretrained model
+        name += f" n={compact_number(cells)}" if cells else " (frozen)"
     return name + _grid_note(spts)
 
 

@@ -123,6 +123,14 @@ def _matrix_pairs(spec: SignalSpec, obs, obsm: dict[str, np.ndarray], emb: np.nd
 
 def _sister_pairs(spec: SignalSpec, obs: pd.DataFrame, obsm, emb: np.ndarray, seed: int) -> SignalPairs:
     """One seeded (early, late) sister pair per clone that has both an early and a late cell."""
+    early_rows, late_rows, clones = _sisters(spec, obs)
+    rng = np.random.default_rng(seed)
+    pairs = np.array([(rng.choice(early_rows[c]), rng.choice(late_rows[c])) for c in clones])
+    return SignalPairs(spec.name, emb[pairs[:, 0]], emb[pairs[:, 1]], len(pairs))
+
+
+def _sisters(spec: SignalSpec, obs: pd.DataFrame, empty_ok: bool = False) -> tuple[pd.Series, pd.Series, pd.Index]:
+    """Each clone's early rows and late rows, and the clones that have both (sorted)."""
     clone_column, time_column = spec.columns
     clone = _column(obs, clone_column, spec)
     day = pd.to_numeric(_column(obs, time_column, spec), errors="coerce").to_numpy()
@@ -134,15 +142,25 @@ def _sister_pairs(spec: SignalSpec, obs: pd.DataFrame, obsm, emb: np.ndarray, se
     early_rows = early.groupby("clone", sort=True)["row"].apply(np.asarray)
     late_rows = late.groupby("clone", sort=True)["row"].apply(np.asarray)
     clones = early_rows.index.intersection(late_rows.index).sort_values()
-    if len(clones) == 0:
+    if len(clones) == 0 and not empty_ok:
         raise InputError(
             f"test set has no clone with both an early cell ({time_column} {' or '.join(map(_fmt, early_times))}) "
             f"and a late cell ({time_column} {' or '.join(map(_fmt, late_times))}) in "
             f"obs[{clone_column!r}]/obs[{time_column!r}]; no sister pairs to measure for signal {spec.name!r}"
         )
-    rng = np.random.default_rng(seed)
-    pairs = np.array([(rng.choice(early_rows[c]), rng.choice(late_rows[c])) for c in clones])
-    return SignalPairs(spec.name, emb[pairs[:, 0]], emb[pairs[:, 1]], len(pairs))
+    return early_rows, late_rows, clones
+
+
+def pair_count(spec: SignalSpec, obs: pd.DataFrame) -> int:
+    """How many (X, Y) pairs ``build_signals`` makes of a signal on cells with these obs columns (before
+    any embedding: a matrix signal's obsm has one row per cell)."""
+    if spec.kind == LABEL:
+        return int(_column(obs, spec.columns[0], spec).notna().sum())
+    if spec.kind == SISTERS:
+        return len(_sisters(spec, obs, empty_ok=True)[2])
+    if spec.kind == NEIGHBOURS:
+        return len(obs) if len(obs) > spec.k else 0
+    return len(obs)
 
 
 def _fmt(t: float) -> str:

@@ -5,42 +5,34 @@ Algorithm modules import their heavy libraries (scvi-tools, transformers) only w
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, read_model_json
 from scaling_assets.models.budget import BUDGETS, geneformer_max_epochs, get_budget, scvi_max_epochs
-from scaling_assets.models.registry import MODELS
-
-# Benchmarks only (benchmarks/bench_paper_shape.py): "scvi=module:Class,geneformer=module:Class" puts
-# another class behind an algorithm's name (a synthetic GPU workload instead of training). Unset, as in
-# every real study, the registry's classes are used.
-MODEL_OVERRIDE_ENV = "SCALING_ASSETS_MODEL_OVERRIDE"
-
-
-def _override(name: str) -> str | None:
-    for item in filter(None, os.environ.get(MODEL_OVERRIDE_ENV, "").split(",")):
-        algorithm, _, target = item.partition("=")
-        if algorithm.strip() == name:
-            return target.strip()
-    return None
+from scaling_assets.models.registry import BUILTIN, MODEL_OVERRIDE_ENV, ModelEntry, import_object
 
 
 def get_model_class(name: str) -> type[RepresentationModel]:
-    if name not in MODELS:
-        raise InputError(f"unknown algorithm {name!r}; expected one of {list(MODELS)}")
-    module, cls = (_override(name) or MODELS[name].model_class).split(":")
-    return getattr(importlib.import_module(module), cls)
+    """A built-in algorithm's class (``SCALING_ASSETS_MODEL_OVERRIDE`` may put another behind it)."""
+    if name not in BUILTIN:
+        raise InputError(f"unknown algorithm {name!r}; expected one of {list(BUILTIN)}")
+    return BUILTIN[name].model_cls()
 
 
 def load_model(directory: str | os.PathLike, algorithm: str | None = None) -> RepresentationModel:
-    """Load a saved model; with ``algorithm``, refuse a directory holding another algorithm."""
-    found = read_model_json(directory).get("algorithm")
+    """Load a saved model: a built-in by its name, another by the class its model.json records (the
+    platform's own output: importing that class runs its module, as the study that named it did);
+    with ``algorithm``, refuse a directory holding another algorithm."""
+    meta = read_model_json(directory)
+    found = meta.get("algorithm")
     if algorithm is not None and found != algorithm:
         raise InputError(f"{directory} holds a {found!r} model, not {algorithm!r}")
-    return get_model_class(found).load(directory)
+    if found not in BUILTIN and not meta.get("class"):
+        raise InputError(f"{directory}: model.json names algorithm {found!r}, which is not built in, and no class")
+    cls = BUILTIN[found].model_cls() if found in BUILTIN else import_object(meta["class"])
+    return cls.load(directory, algorithm=found)
 
 
-__all__ = ["BUDGETS", "FitReport", "RepresentationModel", "geneformer_max_epochs",
-           "get_budget", "get_model_class", "load_model", "scvi_max_epochs"]
+__all__ = ["BUDGETS", "FitReport", "MODEL_OVERRIDE_ENV", "ModelEntry", "RepresentationModel",
+           "geneformer_max_epochs", "get_budget", "get_model_class", "load_model", "scvi_max_epochs"]

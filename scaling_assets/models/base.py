@@ -76,10 +76,61 @@ def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 class RepresentationModel(abc.ABC):
-    """Fit on training cells, embed cells, save/load, count parameters."""
+    """The model interface: the built-in four implement it, and so does a user's own model.
 
-    algorithm: ClassVar[str]
+    A model is built for the genes of one dataset, fitted once on one setting's training cells
+    (N cells at quality q, seed s), then embeds the setting's test cells. The platform does the rest
+    (splits, thinning, storage, GPU leases, MI, laws, tables, plots). ``docs/models.md`` has a worked
+    example.
+
+    What a model declares (class attributes, read when the study is loaded, before any data):
+      ``reads``               "counts" (count rows) or "corpus" (rank-value tokens, as Geneformer)
+      ``embedding_dim``       the width of its embedding (``embedding_width(params)`` when ``params`` decide it)
+      ``learns_from_cells``   False when the fit does not depend on the cells given (random projection)
+      ``pretrained``          True for a frozen model: fitted on none of the study's cells, so it has no
+                              size axis (its partitions are n=0 at each quality and seed)
+      ``dagster_kind``        the kind badge of its model asset in the UI
+      ``gpu_mib(stage, n_genes, params)``       GPU MiB its "model" (fit) and "embeddings" steps need (0: CPU)
+      ``parameter_count(n_genes, params)``      parameters it holds for a gene count (the planner's)
+
+    What it receives:
+      ``__init__(gene_ids, budget, seed, device, **params)``: the dataset's genes (the columns of every
+      count set it will see), the study's budget name, the setting's seed, the leased device
+      ("cpu" or "cuda:N") and the study file's ``params`` as keyword arguments (kept as ``self.params``).
+      ``fit(train, validation)``: ``train`` is a ``CountSource`` over the setting's training cells
+      (``n_obs``, ``n_vars``, ``var_names``, ``iter_chunks(chunk_size)``, ``read_rows(start, stop)``;
+      raw integer counts, read chunk by chunk, never the whole set in memory) or, for a corpus model,
+      a ``Corpus``; None for a pretrained model. ``validation`` is the seed's validation cells at the
+      same quality (counts or a corpus, as ``train``).
+      ``embed(data)``: the test cells (counts or a corpus); returns float32 (cells, embedding_dim),
+      every value finite.
+
+    What it keeps: ``save(directory)`` writes ``_save_native`` (its own files) and ``model.json``;
+    ``load(directory)`` calls ``_load_native(directory, meta)`` (``meta``: model.json, with
+    ``gene_ids``, ``budget``, ``seed``, ``params``). ``hyperparameters()`` is recorded with the model,
+    shown in the hyperparameter table, and its source (with the constants it reads) and the study's
+    ``params`` make the model's code version: changing them marks its partitions stale.
+    ``n_parameters()`` is the count of the fitted model.
+    """
+
+    algorithm: ClassVar[str]  # a user model's name comes from the study (``ModelEntry.build`` sets it)
     embedding_dim: ClassVar[int]
+    reads: ClassVar[str] = "counts"
+    learns_from_cells: ClassVar[bool] = True
+    pretrained: ClassVar[bool] = False
+    dagster_kind: ClassVar[str] = "python"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "algorithm"):  # a user's class outside a study is named after itself
+            cls.algorithm = cls.__name__
+
+    def __new__(cls, *args, **kwargs):
+        model = super().__new__(cls)
+        # the keyword arguments it is built with beyond the four (a study's params): saved in model.json,
+        # given back to the class when the model is loaded
+        model.params = {k: v for k, v in kwargs.items() if k not in ("gene_ids", "budget", "seed", "device")}
+        return model
 
     def __init__(
         self,
@@ -100,6 +151,21 @@ class RepresentationModel(abc.ABC):
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.fit_report: FitReport | None = None
+
+    # --- declarations read before any data (override where params decide them) ---------------
+    @classmethod
+    def embedding_width(cls, params: dict[str, Any]) -> int:
+        return cls.embedding_dim
+
+    @classmethod
+    def gpu_mib(cls, stage: str, n_genes: int, params: dict[str, Any]) -> int:
+        """GPU MiB of a stage ("model": fit, "embeddings": embed) for ``n_genes`` genes; 0: the CPU."""
+        return 0
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict[str, Any]) -> int:
+        """Parameters for ``n_genes`` genes, before any data: by default those of a model built for them."""
+        return int(cls([f"gene{i}" for i in range(n_genes)], device="cpu", **params).n_parameters())
 
     # --- the interface -------------------------------------------------------------------
     @abc.abstractmethod
@@ -137,10 +203,12 @@ class RepresentationModel(abc.ABC):
             self._save_native(tmp)
             meta = {
                 "algorithm": self.algorithm,
+                "class": f"{type(self).__module__}:{type(self).__qualname__}",
                 "format_version": FORMAT_VERSION,
                 "gene_ids": self.gene_ids,
                 "budget": self.budget,
                 "seed": self.seed,
+                "params": self.params,
                 "embedding_dim": self.embedding_dim,
                 "n_parameters": self.n_parameters(),
                 "hyperparameters": self.hyperparameters(),
@@ -151,15 +219,19 @@ class RepresentationModel(abc.ABC):
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> RepresentationModel:
+    def load(cls, directory: str | os.PathLike, algorithm: str | None = None) -> RepresentationModel:
+        """The model saved in ``directory``; ``algorithm``: the name it was saved under (default: the class's)."""
         directory = Path(directory)
         meta = read_model_json(directory)
-        if meta.get("algorithm") != cls.algorithm:
+        expected = algorithm or cls.algorithm
+        if meta.get("algorithm") != expected:
             raise InputError(
-                f"{directory} holds a {meta.get('algorithm')!r} model, not {cls.algorithm!r}; "
+                f"{directory} holds a {meta.get('algorithm')!r} model, not {expected!r}; "
                 f"load it with load_model() or the {meta.get('algorithm')!r} class"
             )
+        meta.setdefault("params", {})  # saved before models took params
         model = cls._load_native(directory, meta)
+        model.algorithm = expected
         history = pd.read_csv(directory / HISTORY_CSV) if (directory / HISTORY_CSV).exists() else None
         model.fit_report = FitReport.from_dict(meta["fit_report"], history)
         return model

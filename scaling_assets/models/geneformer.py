@@ -41,7 +41,10 @@ from scaling_assets.models.spec import (
     GENEFORMER_BERT,
     GENEFORMER_TRAINING,
     MLM_PROBABILITY,
+    geneformer_embed_mib,
     geneformer_micro_batch,
+    geneformer_parameters,
+    geneformer_train_mib,
 )
 from scaling_assets.data.corpus import MASK_ID, PAD_ID, Corpus, TokenDictionary
 
@@ -169,7 +172,17 @@ def _history_with_final_eval(trainer) -> pd.DataFrame:
 
 class GeneformerModel(RepresentationModel):
     algorithm = "geneformer"
-    embedding_dim = 256
+    embedding_dim = GENEFORMER_BERT["hidden_size"]
+    reads = "corpus"
+    dagster_kind = "pytorch"
+
+    @classmethod
+    def gpu_mib(cls, stage: str, n_genes: int, params: dict) -> int:
+        return {"model": geneformer_train_mib, "embeddings": geneformer_embed_mib}.get(stage, lambda g: 0)(n_genes)
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict) -> int:
+        return geneformer_parameters(n_genes)
 
     def __init__(self, gene_ids, budget="default", seed=0, device=None):
         super().__init__(gene_ids, budget, seed, device)
@@ -286,29 +299,13 @@ class GeneformerModel(RepresentationModel):
             compute_loss_func=masked_lm_loss,
             callbacks=[EarlyStoppingCallback(early_stopping_patience=b.early_stopping_patience), _MarkComplete()])
 
-    @torch.no_grad()
     def embed(self, data, batch_size: int | None = None) -> np.ndarray:
         self._require_fitted()
         corpus = self._check_corpus(data, "corpus to embed")
         # no backward: activations of one layer at a time, so 4x the training micro-batch fits the budget
         bs = batch_size or min(100, 4 * geneformer_micro_batch(int(np.max(corpus.lengths, initial=1)), self.device))
-        model = self.model.to(self.device).eval()
-        out = np.zeros((len(corpus), self.embedding_dim), dtype=np.float32)
-        order = np.argsort(corpus.lengths, kind="stable")  # similar lengths per batch: less padding
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
-            cells = [corpus[i] for i in idx]
-            width = max(len(c) for c in cells)
-            ids = np.full((len(cells), width), PAD_ID, dtype=np.int64)
-            for j, c in enumerate(cells):
-                ids[j, : len(c)] = c
-            ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-            mask = (ids != PAD_ID)
-            states = model.bert(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
-            hidden = states[model.config.num_hidden_layers + EMB_LAYER]  # states[0] is the token embedding
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            out[idx] = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
-        return out
+        return embed_token_cells(self.model.bert, np.asarray(corpus.lengths), corpus.__getitem__,
+                                 self.model.config.num_hidden_layers + EMB_LAYER, PAD_ID, self.device, bs)
 
     def _save_native(self, directory: Path) -> None:
         self.model.save_pretrained(directory / "hf")
@@ -324,6 +321,30 @@ class GeneformerModel(RepresentationModel):
         model._num_train_epochs = meta["hyperparameters"].get("num_train_epochs")
         model._micro_batch = meta["hyperparameters"].get("micro_batch_size")
         return model
+
+
+@torch.no_grad()
+def embed_token_cells(encoder, lengths: np.ndarray, cell_tokens, hidden_layer: int, pad_id: int, device: str,
+                      batch_size: int) -> np.ndarray:
+    """Each cell's mean over its tokens of ``hidden_states[hidden_layer]`` (``hidden_states[0]`` is the token
+    embedding) of a BERT encoder, in batches of cells of similar length (less padding). ``cell_tokens(i)``:
+    cell i's token ids. A cell without tokens keeps a zero row."""
+    encoder = encoder.to(device).eval()
+    out = np.zeros((len(lengths), encoder.config.hidden_size), dtype=np.float32)
+    order = np.argsort(lengths, kind="stable")
+    order = order[np.asarray(lengths)[order] > 0]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        cells = [cell_tokens(i) for i in idx]
+        ids = np.full((len(cells), max(len(c) for c in cells)), pad_id, dtype=np.int64)
+        for j, c in enumerate(cells):
+            ids[j, : len(c)] = c
+        ids = torch.from_numpy(ids).to(device, non_blocking=True)
+        mask = (ids != pad_id)
+        hidden = encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[hidden_layer]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        out[idx] = ((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy()
+    return out
 
 
 def _history(log_history: list[dict]) -> pd.DataFrame:

@@ -37,6 +37,11 @@ IN_MEMORY_MAX_CELLS = 200_000  # above this, the exact streaming Gram route (mod
 class PCAModel(RepresentationModel):
     algorithm = "pca"
     embedding_dim = N_COMPONENTS
+    dagster_kind = "scikitlearn"
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict) -> int:
+        return min(n_genes, N_HVG) * N_COMPONENTS  # the n_hvg x 16 components
 
     def __init__(self, gene_ids, budget="default", seed=0, device=None):
         super().__init__(gene_ids, budget, seed, "cpu")

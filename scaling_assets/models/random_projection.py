@@ -22,6 +22,12 @@ CHUNK = 10_000
 class RandomProjectionModel(RepresentationModel):
     algorithm = "random_projection"
     embedding_dim = N_COMPONENTS
+    dagster_kind = "scikitlearn"
+    learns_from_cells = False  # the projection depends on the gene count only
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict) -> int:
+        return n_genes * N_COMPONENTS
 
     def __init__(self, gene_ids, budget="default", seed=0, device=None):
         super().__init__(gene_ids, budget, seed, "cpu")

@@ -27,12 +27,13 @@ import torch
 from scaling_assets.errors import InputError
 from scaling_assets.models.base import FitReport, RepresentationModel, iter_csr
 from scaling_assets.models.budget import get_budget
-from scaling_assets.models.spec import SCVI_BATCH, SCVI_MODEL, SCVI_PLAN
+from scaling_assets.models.spec import (SCVI_BATCH, SCVI_MODEL, SCVI_PLAN, SCVI_TRAIN_SIZE, scvi_embed_mib,
+                                        scvi_parameters, scvi_train_mib)
 
 IN_MEMORY_MAX_CELLS = 200_000
 STREAM_BLOCK_CELLS = 16_384
 BATCH_SIZE = SCVI_BATCH
-TRAIN_SIZE = 0.8
+TRAIN_SIZE = SCVI_TRAIN_SIZE
 
 MODEL_KWARGS, PLAN_KWARGS = SCVI_MODEL, SCVI_PLAN  # the reference's settings (models/spec.py)
 
@@ -136,22 +137,35 @@ def _check_split(n: int) -> int:
 
 class SCVIModel(RepresentationModel):
     algorithm = "scvi"
-    embedding_dim = 16
+    embedding_dim = SCVI_MODEL["n_latent"]
+    dagster_kind = "pytorch"
+
+    @classmethod
+    def gpu_mib(cls, stage: str, n_genes: int, params: dict) -> int:
+        return {"model": scvi_train_mib, "embeddings": scvi_embed_mib}.get(stage, lambda g: 0)(n_genes)
+
+    @classmethod
+    def parameter_count(cls, n_genes: int, params: dict) -> int:
+        return scvi_parameters(n_genes)
 
     def __init__(self, gene_ids, budget="default", seed=0, device=None):
         super().__init__(gene_ids, budget, seed, device)
         self.in_memory_max_cells = IN_MEMORY_MAX_CELLS
         self.model = None  # scvi.model.SCVI once built
         self._max_epochs: int | None = None
+        self._min_epochs: int | None = None
 
     def hyperparameters(self) -> dict:
+        """The settings a fit used, the budget's included (the code version fingerprint reads these)."""
         b = get_budget(self.budget).scvi
         return {"algorithm": self.algorithm, "model": MODEL_KWARGS, "plan": PLAN_KWARGS,
                 "batch_size": BATCH_SIZE, "train_size": TRAIN_SIZE, "shuffle_set_split": True,
                 "early_stopping": True, "early_stopping_monitor": "elbo_validation",
                 "early_stopping_patience": b.early_stopping_patience,
                 "early_stopping_min_delta": b.early_stopping_min_delta,
+                "early_stopping_min_steps": b.min_steps, "early_stopping_warmup_epochs": self._min_epochs,
                 "max_epochs_rule": "max(1, floor(1e7 / N))", "max_epochs_cap": b.max_epochs_cap,
+                "max_steps": b.max_steps,
                 "max_epochs": self._max_epochs, "budget": self.budget, "seed": self.seed,
                 "in_memory_max_cells": self.in_memory_max_cells}
 
@@ -179,7 +193,7 @@ class SCVIModel(RepresentationModel):
         n = train.n_obs
         n_train = _check_split(n)
         budget = get_budget(self.budget).scvi
-        self._max_epochs = budget.max_epochs(n)
+        self._max_epochs, self._min_epochs = budget.max_epochs(n), budget.min_epochs(n)
         scvi.settings.seed = self.seed
         if n > self.in_memory_max_cells:
             _, self.model = self._build(train.read_rows(0, min(n, 2)))
@@ -206,6 +220,7 @@ class SCVIModel(RepresentationModel):
             early_stopping_monitor="elbo_validation",
             early_stopping_patience=budget.early_stopping_patience,
             early_stopping_min_delta=budget.early_stopping_min_delta,
+            early_stopping_warmup_epochs=self._min_epochs,  # scvi-tools: no early stop in these epochs
             enable_progress_bar=progress, enable_model_summary=False)
 
     def _fit_report(self, seconds: float) -> FitReport:
@@ -240,7 +255,8 @@ class SCVIModel(RepresentationModel):
 
     def _save_native(self, directory: Path) -> None:
         self.model.save(str(directory / "scvi"), save_anndata=False)
-        (directory / "scvi_train_state.json").write_text(json.dumps({"max_epochs": self._max_epochs}))
+        (directory / "scvi_train_state.json").write_text(json.dumps(
+            {"max_epochs": self._max_epochs, "min_epochs": self._min_epochs}))
 
     @classmethod
     def _load_native(cls, directory: Path, meta: dict) -> SCVIModel:
@@ -251,5 +267,6 @@ class SCVIModel(RepresentationModel):
         # scvi-tools needs an AnnData with the training genes to restore the registry.
         model.model = scvi.model.SCVI.load(str(directory / "scvi"), adata=_stand_in(model.gene_ids),
                                            accelerator="gpu" if model.device.startswith("cuda") else "cpu")
-        model._max_epochs = json.loads((directory / "scvi_train_state.json").read_text())["max_epochs"]
+        state = json.loads((directory / "scvi_train_state.json").read_text())
+        model._max_epochs, model._min_epochs = state["max_epochs"], state.get("min_epochs")
         return model

@@ -36,6 +36,7 @@ SCVI_PLAN = dict(optimizer="Adam", lr=1e-3, weight_decay=1e-6, eps=0.01, reduce_
                  lr_scheduler_metric="elbo_validation", lr_patience=30, lr_factor=0.6, lr_min=1e-6,
                  n_epochs_kl_warmup=1, max_kl_weight=1.0, min_kl_weight=0.0)
 SCVI_BATCH = 512
+SCVI_TRAIN_SIZE = 0.8  # the 80/20 shuffled train/validation split of a fit's N cells
 
 # Geneformer: a 3-layer BERT over rank-value gene tokens (pad 0, mask 1, genes from 2).
 GENEFORMER_BERT = dict(num_hidden_layers=3, hidden_size=256, num_attention_heads=4, intermediate_size=512,

@@ -2,6 +2,7 @@
 
 - ``spec``: the study file (YAML) -> datasets, grid, budget, root and partition keys (no Dagster)
 - ``planner``: what a study costs before it runs, from its file alone (``study plan``; no Dagster)
+- ``pairs``: enough test-set pairs for every signal's MI estimate, checked before anything trains
 - ``backfills``: the main ``study run``: submit the study to the Dagster instance as asset backfills,
   watch them, cancel on Ctrl-C, report
 - ``daemon``: the Dagster daemon a ``study run`` starts, adopts or refuses, and stops

@@ -19,9 +19,11 @@ def register(subparsers) -> None:
     plan = sub.add_parser("plan", help="what the study costs before it runs: training runs, cells read, bytes "
                           "on disk by asset, GPU hours (from the study file; no data needed)")
     plan.add_argument("--study", default=None, help="study name (default, paper) or YAML path")
+    plan.add_argument("--gpu", default="h200", help="whose rates price the GPU steps: h200 (measured) or h100 "
+                      "(derived from the H200's, not measured; the plan says how)")
     plan.add_argument("--throughput", action="append", default=[], metavar="NAME=RATE",
-                      help="measured throughput replacing a configured one: scvi=cells/s, geneformer=tokens/s, "
-                      "embed=cells/s (repeatable)")
+                      help="measured throughput replacing one of the GPU's: scvi=cells/s, geneformer=tokens/s, "
+                      "embed=cells/s, lmi=estimates/s, or a study's own model's training cells/s (repeatable)")
     plan.set_defaults(func=_plan)
 
     run = sub.add_parser("run", help="submit the study to the Dagster instance (an asset backfill run by the "
@@ -43,10 +45,12 @@ def register(subparsers) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import check_sources, load_study
 
     s = load_study(args.study, check_paths=False)
     check_sources(s, missing_ok=True)  # a bad data file is refused here, in seconds
+    check_test_pairs(s)  # a test set too small for an MI estimate, before anything trains
     print(f"study {s.name!r} ({s.source_file}); budget {s.budget}; seeds {list(s.seeds)}; algorithms {list(s.algorithms)}")
     print(f"storage root: {s.root}")
     from scaling_assets.study.planner import sizes_report
@@ -56,9 +60,14 @@ def _show(args: argparse.Namespace) -> int:
               f"cells {d.cells}, qualities {list(d.qualities)}")
         for line in sizes_report(s, name):  # the sizes it really gets, and each seed's pool once split
             print(f"    {line}")
+    for algorithm, entry in s.models.items():
+        if entry.origin != "built-in":  # the study's own models: what runs, from where, with what
+            print(f"  {algorithm}: {entry.origin}; reads {entry.reads}, embedding width {entry.embedding_dim}"
+                  + ("; pretrained, frozen: no size axis (n=0)" if entry.pretrained else "")
+                  + (f"; params {dict(entry.params)}" if entry.params else ""))
     for algorithm, grid in s.algorithm_grids.items():
         print(f"  {algorithm}{f' ({grid.label})' if grid.label else ''}: sizes {list(grid.sizes) if grid.sizes else 'all'}, "
-              f"qualities {list(grid.qualities) if grid.qualities else 'all'}")
+              f"qualities {list(grid.qualities) if grid.qualities else 'all'}, seeds {list(s.seeds_of(algorithm))}")
     print(f"{s.n_training_runs()} training runs")
     _show_stale(s, remove=args.remove_stale)
     return 0
@@ -105,6 +114,10 @@ def _plan(args: argparse.Namespace) -> int:
     from scaling_assets.study.planner import THROUGHPUTS, format_plan, plan_study
     from scaling_assets.study.spec import load_study
 
+    from scaling_assets.models.registry import BUILTIN
+
+    study = load_study(args.study, check_paths=False)
+    names = sorted(THROUGHPUTS) + [a for a in study.algorithms if a not in BUILTIN]
     given = {}
     for item in args.throughput:
         name, _, rate = item.partition("=")
@@ -112,12 +125,11 @@ def _plan(args: argparse.Namespace) -> int:
             value = float(rate)
         except ValueError:
             value = -1.0
-        if name not in THROUGHPUTS or not value > 0:
-            raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {sorted(THROUGHPUTS)} "
+        if name not in names or not value > 0:
+            raise InputError(f"--throughput {item!r}: expected NAME=RATE with NAME one of {names} "
                              "and a positive rate")
         given[name] = value
-    study = load_study(args.study, check_paths=False)
-    print(format_plan(study, plan_study(study, given), given))
+    print(format_plan(study, plan_study(study, given, args.gpu), given, args.gpu))
     return 0
 
 
@@ -125,10 +137,14 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+    from scaling_assets.fs import check_writable
+    from scaling_assets.study.pairs import check_test_pairs
     from scaling_assets.study.spec import STUDY_ENV, check_sources, load_study
 
     study = load_study(args.study)
     check_sources(study)  # header and a sample of each data file: refused now (before importing Dagster)
+    check_test_pairs(study)  # a test set too small for an MI estimate, before anything trains
+    check_writable(study.root, "study root")
 
     from dagster import DagsterInstance
 
@@ -136,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     from scaling_assets.study.backfills import run_study_queued
     if args.study:
         os.environ[STUDY_ENV] = args.study  # so the daemon (and the UI later) load the same study
-    ensure_dagster_home()
+    check_writable(ensure_dagster_home(), "DAGSTER_HOME")
     with DagsterInstance.get() as instance:
         if args.serial:
             result = run_study(study, instance, refresh=args.refresh)
@@ -148,13 +164,15 @@ def _run(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
+    from scaling_assets.fs import check_writable
     from scaling_assets.study.serial import ensure_dagster_home
     from scaling_assets.study.spec import load_study
     from scaling_assets.study.verify import verify_study
 
     study = load_study(args.study, check_paths=False)  # the stored partitions are checked, not the sources
+    check_writable(study.root, "study root")  # its lock is written even by a dry run
     if args.dry_run:
         return 1 if verify_study(study, None, mark=False)["bad"] else 0
-    ensure_dagster_home()
+    check_writable(ensure_dagster_home(), "DAGSTER_HOME")
     with DagsterInstance.get() as instance:
         return 1 if verify_study(study, instance)["bad"] else 0

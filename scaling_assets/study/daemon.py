@@ -25,18 +25,11 @@ taken for a live daemon by a rerun a few seconds later.
 
 Started daemons run ``python -m scaling_assets.study.daemon``: Dagster's own ``dagster-daemon run`` on a
 workspace naming the code location ``scaling_assets`` (as ``workspace.yaml`` does for ``dagster dev``,
-so the UI places the study's runs), with two of its controller's constants changed
-(``dagster._daemon.controller``, read when used, so setting them before the daemon starts is enough):
-
-- the backfill loop's pause between evaluations (``DEFAULT_DAEMON_INTERVAL_SECONDS``). Dagster fixes it
-  at 30 s, and a study's stages each wait one evaluation, so a study would idle minutes;
-  ``SCALING_ASSETS_BACKFILL_INTERVAL`` (default 5 s) sets it.
-- how often the daemon reloads its code location (``RELOAD_WORKSPACE_INTERVAL``, 60 s). Each reload
-  starts a fresh code server, which imports the package and builds the definitions, and fetches the
-  repository snapshot again: measured on the default study on 2 cores, the restarts cost ~60 CPU s of
-  code servers in a 12-minute study (14 with a reload every 10 minutes), besides the daemon's own work reading each snapshot.
-  ``SCALING_ASSETS_CODE_RELOAD_INTERVAL`` (default 600 s) sets it; a daemon that reloads less often
-  picks up edited code that much later (runs themselves always load the code afresh).
+so the UI places the study's runs), with the daemon's Dagster patches installed first
+(``compute/dagster_patches.py``: among them a backfill evaluation every 5 s instead of 30 s,
+``SCALING_ASSETS_BACKFILL_INTERVAL``, and a code-location reload every 10 minutes instead of every
+minute, ``SCALING_ASSETS_CODE_RELOAD_INTERVAL``; ``SCALING_ASSETS_DAGSTER_PATCHES=off`` runs Dagster as
+it is).
 """
 
 from __future__ import annotations
@@ -60,10 +53,6 @@ import psutil
 
 from scaling_assets.processes import identity_host, process_identity, running_process
 
-BACKFILL_INTERVAL_ENV = "SCALING_ASSETS_BACKFILL_INTERVAL"
-DEFAULT_BACKFILL_INTERVAL_S = 5
-CODE_RELOAD_INTERVAL_ENV = "SCALING_ASSETS_CODE_RELOAD_INTERVAL"
-DEFAULT_CODE_RELOAD_INTERVAL_S = 600
 RECORD_ENV = "SCALING_ASSETS_DAEMON_RECORD"  # set for a daemon a `study run` started: it watches its owner
 OWNER_CHECK_S = 5.0  # how often such a daemon checks that its `study run` is still there
 # Dagster daemons heartbeat every 30 s; older than this and the daemon is taken to be dead.
@@ -382,9 +371,14 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
                   f"it must load this study (SCALING_ASSETS_STUDY={env.get('SCALING_ASSETS_STUDY', study.name)}), "
                   "or the runs write into the root of the study it loads", file=out)
         else:
+            from scaling_assets.compute import dagster_patches
+
             daemon = DaemonProcess.for_instance(instance, env)
             daemon.start(DaemonRecord("", owner=me, study=study.name, root=str(study.root)))
             print(f"started dagster-daemon (pid {daemon.pid}; log {daemon.log_path}); it stops at the end", file=out)
+            off = dagster_patches.why_off(env)
+            if off:
+                print(off, file=out)
         try:
             yield daemon
         finally:
@@ -398,8 +392,8 @@ def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: f
 def nothing_left_to_run(instance) -> bool:
     """No backfill in progress and no run queued, starting or running on the instance."""
     from dagster import RunsFilter
-    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
-    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    from scaling_assets.compute.dagster_compat import NOT_FINISHED_STATUSES, BulkActionsFilter, BulkActionStatus
 
     active = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
     return not instance.get_backfills(filters=BulkActionsFilter(statuses=active), limit=1) and \
@@ -446,52 +440,14 @@ def watch_owner(record_path: Path, interval_s: float = OWNER_CHECK_S) -> None:
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def configure_controller(environ) -> None:
-    """Set the backfill interval and the code reload interval of Dagster's daemon controller."""
-    from dagster._daemon import controller
-
-    for name in ("DEFAULT_DAEMON_INTERVAL_SECONDS", "RELOAD_WORKSPACE_INTERVAL"):
-        if not hasattr(controller, name):  # a Dagster upgrade renamed it: setting it would do nothing
-            raise RuntimeError(f"dagster._daemon.controller has no {name}; update scaling_assets/study/daemon.py")
-    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = float(
-        environ.get(BACKFILL_INTERVAL_ENV, DEFAULT_BACKFILL_INTERVAL_S)
-    )
-    controller.RELOAD_WORKSPACE_INTERVAL = float(
-        environ.get(CODE_RELOAD_INTERVAL_ENV, DEFAULT_CODE_RELOAD_INTERVAL_S)
-    )
-
-
-# Connections the daemon's pool opens beyond its one kept open (its loops and backfill threads at once).
-POOL_MAX_OVERFLOW = 20
-
-
-def pool_database_connections() -> None:
-    """Have the daemon keep its database connections open, as dagster-webserver does.
-
-    dagster-postgres storage opens a new connection for every query (``NullPool``) unless the process
-    asks otherwise (``DagsterInstance.optimize_for_webserver``, which only the webserver calls). A backfill
-    submits each run with one event per asset partition it plans (``ASSET_MATERIALIZATION_PLANNED``), so at
-    the paper's shape the daemon opened ~30 connections per run: 85% of its submission time on PostgreSQL
-    (benchmarks/bench_paper_shape.py, py-spy). No statement timeout (0), unlike the webserver's 15 s.
-    SQLite storage ignores this."""
-    from dagster._daemon import cli
-
-    make_controller = cli.daemon_controller_from_instance
-
-    def controller(instance, *args, **kwargs):
-        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=POOL_MAX_OVERFLOW)
-        return make_controller(instance, *args, **kwargs)
-
-    cli.daemon_controller_from_instance = controller
-
-
 def main() -> None:
-    """``python -m scaling_assets.study.daemon run ...``: dagster-daemon with the backfill and code reload
-    intervals set and its database connections pooled, ending with its ``study run`` when one started it."""
-    from dagster._daemon.cli import main as dagster_daemon_main
+    """``python -m scaling_assets.study.daemon run ...``: dagster-daemon with the daemon's Dagster patches
+    installed, ending with its ``study run`` when one started it."""
+    from scaling_assets.compute import dagster_patches
+    from scaling_assets.compute.dagster_compat import dagster_daemon_main
 
-    configure_controller(os.environ)
-    pool_database_connections()
+    patches = dagster_patches.install()
+    print(f"Dagster patches installed: {', '.join(patches) or 'none'}", file=sys.stderr, flush=True)
     shorten_backfill_log()
     sys.argv[0] = "dagster-daemon"
     threading.Thread(target=_start_run_worker_server, name="run worker server", daemon=True).start()

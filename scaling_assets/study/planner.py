@@ -9,11 +9,26 @@ each named in the output:
   ``4 * min(nnz, 512) + 32`` bytes (token ids, offset, length, pool row, cell id).
 - epochs are the budget's upper bounds (early stopping ends most runs sooner), so cells read by
   SCVI/Geneformer and GPU hours are upper bounds.
-- throughputs: ``THROUGHPUTS`` below are configured assumptions for one data-centre GPU; pass measured
-  ones with ``--throughput scvi=..`` etc. On an H200 (``benchmarks/gpu_check_h200*.json``, 2026-12-04)
-  SCVI's 25,600-cell paper fit read ~20,000 cells/s (105 epochs of ~21,000 training cells in 110 s,
-  8 processes sharing the GPU), as assumed; Geneformer trained 712,000 tokens/s at 1,000 genes and
-  ~190,000 at 20,000 (64 x 512 tokens a step in 46 and 173 ms), so 150,000 errs long for real datasets.
+- GPU time: every step that leases a GPU, at one process's rate on a GPU that 8 such processes share
+  (how it was measured), so it counts the time the steps hold a GPU, an upper bound on how long the
+  GPU is busy when several run at once: SCVI training (a fixed cost a fit plus cells read / rate),
+  Geneformer training (tokens / rate), SCVI and Geneformer embeddings (cells / rate) and every MI
+  estimate (LMI runs on the GPU for every algorithm, PCA's included).
+- rates: ``GPUS`` names them per GPU with their source (``--gpu``); ``--throughput NAME=RATE`` replaces
+  one with a measured figure. The H200's are measured (``benchmarks/gpu_check_h200*.json``, 2026-12-04,
+  8 processes sharing one H200, 1,000 genes): 36 SCVI fits (paper budget, 100-25,600 cells) took 1.6 s
+  + cells read / 24,400 per s (least squares over the fits, an epoch reading the N cells; 20,000 is
+  configured, 20% slower); a fast-preset LMI estimate on 3,000 test cells (100 epochs) a median 2.75 s
+  (1.6-3.6 s); Geneformer trained 712,000 tokens/s at 1,000 genes and ~190,000 at 20,000 (64 x 512
+  tokens a step in 46 and 173 ms), so the configured 150,000 errs long for real datasets. The embedding rate (50,000 cells/s) is assumed: a
+  Geneformer embedding measured 4,600 cells/s (3,000 cells of 512 tokens in 0.65 s), an SCVI one was
+  not timed apart from its fit. No H100 has run these steps: see ``GPUS["h100"]`` for how its rates
+  are derived.
+- a study's own model (``models:`` block, entry point): its training is counted as one read of its cells
+  (its epochs are its own: a lower bound) and its model holds ``parameter_count(genes)`` parameters (its
+  declaration); its GPU hours are priced with ``--throughput <name>=<training cells/s>`` when it declares a
+  GPU need, and listed as not priced otherwise. A frozen pretrained model trains nothing: its cost is its
+  embeddings.
 """
 
 from __future__ import annotations
@@ -22,16 +37,43 @@ import math
 from dataclasses import dataclass, field
 
 from scaling_assets.models.budget import get_budget
-from scaling_assets.models.spec import MAX_TOKENS
-from scaling_assets.models.registry import MODELS
+from scaling_assets.models.spec import GENEFORMER_BATCH, MAX_TOKENS
+from scaling_assets.models.registry import BUILTIN
 from scaling_assets.study.spec import Study
 
 ASSUMED_GENES = 20_000  # real datasets whose gene count the study file does not give
 ASSUMED_UMIS = 3_000
 RECORD_BYTES = 1_024  # a row-range record (train_counts / train_corpus)
-# configured GPU throughputs (assumptions, checked on an H200: see the module doc): SCVI training cells/s, Geneformer
-# training tokens/s, embedding cells/s for both
-THROUGHPUTS = {"scvi": 20_000.0, "geneformer": 150_000.0, "embed": 50_000.0}
+LMI_PRESET_MEASURED = "fast"  # the preset whose estimates the LMI rate was measured on
+
+
+@dataclass(frozen=True)
+class GpuRates:
+    """One process's rates on a GPU shared by 8 (SCVI training cells/s, Geneformer training tokens/s,
+    embedding cells/s, LMI estimates/s), a fixed cost per SCVI fit, and where the figures come from."""
+
+    name: str
+    throughputs: dict[str, float]
+    scvi_fit_s: float
+    source: str
+
+
+_H200 = {"scvi": 20_000.0, "geneformer": 150_000.0, "embed": 50_000.0, "lmi": round(1 / 2.75, 3)}
+# H100 SXM and H200 are the same GH100 chip (132 SMs, same clocks); the H200 has 1.43x the memory
+# bandwidth (4.8 against 3.35 TB/s) and 141 against 80 GB. SCVI's and LMI's steps are bound by kernel
+# launches, not by the chip: SCVI's 512 x 1,000-gene step (~8 GFLOP) at 26-29 ms ran ~0.3 TFLOP/s of the
+# chip's ~60 fp32 TFLOP/s, so their rates are taken as the H200's. Geneformer's tokens/s is scaled by the
+# bandwidth ratio (its vocabulary-wide logits are the memory-heavy part): a bound, not a measurement.
+GPUS = {
+    "h200": GpuRates("h200", _H200, 1.6, "measured on one H200, 8 processes sharing it (benchmarks/gpu_check_h200*.json, "
+                     "2026-12-04); embed assumed"),
+    "h100": GpuRates("h100", {**_H200, "geneformer": round(_H200["geneformer"] * 3.35 / 4.8, -3)}, 1.6,
+                     "derived from the H200's (same GH100 chip; SCVI, LMI and embeddings launch-bound: the H200's "
+                     "rates; Geneformer x 3.35/4.8, the memory-bandwidth ratio); not measured on an H100: "
+                     "awaits a GPU run (benchmarks/gpu_laws_study.sh)"),
+}
+DEFAULT_GPU = "h200"
+THROUGHPUTS = GPUS[DEFAULT_GPU].throughputs  # the names --throughput accepts, and the default rates
 
 
 @dataclass
@@ -48,6 +90,8 @@ class DatasetPlan:
     bytes_by_asset: dict[str, float] = field(default_factory=dict)
     copy_layout_bytes: float = 0.0  # train_counts / train_corpus written per setting (the old layout)
     gpu_hours: dict[str, float] = field(default_factory=dict)
+    not_priced: list[str] = field(default_factory=list)  # own models with a GPU need and no given throughput
+    mi_estimates: int = 0  # one per training run and signal
 
 
 def nnz_per_cell(umis: float, genes: int) -> float:
@@ -63,7 +107,14 @@ def corpus_bytes(cells: float, nnz: float) -> float:
     return cells * (4 * min(nnz, MAX_TOKENS) + 32)
 
 
-def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> DatasetPlan:
+def geneformer_cells_read(budget, cells: int) -> int:
+    """Cells a Geneformer fit reads at most: its epochs, or its budget's optimiser steps of 64 cells."""
+    bound = cells * budget.geneformer.max_epochs(cells)
+    steps = budget.geneformer.max_steps
+    return bound if steps is None else min(bound, steps * GENEFORMER_BATCH)
+
+
+def plan_dataset(study: Study, name: str, throughputs: dict[str, float], scvi_fit_s: float = 0.0) -> DatasetPlan:
     d = study.datasets[name]
     notes = []
     if not d.cells:
@@ -77,24 +128,26 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     n_test = study.test_size(name) or 0
     n_eval = n_test + study.validation_size(name)
     p = DatasetPlan(name, d.cells, d.cells - n_eval, n_eval, genes, umis, notes)
-    seeds, qualities, algorithms = len(study.seeds), d.qualities, study.algorithms
+    seeds, qualities, algorithms = len(study.all_seeds()), d.qualities, study.algorithms
     runs = {a: study.settings(name, a) for a in algorithms}  # an algorithm's own grid, if it has one
     settings = study.settings(name)  # train_counts: every setting of the dataset
     p.training_runs = sum(len(r) for r in runs.values())
     budget = get_budget(study.budget)
     gf = "geneformer" in algorithms
     gf_qualities = study.qualities_of(name, "geneformer") if gf else ()
+    models = study.models
     nnz = {q: nnz_per_cell(q * umis, genes) for q in qualities}
 
     read = p.cells_read
     read["split"] = seeds * d.cells
     read["pool_counts"] = seeds * p.pool
     read["eval_counts"] = seeds * len(qualities) * n_eval
-    if "pca" in algorithms:
-        read["pca_genes"] = 2 * seeds * max(study.sizes_of(name, "pca"))  # zero-UMI scan + gene statistics
+    hvg = [a for a in algorithms if models[a].hvg_genes]
+    if hvg:  # zero-UMI scan + gene statistics of the largest training set of the models that read the genes
+        read["pca_genes"] = 2 * seeds * max(max(study.sizes_of(name, a)) for a in hvg)
     if gf:
         read["gene_medians"] = seeds * p.pool  # one table per seed, at full quality
-        read["pool_corpus"] = seeds * len(gf_qualities) * p.pool
+        read["pool_corpus"] = len(study.seeds_of("geneformer")) * len(gf_qualities) * p.pool
     read["train_counts"] = sum(s.cells for s in settings)  # one pass: cells with no UMI, UMIs per cell
     for a, trained in runs.items():
         if a == "pca":
@@ -102,9 +155,12 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
         elif a == "random_projection":
             read["model_random_projection"] = 0  # the projection needs no data, only the gene count
         elif a == "scvi":
+            # an epoch reads the N cells: the 80% it trains on and the 20% it validates on
             read["model_scvi"] = sum(s.cells * budget.scvi.max_epochs(s.cells) for s in trained)
         elif a == "geneformer":
-            read["model_geneformer"] = sum(s.cells * budget.geneformer.max_epochs(s.cells) for s in trained)
+            read["model_geneformer"] = sum(geneformer_cells_read(budget, s.cells) for s in trained)
+        else:  # a study's own model: one pass over its training cells (a frozen one reads none)
+            read[f"model_{a}"] = sum(s.cells for s in trained)
         read[f"embeddings_{a}"] = len(trained) * n_test
 
     b = p.bytes_by_asset
@@ -114,22 +170,32 @@ def plan_dataset(study: Study, name: str, throughputs: dict[str, float]) -> Data
     b["train_counts"] = len(settings) * RECORD_BYTES
     p.copy_layout_bytes = sum(csr_bytes(s.cells, nnz[s.quality]) for s in settings)
     if gf:
-        b["pool_corpus"] = seeds * sum(corpus_bytes(p.pool, nnz[q]) for q in gf_qualities)
-        b["eval_corpus"] = seeds * sum(corpus_bytes(n_eval, nnz[q]) for q in gf_qualities)
+        gf_seeds = len(study.seeds_of("geneformer"))
+        b["pool_corpus"] = gf_seeds * sum(corpus_bytes(p.pool, nnz[q]) for q in gf_qualities)
+        b["eval_corpus"] = gf_seeds * sum(corpus_bytes(n_eval, nnz[q]) for q in gf_qualities)
         b["train_corpus"] = len(runs["geneformer"]) * RECORD_BYTES
         p.copy_layout_bytes += sum(corpus_bytes(s.cells, nnz[s.quality]) for s in runs["geneformer"])
     for a, trained in runs.items():
-        b[f"model_{a}"] = len(trained) * 4 * MODELS[a].parameters(genes)
-        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * MODELS[a].embedding_dim
+        # a frozen model's partition is a pointer to its checkpoint, not a copy
+        b[f"model_{a}"] = 0 if models[a].pretrained else len(trained) * 4 * models[a].parameters(genes)
+        b[f"embeddings_{a}"] = len(trained) * n_test * 4 * models[a].embedding_dim
 
     if "scvi" in algorithms:
-        p.gpu_hours["scvi"] = read["model_scvi"] / throughputs["scvi"] / 3600
+        p.gpu_hours["scvi"] = (read["model_scvi"] / throughputs["scvi"] + len(runs["scvi"]) * scvi_fit_s) / 3600
     if gf:
-        tokens = sum(s.cells * budget.geneformer.max_epochs(s.cells) * min(nnz[s.quality], MAX_TOKENS)
-                     for s in runs["geneformer"])
+        tokens = sum(geneformer_cells_read(budget, s.cells) * min(nnz[s.quality], MAX_TOKENS) for s in runs["geneformer"])
         p.gpu_hours["geneformer"] = tokens / throughputs["geneformer"] / 3600
-    gpu_algos = [a for a in algorithms if a in ("scvi", "geneformer")]
+    for a in algorithms:
+        if a in BUILTIN or not models[a].gpu_need_mib("model", genes):
+            continue
+        if a in throughputs:
+            p.gpu_hours[a] = read[f"model_{a}"] / throughputs[a] / 3600
+        else:
+            p.not_priced.append(a)
+    gpu_algos = [a for a in algorithms if models[a].gpu_need_mib("embeddings", genes)]
     p.gpu_hours["embeddings"] = sum(read[f"embeddings_{a}"] for a in gpu_algos) / throughputs["embed"] / 3600
+    p.mi_estimates = sum(len(trained) for trained in runs.values()) * len(d.signals)
+    p.gpu_hours["lmi"] = p.mi_estimates / throughputs["lmi"] / 3600
     return p
 
 
@@ -179,9 +245,27 @@ def sizes_report(study: Study, name: str) -> list[str]:
     return lines
 
 
-def plan_study(study: Study, throughputs: dict[str, float] | None = None) -> list[DatasetPlan]:
-    rates = dict(THROUGHPUTS, **(throughputs or {}))
-    return [plan_dataset(study, name, rates) for name in study.datasets]
+def gpu_rates(gpu: str = DEFAULT_GPU) -> GpuRates:
+    from scaling_assets.errors import InputError
+
+    if gpu not in GPUS:
+        raise InputError(f"unknown GPU {gpu!r}; the planner has rates for {sorted(GPUS)}")
+    return GPUS[gpu]
+
+
+def plan_study(study: Study, throughputs: dict[str, float] | None = None, gpu: str = DEFAULT_GPU) -> list[DatasetPlan]:
+    profile = gpu_rates(gpu)
+    rates = dict(profile.throughputs, **(throughputs or {}))
+    return [plan_dataset(study, name, rates, profile.scvi_fit_s) for name in study.datasets]
+
+
+def gpu_minutes(plans: list[DatasetPlan]) -> float:
+    """The plan's GPU time in minutes: every GPU step's upper bound, summed over the datasets."""
+    return 60 * sum(sum(p.gpu_hours.values()) for p in plans)
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def _size(n: float) -> str:
@@ -192,14 +276,22 @@ def _size(n: float) -> str:
     return ""
 
 
-def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, float] | None = None) -> str:
-    rates = dict(THROUGHPUTS, **(throughputs or {}))
-    measured = sorted(k for k in (throughputs or {}))
+def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, float] | None = None,
+                gpu: str = DEFAULT_GPU) -> str:
+    profile = gpu_rates(gpu)
+    rates = dict(profile.throughputs, **(throughputs or {}))
+    given = sorted(k for k in (throughputs or {}))
     lines = [f"study {study.name!r}: budget {study.budget}, seeds {list(study.seeds)}, algorithms {list(study.algorithms)}",
-             f"throughputs: {', '.join(f'{k} {v:,.0f}/s' for k, v in rates.items())} "
-             f"({'given: ' + ', '.join(measured) if measured else 'configured assumptions, not measured'}; "
-             "scvi/embed in cells/s, geneformer in tokens/s)",
-             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner)", ""]
+             f"GPU {profile.name}: {', '.join(f'{k} {_rate(v)}/s' for k, v in rates.items())} + {profile.scvi_fit_s:g} s "
+             f"a SCVI fit (scvi/embed cells/s, geneformer tokens/s, lmi estimates/s): {profile.source}"
+             + (f"; given: {', '.join(given)}" if given else ""),
+             "cells read and GPU hours are upper bounds (max epochs; early stopping stops sooner), each step at one "
+             "process's rate on a GPU 8 processes share"]
+    preset = study.lmi.get("preset", LMI_PRESET_MEASURED)
+    if preset != LMI_PRESET_MEASURED and "lmi" not in given:
+        lines.append(f"LMI preset {preset!r}: priced at the {LMI_PRESET_MEASURED} preset's measured rate; it costs "
+                     "more (more epochs, wider networks), not measured")
+    lines.append("")
     total_bytes: dict[str, float] = {}
     totals = {"runs": 0, "read": 0.0, "gpu": 0.0, "copy": 0.0}
     for p in plans:
@@ -209,8 +301,11 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
                      f"{p.genes:,} genes, {p.umis_per_cell:,.0f} UMIs/cell"
                      + (f" [{'; '.join(p.notes)}]" if p.notes else ""))
         lines += [f"   {line}" for line in sizes_report(study, p.name)]
-        lines.append(f"   training runs {p.training_runs:,}; cells read {sum(p.cells_read.values()):,.0f}; "
-                     f"GPU hours {gpu:,.1f} ({', '.join(f'{k} {v:,.1f}' for k, v in p.gpu_hours.items())})")
+        lines.append(f"   training runs {p.training_runs:,}; MI estimates {p.mi_estimates:,}; cells read "
+                     f"{sum(p.cells_read.values()):,.0f}; GPU hours {gpu:,.2f} "
+                     f"({', '.join(f'{k} {v:,.2f}' for k, v in p.gpu_hours.items())})"
+                     + (f"; not priced: {', '.join(p.not_priced)} (give --throughput NAME=training cells/s)"
+                        if p.not_priced else ""))
         lines.append("   cells read by asset: " + ", ".join(f"{k} {v:,.0f}" for k, v in p.cells_read.items()))
         lines.append("   bytes by asset: " + ", ".join(f"{k} {_size(v)}" for k, v in p.bytes_by_asset.items()))
         counted = p.bytes_by_asset.get("pool_counts", 0) + p.bytes_by_asset.get("pool_corpus", 0)
@@ -223,6 +318,7 @@ def format_plan(study: Study, plans: list[DatasetPlan], throughputs: dict[str, f
         totals["gpu"] += gpu
         totals["copy"] += p.copy_layout_bytes
     lines += ["", f"== total: training runs {totals['runs']:,}; cells read {totals['read']:,.0f}; "
-              f"GPU hours {totals['gpu']:,.1f}; on disk {_size(sum(total_bytes.values()))}",
+              f"GPU hours {totals['gpu']:,.2f} ({60 * totals['gpu']:,.1f} GPU-minutes on one {profile.name}); "
+              f"on disk {_size(sum(total_bytes.values()))}",
               "   bytes by asset: " + ", ".join(f"{k} {_size(v)}" for k, v in total_bytes.items())]
     return "\n".join(lines)

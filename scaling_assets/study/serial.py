@@ -17,8 +17,9 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
 
+from scaling_assets.compute.dagster_compat import AssetKeyPartitionKey
 from scaling_assets.layout import RESULTS as GROUP
-from scaling_assets.layout import partition_dir, result_paths
+from scaling_assets.layout import result_paths
 from scaling_assets.definitions import build_definitions
 from scaling_assets.gpu.needs import TAG_STUDY
 from scaling_assets.study.spec import Study, parse_quality_seed_key
@@ -37,60 +38,50 @@ class Batch:
     blocked_by: list[str] = field(default_factory=list)
 
 
-def _algorithm_assets(algorithm: str) -> list[str]:
-    return (["train_corpus"] if algorithm == "geneformer" else []) + [f"model_{algorithm}", f"embeddings_{algorithm}",
-                                                                         f"mi_{algorithm}"]
+def _algorithm_assets(study: Study, algorithm: str) -> list[str]:
+    entry = study.models[algorithm]
+    return (["train_corpus"] if entry.reads_corpus and not entry.pretrained else []) + [
+        f"model_{algorithm}", f"embeddings_{algorithm}", f"mi_{algorithm}"]
 
 
 def plan(study: Study) -> list[Batch]:
     batches: list[Batch] = []
-    geneformer = "geneformer" in study.algorithms
-    # An algorithm on its own smaller grid has other partitions: its assets run in batches of their own
-    # (one Dagster run materialises assets of one partitions definition).
-    own = [a for a in study.algorithms if a in study.algorithm_grids]
+    models = study.models
+    corpus_readers = [a for a in study.algorithms if models[a].reads_corpus]
+    # An algorithm on its own smaller grid (or a frozen one, at n=0) has other partitions: its assets run
+    # in batches of their own (one Dagster run materialises assets of one partitions definition).
+    own = [a for a in study.algorithms if study.has_own_grid(a)]
     shared = [a for a in study.algorithms if a not in own]
     for ds in study.datasets:
         k = lambda name: AssetKey([ds, name])  # noqa: E731
         batches.append(Batch(f"{ds} raw_counts", [k("raw_counts")], None, blocks=ds))
-        for s in study.seeds:
-            names = (["split", "pool_counts", "eval_counts"] + (["gene_medians"] if geneformer else [])
-                     + (["pca_genes"] if "pca" in study.algorithms else []))
+        for s in study.all_seeds():  # an algorithm's own seeds need their shared data too
+            names = (["split", "pool_counts", "eval_counts"] + (["gene_medians"] if corpus_readers else [])
+                     + (["pca_genes"] if any(models[a].hvg_genes for a in study.algorithms) else []))
             batches.append(Batch(f"{ds} s={s}", [k(n) for n in names], f"s={s}", blocks=f"{ds}|s={s}", blocked_by=[ds]))
-        corpus_at = set(study.quality_seed_keys(ds, "geneformer")) if geneformer else set()
-        for qs in sorted(corpus_at):  # Geneformer's corpora: one per quality x seed of its grid
+        grid = corpus_readers[0] if len(corpus_readers) == 1 else None  # DatasetAssets.corpus_grid
+        corpus_at = set(study.quality_seed_keys(ds, grid)) if corpus_readers else set()
+        pool_corpus = ["pool_corpus"] if any(not models[a].pretrained for a in corpus_readers) else []
+        for qs in sorted(corpus_at):  # the corpora: one per quality x seed of their readers' grid
             _, seed = parse_quality_seed_key(qs)
-            batches.append(Batch(f"{ds} {qs}", [k("eval_corpus"), k("pool_corpus")], qs, blocks=f"{ds}|{qs}",
+            batches.append(Batch(f"{ds} {qs}", [k(n) for n in ["eval_corpus", *pool_corpus]], qs, blocks=f"{ds}|{qs}",
                                  blocked_by=[ds, f"{ds}|s={seed}"]))
-        trained_at = {a: set(study.setting_keys(ds, a)) for a in own}  # own grids are subsets
+        settings = set(study.setting_keys(ds))
         for setting in study.settings(ds):
-            names = ["train_counts"] + [n for a in shared for n in _algorithm_assets(a)]
-            upstream = [ds, f"{ds}|{setting.seed_key}"] + ([f"{ds}|{setting.quality_seed_key}"] if "geneformer" in shared else [])
+            names = ["train_counts"] + [n for a in shared for n in _algorithm_assets(study, a)]
+            upstream = [ds, f"{ds}|{setting.seed_key}"] + (
+                [f"{ds}|{setting.quality_seed_key}"] if any(models[a].reads_corpus for a in shared) else [])
             batches.append(Batch(f"{ds} {setting.key}", [k(n) for n in names], setting.key, blocks=f"{ds}|{setting.key}",
                                  blocked_by=upstream))
-            for a in own:
-                if setting.key in trained_at[a]:
-                    corpus = [f"{ds}|{setting.quality_seed_key}"] if a == "geneformer" else []
-                    batches.append(Batch(f"{ds} {setting.key} {a}", [k(n) for n in _algorithm_assets(a)], setting.key,
-                                         blocks=f"{ds}|{setting.key}|{a}",
-                                         blocked_by=upstream + [f"{ds}|{setting.key}"] + corpus))
+        for a in own:
+            for setting in study.settings(ds, a):
+                upstream = [ds, f"{ds}|{setting.seed_key}"] + ([f"{ds}|{setting.key}"] if setting.key in settings else [])
+                corpus = [f"{ds}|{setting.quality_seed_key}"] if models[a].reads_corpus else []
+                batches.append(Batch(f"{ds} {setting.key} {a}", [k(n) for n in _algorithm_assets(study, a)],
+                                     setting.key, blocks=f"{ds}|{setting.key}|{a}", blocked_by=upstream + corpus))
     results = ["mi_table", "parameter_table", "hyperparameter_table", "noise_law_fits", "size_law_fits", "scaling_plots"]
     batches.append(Batch("results", [AssetKey([GROUP, n]) for n in results], None, blocks="results"))
     return batches
-
-
-def _is_done(instance: DagsterInstance, study: Study, batch: Batch, cache: dict) -> bool:
-    for key in batch.keys:
-        if batch.partition is None:
-            if instance.get_latest_materialization_event(key) is None:
-                return False
-        else:
-            if key not in cache:
-                cache[key] = instance.get_materialized_partitions(key)
-            if batch.partition not in cache[key]:
-                return False
-        if not partition_dir(study.root, list(key.path), batch.partition).exists():
-            return False  # recorded, but its files were deleted: make it again
-    return True
 
 
 def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout) -> dict:
@@ -99,7 +90,10 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
     assets = list(defs.assets)
     resources = dict(defs.resources)
     batches = plan(study)
-    cache: dict = {}
+    from scaling_assets.study.backfills import missing_partitions  # (it imports this module)
+
+    # what the queued mode would submit: not materialised, stale, or made from a partition that was deleted
+    wanted = missing_partitions(study, instance, defs.resolve_asset_graph(), refresh)
     failed: dict[str, str] = {}
     blocked: set[str] = set()
     done = skipped = 0
@@ -114,7 +108,7 @@ def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, ou
             blocked.add(batch.blocks)
             print(f"{prefix} skipped: an upstream partition failed", file=out, flush=True)
             continue
-        if not refresh and not (is_results and done) and _is_done(instance, study, batch, cache):
+        if not (is_results and done) and not any(AssetKeyPartitionKey(k, batch.partition) in wanted for k in batch.keys):
             skipped += 1
             print(f"{prefix} already materialised", file=out, flush=True)
             continue
@@ -144,12 +138,17 @@ def root_cause(events) -> str:
             err = event.step_failure_data.error
             while err.cause is not None:  # Dagster wraps user errors; the cause says what went wrong
                 err = err.cause
-            message = err.message.strip().splitlines()[-1] if err.message else err.cls_name
-            return f"{event.step_key}: {message}"
+            return f"{event.step_key}: {one_line(err.message) if err.message else err.cls_name}"
     for event in events:  # no step failed: the run itself did (launch, worker crash, termination)
         if event.event_type_value == "PIPELINE_FAILURE" and event.message:
             return event.message.strip().splitlines()[0]
     return "run failed (see the Dagster UI for the run's logs)"
+
+
+def one_line(message: str) -> str:
+    """An error message on one line. Some span lines: HDF5's write errors put a newline after their
+    ``time = <ctime>`` field, so a full disk read ", filename = '...', ... errno = 28 ..." when cut to a line."""
+    return " ".join(message.split()).replace(" ,", ",")
 
 
 def print_summary(study: Study, out, wall: float, done: int, skipped: int, failed: dict,

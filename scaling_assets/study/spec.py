@@ -27,11 +27,24 @@ from scaling_assets.data.tasks import FORMATS, SIMULATED, TASKS, SignalSpec, par
 from scaling_assets.errors import StudyConfigError
 from scaling_assets.metrics.laws import DEFAULT_FIT_RULES, FIT_RULES
 from scaling_assets.models.budget import BUDGETS
-from scaling_assets.models.registry import ALGORITHMS
+from scaling_assets.models.registry import ALGORITHMS, BUILTIN, FROZEN_CELLS, ModelEntry
 
 SOURCES = (SIMULATED, *FORMATS)
 STUDY_ENV = "SCALING_ASSETS_STUDY"
 HOME_ENV = "SCALING_ASSETS_HOME"
+
+# The keys each block of a study file takes: the parser refuses any other, and docs/studies.md documents
+# exactly these (test_study_spec_keys.py compares the two). The `lmi` block takes LMIOptions' fields and
+# `preset` (metrics/lmi.py), a dataset's `signals` data/tasks.py's kinds, its `paths`/`options` its
+# source format's (data/tasks.py FORMATS).
+STUDY_KEYS = ("name", "description", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "split",
+              "algorithm_grids", "lmi", "fit_rules", "chunk_size", "datasets", "models")
+SPLIT_KEYS = ("test_cells", "validation_cells")
+DATASET_KEYS = ("task", "source", "paths", "options", "cells", "genes", "seed", "umis_per_cell", "sizes",
+                "qualities", "split", "signals")
+ALGORITHM_GRID_KEYS = ("sizes", "qualities", "seeds", "label")
+SIZE_GRID_KEYS = ("grid", "count", "smallest")
+QUALITY_GRID_KEYS = ("grid", "count", "min_umis")
 
 
 def format_quality(q: float) -> str:
@@ -124,11 +137,13 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class AlgorithmGrid:
-    """An algorithm's own smaller grid: sizes and qualities picked from the dataset grids (None: all)."""
+    """An algorithm's own grid: sizes and qualities picked from the dataset grids (None: all), and its
+    own seeds (None: the study's), e.g. more seeds for a model whose training scatters more."""
 
     sizes: tuple[int, ...] | None = None
     qualities: tuple[float, ...] | None = None
     label: str = ""  # shown next to the algorithm in tables and plots (e.g. "smoke test"); none by default
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -147,21 +162,48 @@ class Study:
     # An algorithm's own smaller grid (a subset of every dataset's): {algorithm: AlgorithmGrid}
     algorithm_grids: dict[str, AlgorithmGrid] = field(default_factory=dict)
     fit_rules: str = DEFAULT_FIT_RULES  # the scaling-law fit rules (metrics/laws.py): reference or wide
+    # Each algorithm's entry (what it reads, needs and is built from): the built-ins' and the study's own
+    # models (a `models:` block, an installed package's entry point; models/user.py)
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [a for a in self.algorithms if a not in self.models]
+        self.models.update({a: BUILTIN[a] for a in missing if a in BUILTIN})  # a Study built in code
 
     # -- the grid -------------------------------------------------------------------------------
     def settings(self, dataset: str, algorithm: str | None = None) -> list[Setting]:
-        """The dataset's settings; with an algorithm, those it trains at (its own grid, if it has one)."""
-        return [Setting(n, q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)
+        """With an algorithm, the settings it trains at (its own grid, if it has one); without, every
+        setting some algorithm trains at (the full grid when one algorithm runs on all of it)."""
+        if algorithm is None and any(g.seeds is not None for g in self.algorithm_grids.values()):
+            trained = {s for a in self.algorithms for s in self.settings(dataset, a)}
+            return [s for s in self._grid(dataset, None, self.all_seeds()) if s in trained]
+        return self._grid(dataset, algorithm, self.seeds_of(algorithm))
+
+    def _grid(self, dataset: str, algorithm: str | None, seeds) -> list[Setting]:
+        return [Setting(n, q, s) for s in seeds for q in self.qualities_of(dataset, algorithm)
                 for n in self.sizes_of(dataset, algorithm)]
 
     def setting_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
         return [s.key for s in self.settings(dataset, algorithm)]
 
     def quality_seed_keys(self, dataset: str, algorithm: str | None = None) -> list[str]:
-        return [quality_seed_key(q, s) for s in self.seeds for q in self.qualities_of(dataset, algorithm)]
+        return [quality_seed_key(q, s) for s in self.seeds_of(algorithm) for q in self.qualities_of(dataset, algorithm)]
+
+    def seeds_of(self, algorithm: str | None = None) -> tuple[int, ...]:
+        """The seeds an algorithm trains with: its own grid's, else the study's."""
+        grid = self.algorithm_grids.get(algorithm)
+        return self.seeds if grid is None or grid.seeds is None else grid.seeds
+
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed some algorithm trains with (each gets its own split, pools and evaluation sets)."""
+        extra = [s for g in self.algorithm_grids.values() for s in g.seeds or () if s not in self.seeds]
+        return (*self.seeds, *dict.fromkeys(extra))
 
     def sizes_of(self, dataset: str, algorithm: str | None = None) -> tuple[int, ...]:
-        """The training sizes an algorithm runs at on a dataset (all of the dataset's without one)."""
+        """The training sizes an algorithm runs at on a dataset (all of the dataset's without one); a frozen
+        pretrained model has no size axis: it runs at n=0."""
+        if self.is_frozen(algorithm):
+            return (FROZEN_CELLS,)
         grid = self.algorithm_grids.get(algorithm)
         sizes = self.datasets[dataset].sizes
         return sizes if grid is None or grid.sizes is None else tuple(n for n in sizes if n in grid.sizes)
@@ -173,13 +215,22 @@ class Study:
             return qualities
         return tuple(q for q in qualities if format_quality(q) in {format_quality(g) for g in grid.qualities})
 
+    def is_frozen(self, algorithm: str | None) -> bool:
+        """A pretrained model evaluated frozen (no size axis)."""
+        entry = self.models.get(algorithm) if algorithm is not None else None
+        return bool(entry is not None and entry.pretrained)
+
+    def has_own_grid(self, algorithm: str | None) -> bool:
+        """The algorithm's partitions are not the dataset's settings: its own smaller grid, or n=0 (frozen)."""
+        return algorithm in self.algorithm_grids or self.is_frozen(algorithm)
+
     def grid_label(self, algorithm: str) -> str:
         """How tables and plots label an algorithm's results ('' on the study grid)."""
         grid = self.algorithm_grids.get(algorithm)
         return grid.label if grid is not None else ""
 
     def seed_keys(self) -> list[str]:
-        return [seed_key(s) for s in self.seeds]
+        return [seed_key(s) for s in self.all_seeds()]
 
     def n_training_runs(self) -> int:
         return sum(len(self.settings(d, a)) for d in self.datasets for a in self.algorithms)
@@ -195,8 +246,8 @@ class Study:
 
     def largest_size(self, dataset: str) -> int:
         """The largest training size any algorithm runs at on the dataset (what every seed's pool must hold)."""
-        return max(max(self.sizes_of(dataset, a)) for a in self.algorithms) if self.algorithms else \
-            max(self.datasets[dataset].sizes)
+        trained = [a for a in self.algorithms if not self.is_frozen(a)]
+        return max(max(self.sizes_of(dataset, a)) for a in trained) if trained else max(self.datasets[dataset].sizes)
 
     def validation_size(self, dataset: str) -> int:
         d = self.datasets[dataset]
@@ -228,11 +279,23 @@ def resolve_study_file(name_or_path: str | os.PathLike | None = None) -> Path:
 
 
 def load_study(name_or_path: str | os.PathLike | None = None, *, check_paths: bool = True) -> Study:
+    """The study of a built-in name (``default``, ``paper``, ``example_real``) or a YAML file's path;
+    without one, ``$SCALING_ASSETS_STUDY``, else ``default``. Every key is checked (docs/studies.md); an
+    invalid study raises ``StudyConfigError`` naming the file and the field. ``check_paths=False``
+    accepts data paths that do not exist yet."""
     path = resolve_study_file(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as stream:  # yaml decodes it: an undecodable byte is a YAMLError naming the file
+            raw = yaml.safe_load(stream)
+    except yaml.reader.ReaderError as exc:  # a binary file, or text in another encoding
+        what = (f"character #x{exc.character:04x} is not allowed in YAML" if exc.encoding == "unicode" else
+                f"byte #x{exc.character:02x} is not {exc.encoding} text")
+        raise StudyConfigError(f"study file {path} is not a YAML text file: {what} (position {exc.position}); "
+                               "expected a study written as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
-        raise StudyConfigError(f"study file {path} is not valid YAML: {exc}") from exc
+        raise StudyConfigError(f"study file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise StudyConfigError(f"study file {path} cannot be read: {exc.strerror}") from None
     return parse_study(raw, path, check_paths=check_paths)
 
 
@@ -256,6 +319,12 @@ def _err(path: Path | None, where: str, msg: str) -> StudyConfigError:
     return StudyConfigError(f"study file {path}: {where}: {msg}")
 
 
+def _check_keys(block: dict, allowed: tuple[str, ...], where: str, path: Path | None) -> None:
+    unknown = set(block) - set(allowed)
+    if unknown:
+        raise _err(path, where, f"unknown keys {sorted(unknown)}; expected some of {', '.join(allowed)}")
+
+
 def _resolve_root(root: str) -> Path:
     p = Path(os.path.expandvars(str(root))).expanduser()
     if p.is_absolute():
@@ -267,24 +336,18 @@ def _resolve_root(root: str) -> Path:
 def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True) -> Study:
     if not isinstance(raw, dict):
         raise _err(path, "top level", "expected a mapping with 'name', 'datasets', ...")
-    unknown = set(raw) - {
-        "name", "root", "budget", "seeds", "algorithms", "sizes", "qualities", "datasets",
-        "split", "chunk_size", "lmi", "description", "algorithm_grids", "fit_rules",
-    }
-    if unknown:
-        raise _err(path, "top level", f"unknown keys {sorted(unknown)}")
+    _check_keys(raw, STUDY_KEYS, "top level", path)
     name = str(raw.get("name") or (path.stem if path else "study"))
     budget = raw.get("budget", "default")
     if budget not in BUDGETS:
         raise _err(path, "budget", f"{budget!r} is not one of {list(BUDGETS)}")
-    algorithms = tuple(raw.get("algorithms", ALGORITHMS))
-    for a in algorithms:
-        if a not in ALGORITHMS:
-            raise _err(path, "algorithms", f"unknown algorithm {a!r}; known: {list(ALGORITHMS)}")
+    algorithms = tuple(str(a) for a in raw.get("algorithms", ALGORITHMS + tuple(raw.get("models") or ())))
+    models = _study_models(raw.get("models"), algorithms, path)
     seeds = tuple(int(s) for s in raw.get("seeds", [42]))
     if not seeds:
         raise _err(path, "seeds", "at least one seed is needed")
     split = raw.get("split") or {}
+    _check_keys(split, SPLIT_KEYS, "split", path)
     n_test = split.get("test_cells")
     n_validation = int(split.get("validation_cells", 1000))
     datasets_raw = raw.get("datasets")
@@ -297,7 +360,7 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         datasets[dname] = _parse_dataset(
             str(dname), draw or {}, study_sizes, study_qualities, n_test, n_validation, path, check_paths
         )
-    algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path)
+    algorithm_grids = _parse_algorithm_grids(raw.get("algorithm_grids"), algorithms, datasets, path, models)
     fit_rules = raw.get("fit_rules", DEFAULT_FIT_RULES)
     if fit_rules not in FIT_RULES:
         raise _err(path, "fit_rules", f"{fit_rules!r} is not one of {list(FIT_RULES)}")
@@ -315,25 +378,38 @@ def parse_study(raw: Any, path: Path | None = None, *, check_paths: bool = True)
         source_file=path,
         algorithm_grids=algorithm_grids,
         fit_rules=fit_rules,
+        models=models,
     )
 
 
-def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, AlgorithmGrid]:
-    """``{algorithm: {sizes: [...], qualities: [...], label: ...}}``; every value must be on each dataset's grid."""
+def _study_models(block, algorithms, path) -> dict[str, ModelEntry]:
+    """The algorithms' entries: built-in, the file's own models, installed packages' (models/user.py)."""
+    from scaling_assets.models.user import ModelSpecError, study_models
+
+    try:
+        return study_models(block, algorithms, path.parent if path is not None else None)
+    except ModelSpecError as exc:
+        raise _err(path, exc.field, exc.message) from None
+
+
+def _parse_algorithm_grids(raw, algorithms, datasets, path, models) -> dict[str, AlgorithmGrid]:
+    """``{algorithm: {sizes: [...], qualities: [...], seeds: [...], label: ...}}``; sizes and qualities must be
+    on each dataset's grid; seeds are the algorithm's own (any, the study's or others)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _err(path, "algorithm_grids", "expected a mapping of algorithm -> {sizes, qualities, label}")
+        raise _err(path, "algorithm_grids", "expected a mapping of algorithm -> {sizes, qualities, seeds, label}")
     grids = {}
     for algorithm, spec in raw.items():
         where = f"algorithm_grids.{algorithm}"
         if algorithm not in algorithms:
             raise _err(path, where, f"{algorithm!r} is not one of the study's algorithms {list(algorithms)}")
         spec = spec or {}
-        unknown = set(spec) - {"sizes", "qualities", "label"}
-        if unknown:
-            raise _err(path, where, f"unknown keys {sorted(unknown)}; expected sizes, qualities, label")
+        _check_keys(spec, ALGORITHM_GRID_KEYS, where, path)
         sizes = tuple(int(n) for n in spec["sizes"]) if spec.get("sizes") is not None else None
+        if sizes is not None and models[algorithm].pretrained:
+            raise _err(path, f"{where}.sizes", f"{algorithm!r} is a pretrained model evaluated frozen: it has no size "
+                                               "axis (it runs at n=0); give it qualities only")
         qualities = tuple(float(q) for q in spec["qualities"]) if spec.get("qualities") is not None else None
         for d in datasets.values():
             missing = [n for n in sizes or () if n not in d.sizes]
@@ -341,14 +417,33 @@ def _parse_algorithm_grids(raw, algorithms, datasets, path) -> dict[str, Algorit
             if missing:
                 raise _err(path, where, f"{missing} not on dataset {d.name!r}'s grid (sizes {list(d.sizes)}, "
                                         f"qualities {list(d.qualities)}); an algorithm grid picks from it")
-        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "")))
+        seeds = _parse_seeds(spec["seeds"], f"{where}.seeds", path) if spec.get("seeds") is not None else None
+        grids[algorithm] = AlgorithmGrid(sizes, qualities, str(spec.get("label", "")), seeds)
+    if any(g.seeds is not None for g in grids.values()):
+        # An algorithm's own seeds make the dataset's settings (train_counts) the union of the algorithms';
+        # every other algorithm then trains on a subset of them (the study's seeds): its own grid too.
+        grids.update({a: AlgorithmGrid() for a in algorithms if a not in grids})
     return grids
+
+
+def _parse_seeds(raw, where: str, path) -> tuple[int, ...]:
+    """A non-empty list of distinct non-negative integers."""
+    if not isinstance(raw, list) or not raw:
+        raise _err(path, where, f"expected a non-empty list of integer seeds, got {raw!r}")
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise _err(path, where, f"seeds must be non-negative integers, got {bad}")
+    repeated = sorted({s for s in raw if raw.count(s) > 1})
+    if repeated:
+        raise _err(path, where, f"seed(s) {repeated} given twice")
+    return tuple(raw)
 
 
 def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, check_paths) -> DatasetConfig:
     where = f"datasets.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise _err(path, where, "dataset names may use letters, digits, '_' and '-' only")
+    _check_keys(d, DATASET_KEYS, where, path)
     task, source, paths = _parse_source(d, where, path, check_paths)
     signals = _parse_signals(d, task, source, where, path)
     cells = int(d["cells"]) if d.get("cells") is not None else None
@@ -356,6 +451,7 @@ def _parse_dataset(name, d, study_sizes, study_qualities, n_test, n_val, path, c
         raise _err(path, where, "a simulated dataset needs 'cells' and 'genes'")
     umis = float(d["umis_per_cell"]) if d.get("umis_per_cell") is not None else None
     own_split = d.get("split") or {}
+    _check_keys(own_split, SPLIT_KEYS, f"{where}.split", path)
     own_test, own_val = own_split.get("test_cells"), own_split.get("validation_cells")
     test = int(own_test) if own_test is not None else n_test
     n_val = int(own_val) if own_val is not None else n_val
@@ -438,6 +534,7 @@ def _parse_sizes(spec, pool: int | None, pool_note: str | None, where: str, path
     if spec is None:
         raise _err(path, where, "no sizes given (per dataset or at the top level)")
     if isinstance(spec, dict):
+        _check_keys(spec, SIZE_GRID_KEYS, where, path)
         if pool is None:
             raise _err(path, where, "a size grid needs the dataset's 'cells' to know the pool size")
         sizes = size_grid(pool, int(spec.get("count", 10)), int(spec.get("smallest", 100)))
@@ -455,6 +552,7 @@ def _parse_qualities(spec, umis: float | None, where: str, path) -> tuple[float,
     if spec is None:
         raise _err(path, where, "no qualities given (per dataset or at the top level)")
     if isinstance(spec, dict):
+        _check_keys(spec, QUALITY_GRID_KEYS, where, path)
         if umis is None:
             raise _err(path, where, "a quality grid needs the dataset's 'umis_per_cell'")
         qualities = quality_grid(umis, int(spec.get("count", 10)), float(spec.get("min_umis", 10)))

@@ -5,16 +5,17 @@ Pools, pool corpora, models and embeddings record each file's bytes and BLAKE2b 
 (``fingerprint.json``, ``scaling_assets.data.integrity``). This reads every such file whole and
 compares. A partition with a missing, truncated or changed file is *marked for rebuilding*, with
 Dagster's own notion of it: its folder is removed (both ``study run`` modes redo a partition whose
-folder is missing: ``backfills.missing_partitions``, ``serial._is_done``), and an observation on
+folder is missing, and everything made from it: ``backfills.missing_partitions``), and an observation on
 the partition in the instance says why (Dagster 1.13 cannot wipe one partition's materialisations on
 SQLite or PostgreSQL storage, so the UI shows it materialised until rebuilt). The next ``study run``
 rebuilds it from its inputs.
 
 What was made from a bad file is marked too when it was made after the file last changed (it may have
-read the changed bytes), with everything downstream of it; what was made before read the file as
-written and is kept (a rebuilt partition is byte for byte what was written first: the stages are
-deterministic). A file whose bytes rotted without a write keeps its first mtime, so everything made
-from it is redone. The study-wide tables are not removed: ``study run`` redoes them whenever anything
+read the changed bytes), with everything downstream of it: removed now, so nothing reads it meanwhile.
+What was made before read the file as written and is not suspect; ``study run`` rebuilds it all the
+same, as it rebuilds whatever was made from a partition made again (``assets.staleness``: the run
+cannot tell a deterministic rebuild from one that trained other weights). A file whose bytes rotted
+without a write keeps its first mtime, so everything made from it is marked. The study-wide tables are not removed: ``study run`` redoes them whenever anything
 else is.
 """
 
