@@ -158,21 +158,48 @@ def test_reference_bounds_for_the_linear_models_tie_i_inf_to_the_data():
     plateau = np.minimum(size_law(CELLS, 3.0, 40.0, 1.5), 2.9)
     pinned = fit_size_law(CELLS, plateau, algorithm="pca")
     assert pinned.fitted and not pinned.identified
-    assert "i_inf at its lower bound max MI 2.9" in pinned.reason
+    assert "i_inf at its lower bound max MI - 2 SE 2.9" in pinned.reason  # no standard errors: the largest mean
     # the same data under the learned models' box: N_0 >= 10 and I_inf <= 10 hold it elsewhere
     assert "reference (learned)" in fit_size_law(CELLS, mi, algorithm="scvi").bounds
 
 
 def test_max_mi_of_the_linear_bound_is_the_largest_seed_mean_not_the_largest_estimate():
     """With seeds, the bound [max MI, 1.5 max MI] is on the seed means (the fit on every seed's estimate
-    equals the fit on their means): the largest single estimate is the top of the noise."""
+    equals the fit on their means), less two standard errors of the mean: the largest single estimate is
+    the top of the noise."""
     cells = np.repeat(CELLS, 3)
     mean = np.minimum(size_law(CELLS, 3.0, 200.0, 1.5), 2.9)  # rises from 0.17 bits, a plateau at 2.9
     mi = np.repeat(mean, 3) + np.tile([0.1, 0.0, -0.1], len(CELLS))  # three seeds, +-0.1 bits
     fit = fit_size_law(cells, mi, algorithm="pca")
-    assert fit.bounds.startswith("reference (linear): i_inf in [max MI, 1.5 max MI] = [2.9, 4.35]")
+    # the seeds' standard error of the mean on the plateau: 0.1 / sqrt(3) = 0.0577; 2.9 - 2 x 0.0577 = 2.78
+    assert fit.bounds.startswith("reference (linear): i_inf in [max MI - 2 SE, 1.5 max MI] = [2.78, 4.35]")
     # the largest estimate (3.0 bits) as the bound would hold I_inf above every seed mean of the plateau
-    assert fit.identified and 2.9 <= fit.params["i_inf"] < 3.0
+    assert fit.identified and 2.78 <= fit.params["i_inf"] < 3.0
+
+
+def test_a_plateau_reached_inside_the_grid_is_identified_despite_noise():
+    """The reference rule held I_inf at or above the largest noisy mean; on a curve that flattens inside
+    the grid noise lifts that mean above the plateau, so the fit sat on the bound (never identified). With
+    the floor 2 standard errors lower it is identified in most draws, and I_inf stays near the truth.
+    The default study's shape (PCA at q = 0.3, 100-6,400 cells): I_inf 2.7, N_0 45, s 1.2, SE 0.04 bits."""
+    from scaling_assets.metrics import laws
+
+    rng = np.random.default_rng(3)
+    cells = np.array([100, 200, 400, 800, 1600, 3200, 6400])
+    truth = size_law(cells, 2.7, 45.0, 1.2)
+    se = np.full(len(cells), 0.04)
+    draws = truth + rng.normal(0, 0.04, (200, len(cells)))
+
+    def identified(floor_ses):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(laws, "I_INF_FLOOR_SES", floor_ses)
+            fits = [fit_size_law(cells, mi, algorithm="pca", mi_se=se) for mi in draws]
+        return np.mean([f.identified for f in fits]), np.array([f.params["i_inf"] for f in fits])
+
+    before, _ = identified(0.0)  # the reference's own bound: the largest mean
+    after, i_inf = identified(2.0)
+    assert before < 0.2 and after > 0.8  # 10% and 92% of 200 draws
+    assert abs(np.median(i_inf) - 2.7) < 0.03
 
 
 def test_learned_models_bounds_and_unidentified_parameters():

@@ -1,7 +1,7 @@
 """PCA's size law on a study's simulated datasets, in-process: the study's own steps without Dagster.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_pca_size_law.py --cache /tmp/pca_mi.csv
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_pca_size_law.py --cache /tmp/pca_mi.csv \\
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/investigations/bench_pca_size_law.py --cache /tmp/pca_mi.csv
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/investigations/bench_pca_size_law.py --cache /tmp/pca_mi.csv \\
         --seeds 42 1404 --sizes 25 50 100 200 400 800 1600 3200 \\
         --grid 25,50,100,200,400,800,1600,3200 --grid 50,100,200,400,800,1600,3200 --grid-seeds 42 --grid-seeds 42,1404
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from scaling_assets.assets.eval_sets import thinning  # noqa: E402
 from scaling_assets.data.h5ad_io import CsrReader, write_rows  # noqa: E402
 from scaling_assets.data.pools import CountsRange, find_zero_umi_rows, write_pool  # noqa: E402
