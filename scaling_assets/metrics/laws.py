@@ -7,16 +7,16 @@ Fit rules (``FIT_RULES``), the reference study's by default:
 
 - least squares on the raw MI estimate (``mi_bits_raw``) of every seed, not on max(0, MI): KSG is
   unbiased around zero, and clipped values would bias the fits upward where the information is small;
-- ``reference`` bounds: size law for PCA and random projection I_inf in [max MI, 1.5 max MI] (max MI:
-  the largest mean over seeds at one N, as a fit on the seed means sees it; the largest single seed's
-  estimate would put the bound on the noise), N_0 >= 1e-6, s >= 1e-3, except that the fit's lower
-  bound on I_inf is the largest lower confidence bound of a mean, max over N of (mean - 2 standard
-  errors) (``I_INF_FLOOR_SES``): the law stays below I_inf at every N, so I_inf exceeds the true MI at
-  every N, which that bound does with ~98% confidence, while the largest noisy mean sits above a plateau
-  reached inside the grid and held every such fit at its bound (never identified); for SCVI and Geneformer (and any
+- ``reference`` bounds: size law for PCA and random projection I_inf in [max MI, 1.5 max MI] (max MI: the
+  largest mean over seeds at one N, as a fit on the seed means sees it; the largest single seed's estimate
+  would put the bound on the noise), N_0 >= 1e-6, s >= 1e-3, except that the fit's lower bound on I_inf is
+  the largest lower confidence bound of a mean, max over N of (mean - 2 standard errors)
+  (``I_INF_FLOOR_SES``): the law stays below I_inf at every N, so I_inf exceeds the true MI at every N,
+  which that bound does with ~98% confidence, while the largest noisy mean sits above a plateau reached
+  inside the grid and held every such fit at its bound (never identified); for SCVI and Geneformer (and any
   other learned model) N_0 in [10, 1e7], s in [0.01, 10], I_inf in [0.1, 10]; noise law u_bar >= 0,
-  I_max >= 0. Algorithm names match in any spelling (``PCA``, ``RandomProjection`` as in the reference's
-  own table);
+  I_max >= 0. Algorithm names match in any spelling (``PCA``, ``RandomProjection`` as in the reference's own
+  table);
 - ``wide`` bounds: wide boxes around the data (the platform's earlier fit), for comparison.
 
 A fit is *identified* when no parameter sits at a bound and each standard error is below half its
@@ -32,10 +32,10 @@ its degrees of freedom); with one estimate per N, each estimate's own standard e
 chi-square tests). Comparing only the highest and the lowest of K means, as this module did first,
 called a flat series dependent in 19% (K = 4) to 60% (K = 10) of draws at two standard errors.
 
-A series whose MI does not depend on N has no size-law *shape*, but still a plateau: ``i_inf`` is the constant that the rule's least squares gives, with its
-standard error; n0, s and R^2 are empty, ``fitted`` and ``identified`` false, ``reason`` "no dependence
-on N: ...", ``depends_on_n`` false. The constant is the inverse-variance-weighted mean of the means over
-N, held to the rule's I_inf box:
+A series whose MI does not depend on N has no size-law *shape*, but still a plateau: ``i_inf`` is the
+constant that the rule's least squares gives, with its standard error; n0, s and R^2 are empty, ``fitted``
+and ``identified`` false, ``reason`` "no dependence on N: ...", ``depends_on_n`` false. The constant is the
+inverse-variance-weighted mean of the means over N, held to the rule's I_inf box:
 
 - ``reference`` for PCA and random projection: the reference's box starts at the largest mean, which
   every weighted mean lies below, so the plateau is that bound, the largest mean over N (what the
@@ -404,7 +404,8 @@ def size_plateau(cells: np.ndarray, mi: np.ndarray, se: np.ndarray, algorithm: s
     if check_rules(rules) == "reference" and is_linear(algorithm):
         top = int(np.argmax(means))  # the reference's own plateau: its box's lower bound, the largest mean
         return (float(means[top]), float(errors[top]) if errors[top] > 0 else float("nan"),
-                "reference (linear): no N dependence, i_inf = the largest mean over N (the reference's lower bound, max MI)",
+                "reference (linear): no N dependence, i_inf = the largest mean over N (the reference's lower "
+                "bound, max MI)",
                 "")
     value, value_se = weighted_mean(means, errors)
     if rules == "wide":
