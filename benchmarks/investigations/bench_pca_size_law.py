@@ -1,9 +1,14 @@
 """PCA's size law on a study's simulated datasets, in-process: the study's own steps without Dagster.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/investigations/bench_pca_size_law.py --cache /tmp/pca_mi.csv
+    # the grids of docs/laws.md's table: 25-6,400 computed once, refitted on sub-grids and seeds
     PYTHONPATH=$PWD .venv/bin/python benchmarks/investigations/bench_pca_size_law.py --cache /tmp/pca_mi.csv \\
-        --seeds 42 1404 --sizes 25 50 100 200 400 800 1600 3200 \\
-        --grid 25,50,100,200,400,800,1600,3200 --grid 50,100,200,400,800,1600,3200 --grid-seeds 42 --grid-seeds 42,1404
+        --seeds 42 1404 --sizes 25 50 100 200 400 800 1600 3200 6400 \\
+        --grid 100,200,400,800,1600,3200,6400 --grid 25,50,100,200,400,800,1600,3200,6400 \\
+        --grid-seeds 42 --grid-seeds 1404 --grid-seeds 42,1404
+    # the earlier default (7,000-cell datasets, 25-3,200 cells)
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/investigations/bench_pca_size_law.py --cache /tmp/pca_mi.csv \\
+        --add-cells -3000 --sizes 25 50 100 200 400 800 1600 3200
 
 For each simulated dataset of a study (default: the embedded default study), what the study's assets do for
 PCA, with the package's functions: simulate (``raw_counts``); split with the study's seed, test and validation
@@ -202,7 +207,7 @@ def main() -> None:
                     "is where the HVGs are chosen, as in the study")
     ap.add_argument("--qualities", type=float, nargs="+", help="default: PCA's grid")
     ap.add_argument("--add-cells", type=int, default=0, help="simulate this many more cells per dataset than the "
-                    "study (a larger training pool, for sizes above the study's)")
+                    "study (a larger training pool, for sizes above the study's; negative: fewer)")
     ap.add_argument("--test-cells", type=int, help="test cells per dataset instead of the study's")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="simulator constants to override (data/simulate.py), for probes of the simulator")
