@@ -42,14 +42,14 @@ def test_assets_are_partitioned_only_by_what_they_depend_on(graph):
     # chain then depends only on per-seed assets (one run per setting)
     for asset in ("split", "gene_medians", "pca_genes", "pool_counts", "eval_counts"):
         assert partition_keys(["cite", asset]) == ["s=42", "s=1404"]
-    # the default study: PCA on 7 sizes x 4 qualities, SCVI on its own grid (2 sizes x 2 seeds), random
+    # the default study: PCA on 8 sizes x 4 qualities, SCVI on its own grid (2 sizes x 2 seeds), random
     # projection at one size, train_counts the union
     assert "n=400_q=0.1_s=1404" in partition_keys(["cite", "model_scvi"])
     assert "n=3200_q=0.1_s=42" not in partition_keys(["cite", "model_scvi"])
     assert len(partition_keys(["cite", "model_scvi"])) == 16
     assert len(partition_keys(["cite", "model_random_projection"])) == 4
-    assert len(partition_keys(["cite", "model_pca"])) == 28
-    assert len(partition_keys(["cite", "train_counts"])) == 28 + 8  # PCA's, and SCVI's of seed 1404
+    assert len(partition_keys(["cite", "model_pca"])) == 32
+    assert len(partition_keys(["cite", "train_counts"])) == 32 + 8  # PCA's, and SCVI's of seed 1404
     # Geneformer runs on its own smaller grid (a smoke test), and so do its corpora
     for asset in ("train_corpus", "model_geneformer", "embeddings_geneformer", "mi_geneformer"):
         assert partition_keys(["cite", asset]) == ["n=3200_q=0.03_s=42"]

@@ -767,7 +767,7 @@ def test_a_study_larger_than_sqlite_tracks_comfortably_is_warned_about(tmp_path)
     from scaling_assets.study.backfills import partition_count, storage_warning
 
     default = build_definitions(load_study("default")).resolve_asset_graph()
-    assert partition_count(default) == 794  # the default study: shared data (44), settings (744), results (6)
+    assert partition_count(default) == 858  # the default study: shared data (44), settings (808), results (6)
     (tmp_path / "home").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "home")) as sqlite:
         warning = storage_warning(50_001, sqlite)
