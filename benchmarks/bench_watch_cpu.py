@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import REPO, StudyRun, study_env, study_home
 
 # Two simulated datasets, two models, 2 x 2 settings each: ~70 partitions in ~10 runs, a few minutes on 2 cores.
 SMALL_STUDY = {
@@ -47,59 +44,34 @@ SMALL_STUDY = {
 }
 
 
-def own_cpu(process: psutil.Process) -> float | None:
-    try:
-        times = process.cpu_times()
-        return times.user + times.system
-    except psutil.Error:
-        return None
-
-
 def run_study(tree: Path, study_file: Path, work: Path, label: str) -> dict:
     """One `study run` with ``tree`` as the package; its CPU at the phase boundaries its output marks."""
-    home = work / f"home-{label}"
-    home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = study_home(work / f"home-{label}")
     study = yaml.safe_load(study_file.read_text())
     study["root"] = str(work / f"root-{label}")
     path = work / f"study-{label}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONPATH=str(tree), SCALING_ASSETS_PROGRESS="0")
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", str(path)],
-                            env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    process = psutil.Process(proc.pid)
-    marks: dict[str, float] = {}
-    last = {"cpu": 0.0}
+    env = {**study_env(home, work), "PYTHONPATH": str(tree)}
+    run = StudyRun(path, env, tree, work / f"{label}.log")
+    process = psutil.Process(run.pid)
+    samples: list[tuple[float, float]] = []  # (time, the command's own CPU seconds; its children left out)
+    while run.proc.poll() is None:
+        try:
+            times = process.cpu_times()
+            samples.append((time.time(), times.user + times.system))
+        except psutil.Error:
+            break
+        time.sleep(0.2)
+    code = run.wait()
 
-    def sample():
-        while proc.poll() is None:
-            cpu = own_cpu(process)
-            if cpu is not None:
-                last["cpu"] = cpu
-            time.sleep(0.2)
+    def cpu_at(t: float | None) -> float:
+        return max((cpu for at, cpu in samples if t is None or at <= t), default=0.0)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        cpu = own_cpu(process)
-        if cpu is not None:
-            last["cpu"] = cpu
-        if line.startswith("backfill ") and "watch" not in marks:
-            marks["watch"], marks["watch_at"] = last["cpu"], time.perf_counter()
-        if line.startswith("=== study") and "summary" not in marks:
-            marks["summary"], marks["summary_at"] = last["cpu"], time.perf_counter()
-    proc.wait()
-    sampler.join()
-    wall = time.perf_counter() - start
-    watch_start = marks.get("watch", 0.0)
-    watch_cpu = marks.get("summary", last["cpu"]) - watch_start
-    return {"label": label, "exit": proc.returncode, "wall_s": wall, "cpu_s": last["cpu"],
-            "startup_cpu_s": watch_start, "watch_cpu_s": watch_cpu,
-            "watch_wall_s": marks.get("summary_at", start + wall) - marks.get("watch_at", start),
-            "output": "".join(lines)}
+    watch_at, summary_at = run.first(r"^backfill "), run.first(r"^=== study")
+    end = samples[-1][0] if samples else time.time()
+    return {"label": label, "exit": code, "wall_s": run.wall_s, "cpu_s": cpu_at(None),
+            "startup_cpu_s": cpu_at(watch_at), "watch_cpu_s": cpu_at(summary_at) - cpu_at(watch_at),
+            "watch_wall_s": (summary_at or end) - (watch_at or run.start), "output": run.output()}
 
 
 def main() -> None:

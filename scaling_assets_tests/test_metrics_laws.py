@@ -158,21 +158,48 @@ def test_reference_bounds_for_the_linear_models_tie_i_inf_to_the_data():
     plateau = np.minimum(size_law(CELLS, 3.0, 40.0, 1.5), 2.9)
     pinned = fit_size_law(CELLS, plateau, algorithm="pca")
     assert pinned.fitted and not pinned.identified
-    assert "i_inf at its lower bound max MI 2.9" in pinned.reason
+    assert "i_inf at its lower bound max MI - 2 SE 2.9" in pinned.reason  # no standard errors: the largest mean
     # the same data under the learned models' box: N_0 >= 10 and I_inf <= 10 hold it elsewhere
     assert "reference (learned)" in fit_size_law(CELLS, mi, algorithm="scvi").bounds
 
 
 def test_max_mi_of_the_linear_bound_is_the_largest_seed_mean_not_the_largest_estimate():
     """With seeds, the bound [max MI, 1.5 max MI] is on the seed means (the fit on every seed's estimate
-    equals the fit on their means): the largest single estimate is the top of the noise."""
+    equals the fit on their means), less two standard errors of the mean: the largest single estimate is
+    the top of the noise."""
     cells = np.repeat(CELLS, 3)
     mean = np.minimum(size_law(CELLS, 3.0, 200.0, 1.5), 2.9)  # rises from 0.17 bits, a plateau at 2.9
     mi = np.repeat(mean, 3) + np.tile([0.1, 0.0, -0.1], len(CELLS))  # three seeds, +-0.1 bits
     fit = fit_size_law(cells, mi, algorithm="pca")
-    assert fit.bounds.startswith("reference (linear): i_inf in [max MI, 1.5 max MI] = [2.9, 4.35]")
+    # the seeds' standard error of the mean on the plateau: 0.1 / sqrt(3) = 0.0577; 2.9 - 2 x 0.0577 = 2.78
+    assert fit.bounds.startswith("reference (linear): i_inf in [max MI - 2 SE, 1.5 max MI] = [2.78, 4.35]")
     # the largest estimate (3.0 bits) as the bound would hold I_inf above every seed mean of the plateau
-    assert fit.identified and 2.9 <= fit.params["i_inf"] < 3.0
+    assert fit.identified and 2.78 <= fit.params["i_inf"] < 3.0
+
+
+def test_a_plateau_reached_inside_the_grid_is_identified_despite_noise():
+    """The reference rule held I_inf at or above the largest noisy mean; on a curve that flattens inside
+    the grid noise lifts that mean above the plateau, so the fit sat on the bound (never identified). With
+    the floor 2 standard errors lower it is identified in most draws, and I_inf stays near the truth.
+    The default study's shape (PCA at q = 0.3, 100-6,400 cells): I_inf 2.7, N_0 45, s 1.2, SE 0.04 bits."""
+    from scaling_assets.metrics import laws
+
+    rng = np.random.default_rng(3)
+    cells = np.array([100, 200, 400, 800, 1600, 3200, 6400])
+    truth = size_law(cells, 2.7, 45.0, 1.2)
+    se = np.full(len(cells), 0.04)
+    draws = truth + rng.normal(0, 0.04, (200, len(cells)))
+
+    def identified(floor_ses):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(laws, "I_INF_FLOOR_SES", floor_ses)
+            fits = [fit_size_law(cells, mi, algorithm="pca", mi_se=se) for mi in draws]
+        return np.mean([f.identified for f in fits]), np.array([f.params["i_inf"] for f in fits])
+
+    before, _ = identified(0.0)  # the reference's own bound: the largest mean
+    after, i_inf = identified(2.0)
+    assert before < 0.2 and after > 0.8  # 10% and 92% of 200 draws
+    assert abs(np.median(i_inf) - 2.7) < 0.03
 
 
 def test_learned_models_bounds_and_unidentified_parameters():
@@ -206,6 +233,77 @@ def test_a_series_that_does_not_depend_on_n_has_a_plateau_and_no_shape():
     seeds = np.tile([-0.3, 0.0, 0.3], len(CELLS)) + np.repeat(np.linspace(0, 0.05, len(CELLS)), 3)
     assert fit_size_law(cells, 1.0 + seeds, algorithm="scvi").reason.startswith("no dependence on N")
     assert fit_size_law(CELLS[:3], [1, 2, 3], algorithm="pca").depends_on_n is None  # too few points: untested
+
+
+def dependence_rate(cells, draws, se) -> float:
+    from scaling_assets.metrics.laws import n_dependence
+
+    return float(np.mean([n_dependence(cells, mi, se)[0] for mi in draws]))
+
+
+@pytest.mark.parametrize("sizes, seeds", [(4, 1), (8, 1), (10, 1), (4, 3), (8, 2)])
+def test_a_flat_series_is_called_dependent_at_the_stated_rate(sizes, seeds):
+    """5% (DEPENDENCE_ALPHA) of flat series with honest noise: one seed with its true standard errors
+    (chi-square tests), or seeds without standard errors (F tests on their scatter within N). Comparing the
+    extreme pair of K means at two standard errors called 19% (K = 4) to 60% (K = 10) of them dependent."""
+    rng = np.random.default_rng(sizes * 10 + seeds)
+    cells = np.repeat(np.geomspace(25, 3200, sizes), seeds)
+    draws = 1.5 + rng.normal(0, 0.05, (3000, len(cells)))
+    se = np.full(len(cells), 0.05) if seeds == 1 else np.zeros(len(cells))
+    # 3,000 draws: a binomial standard error of 0.4 points at 5%
+    assert dependence_rate(cells, draws, se) == pytest.approx(0.05, abs=0.015)
+
+
+def test_a_rising_series_is_detected():
+    """A size law rising by 0.2 bits (four standard errors) from 25 to 3,200 cells is found in nine draws of
+    ten, whatever its knee, and by 0.3 bits in 99 of 100; the trend in log N finds what the spread misses."""
+    rng = np.random.default_rng(5)
+    cells = np.geomspace(25, 3200, 8)
+    se = np.full(len(cells), 0.05)
+    for n0, s in ((20, 0.9), (100, 0.5), (1000, 0.2)):
+        shape = size_law(cells, 2.0, n0, s)
+        shape = (shape - shape[0]) / (shape[-1] - shape[0])
+        assert dependence_rate(cells, 0.2 * shape + rng.normal(0, 0.05, (500, 8)), se) > 0.85
+        assert dependence_rate(cells, 0.3 * shape + rng.normal(0, 0.05, (500, 8)), se) >= 0.99
+
+
+def test_the_default_studys_lineage_clone_depends_on_n_at_the_lowest_depth_only():
+    """PCA's clone MI in the default study (2026-12-07, seed 42; 25-3,200 cells; standard errors ~0.07 bits):
+    at q = 0.03 it rises by 0.34 bits, at q = 1 it moves by 0.25 bits up and down with no trend."""
+    from scaling_assets.metrics.laws import n_dependence
+
+    cells = np.array([25, 50, 100, 200, 400, 800, 1600, 3200])
+    low = np.array([-0.03, 0.11, 0.24, 0.12, 0.17, 0.42, 0.34, 0.31])
+    full = np.array([0.44, 0.61, 0.57, 0.69, 0.47, 0.52, 0.66, 0.64])
+    assert n_dependence(cells, low, np.full(8, 0.066))[0]
+    depends, detail = n_dependence(cells, full, np.full(8, 0.075))
+    assert not depends and detail.startswith("MI spread 0.250 bits over 25-3.2e+03 cells, within the noise of the "
+                                             "estimates' standard errors: p = ")
+
+
+def test_the_dependence_tests_by_hand():
+    from scipy import stats
+
+    from scaling_assets.metrics.laws import n_dependence
+
+    # one estimate per N with standard errors: chi-square of the means about their weighted mean
+    cells, mi, se = np.array([100, 200, 400, 800]), np.array([1.0, 1.1, 1.0, 1.2]), np.array([0.05, 0.05, 0.1, 0.1])
+    w = se ** -2.0
+    level = (w * mi).sum() / w.sum()
+    x = np.log(cells) - (w * np.log(cells)).sum() / w.sum()
+    slope = (w * x * (mi - level)).sum() / (w * x * x).sum()
+    p_spread = stats.chi2.sf((w * (mi - level) ** 2).sum(), 3)
+    p_trend = stats.chi2.sf(slope ** 2 * (w * x * x).sum(), 1)
+    depends, detail = n_dependence(cells, mi, se)
+    assert f"p = {p_spread:.2g} for the spread of the means, {p_trend:.2g} for a trend in log N" in detail
+    assert depends == (min(p_spread, p_trend) < 0.025)
+    # seeds: the one-way ANOVA of scipy, against the pooled scatter within N (the standard errors unused)
+    groups = [FLAT_MI[i * 3:(i + 1) * 3] for i in range(4)]
+    _, detail = n_dependence(FLAT_CELLS, FLAT_MI, np.full(len(FLAT_MI), 9.0))
+    assert f"p = {stats.f_oneway(*groups).pvalue:.2g} for the spread" in detail
+    assert "the seeds' scatter within N (8 degrees of freedom)" in detail
+    # no noise to test against (one estimate per N, no standard errors): any difference is a dependence
+    assert n_dependence(cells, mi, np.zeros(4))[0] and not n_dependence(cells, np.ones(4), np.zeros(4))[0]
 
 
 # A flat series: three seeds at four sizes, means 1.00, 1.04, 0.98, 1.02 with unequal seed scatter.

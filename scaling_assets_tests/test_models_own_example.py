@@ -55,6 +55,8 @@ def test_the_example_package_is_studied_through_the_daemon(tmp_path, monkeypatch
     paths = result_paths(study)
     mi = pd.read_parquet(paths["mi_table"])
     signals = sorted(mi["signal"].unique())
+    print(mi.pivot_table(index=["algorithm", "cells"], columns=["signal", "quality"], values="mi_bits").round(3)
+          .to_string())
     for algorithm in study.algorithms:  # every setting of every model, each signal once
         rows = mi[mi.algorithm == algorithm]
         assert len(rows) == len(study.settings("cite", algorithm)) * len(signals), algorithm

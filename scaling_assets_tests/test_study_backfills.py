@@ -29,37 +29,11 @@ from scaling_assets.layout import result_paths
 from scaling_assets.models.registry import ALGORITHMS
 from scaling_assets.study.spec import load_study
 from scaling_assets.study.backfills import study_lock
-
-CITE = {"task": "cite", "source": "simulated", "cells": 500, "genes": 40, "seed": 1}
+from study_processes import CITE, instance_at, make_study, recorded_daemon_pid, study_run
 
 
 def succeeded_steps(instance, run_id: str) -> set[str]:
     return {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
-
-
-def make_study(tmp_path: Path, name: str, datasets: dict | None = None, **fields) -> tuple[Path, Path, dict]:
-    """A study file (the cite dataset and ``datasets``; ``fields``: other top-level keys), a fresh
-    DAGSTER_HOME holding the repo's dagster.yaml, and the CLI environment."""
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    path = write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", name, sizes=[100, 200], lmi={"epochs": 10},
-                            datasets={"cite": CITE, **(datasets or {})}, **fields)
-    env = dict(os.environ, DAGSTER_HOME=str(home), SCALING_ASSETS_PROGRESS="0", SCALING_ASSETS_HOME=str(tmp_path))
-    return path, home, env
-
-
-def study_run(path: Path, env: dict, cwd: Path, **kwargs):
-    cmd = [sys.executable, "-m", "scaling_assets.cli", "study", "run", "--study", str(path)]
-    # Ctrl-C as from a terminal: a suite started in the background by a shell without job control
-    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
-
-
-def instance_at(home: Path) -> DagsterInstance:
-    os.environ["DAGSTER_HOME"] = str(home)  # DagsterInstance.get() reads it
-    return DagsterInstance.get()
 
 
 def wait_for(predicate, timeout_s: float, what: str):
@@ -74,12 +48,6 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 def started_daemon_pid(output: str) -> int:
     return int(re.search(r"started dagster-daemon \(pid (\d+)", output).group(1))
-
-
-def recorded_daemon_pid(home: Path) -> int:
-    from scaling_assets.study.daemon import read_record
-
-    return read_record(home / ".scaling_assets" / "daemon.json").pid
 
 
 def alive(pid: int) -> bool:
@@ -575,10 +543,10 @@ def test_the_instance_settings_for_killed_run_workers():
 def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_path, restore_dagster_home):
     """Issue 26, on real daemons and runs, in the order a user meets them:
 
-    - a run worker killed by ``kill -9`` mid-chain is marked failed within seconds (run monitoring polls
-      every 5 s) and re-executed from its failure in the same backfill: the steps it finished stay;
     - a second study on the same DAGSTER_HOME is refused at once, naming the study that holds it, and
       writes nothing;
+    - a run worker killed by ``kill -9`` mid-chain is marked failed within seconds (run monitoring polls
+      every 5 s) and re-executed from its failure in the same backfill: the steps it finished stay;
     - the ``study run`` killed by ``kill -9``: the rerun adopts its daemon and stops it at the end;
     - a rerun seconds after a finished one starts a fresh daemon (the stopped one's heartbeats are
       not taken for a live daemon) and finishes;
@@ -591,13 +559,25 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
     from scaling_assets.compute.run_workers import TAG_WORKER
     from scaling_assets.study.backfills import TAG_TITLE
 
-    path, home, env = make_study(tmp_path, "owned")
+    # three qualities: after the worker's kill and its retry, runs are left for the rerun to adopt (with
+    # two, CI's daemon once finished the study between the kill of the command and the rerun)
+    path, home, env = make_study(tmp_path, "owned", qualities=[1.0, 0.5, 0.25])
     other = write_tiny_study(tmp_path / "other.yaml", tmp_path / "other_root", "other", sizes=[100])
     study = load_study(path)
     instance = instance_at(home)
     first = study_run(path, env, tmp_path)
     started_pids = []
     try:
+        # -- a second study on the same home -------------------------------------------------------
+        wait_for(lambda: instance.get_runs(limit=1), 300, "the study's first run")  # its command holds the home
+        t0 = time.time()
+        second = study_run(other, env, tmp_path)
+        out_other, _ = second.communicate(timeout=120)
+        print(f"second study refused after {time.time() - t0:.1f} s:\n{out_other}")
+        assert second.returncode == 2, out_other
+        assert "is in use by the `study run` of study 'owned'" in out_other and "DAGSTER_HOME" in out_other
+        assert not any(p.is_dir() for p in (tmp_path / "other_root").glob("*/*")), "the other study wrote data"
+
         # -- a run worker killed after its chain's first step --------------------------------------
         train = AssetKey(["cite", "train_counts"])
 
@@ -628,15 +608,6 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
         assert marked_failed_s < 30
         assert retry.step_keys_to_execute and "cite__train_counts" not in retry.step_keys_to_execute
 
-        # -- a second study on the same home -------------------------------------------------------
-        t0 = time.time()
-        second = study_run(other, env, tmp_path)
-        out_other, _ = second.communicate(timeout=120)
-        print(f"second study refused after {time.time() - t0:.1f} s:\n{out_other}")
-        assert second.returncode == 2, out_other
-        assert "is in use by the `study run` of study 'owned'" in out_other and "DAGSTER_HOME" in out_other
-        assert not any(p.is_dir() for p in (tmp_path / "other_root").glob("*/*")), "the other study wrote data"
-
         # -- kill -9 of the `study run`, rerun at once ---------------------------------------------
         assert first.poll() is None, "the study finished before its command could be killed"
         first_daemon = recorded_daemon_pid(home)
@@ -645,6 +616,8 @@ def test_one_daemon_per_home_ends_with_its_study_and_killed_workers_resume(tmp_p
         first.communicate()
         rerun = study_run(path, env, tmp_path)
         out_rerun, _ = rerun.communicate(timeout=400)
+        assert "already materialised" not in out_rerun, \
+            f"the daemon finished the study before the rerun: too little work left to adopt\n{out_rerun}"
         assert rerun.returncode == 0, out_rerun
         assert f"adopting the dagster-daemon (pid {first_daemon})" in out_rerun, out_rerun
         assert re.search(r"COMPLETED_SUCCESS, (\d+)/\1 partitions", out_rerun), out_rerun

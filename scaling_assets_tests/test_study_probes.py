@@ -382,7 +382,7 @@ def test_a_rerun_after_kill_9_while_a_run_starts_does_not_wait_out_the_start_tim
 
     from dagster import DagsterRunStatus, RunsFilter
     from dagster._core.storage.tags import PARENT_RUN_ID_TAG
-    from test_platform_queue import instance_at, make_study, recorded_daemon_pid, study_run
+    from study_processes import instance_at, make_study, recorded_daemon_pid, study_run
 
     from scaling_assets.compute.run_workers import TAG_WORKER
 

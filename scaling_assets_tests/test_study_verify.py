@@ -145,3 +145,18 @@ def test_damaged_model_and_embeddings_name_the_partition_to_rebuild(tiny):
     assert found["bad"] == ["cite/model_pca n=100_q=1_s=42"]
     assert found["marked"] == [("cite/model_pca", SETTING)]  # the embeddings read the model before it changed
     assert not model.exists() and embeddings.exists()
+
+
+def test_verify_prints_to_the_stdout_of_its_call(tmp_path):
+    """Its output goes where ``sys.stdout`` points when it is called, not where it pointed when the module
+    was imported (a default bound at import wrote into an earlier test's closed capture: "I/O operation on
+    closed file")."""
+    import contextlib
+
+    from scaling_assets.study.verify import verify_study
+
+    study = load_study(write_tiny_study(tmp_path / "study.yaml", tmp_path / "root", "printed"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert verify_study(study, None, mark=False)["bad"] == []
+    assert "study 'printed': checked 0 partitions" in printed.getvalue()

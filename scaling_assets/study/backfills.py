@@ -397,9 +397,10 @@ def daemon_env(study: Study, instance: DagsterInstance) -> dict[str, str]:
     return env
 
 
-def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout,
+def run_study_queued(study: Study, instance: DagsterInstance, refresh: bool = False, out=None,
                      poll_s: float = 2.0) -> dict:
     """Submit the study's stages (or join its unfinished backfill), run them to the end, print the summary."""
+    out = sys.stdout if out is None else out
     with study_lock(study):
         removed = sweep_staging(study.root)
         if removed:

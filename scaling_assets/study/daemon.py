@@ -344,10 +344,11 @@ def _take_ownership(lock, record_path: Path, study, home: Path, wait_s: float) -
 
 
 @contextmanager
-def study_daemon(instance, study, env: dict[str, str], out=sys.stdout, wait_s: float = 60.0):
+def study_daemon(instance, study, env: dict[str, str], out=None, wait_s: float = 60.0):
     """The daemon that runs ``study`` while the block runs (module docstring); yields the
     ``DaemonProcess`` this command owns and stops at the end, or None when it uses one it does not
     own."""
+    out = sys.stdout if out is None else out
     home = Path(instance.root_directory)
     path = record_file(instance)
     path.parent.mkdir(parents=True, exist_ok=True)

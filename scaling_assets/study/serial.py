@@ -84,8 +84,9 @@ def plan(study: Study) -> list[Batch]:
     return batches
 
 
-def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=sys.stdout) -> dict:
+def run_study(study: Study, instance: DagsterInstance, refresh: bool = False, out=None) -> dict:
     """Materialise every partition of the study; returns counts and the failures."""
+    out = sys.stdout if out is None else out
     defs = build_definitions(study)
     assets = list(defs.assets)
     resources = dict(defs.resources)

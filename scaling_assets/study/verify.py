@@ -142,9 +142,10 @@ def study_lock(study: Study):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def verify_study(study: Study, instance, mark: bool = True, out=sys.stdout) -> dict:
+def verify_study(study: Study, instance, mark: bool = True, out=None) -> dict:
     """Check every recorded fingerprint of the study; mark the bad partitions (and what was made from
     them since their files changed) for rebuilding unless ``mark`` is False. Returns what was found."""
+    out = sys.stdout if out is None else out  # sys.stdout at call time (pytest and notebooks replace it)
     from scaling_assets.definitions import build_definitions
 
     start = time.perf_counter()
