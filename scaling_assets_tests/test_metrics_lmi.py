@@ -295,3 +295,119 @@ def test_reference_preset_gives_latentmis_own_estimate(call, expected):
     r = lmi.estimate_pointwise(x, y, seed=0, preset="reference", device="cpu", **call)
     assert r.mi_bits == pytest.approx(expected, abs=0.01)
     assert r.n_eval == 300 - int(300 * (1 - call["validation_fraction"]))
+
+
+# ----------------------------------------------------------------------------- estimates trained as one stack
+
+
+def two_signals():
+    """Two signals of one embedding, as a setting has: y of 4 and of 7 features (padded to 7 in a stack)."""
+    x, y, _ = latent_gaussian_pairs(400, 1.0, dx=6, dy=4, seed=5)
+    _, y2, _ = latent_gaussian_pairs(400, 2.0, dx=6, dy=7, seed=6)
+    return [(x, y), (x, y2)]
+
+
+def test_stacked_estimates_equal_each_estimate_alone():
+    pairs = two_signals()
+    together = lmi.estimate_pointwise_many(pairs, seed=[3, 4], epochs=30)
+    for (x, y), seed, r in zip(pairs, (3, 4), together):
+        alone = lmi.estimate_pointwise(x, y, seed=seed, epochs=30)
+        # same weights, batches, dropout and stopping: equal to float rounding (here to the last bit)
+        np.testing.assert_allclose(r.pmi, alone.pmi, rtol=0, atol=1e-9)
+        assert r.epochs == alone.epochs and [h["epoch"] for h in r.history] == list(range(1, r.epochs + 1))
+        losses = [[h["train_loss"], h["validation_loss"]] for h in (r.history, alone.history) for h in h]
+        np.testing.assert_allclose(losses[: r.epochs], losses[r.epochs :], rtol=1e-6)
+        assert np.array_equal(r.eval_index, alone.eval_index) and r.n_eval == alone.n_eval == 200
+    reversed_order = lmi.estimate_pointwise_many(pairs[::-1], seed=[4, 3], epochs=30)
+    assert [r.mi_bits for r in reversed_order] == pytest.approx([r.mi_bits for r in together][::-1], abs=1e-9)
+
+
+def test_each_member_early_stops_on_its_own():
+    pairs = two_signals()
+    x, y = pairs[0]
+    rng = np.random.default_rng(0)
+    noise = (x, rng.standard_normal((400, 4)))  # nothing to learn: its held-back loss stops improving early
+    a, b = lmi.estimate_pointwise_many([pairs[1], noise], seed=0, epochs=60, patience=3)
+    alone_a = lmi.estimate_pointwise(*pairs[1], seed=0, epochs=60, patience=3)
+    alone_b = lmi.estimate_pointwise(*noise, seed=0, epochs=60, patience=3)
+    assert b.epochs < a.epochs  # the noise member left the stack first; the other trained on
+    assert (a.epochs, b.epochs) == (alone_a.epochs, alone_b.epochs)
+    assert len(a.history) == a.epochs and len(b.history) == b.epochs
+    np.testing.assert_allclose([a.mi_bits, b.mi_bits], [alone_a.mi_bits, alone_b.mi_bits], rtol=0, atol=1e-9)
+    # "best" keeps the lowest held-back loss's weights, "last" the stopping epoch's: both per member
+    last = lmi.estimate_pointwise_many([pairs[1], noise], seed=0, epochs=60, patience=3, keep_weights="last")
+    assert [r.epochs for r in last] == [a.epochs, b.epochs] and last[1].mi_bits != b.mi_bits
+
+
+def test_padding_stays_zero_so_networks_train_as_alone():
+    opts = lmi.resolve_options({"epochs": 5})
+    members = [lmi._member(x, y, 0, opts, "") for x, y in two_signals()]
+    stack = lmi._StackedTraining(members, opts, "cpu")
+    stack._leave = lambda finished: None  # keep both members in the stack to look at their weights
+    stack._embed = lambda i: (None, None)
+    stack.run()
+    assert [[r.name for r in g] for g in stack.groups] == [["enc_x", "enc_y"], ["dec_xx", "dec_yy", "dec_yx", "dec_xy"]]
+    (first, first_bias), (last, last_bias) = stack._layers(stack.params)  # (members * networks, fan_in, fan_out)
+    # the first signal's y has 4 features, the second's 7: the first's y encoder reads inputs 4..6 of padding,
+    # and its y decoders (dec_yy, dec_xy) write outputs 4..6 of padding
+    assert torch.all(first[0][1, 4:] == 0) and torch.any(first[0][3, 4:] != 0)
+    for k in (1, 3):
+        assert torch.all(last[-1][k, :, 4:] == 0) and torch.all(last_bias[-1][k, :, 4:] == 0)
+        assert torch.any(last[-1][4 + k, :, 4:] != 0)
+
+
+def test_dropout_masks_cover_the_cross_decoders_only():
+    opts = lmi.resolve_options({"cross_dropout": 0.25})
+    members = [lmi._member(x, y, 0, opts, "") for x, y in two_signals()]
+    stack = lmi._StackedTraining(members, opts, "cpu")
+    (group, masks), = stack._dropout_masks(256).items()
+    roles = stack.groups[group]
+    for layer, mask in enumerate(masks):
+        mask = mask.view(2, len(roles), 256, -1)
+        for k, role in enumerate(roles):
+            values = mask[:, k].unique().tolist()
+            if role.cross:  # dropped with p = 0.25, kept units scaled by 1 / (1 - p)
+                assert values == [0.0, pytest.approx(4 / 3)]
+                assert (mask[:, k] == 0).float().mean() == pytest.approx(0.25, abs=0.03)
+            else:
+                assert values == [1.0]
+    assert stack._dropout_masks(256) is not None and lmi._StackedTraining(
+        members, lmi.resolve_options({"cross_dropout": 0.0}), "cpu")._dropout_masks(256) is None
+
+
+@pytest.mark.parametrize("mi_levels,tolerances", [((0.5, 1.0, 2.0, 3.0), (0.25, 0.25, 0.35, 0.6))])
+def test_a_settings_signals_estimated_together_recover_their_analytic_mi(mi_levels, tolerances):
+    # as an MI step calls it: 16-d embeddings against signals of other widths (padded to 16), in one stack
+    pairs, truths = [], []
+    for mi, dy in zip(mi_levels, (16, 4, 12, 7)):
+        x_i, y_i, truth = latent_gaussian_pairs(4000, mi, dx=16, dy=dy, seed=1)
+        pairs.append((x_i, y_i))
+        truths.append(truth)
+    results = lmi.estimate_pointwise_many(pairs, seed=0)
+    for r, truth, tolerance in zip(results, truths, tolerances):
+        assert abs(r.mi_bits - truth) <= tolerance, (r.mi_bits, truth)
+    # higher MI reads higher: the stack keeps the signals apart
+    assert [r.mi_bits for r in results] == sorted(r.mi_bits for r in results)
+
+
+def test_pairs_of_other_sizes_train_apart_with_the_same_result():
+    x, y = small_pairs()
+    together = lmi.estimate_pointwise_many([(x, y), (x[:300], y[:300])], seed=1, epochs=10)
+    assert [r.n_pairs for r in together] == [400, 300]
+    assert together[1].mi_bits == pytest.approx(lmi.estimate(x[:300], y[:300], seed=1, epochs=10), abs=1e-9)
+
+
+def test_stacked_errors_name_the_pair_and_nothing_trains():
+    x, y = small_pairs()
+    with pytest.raises(InputError, match=r"^signal 'day': LMI needs at least 64 pairs .*got 10$"):
+        lmi.estimate_pointwise_many([(x, y), (x[:10], y[:10])], names=["signal 'type'", "signal 'day'"])
+    with pytest.raises(InputError, match=r"^pair 1: y has NaN or infinite values in 1 of 400 rows"):
+        bad = y.copy()
+        bad[3, 0] = np.nan
+        lmi.estimate_pointwise_many([(x, y), (x, bad)])
+    with pytest.raises(InputError, match="seed must be one integer or one per pair: 3 seeds for 2 pairs"):
+        lmi.estimate_pointwise_many([(x, y), (x, y)], seed=[0, 1, 2])
+    with pytest.raises(InputError, match=r"cross_dropout must be in \[0, 1\), got 1.0"):
+        lmi.estimate(x, y, cross_dropout=1.0)
+    constant = lmi.estimate_pointwise_many([(x, y), (x, np.ones(400))], seed=0, epochs=3)
+    assert constant[1].constant and constant[1].mi_bits == 0.0 and not constant[0].constant

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,13 @@ def test_a_rerun_after_kill_9_while_a_run_starts_does_not_wait_out_the_start_tim
             os.environ.pop("DAGSTER_HOME", None)
         else:
             os.environ["DAGSTER_HOME"] = before
+
+
+@pytest.mark.parametrize("command", ["show", "plan"])
+def test_study_show_and_plan_do_not_import_torch(tmp_path, command):
+    # torch costs ~2 CPU s to import; these read only LMI's options (metrics/lmi_options.py)
+    check = (f"import sys; from scaling_assets.cli import main; code = main(['study', '{command}']); "
+             "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'")
+    env = {**os.environ, "SCALING_ASSETS_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -5,8 +5,8 @@
 
 Cases:
 - the default study's embeddings (materialised MI inputs under --study-root: for each dataset and
-  algorithm at the largest size, the highest and the lowest quality), against every task signal, as
-  the `mi_*` assets build them;
+  algorithm the largest size at the highest quality and the smallest at the lowest, see lmi_cases.py),
+  against every task signal, as the `mi_*` assets build them;
 - a 256-d embedding against a 57-class one-hot label (a Gaussian mixture: class centroids in 256-d,
   isotropic noise, unequal class sizes), whose true MI is computed exactly from the class posteriors.
 
@@ -27,43 +27,19 @@ import numpy as np
 from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lmi_cases
 from scaling_assets.metrics.lmi import PRESETS, estimate  # noqa: E402
 
 PRESET_NAMES = ("fast", "reference")
 
 
 def study_cases(root: Path, algorithms: list[str], max_cases: int) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """(name, x, y, truth=nan) for materialised embeddings of a study root."""
-    from scaling_assets.assets.common import load_embeddings
-    from scaling_assets.data.h5ad_io import CsrReader
-    from scaling_assets.metrics.signals import task_signals
-    from scaling_assets.study.spec import parse_setting_key
+    """(name, x, y, truth=nan) for each signal of two settings per dataset and algorithm of a study root
+    (lmi_cases.study_settings)."""
+    from lmi_cases import study_settings
 
-    cases = []
-    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "results"):
-        raw_summary = dataset_dir / "raw_counts" / "all"
-        if not raw_summary.exists():
-            continue
-        import json
-
-        task = json.loads((raw_summary / "summary.json").read_text())["task"]
-        for algorithm in algorithms:
-            folders = sorted((dataset_dir / f"embeddings_{algorithm}").glob("n=*"))
-            if not folders:
-                continue
-            settings = [parse_setting_key(f.name) for f in folders]
-            largest = max(s.cells for s in settings)
-            at_largest = sorted((s for s in settings if s.cells == largest), key=lambda s: s.quality)
-            for setting in {at_largest[0], at_largest[-1]}:
-                values, cell_ids = load_embeddings(dataset_dir / f"embeddings_{algorithm}" / setting.key)
-                evals = dataset_dir / "eval_counts" / setting.quality_seed_key
-                with CsrReader(evals / "test.h5ad") as test:
-                    position = {c: i for i, c in enumerate(np.asarray(test.obs_names, dtype=str))}
-                    rows = np.array([position[c] for c in cell_ids], dtype=np.int64)
-                    obs = test.read_obs(rows)
-                    obsm = {"protein": test.read_obsm("protein", rows)} if task == "cite" else None
-                for sig in task_signals(task, obs, values, obsm=obsm, seed=setting.seed):
-                    cases.append((f"{dataset_dir.name}/{algorithm}/{setting.key}/{sig.signal}", sig.x, sig.y, np.nan))
+    cases = [(f"{s.name}/{signal}", x, y, np.nan)
+             for s in study_settings(root, algorithms, per_algorithm=2) for signal, x, y in s.signals]
     return cases[:max_cases]
 
 

@@ -36,7 +36,7 @@ def mi_asset(ds: DatasetAssets, entry: ModelEntry):
         + SETTING_KEY_NOTE,
     )
     def mi(context: AssetExecutionContext, embeddings: Path, eval_counts: EvalCountsFolder, raw: Path):
-        from scaling_assets.metrics.lmi import estimate_pointwise
+        from scaling_assets.metrics.lmi import estimate_pointwise_many
         from scaling_assets.metrics.signal_mi import out_of_range, signal_estimates
 
         setting = parse_setting_key(context.partition_key)
@@ -49,8 +49,9 @@ def mi_asset(ds: DatasetAssets, entry: ModelEntry):
         dataset_umis = float(read_summary(raw)["umis_per_cell"])
         lmi_preset = ds.study.lmi.get("preset", "fast")
         with step_device(context, name, entry.gpu_need_mib("mi", values.shape[1])) as device, timed() as elapsed:
-            results = signal_estimates(
-                signals, lambda x, y: estimate_pointwise(x, y, seed=setting.seed, device=device, **ds.study.lmi),
+            results = signal_estimates(  # the setting's signals in one pass: their networks train as one stack
+                signals, lambda pairs, names: estimate_pointwise_many(
+                    pairs, seed=setting.seed, names=names, device=device, **ds.study.lmi),
                 lmi_preset)
         for r in results:
             context.log.info(f"{algorithm} {r['signal']}: {r['mi_bits_raw']:.3f} bits from {r['pairs']} pairs")

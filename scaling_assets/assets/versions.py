@@ -4,7 +4,8 @@
   section (``models.versions.settings_version``): changing the study's budget or a setting marks
   every trained model of that algorithm stale, and through them their embeddings and MI. A study's own
   model adds its ``params`` (and a checkpoint's files): changing them marks that model alone stale.
-- ``mi_<algorithm>``: the study's LMI options.
+- ``mi_<algorithm>``: the study's LMI options, and ``PROJECT_LMI_VERSION`` under the project's sampling
+  (the `fast` preset), bumped when its estimates change; the `reference` preset's are latentmi's.
 - the law fits and plots: the study's fit rules (and ``LAWS_VERSION``).
 - a simulated dataset's raw counts: ``DATA_VERSION`` and the simulator's version.
 - every other asset: ``DATA_VERSION``, bumped by hand when a stage writes different output from the
@@ -29,6 +30,7 @@ from scaling_assets.assets.staleness import latest_storage_ids, with_dependants
 from scaling_assets.compute.dagster_compat import CODE_VERSION_TAG, AssetKeyPartitionKey
 from scaling_assets.data.simulate import SIMULATOR_VERSION
 from scaling_assets.data.tasks import SIMULATED, TASKS
+from scaling_assets.metrics.lmi_options import PROJECT_LMI_VERSION, resolve_options
 from scaling_assets.models.versions import settings_version
 
 DATA_VERSION = "2"  # 2: zero-UMI cells left out of training and validation sets
@@ -57,7 +59,10 @@ def _code_version(study, key: AssetKey) -> str:
             return settings_version(entry, study.budget)
         if name == f"mi_{algorithm}":
             lmi = json.dumps(study.lmi, sort_keys=True, default=str)
-            return f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
+            version = f"{DATA_VERSION}-lmi-{hashlib.sha256(lmi.encode()).hexdigest()[:8]}"
+            if resolve_options(study.lmi).sampling == "project":
+                version += f"-{PROJECT_LMI_VERSION}"
+            return version
     if name in LAW_ASSETS:
         return f"{DATA_VERSION}-{LAWS_VERSION}-{study.fit_rules}"
     return DATA_VERSION

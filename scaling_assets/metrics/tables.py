@@ -25,7 +25,7 @@ def analysis_hyperparameters(lmi_options: dict, fit_rules: str = "reference") ->
     """The study-wide choices outside the models, as hyperparameter-table rows (algorithm = the stage)."""
     from dataclasses import asdict
 
-    from scaling_assets.metrics.lmi import resolve_options
+    from scaling_assets.metrics.lmi_options import resolve_options
     from scaling_assets.metrics.signals import SPATIAL_NEIGHBOURS
 
     lmi = asdict(resolve_options(lmi_options))

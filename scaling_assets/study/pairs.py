@@ -1,6 +1,6 @@
 """Enough pairs for every signal: a test set too small for an MI estimate is refused before anything trains.
 
-LMI needs ``metrics.lmi.min_pairs`` pairs (64 with the presets' options). A signal's pairs are counted on
+LMI needs ``metrics.lmi_options.min_pairs`` pairs (64 with the presets' options). A signal's pairs are counted on
 the test set: a sister-pair signal gets one pair per held-out clone that has an early and a late cell, a
 neighbour signal one per test cell, a label one per labelled cell. A lineage grid whose test set held 56
 sister pairs trained every model, then failed its 30 MI steps. The count is known once the split is made,
@@ -40,7 +40,7 @@ class ObsSource:
 
 def needed_pairs(study: Study) -> tuple[int, str]:
     """The fewest pairs an MI step of the study accepts, and the options that set it."""
-    from scaling_assets.metrics.lmi import min_pairs, resolve_options
+    from scaling_assets.metrics.lmi_options import min_pairs, resolve_options
 
     opts = resolve_options(study.lmi)
     return (min_pairs(opts.validation_fraction, opts.k, opts.sampling),
