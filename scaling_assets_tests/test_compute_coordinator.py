@@ -21,7 +21,7 @@ from scaling_assets.gpu.needs import TAG_DEVICE, TAG_GPU_NEED, TAG_PRIORITY, gpu
 from scaling_assets.gpu.nvml import FakeNvml, GpuInfo
 from scaling_assets.gpu.placement import PACK_BELOW_MIB, QueuedGpuRun, pick_gpu, place_run, plan_queue
 
-INSTANCE_YAML = Path(__file__).parents[1] / "dagster.yaml"  # the instance the README uses
+INSTANCE_YAML = Path(__file__).parents[1] / "dagster.yaml"  # the instance the README's commands use
 
 
 # -- a tiny job whose step takes a device lease, as the lead's GPU assets will -------------------

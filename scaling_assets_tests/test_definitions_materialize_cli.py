@@ -1,4 +1,4 @@
-"""The README's `dagster asset materialize` example, run for real in a subprocess on a small study."""
+"""The `dagster asset materialize` example of docs/assets.md, run for real in a subprocess on a small study."""
 
 import json
 import math

@@ -53,7 +53,7 @@ def test_paper_study_is_the_reference_grid(monkeypatch):
     monkeypatch.setenv("SCALING_ASSETS_DATA", "/data")
     study = load_study("paper", check_paths=False)
     assert study.seeds == (42, 1404, 2701) and study.budget == "paper"
-    assert study.lmi == {"preset": "reference"}  # the reference's LMI call (README: Latent MI presets)
+    assert study.lmi == {"preset": "reference"}  # the reference's LMI call (docs/laws.md: Presets)
     assert len(study.datasets) == 4
     for d in study.datasets.values():
         assert len(d.sizes) == 10 and d.sizes[0] == 100
