@@ -266,7 +266,7 @@ def _panels(pts: pd.DataFrame, noise_fits_df: pd.DataFrame, size_fits_df: pd.Dat
         sorted(pts["quality"].unique(), reverse=True), np.linspace(0, 0.85, pts["quality"].nunique()))}
     own = noise_pts.get("sizes_pooled", pd.Series(1, noise_pts.index)).fillna(1) == 1
     sizes = sorted(noise_pts.loc[own if own.any() else slice(None), "cells"].unique())
-    title = f"noise law at n = {sizes[0]:,}" if len(sizes) == 1 else "noise law at each algorithm's largest n"
+    title = f"noise law at n = {sizes[0]:,}" if len(sizes) == 1 else "noise law, each at its largest n"
     panels = [Panel(title, noise_pts, noise_fits_df, noise_x_column(pts), "algorithm", noise_law, ["i_max", "u_bar"],
                     {"dataset": dataset, "signal": signal, "cells": SERIES_OWN}, "UMIs per cell (nominal)",
                     algorithm_colours)]
