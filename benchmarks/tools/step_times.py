@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +24,6 @@ def step_minutes(instance) -> tuple[int, dict[str, float], dict[str, int]]:
         for stat in instance.get_run_step_stats(run.run_id):
             if stat.start_time and stat.end_time:
                 name = stat.step_key.split("__", 1)[-1]  # "cite__mi_pca" -> "mi_pca"
-                name = re.sub(r"_check.*$", "", name)
                 minutes[name] += (stat.end_time - stat.start_time) / 60
                 steps[name] += 1
     return len(runs), minutes, steps
